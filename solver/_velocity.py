@@ -1,0 +1,164 @@
+"""The nonlocal attention velocity ``X[μ]`` and its MPI distribution.
+
+For a discrete measure ``μ = Σ_j w_j δ_{y_j}`` on the unit sphere ``S^{d-1}``,
+
+.. math::
+
+    X[μ](x) = P_x \\Big( \\frac{Σ_j w_j e^{y_jᵀ A x} V y_j}{Σ_j w_j e^{y_jᵀ A x}} \\Big),
+    \\qquad P_x = I - x xᵀ,\\quad A = Kᵀ Q .
+
+The ratio is a softmax over ``j`` with logits ``ℓ_ij = y_jᵀ A x_i + log w_j``; it is computed
+with a max-shift (log-sum-exp), so it never overflows, whatever ``‖A‖`` is, and zero weights
+drop out exactly. Targets are processed in blocks so memory stays bounded.
+
+The PDE uses cell-centroid quadrature of ``μ`` (``y_j`` = cell centroids projected to the
+sphere, ``w_j`` = ρ_j |cell_j|) and evaluates ``X`` at mesh vertices; the particle system
+uses the particles as both targets and sources. Both go through :func:`attention_velocity`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["attention_velocity", "NonlocalVelocity", "tangent_project"]
+
+#: Upper bound of the temporary (targets x sources) arrays per block, in bytes.
+BLOCK_BYTES = 32 * 2**20
+
+
+def tangent_project(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``P_x v = v - <x, v> x`` row by row (``x`` on the unit sphere)."""
+    return v - np.einsum("ij,ij->i", x, v)[:, None] * x
+
+
+def _log_weights(w: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf)
+
+
+def attention_velocity(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    A: np.ndarray,
+    V: np.ndarray,
+    *,
+    block_bytes: int = BLOCK_BYTES,
+) -> np.ndarray:
+    """Attention velocity of ``μ = Σ_j w_j δ_{y_j}`` at the targets ``x``.
+
+    Parameters
+    ----------
+    x : (m, d) array
+        Targets on the unit sphere.
+    y : (n, d) array
+        Sources on the unit sphere.
+    w : (n,) array
+        Non-negative weights (need not sum to one: the softmax normalises).
+    A, V : (d, d) arrays
+        ``A = Kᵀ Q`` and the value matrix.
+
+    Returns
+    -------
+    (m, d) array
+        ``X[μ](x_i)``, tangent at ``x_i`` to round-off.
+    """
+    x = np.ascontiguousarray(x, dtype=float)
+    y = np.ascontiguousarray(y, dtype=float)
+    m, d = x.shape
+    if y.ndim != 2 or y.shape[1] != d or w.shape != (y.shape[0],):
+        raise ValueError(f"shapes do not match: x {x.shape}, y {y.shape}, w {w.shape}")
+    out = np.empty_like(x)
+    if m == 0:
+        return out
+    if not np.any(w > 0):
+        raise ValueError("the measure has no mass: all source weights are zero")
+    keep = w > 0
+    y, logw = y[keep], _log_weights(w[keep])
+    Ay = y @ A  # row j: y_jᵀ A, so (x @ Ay.T)_ij = y_jᵀ A x_i
+    Vy = y @ V.T  # row j: (V y_j)ᵀ
+    block = max(1, int(block_bytes // (8 * max(1, y.shape[0]))))
+    for s in range(0, m, block):
+        xb = x[s : s + block]
+        logits = xb @ Ay.T
+        logits += logw
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        num = logits @ Vy
+        num /= logits.sum(axis=1, keepdims=True)
+        out[s : s + block] = tangent_project(xb, num)
+    return out
+
+
+class NonlocalVelocity:
+    """``X[μ]`` at this rank's targets against the sources of all ranks.
+
+    The source points are gathered once (they are fixed: cell centroids or, for particles,
+    re-gathered on every call); each call gathers the weights (``O(n)`` communication),
+    then every rank evaluates its own targets against all sources. Sources are put in a
+    rank-independent order (``keys``: global indices), so the sum over sources is done in
+    the same order on any number of ranks and the result does not depend on the partition.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator
+    targets : (m_local, d) array
+        This rank's evaluation points.
+    sources : (n_local, d) array or None
+        This rank's source points (owned only, no ghosts). ``None`` for moving sources
+        (particles): pass them to :meth:`__call__` instead.
+    keys : (n_local,) int array
+        Global indices of the local sources (a permutation of ``0..n-1`` over all ranks).
+    method : {"direct", "fast", "auto"}
+        Direct sum (the reference), an error-controlled fast method, or the fast method
+        where it meets ``tolerance`` and the direct sum elsewhere.
+    tolerance : float
+        Requested relative error (max norm over targets) of the fast method.
+    """
+
+    METHODS = ("direct", "fast", "auto")
+
+    def __init__(
+        self,
+        comm,
+        targets: np.ndarray,
+        sources: np.ndarray | None,
+        keys: np.ndarray,
+        *,
+        method: str = "direct",
+        tolerance: float = 1e-10,
+    ):
+        if method not in self.METHODS:
+            raise ValueError(f"velocity.method must be one of {self.METHODS}, got {method!r}")
+        if not (np.isfinite(tolerance) and 0 < tolerance < 1):
+            raise ValueError(f"velocity.tolerance must be in (0, 1), got {tolerance}")
+        self.method, self.tolerance = method, float(tolerance)
+        self.comm = comm
+        self.targets = np.ascontiguousarray(targets, dtype=float)
+        self._counts = np.array(comm.allgather(len(keys)))
+        allkeys = self._gather(np.asarray(keys, dtype=np.int64))
+        self._order = np.argsort(allkeys, kind="stable")
+        if not np.array_equal(allkeys[self._order], np.arange(allkeys.size)):
+            raise ValueError("source keys must be a permutation of 0..n-1 across ranks")
+        self.sources = None if sources is None else self.gather(sources)
+
+    def _gather(self, a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a)
+        if self.comm.size == 1:
+            return a.copy()
+        shape = (int(self._counts.sum()),) + a.shape[1:]
+        out = np.empty(shape, dtype=a.dtype)
+        row = int(np.prod(a.shape[1:], dtype=int))
+        self.comm.Allgatherv(a, [out, self._counts * row])
+        return out
+
+    def gather(self, local: np.ndarray) -> np.ndarray:
+        """Gather a per-source array from all ranks in global-key order."""
+        return self._gather(local)[self._order]
+
+    def __call__(
+        self, weights: np.ndarray, A: np.ndarray, V: np.ndarray, sources: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Velocity at this rank's targets for the measure ``Σ_j w_j δ_{y_j}``."""
+        y = self.sources if sources is None else self.gather(sources)
+        return attention_velocity(self.targets, y, self.gather(weights), A, V)
