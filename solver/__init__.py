@@ -16,7 +16,13 @@ try:  # pragma: no cover - depends on how DOLFINx was installed
 except ImportError:
     pass
 
+from ._config import ConfigError, build_initial, build_model, default_config_text, load_config
+from ._diagnostics import DIAGNOSTIC_COLUMNS
+from ._geometry import circle_mesh, geodesic_distance, icosphere, normalize
+from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sphere_area
+from ._io import load_result, read_csv
 from ._model import Model, Perturbation, RandomLoRA, ScheduledLoRA, TiedLoRA, low_rank
+from ._particles import ParticleResult, retract, sample_particles, simulate_particles
 from ._velocity import NonlocalVelocity, attention_velocity, tangent_project
 
 __all__ = [
@@ -33,7 +39,56 @@ __all__ = [
     "attention_velocity",
     "NonlocalVelocity",
     "tangent_project",
+    # particles
+    "simulate_particles",
+    "sample_particles",
+    "ParticleResult",
+    "retract",
+    # geometry and initial data
+    "circle_mesh",
+    "icosphere",
+    "normalize",
+    "geodesic_distance",
+    "Density",
+    "Uniform",
+    "VonMisesFisher",
+    "Mixture",
+    "Expression",
+    "sphere_area",
+    # config and results
+    "ConfigError",
+    "load_config",
+    "default_config_text",
+    "build_model",
+    "build_initial",
+    "load_result",
+    "read_csv",
+    "DIAGNOSTIC_COLUMNS",
+    # DOLFINx-backed (imported on first use)
+    "SphereMesh",
+    "sphere_mesh",
+    "load_mesh",
+    "evolve",
+    "run_config",
+    "Result",
 ]
+
+_LAZY = {
+    "SphereMesh": "._fem",
+    "sphere_mesh": "._fem",
+    "load_mesh": "._fem",
+    "evolve": "._run",
+    "run_config": "._run",
+    "Result": "._run",
+}
+
+
+def __getattr__(name: str):
+    # DOLFINx is imported only when a mesh is needed, so particles, model and Wasserstein
+    # work without it.
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'solver' has no attribute {name!r}")
 
 
 def dolfinx_version() -> str:

@@ -74,6 +74,9 @@ def attention_velocity(
     if not np.any(w > 0):
         raise ValueError("the measure has no mass: all source weights are zero")
     keep = w > 0
+    if not np.any(A):  # uniform attention: the softmax is the normalised weights, O(n)
+        mean = (w[keep] @ y[keep]) / w[keep].sum()
+        return tangent_project(x, np.broadcast_to(V @ mean, x.shape))
     y, logw = y[keep], _log_weights(w[keep])
     Ay = y @ A  # row j: y_jᵀ A, so (x @ Ay.T)_ij = y_jᵀ A x_i
     Vy = y @ V.T  # row j: (V y_j)ᵀ

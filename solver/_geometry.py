@@ -1,0 +1,91 @@
+"""Sphere geometry in plain NumPy: mesh generators, projections, geodesics.
+
+Mesh generators return ``(points, cells)`` with every vertex exactly on the unit sphere
+(to round-off) and cells oriented counter-clockwise seen from outside.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "circle_mesh",
+    "icosphere",
+    "icosphere_cells",
+    "normalize",
+    "geodesic_distance",
+    "MAX_ICOSPHERE_LEVEL",
+]
+
+MAX_ICOSPHERE_LEVEL = 7
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Radial projection ``x / |x|`` row by row."""
+    x = np.asarray(x, dtype=float)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def geodesic_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Great-circle distance ``arccos(<x, y>)`` between unit vectors (broadcasting rows)."""
+    return np.arccos(np.clip(np.sum(x * y, axis=-1), -1.0, 1.0))
+
+
+def circle_mesh(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The unit circle as ``n`` equal segments (gdim 2).
+
+    Vertex ``k`` sits at angle ``2πk/n``; cell ``k`` joins vertices ``k`` and ``k+1 mod n``.
+    """
+    if int(n) != n or n < 3:
+        raise ValueError(f"a circle mesh needs an integer number of cells >= 3, got {n}")
+    n = int(n)
+    th = 2 * np.pi * np.arange(n) / n
+    points = np.column_stack([np.cos(th), np.sin(th)])
+    cells = np.column_stack([np.arange(n), (np.arange(n) + 1) % n]).astype(np.int64)
+    return points, cells
+
+
+def _icosahedron() -> tuple[np.ndarray, np.ndarray]:
+    p = (1 + np.sqrt(5)) / 2
+    x = np.array(
+        [[-1, p, 0], [1, p, 0], [-1, -p, 0], [1, -p, 0],
+         [0, -1, p], [0, 1, p], [0, -1, -p], [0, 1, -p],
+         [p, 0, -1], [p, 0, 1], [-p, 0, -1], [-p, 0, 1]], dtype=float)  # fmt: skip
+    c = np.array(
+        [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11],
+         [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
+         [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
+         [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]], dtype=np.int64)  # fmt: skip
+    return normalize(x), c
+
+
+def icosphere_cells(level: int) -> int:
+    """Number of triangles of the icosphere of a given refinement level: ``20 * 4**level``."""
+    return 20 * 4**level
+
+
+def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Icosahedral triangulation of the unit sphere, refined ``level`` times (0..7).
+
+    Each refinement splits every triangle into four at the edge midpoints, which are
+    projected onto the sphere: ``20 * 4**level`` cells, ``10 * 4**level + 2`` vertices.
+    """
+    if int(level) != level or not 0 <= level <= MAX_ICOSPHERE_LEVEL:
+        raise ValueError(
+            f"icosphere refinement level must be an integer in 0..{MAX_ICOSPHERE_LEVEL}, "
+            f"got {level}"
+        )
+    x, c = _icosahedron()
+    for _ in range(int(level)):
+        edges = np.concatenate([c[:, [0, 1]], c[:, [1, 2]], c[:, [2, 0]]])
+        edges.sort(axis=1)
+        uniq, inv = np.unique(edges, axis=0, return_inverse=True)
+        mid = normalize(0.5 * (x[uniq[:, 0]] + x[uniq[:, 1]]))
+        m = inv.reshape(3, -1).T + len(x)  # midpoints of edges (01, 12, 20) per cell
+        x = np.vstack([x, mid])
+        a, b, cc = c.T
+        m01, m12, m20 = m.T
+        c = np.concatenate(
+            [np.column_stack(t) for t in
+             ((a, m01, m20), (b, m12, m01), (cc, m20, m12), (m01, m12, m20))])  # fmt: skip
+    return x, c

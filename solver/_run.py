@@ -1,0 +1,253 @@
+"""Drive a run: base flow μ and perturbed flow ν together, diagnostics, output, resume.
+
+:func:`evolve` is the library entry point (``solver.evolve``); :func:`run_config` builds
+everything from a resolved TOML config (what ``python -m solver run`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._config import build_initial, build_model, dump_toml
+from ._diagnostics import DIAGNOSTIC_COLUMNS, check_state, density_diagnostics, drift_diagnostics
+from ._fem import DG0Upwind, FieldWriter, SphereMesh, load_mesh, sphere_mesh
+from ._initial import Density
+from ._io import atomic_savez, atomic_write_text, write_csv, write_versions
+from ._model import Model
+from ._timestepping import time_grid
+from ._transport import (
+    NonlocalField,
+    PrescribedField,
+    Transport,
+    cfl_time_step,
+)
+
+__all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
+
+
+@dataclass
+class Result:
+    """What a run returns (arrays gathered on rank 0; ``None`` on the other ranks).
+
+    ``times`` (nt,), ``density`` / ``density_perturbed`` (nt, ncells) in original cell order,
+    ``centroids`` (ncells, d), ``areas`` (ncells,), ``diagnostics`` (nsteps+1, ncols) with
+    ``columns``; ``step_times`` (nsteps+1,) are the times of the diagnostics rows.
+    """
+
+    times: np.ndarray
+    step_times: np.ndarray
+    columns: list[str]
+    diagnostics: np.ndarray
+    density: np.ndarray | None = None
+    density_perturbed: np.ndarray | None = None
+    centroids: np.ndarray | None = None
+    areas: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.diagnostics[:, self.columns.index(name)]
+
+
+def initial_cell_averages(sm: SphereMesh, density: Density | Callable, degree: int = 4):
+    """Cell averages of an (unnormalised) initial density, normalised to unit mass."""
+    rho = sm.cell_averages(density, degree)
+    if not np.all(np.isfinite(rho)) or np.any(rho < 0):
+        raise ValueError("initial density must be finite and >= 0 on every cell")
+    mass = sm.integrate(rho)
+    if not mass > 0:
+        raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
+    return rho / mass
+
+
+def mesh_from_config(comm, m: dict) -> SphereMesh:
+    if "file" in m:
+        return load_mesh(comm, m["file"], project=m["project"])
+    return sphere_mesh(comm, m["sphere"], refinement=m.get("refinement"), cells=m.get("cells"))
+
+
+def evolve(
+    sm: SphereMesh,
+    model: Model | None,
+    initial: Density | Callable | np.ndarray,
+    T: float,
+    *,
+    perturbed: Model | None = None,
+    cfl: float = 0.5,
+    save_every: float | None = None,
+    velocity: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    speed: float | None = None,
+    method: str = "direct",
+    tolerance: float = 1e-10,
+    output: str | Path | None = None,
+    vtx: bool = True,
+    resume: bool = False,
+    progress: bool = True,
+    config: dict | None = None,
+) -> Result:
+    """Evolve the density by DG0 upwind + SSP-RK3 from ``initial`` to time ``T``.
+
+    Parameters
+    ----------
+    sm : SphereMesh
+        From :func:`solver.sphere_mesh` or :func:`solver.load_mesh`.
+    model : Model or None
+        Attention weights of the base flow μ (``None`` with a prescribed ``velocity``).
+    initial : Density, callable or array
+        Density family / function of points (normalised here), or owned cell averages.
+    perturbed : Model, optional
+        Perturbed weights: the flow ν is evolved alongside μ and drift is recorded.
+    velocity, speed : callable, float, optional
+        A prescribed velocity ``u(x, t)`` (for verification) and a bound of ``|u|``.
+    cfl : float
+        Fraction of the positivity limit ``Δt <= min |K|/|∂K| / sup|X|``.
+    save_every : float, optional
+        Interval between saved densities (default: only 0 and T).
+    method, tolerance : str, float
+        Nonlocal velocity evaluation (see :class:`solver.NonlocalVelocity`).
+    output : path, optional
+        Folder for ``result.npz``, ``diagnostics.csv``, VTX series, checkpoint.
+    resume : bool
+        Continue from ``output/checkpoint.npz`` when it matches this run.
+    """
+    comm = sm.comm
+    op = DG0Upwind(sm)
+    if velocity is not None:
+        if speed is None:
+            raise ValueError("a prescribed velocity needs `speed`, a bound of |u| (for the CFL)")
+        fields = [PrescribedField(op, velocity, speed)]
+    else:
+        if model is None:
+            raise ValueError("give a model (attention weights) or a prescribed velocity")
+        fields = [NonlocalField(op, model, method=method, tolerance=tolerance)]
+        if perturbed is not None:
+            fields.append(NonlocalField(op, perturbed, method=method, tolerance=tolerance))
+    flows = [Transport(op, f) for f in fields]
+    two = len(flows) == 2
+
+    if isinstance(initial, np.ndarray):
+        rho0 = np.asarray(initial, dtype=float)
+        if rho0.shape != (sm.num_owned,):
+            raise ValueError(f"initial cell averages must have shape ({sm.num_owned},)")
+        rho0 = rho0 / sm.integrate(rho0)
+    else:
+        rho0 = initial_cell_averages(sm, initial)
+    speed_max = max(f.speed(T) for f in fields)
+    bps = np.unique(np.concatenate([m.breakpoints(T) for m in (model, perturbed) if m]))
+    if bps.size == 0:
+        bps = np.zeros(0)
+    times, saved = time_grid(T, cfl_time_step(sm, speed_max, cfl), save_every, bps)
+    columns = DIAGNOSTIC_COLUMNS(sm.gdim, two)
+
+    out = Path(output) if output is not None else None
+    rank0 = comm.rank == 0
+    states = [rho0.copy() for _ in flows]
+    rows: list[list[float]] = []
+    snaps: list[list[np.ndarray]] = [[] for _ in flows]
+    start = 0
+    ckpt = out / "checkpoint.npz" if out is not None else None
+    if resume and ckpt is not None and ckpt.is_file():
+        with np.load(ckpt) as z:
+            if z["step_times"].shape == times.shape and np.allclose(z["step_times"], times):
+                start = int(z["step"])
+                states = [sm.scatter(z[f"state{i}"]) for i in range(len(flows))]
+                rows = z["diagnostics"].tolist()
+                nsav = int(np.searchsorted(saved, start, side="right"))
+                snaps = [list(z[f"snaps{i}"][:nsav]) for i in range(len(flows))] if rank0 else snaps
+            elif rank0:
+                print(f"checkpoint {ckpt} belongs to another run: starting from t = 0")
+
+    writer = None
+    if out is not None and rank0:
+        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        comm.barrier()
+        if config is not None and rank0:
+            atomic_write_text(out / "config.toml", dump_toml(config))
+        if rank0:
+            write_versions(out / "versions.json")
+        if vtx:
+            names = ["density"] + (["density_perturbed"] if two else [])
+            writer = FieldWriter(sm, out / "density", names)
+
+    def record(k: int) -> None:
+        t = float(times[k])
+        diags = [density_diagnostics(sm, s) for s in states]
+        mass0 = 1.0
+        for i, dg in enumerate(diags):
+            check_state(dg, t, mass0, "density_perturbed" if i else "density")
+        row = [t] + diags[0]
+        if two:
+            row += diags[1] + drift_diagnostics(sm, diags[0], diags[1], *states)
+        if k == len(rows):
+            rows.append(row)
+        if k in saved_set:
+            gathered = [sm.gather(s) for s in states]
+            if rank0:
+                for i, g in enumerate(gathered):
+                    snaps[i].append(g)
+            if writer is not None:
+                writer.write(t, states)
+            if ckpt is not None and k > 0:
+                if rank0:
+                    atomic_savez(
+                        ckpt, step=k, step_times=times, diagnostics=np.array(rows),
+                        **{f"state{i}": g for i, g in enumerate(gathered)},
+                        **{f"snaps{i}": np.array(s) for i, s in enumerate(snaps)},
+                    )  # fmt: skip
+                comm.barrier()
+
+    saved_set = set(int(s) for s in saved)
+    if start == 0:
+        record(0)
+    nsteps = len(times) - 1
+    bar = tqdm(
+        total=nsteps, initial=start, disable=(not progress) or not rank0, delay=2.0,
+        unit="step", desc="evolve", dynamic_ncols=True,
+    )  # fmt: skip
+    for k in range(start, nsteps):
+        t, dt = float(times[k]), float(times[k + 1] - times[k])
+        states = [f.step(s, t, dt) for f, s in zip(flows, states, strict=True)]
+        record(k + 1)
+        bar.update(1)
+    bar.close()
+    if writer is not None:
+        writer.close()
+
+    diag = np.array(rows)
+    res = Result(times=times[saved], step_times=times, columns=columns, diagnostics=diag)
+    cents, areas = sm.gather(sm.centroids), sm.gather(sm.areas)
+    if rank0:
+        res.density = np.array(snaps[0])
+        res.density_perturbed = np.array(snaps[1]) if two else None
+        res.centroids, res.areas = cents, areas
+        if out is not None:
+            arrays = dict(times=res.times, centroids=cents, areas=areas, density=res.density)
+            if two:
+                arrays["density_perturbed"] = res.density_perturbed
+            atomic_savez(out / "result.npz", **arrays)
+            write_csv(out / "diagnostics.csv", columns, diag)
+    comm.barrier()
+    return res
+
+
+def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, progress=True):
+    """Run a resolved config (see :func:`solver.load_config`)."""
+    sm = mesh_from_config(comm, cfg["mesh"])
+    base, pert = build_model(cfg)
+    if base.d != sm.gdim:
+        raise ValueError(
+            f"model matrices are {base.d} x {base.d} but the mesh lives in R^{sm.gdim}: "
+            f"give {sm.gdim} x {sm.gdim} Q, K, V"
+        )
+    t = cfg["time"]
+    return evolve(
+        sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
+        save_every=t["save_every"], method=cfg["velocity"]["method"],
+        tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
+        resume=resume, progress=progress, config=cfg,
+    )  # fmt: skip
