@@ -97,7 +97,7 @@ class SphereMesh:
         #: sum of facet measures per cell (facet "measure" of a point is 1 on S^1)
         self.perimeters = _assemble_owned(fem.form((q("+") + q("-")) * ufl.dS), self.V0)
         x = msh.geometry.x[:, : self.gdim]
-        dofs = msh.geometry.dofmap[: self.num_owned]
+        dofs = msh.geometry.dofmaps[0][: self.num_owned]
         self.centroids = normalize(x[dofs].mean(axis=1))
 
     @property
@@ -121,7 +121,7 @@ class SphereMesh:
 
         pts, wts = basix.make_quadrature(cell, degree)
         x = self.mesh.geometry.x[:, : self.gdim]
-        verts = x[self.mesh.geometry.dofmap[: self.num_owned]]  # (nc, nv, gdim)
+        verts = x[self.mesh.geometry.dofmaps[0][: self.num_owned]]  # (nc, nv, gdim)
         bary = np.column_stack([1 - pts.sum(axis=1), pts])  # (nq, nv) P1 shape functions
         phys = np.einsum("qv,cvg->cqg", bary, verts)
         return normalize(phys), wts / wts.sum()

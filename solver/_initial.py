@@ -186,11 +186,12 @@ class Expression(Density):
 
     def __post_init__(self):
         try:
-            self._code = compile(self.source, "<initial.expression>", "eval")
+            code = compile(self.source, "<initial.expression>", "eval")
         except SyntaxError as e:
             raise ValueError(f"initial.expression is not a valid expression: {e.msg}") from None
+        object.__setattr__(self, "_code", code)
         allowed = set(_NAMESPACE) | {"x", "y", "z", "theta"}
-        bad = sorted(set(self._code.co_names) - allowed)
+        bad = sorted(set(code.co_names) - allowed)
         if bad:
             raise ValueError(
                 f"initial.expression uses unknown names {bad}; allowed: {sorted(allowed)}"

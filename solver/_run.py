@@ -137,9 +137,7 @@ def evolve(
     else:
         rho0 = initial_cell_averages(sm, initial)
     speed_max = max(f.speed(T) for f in fields)
-    bps = np.unique(np.concatenate([m.breakpoints(T) for m in (model, perturbed) if m]))
-    if bps.size == 0:
-        bps = np.zeros(0)
+    bps = np.unique(np.concatenate([np.zeros(0)] + [m.breakpoints(T) for m in (model, perturbed) if m]))
     times, saved = time_grid(T, cfl_time_step(sm, speed_max, cfl), save_every, bps)
     columns = DIAGNOSTIC_COLUMNS(sm.gdim, two)
 

@@ -117,6 +117,20 @@ class NonlocalVelocity:
         where it meets ``tolerance`` and the direct sum elsewhere.
     tolerance : float
         Requested relative error (max norm over targets) of the fast method.
+    fast_options : dict, optional
+        Extra keyword arguments of :class:`solver._fast_velocity.FastVelocity` (memory budget,
+        chunk size, sample size, ...).
+
+    Notes
+    -----
+    ``"fast"`` and ``"auto"`` use the truncated spherical-harmonic (``S^2``) / Fourier
+    (``S^1``) expansion of :mod:`solver._fast_velocity` with a rigorous a-posteriori error
+    bound on every call (targets that miss it are recomputed by the direct sum) and a check
+    against the direct sum on sampled targets for each new ``A``. They fall back to the
+    direct sum, with a warning, where the kernel is too peaked (large ``‖A‖``). ``"auto"``
+    also requires the expansion to be clearly cheaper than the direct sum, and uses the
+    direct sum for moving sources (particles) and in dimensions other than 2 and 3;
+    ``"fast"`` does the same there with a warning. :attr:`report` describes the last call.
     """
 
     METHODS = ("direct", "fast", "auto")
@@ -130,6 +144,7 @@ class NonlocalVelocity:
         *,
         method: str = "direct",
         tolerance: float = 1e-10,
+        fast_options: dict | None = None,
     ):
         if method not in self.METHODS:
             raise ValueError(f"velocity.method must be one of {self.METHODS}, got {method!r}")
@@ -144,6 +159,32 @@ class NonlocalVelocity:
         if not np.array_equal(allkeys[self._order], np.arange(allkeys.size)):
             raise ValueError("source keys must be a permutation of 0..n-1 across ranks")
         self.sources = None if sources is None else self.gather(sources)
+        self._fast = None
+        self._fast_options = dict(fast_options or {})
+        self._warned_moving = False
+        self.report: dict = {"method": "direct"}
+        d = self.targets.shape[1] if self.targets.ndim == 2 else 0
+        if method != "direct" and self.sources is not None and d in (2, 3):
+            from ._fast_velocity import FastVelocity
+
+            self._fast = FastVelocity(
+                comm,
+                self.targets,
+                self.sources,
+                tolerance=self.tolerance,
+                auto=method == "auto",
+                **self._fast_options,
+            )
+        elif method == "fast" and comm.rank == 0:
+            import warnings
+
+            warnings.warn(
+                "velocity.method = 'fast' needs fixed sources on S^1 or S^2 "
+                f"(got {'moving sources' if sources is None else f'd = {d}'}); "
+                "using the direct sum",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _gather(self, a: np.ndarray) -> np.ndarray:
         a = np.ascontiguousarray(a)
@@ -163,5 +204,22 @@ class NonlocalVelocity:
         self, weights: np.ndarray, A: np.ndarray, V: np.ndarray, sources: np.ndarray | None = None
     ) -> np.ndarray:
         """Velocity at this rank's targets for the measure ``Σ_j w_j δ_{y_j}``."""
+        w = self.gather(weights)
+        if sources is None and self._fast is not None:
+            out = self._fast(w, A, V)
+            self.report = self._fast.report
+            return out
+        if sources is not None and self._fast is not None and not self._warned_moving:
+            self._warned_moving = True
+            if self.method == "fast" and self.comm.rank == 0:
+                import warnings
+
+                warnings.warn(
+                    "moving sources: the fast method applies to fixed sources only; "
+                    "using the direct sum",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         y = self.sources if sources is None else self.gather(sources)
-        return attention_velocity(self.targets, y, self.gather(weights), A, V)
+        self.report = {"method": "direct"}
+        return attention_velocity(self.targets, y, w, A, V)

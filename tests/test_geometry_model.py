@@ -1,0 +1,121 @@
+"""Pure NumPy layers: meshes generators, model and LoRA schedules, initial densities."""
+
+import numpy as np
+import pytest
+
+import solver
+from solver._initial import Expression, VonMisesFisher, sphere_area
+
+
+@pytest.mark.parametrize("level", range(5))
+def test_icosphere_counts_and_on_sphere(level):
+    x, c = solver.icosphere(level)
+    assert len(c) == 20 * 4**level
+    assert len(x) == 10 * 4**level + 2
+    assert np.abs(np.linalg.norm(x, axis=1) - 1).max() < 1e-15
+    # every edge is shared by exactly two triangles (closed surface)
+    e = np.sort(np.concatenate([c[:, [0, 1]], c[:, [1, 2]], c[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    assert np.all(counts == 2)
+    # outward orientation: (b - a) x (c - a) points away from the origin
+    a, b, cc = x[c[:, 0]], x[c[:, 1]], x[c[:, 2]]
+    assert np.all(np.einsum("ij,ij->i", np.cross(b - a, cc - a), a + b + cc) > 0)
+
+
+def test_icosphere_rejects_bad_level():
+    with pytest.raises(ValueError, match="0..7"):
+        solver.icosphere(8)
+
+
+def test_circle_mesh():
+    x, c = solver.circle_mesh(12)
+    assert np.allclose(np.linalg.norm(x, axis=1), 1)
+    assert np.array_equal(c[-1], [11, 0])
+
+
+def test_model_and_lora():
+    V = np.diag([1.0, 0.5, 0.2])
+    B, A = np.array([[0.0], [0.0], [1.0]]), np.array([[1.0], [0.0], [0.0]])
+    dV = solver.low_rank(B, A)
+    assert np.linalg.matrix_rank(dV) == 1
+    m = solver.Model(np.eye(3), 2 * np.eye(3), V, solver.TiedLoRA(np.zeros((3, 3)), dV))
+    Ap, Vp = m.parameters(3.0)
+    assert np.allclose(Ap, 2 * np.eye(3)) and np.allclose(Vp, V + dV)
+    assert m.base.perturbation is None
+    assert m.speed_bound(1.0) == pytest.approx(np.linalg.norm(V + dV, 2))
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(Q=np.eye(3)[:2], K=np.eye(3), V=np.eye(3)), "model.Q"),
+        (dict(Q=np.eye(2), K=np.eye(2), V=np.eye(3)), "model.Q must be 3 x 3"),
+        (dict(Q=np.eye(3), K=np.eye(3), V=np.full((3, 3), np.nan)), "NaN"),
+    ],
+)
+def test_model_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        solver.Model(**kw)
+
+
+def test_random_adapters_are_per_layer_and_seeded():
+    p = solver.RandomLoRA(d=4, eta=0.3, h=0.25, s=(1.0, 0.5), seed=7)
+    q = solver.RandomLoRA(d=4, eta=0.3, h=0.25, s=(1.0, 0.5), seed=7)
+    assert np.array_equal(p.at(0.1)[1], q.at(0.2)[1])  # same layer, same seed
+    assert not np.allclose(p.at(0.1)[1], p.at(0.3)[1])  # next layer: new draw
+    assert np.linalg.matrix_rank(p.at(0.1)[1]) == 2
+    assert np.allclose(p.breakpoints(1.0), [0.25, 0.5, 0.75])
+    # E|ΔV|_F^2 = η^2 Σ s_a^2 (E|u|^2 E|v|^2 = 1): check on many layers
+    f2 = np.mean([np.sum(p.at(0.25 * k + 0.1)[1] ** 2) for k in range(4000)])
+    assert f2 == pytest.approx(0.09 * 1.25, rel=0.1)
+
+
+def test_time_grid_lands_on_events():
+    from solver._timestepping import time_grid
+
+    t, saved = time_grid(1.0, 0.07, save_every=0.25, breakpoints=[0.1, 0.33])
+    assert t[0] == 0 and t[-1] == 1.0 and np.all(np.diff(t) <= 0.07 + 1e-15)
+    for e in (0.1, 0.25, 0.33, 0.5, 0.75):
+        assert np.min(np.abs(t - e)) < 1e-14
+    assert np.allclose(t[saved], [0, 0.25, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_vmf_density_normalised_and_sampler_matches(d):
+    f = VonMisesFisher(tuple(np.eye(d)[0]), 3.0)
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(400_000, d))
+    u = g / np.linalg.norm(g, axis=1, keepdims=True)
+    # ∫ f dσ = |S^{d-1}| E_uniform[f]; Monte Carlo with 4e5 points: a few 1e-3
+    assert sphere_area(d) * f(u).mean() == pytest.approx(1.0, rel=1e-2)
+    # sampler mean <x, m> vs importance-weighted uniform estimate of the same quantity
+    s = f.sample(200_000, d, rng)
+    assert s[:, 0].mean() == pytest.approx(sphere_area(d) * np.mean(f(u) * u[:, 0]), abs=1e-2)
+
+
+def test_expression_validation():
+    with pytest.raises(ValueError, match="unknown names"):
+        Expression("__import__('os')")
+    with pytest.raises(ValueError, match="negative"):
+        Expression("x")(np.array([[-1.0, 0.0, 0.0]]))
+    e = Expression("exp(2*z) + theta*0")
+    assert np.allclose(e(np.array([[0, 0, 1.0]])), np.exp(2))
+
+
+def test_attention_velocity_matches_formula_and_never_overflows():
+    rng = np.random.default_rng(1)
+    x = solver.normalize(rng.normal(size=(50, 3)))
+    y = solver.normalize(rng.normal(size=(70, 3)))
+    w = rng.random(70)
+    A, V = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    k = w * np.exp(x @ A.T @ y.T)  # (i, j): w_j exp(y_jᵀ A x_i)
+    ref = (k @ (y @ V.T)) / k.sum(1, keepdims=True)
+    ref -= np.einsum("ij,ij->i", ref, x)[:, None] * x
+    assert np.allclose(solver.attention_velocity(x, y, w, A, V), ref, rtol=1e-12, atol=1e-14)
+    big = solver.attention_velocity(x, y, w, 1e4 * A, V)  # exp(1e4) would overflow
+    assert np.all(np.isfinite(big))
+    assert np.abs(np.einsum("ij,ij->i", big, x)).max() < 1e-13  # tangent
+    assert np.all(np.linalg.norm(big, axis=1) <= np.linalg.norm(V, 2) + 1e-12)  # |X| <= |V|
+    # blocking does not change the answer
+    small = solver.attention_velocity(x, y, w, A, V, block_bytes=8 * 70 * 3)
+    assert np.allclose(small, solver.attention_velocity(x, y, w, A, V), rtol=0, atol=1e-15)
