@@ -278,16 +278,17 @@ def _memory_default() -> int:
 
 
 class _Setup:
-    """Per-``A`` state: target factors, tails, chosen degree, statistics."""
+    """Per-``A`` state: target factors, truncation tails, chosen degree, statistics."""
 
     def __init__(self, A: np.ndarray, R: float):
         self.A, self.R = A, R
         self.mode = "fast"  # or "direct"
-        self.reason = ""
         self.new = True
-        self.n_hi = self.n_use = -1
-        self.phi = None  # (N_local, r_{n_hi}) Fortran order
-        self.tails = None  # (n_hi + 1, N_local)
+        self.n_phi = -1  # degree of the tabulated target factors
+        self.n_tail = -1  # degrees with known truncation tails
+        self.n_use = -1  # degree used for evaluation
+        self.phi = None  # (N_local, r_{n_phi}), Fortran order
+        self.tails = None  # (n_tail + 1, N_local)
         self.calls = 0
         self.direct_targets = 0
         self.report: dict = {}
@@ -309,15 +310,19 @@ class FastVelocity:
         ``True``: also require the expansion to be clearly cheaper than the direct sum.
     memory_bytes : int, optional
         Budget for the tabulated factors over all ranks (default: 35% of the memory, at
-        most 16 GiB).
+        most 16 GiB); it caps the degree.
     chunk : int
-        Sources per moment chunk (fixes the summation order; any rank count).
+        Sources per moment chunk (fixes the summation order for any rank count).
     sample : int
         Targets per rank checked against the direct sum for each new ``A``.
     cache : int
         Number of ``A`` values whose target factors are kept.
     max_fail : float
-        Fraction of targets that may be left to the direct sum before the degree is raised.
+        Fraction of the targets that may be left to the direct sum before the degree is
+        raised.
+    roundoff : float
+        ``λ`` of the round-off model ``ε_n = λ u (√r_n + √chunk + √C + n + 1)`` (probabilistic
+        bound of Higham and Mary for the sums, plus the basis recurrences).
     """
 
     def __init__(
@@ -333,6 +338,7 @@ class FastVelocity:
         sample: int = 32,
         cache: int = 2,
         max_fail: float = 1e-3,
+        roundoff: float = 4.0,
     ):
         self.comm = comm
         self.x = np.ascontiguousarray(targets, dtype=float)
@@ -345,6 +351,7 @@ class FastVelocity:
         self.tol, self.auto = float(tolerance), bool(auto)
         self.chunk, self.sample = int(chunk), int(sample)
         self.cache, self.max_fail = max(1, int(cache)), float(max_fail)
+        self.lam = float(roundoff)
         if memory_bytes is None:
             memory_bytes = comm.bcast(_memory_default() if comm.rank == 0 else None, root=0)
         self.memory_bytes = int(memory_bytes)
@@ -355,13 +362,7 @@ class FastVelocity:
         self._chunk_counts = np.array([(q + 1) * self.C // P - q * self.C // P for q in range(P)])
         lo, hi = p * self.C // P, (p + 1) * self.C // P
         self._src_rows = (lo * self.chunk, min(hi * self.chunk, self.M))
-        key = (
-            P,
-            p,
-            self.chunk,
-            self.y.shape,
-            hashlib.sha1(self.y.tobytes()).hexdigest(),
-        )
+        key = (P, p, self.chunk, self.y.shape, hashlib.sha1(self.y.tobytes()).hexdigest())
         basis = _SHARED.get(key)
         if basis is None:
             basis = _SourceBasis(self.y, lo, hi, self.chunk, self.d)
@@ -369,7 +370,8 @@ class FastVelocity:
         self._psi = basis
         self._setups: OrderedDict = OrderedDict()
         self._vcache: tuple | None = None
-        self.report: dict = {"method": "fast", "setup": False}
+        self.n_cap = self._n_cap()
+        self.report: dict = {"method": "fast"}
 
     # ------------------------------------------------------------------ helpers
 
@@ -384,7 +386,8 @@ class FastVelocity:
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
     def _roundoff(self, n: int) -> float:
-        return _U * (num_terms(n, self.d) + self.chunk + self.C + 8 * (n + 1))
+        r = num_terms(n, self.d)
+        return self.lam * _U * (math.sqrt(r) + math.sqrt(self.chunk) + math.sqrt(self.C) + n + 1)
 
     def _n_cap(self) -> int:
         """Largest degree allowed by the memory budget, the degree cap and (auto) the cost."""
@@ -392,8 +395,7 @@ class FastVelocity:
         n = 0
         while n < MAX_DEGREE[d]:
             r = num_terms(n + 1, d)
-            mem = 8 * r * (M + self.cache * N)
-            if mem > self.memory_bytes:
+            if 8 * r * (M + self.cache * N) > self.memory_bytes:
                 break
             # fast ~ 1 ns per tabulated term and evaluation, direct ~ 9 ns per pair
             if self.auto and (N + M) * r > 4 * N * M:
@@ -423,45 +425,54 @@ class FastVelocity:
         if st is not None:
             self._setups.move_to_end(key)
             return st
-        d, tol = self.d, self.tol
+        d, tol, n_cap = self.d, self.tol, self.n_cap
         R = float(np.linalg.norm(A, 2))
         st = _Setup(A.copy(), R)
-        n_cap = self._n_cap()
-        big = max(n_cap, MAX_DEGREE[d] if d == 3 else min(MAX_DEGREE[d], int(3 * R) + 200))
-        tauR = truncation_tails(np.array([R]), big, d)[:, 0]
-        ok = np.nonzero(tauR <= tol * self._rho_uniform(R, d) / 4)[0]
-        n_feas = int(ok[0]) if ok.size else big + 1
+        big = MAX_DEGREE[3] if d == 3 else min(MAX_DEGREE[2], int(3 * R) + 200)
+        tauR = truncation_tails(np.array([R]), max(big, n_cap), d)[:, 0]
+        rho = self._rho_uniform(R, d)
+
+        def degree_for(eps):
+            ok = np.nonzero(tauR <= eps)[0]
+            return int(ok[0]) if ok.size else max(big, n_cap) + 1
+
+        n_feas = degree_for(tol * rho / 4)
         st.report = {"R": R, "n_cap": n_cap, "n_uniform": n_feas}
         if n_feas > n_cap:
-            why = "memory budget" if not self.auto else "memory budget / cost model"
+            why = "memory budget / cost model" if self.auto else "memory budget / degree cap"
             self._to_direct(
                 st,
                 f"kernel too peaked for the expansion: ‖A‖₂ = {R:.3g} needs degree >= {n_feas} "
                 f"(tolerance {tol:g}), above the cap {n_cap} ({why}); using the direct sum",
             )
         else:
-            worst = np.nonzero(tauR <= tol * math.exp(-2 * R) / 8)[0]
-            n_worst = int(worst[0]) if worst.size else big
-            st.n_hi = min(max(n_worst, n_feas), n_cap)
+            # start generous (denominators 1000x below uniform), allow growth up to ~1.5x
+            n0 = min(n_cap, degree_for(tol * rho * 1e-3 / 4))
+            st.n_tail = min(n_cap, max(n0 + 8, (3 * n0) // 2))
             u = self.x @ A.T  # row i: A x_i
-            ri = np.linalg.norm(u, axis=1)
-            uh = np.zeros_like(u)
-            uh[:, -1] = 1.0
-            pos = ri > 0
-            uh[pos] = u[pos] / ri[pos, None]
-            st.tails = truncation_tails(ri, st.n_hi, d)
-            b = degree_weights(ri, st.n_hi, d)  # (n_hi + 1, N_local)
-            phi = sphere_basis(uh, st.n_hi)
-            phi *= b[_degree_of_terms(st.n_hi, d)]
-            st.phi = np.asfortranarray(phi.T)
-            self._psi.ensure(st.n_hi)
+            st.ri = np.linalg.norm(u, axis=1)
+            st.uh = np.zeros_like(u)
+            st.uh[:, -1] = 1.0
+            pos = st.ri > 0
+            st.uh[pos] = u[pos] / st.ri[pos, None]
+            st.tails = truncation_tails(st.ri, st.n_tail, d)
+            self._build_phi(st, n0)
         self._setups[key] = st
         while len(self._setups) > self.cache:
             self._setups.popitem(last=False)
         return st
 
+    def _build_phi(self, st: _Setup, n: int) -> None:
+        """Tabulate ``φ_k(x_i) = b_{l(k)}(r_i) ψ_k(A x_i / r_i)`` up to degree ``n``."""
+        st.phi = None
+        b = degree_weights(st.ri, n, self.d)  # (n + 1, N_local)
+        phi = sphere_basis(st.uh, n)
+        phi *= b[_degree_of_terms(n, self.d)]
+        st.phi, st.n_phi = np.asfortranarray(phi.T), n
+        self._psi.ensure(n)
+
     def _to_direct(self, st: _Setup, reason: str) -> None:
-        st.mode, st.reason = "direct", reason
+        st.mode = "direct"
         st.phi = st.tails = None
         st.report.update(method="direct", reason=reason)
         self._warn(reason)
@@ -475,9 +486,7 @@ class FastVelocity:
         if self.comm.size > 1:
             k = r * W.shape[1]
             allm = np.empty((self.C, r, W.shape[1]))
-            self.comm.Allgatherv(
-                np.ascontiguousarray(mom_local), [allm, self._chunk_counts * k]
-            )
+            self.comm.Allgatherv(np.ascontiguousarray(mom_local), [allm, self._chunk_counts * k])
         else:
             allm = mom_local
         mom = allm[0].copy()
@@ -485,23 +494,40 @@ class FastVelocity:
             mom += allm[c]
         return mom
 
-    def _fast(self, st: _Setup, n: int, W: np.ndarray):
-        """Scaled denominator ``D̃`` and velocity ``X̃`` at degree ``n``."""
-        mom = self._moments(n, W)
+    def _fast(self, st: _Setup, n: int, ctx: dict):
+        """Velocity ``X̃``, scaled denominator ``D̃`` and ``q = |Ñ|/D̃`` at degree ``n``."""
+        mom = self._moments(n, ctx["W"])
         out = st.phi[:, : num_terms(n, self.d)] @ mom
         D = out[:, 0]
         good = D > 0
         num = np.zeros((len(D), self.d))
         num[good] = out[good, 1:] / D[good, None]
-        return D, tangent_project(self.x, num)
+        return tangent_project(self.x, num), D, np.linalg.norm(num, axis=1)
 
-    def _bounds(self, st: _Setup, n, D: np.ndarray, K: float) -> np.ndarray:
-        """``B_i`` for degree ``n`` (int or array of degrees: rows)."""
+    def _bounds(self, st: _Setup, n, D, q, ctx) -> np.ndarray:
+        """``B_i = η_i (S_wV + q_i Σw) / (D̃_i - η_i Σw)`` for each degree in ``n`` (rows)."""
         n = np.atleast_1d(n)
-        eps = np.array([self._roundoff(int(k)) for k in n])[:, None]
-        with np.errstate(divide="ignore"):
-            inv = np.where(D > 0, K / np.where(D > 0, D, 1.0), np.inf)
-        return (st.tails[n] + eps) * inv[None, :]
+        eta = st.tails[n] + np.array([self._roundoff(int(k)) for k in n])[:, None]
+        mass = ctx["mass"]
+        den = D[None, :] - eta * mass
+        with np.errstate(divide="ignore", invalid="ignore"):
+            B = eta * (ctx["SwV"] + q[None, :] * mass) / den
+        return np.where(den > 0, B, np.inf)
+
+    def _fail_counts(self, st, lo, hi, D, q, ctx, thr) -> np.ndarray:
+        B = self._bounds(st, np.arange(lo, hi + 1), D, q, ctx)
+        return np.asarray(self._allsum((B > thr).sum(axis=1).astype(np.int64)))
+
+    def _pick_degree(self, st, lo, D, q, ctx, thr) -> int:
+        """Smallest degree in ``[lo, n_tail]`` leaving at most ``max_fail`` targets, + 1."""
+        counts = self._fail_counts(st, lo, st.n_tail, D, q, ctx, thr)
+        ok = np.nonzero(counts <= int(self.max_fail * self.N))[0]
+        return min(lo + int(ok[0]) + 1, st.n_tail) if ok.size else st.n_tail
+
+    def _evaluate(self, st, n, ctx):
+        X, D, q = self._fast(st, n, ctx)
+        scale = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
+        return X, D, q, scale, 0.5 * self.tol * scale
 
     def __call__(self, w: np.ndarray, A: np.ndarray, V: np.ndarray) -> np.ndarray:
         """Velocity at this rank's targets; ``w`` are the gathered, key-ordered weights."""
@@ -518,63 +544,37 @@ class FastVelocity:
         if st.mode == "direct":
             self.report = st.report
             return attention_velocity(self.x, self.y, w, A, V)
-        d, tol = self.d, self.tol
+        d = self.d
         Vy, nVy = self._vdata(V)
-        mass = float(wp.sum())
-        S_V = float(nVy[wp > 0].max())
-        K = float(wp @ nVy) + S_V * mass
         a, b = self._src_rows
         W = np.zeros((self._psi.psi.shape[0] * self.chunk, d + 1))
         W[: b - a, 0] = wp[a:b]
         W[: b - a, 1:] = wp[a:b, None] * Vy[a:b]
-        allowed = int(self.max_fail * self.N)
+        ctx = {"W": W, "mass": float(wp.sum()), "SwV": float(wp @ nVy)}
 
-        def fail_counts(D, scale, lo, hi):
-            B = self._bounds(st, np.arange(lo, hi + 1), D, K)
-            return self._allsum((B > 0.5 * tol * scale).sum(axis=1).astype(np.int64))
-
-        if st.new:
+        first = st.new
+        if first:  # choose the degree from a generous first evaluation
             st.new = False
-            D, X = self._fast(st, st.n_hi, W)
-            scale = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
-            counts = fail_counts(D, scale, 0, st.n_hi)
-            if counts[-1] > self.N // 4:
-                self._to_direct(
-                    st,
-                    f"kernel too peaked for these weights: {counts[-1]} of {self.N} targets "
-                    f"miss the tolerance {tol:g} at degree {st.n_hi} (‖A‖₂ = {st.R:.3g}); "
-                    "using the direct sum",
-                )
-                self.report = st.report
-                return attention_velocity(self.x, self.y, w, A, V)
-            ok = np.nonzero(counts <= allowed)[0]
-            n_use = int(ok[0]) if ok.size else st.n_hi
-            st.n_use = min(n_use + 1, st.n_hi)
-            keep = min(st.n_hi, st.n_use + 2)
-            if keep < st.n_hi:  # drop the columns never used again
-                st.phi = np.asfortranarray(st.phi[:, : num_terms(keep, d)])
-                st.tails = st.tails[: keep + 1].copy()
-                st.n_hi = keep
-            setup_check = True
-        else:
-            setup_check = False
-
+            X, D, q, scale, thr = self._evaluate(st, st.n_phi, ctx)
+            st.n_use = self._pick_degree(st, 0, D, q, ctx, thr)
+            if st.n_use > st.n_phi:
+                self._build_phi(st, st.n_use)
         n = st.n_use
-        D, X = self._fast(st, n, W)
-        scale = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
-        B = self._bounds(st, n, D, K)[0]
-        fail = B > 0.5 * tol * scale
+        X, D, q, scale, thr = self._evaluate(st, n, ctx)
+        B = self._bounds(st, n, D, q, ctx)[0]
+        fail = B > thr
         nfail = int(self._allsum(int(fail.sum())))
-        if nfail > allowed and n < st.n_hi:
-            counts = fail_counts(D, scale, n, st.n_hi)
-            ok = np.nonzero(counts <= allowed)[0]
-            st.n_use = n = n + (int(ok[0]) + 1 if ok.size else len(counts) - 1)
-            st.n_use = n = min(n, st.n_hi)
-            D, X = self._fast(st, n, W)
-            scale = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
-            B = self._bounds(st, n, D, K)[0]
-            fail = B > 0.5 * tol * scale
+        if nfail > int(self.max_fail * self.N) and n < st.n_tail:  # weights moved: raise
+            st.n_use = n = self._pick_degree(st, n, D, q, ctx, thr)
+            if n > st.n_phi:
+                self._build_phi(st, n)
+            X, D, q, scale, thr = self._evaluate(st, n, ctx)
+            B = self._bounds(st, n, D, q, ctx)[0]
+            fail = B > thr
             nfail = int(self._allsum(int(fail.sum())))
+        if first and st.n_phi > st.n_use + 2:  # drop columns that will not be used
+            st.phi = np.asfortranarray(st.phi[:, : num_terms(st.n_use + 2, d)])
+            st.n_phi = st.n_use + 2
         if np.any(fail):
             X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)
         st.direct_targets += nfail
@@ -587,14 +587,14 @@ class FastVelocity:
             direct_targets=nfail,
             calls=st.calls,
         )
-        if setup_check and not self._check(st, X, B, w, A, V, scale):
-            self.report = st.report
-            return attention_velocity(self.x, self.y, w, A, V)
-        if nfail > self.N // 4 and st.mode == "fast":
+        if first and not self._check(st, X, B, w, A, V, scale):
+            X = attention_velocity(self.x, self.y, w, A, V)
+        elif nfail > self.N // 4:
             self._to_direct(
                 st,
-                f"{nfail} of {self.N} targets needed the direct sum (‖A‖₂ = {st.R:.3g}, "
-                f"tolerance {tol:g}); using the direct sum for this A",
+                f"{nfail} of {self.N} targets missed the tolerance {self.tol:g} of the "
+                f"expansion at degree {n} (‖A‖₂ = {st.R:.3g}: kernel too peaked for these "
+                "weights); using the direct sum for this A",
             )
         self.report = st.report
         return X
@@ -603,21 +603,16 @@ class FastVelocity:
         """Compare with the direct sum on a sample of targets (new ``A`` only)."""
         m = len(self.x)
         k = min(m, self.sample)
+        worst = np.argsort(B)[-min(8, m) :] if m else np.zeros(0, int)
         idx = np.unique(
-            np.concatenate(
-                [
-                    np.linspace(0, m - 1, max(k - 8, 0)).round().astype(int),
-                    np.argsort(B)[-min(8, m) :] if m else np.zeros(0, int),
-                ]
-            )
+            np.concatenate([np.linspace(0, m - 1, max(k - 8, 0)).round().astype(int), worst])
         ).astype(int)
         err = 0.0
         if idx.size:
             Xd = attention_velocity(self.x[idx], self.y, w, A, V)
             err = float(np.linalg.norm(X[idx] - Xd, axis=1).max())
         err = self._allmax(err) / max(scale, 1e-300)
-        nsample = int(self._allsum(int(idx.size)))
-        st.report.update(sampled_error=err, sampled_targets=nsample)
+        st.report.update(sampled_error=err, sampled_targets=int(self._allsum(int(idx.size))))
         if not err <= self.tol:
             self._to_direct(
                 st,

@@ -1,0 +1,146 @@
+"""Command line and config validation: bad input fails with a clear message and exit code."""
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from solver._cli import main
+
+GOOD = """
+[mesh]
+sphere = 1
+cells = 32
+[model]
+V = [[1.0, 0.0], [0.0, 1.0]]
+[initial]
+kind = "vmf"
+centre = [1.0, 0.0]
+kappa = 2.0
+[time]
+T = 0.2
+"""
+
+
+def write(tmp_path, text, name="c.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_help_and_default_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "run" in capsys.readouterr().out
+    assert main(["config"]) == 0
+    assert "[mesh]" in capsys.readouterr().out
+
+
+def test_good_config_runs(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", str(write(tmp_path, GOOD)), "--output", str(out), "--no-progress"]) == 0
+    z = np.load(out / "result.npz")
+    assert set(z.files) == {"times", "centroids", "areas", "density"}
+    assert z["density"].shape == (len(z["times"]), 32)
+    assert (out / "diagnostics.csv").is_file() and (out / "config.toml").is_file()
+    assert (out / "versions.json").is_file() and (out / "density.bp").is_dir()
+    # the resolved config is itself a valid config
+    assert main(["config", "--check", str(out / "config.toml")]) == 0
+
+
+BAD = {
+    "non-square Q": ("[model]\nQ = [[1.0, 0.0]]\n", "model.Q"),
+    "wrong-size V": ("[model]\nV = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]\n", "model.V"),
+    "NaN in K": ("K = [[nan, 0.0], [0.0, 1.0]]", "model.K"),
+    "unknown key": ("[time]\nT = 1.0\ndt = 0.1\n", "unknown key"),
+    "unknown section": ("[solver]\nx = 1\n", "unknown section"),
+    "negative initial": ('[initial]\nkind = "expression"\nexpression = "x"\n', "negative"),
+    "zero initial": ('[initial]\nkind = "expression"\nexpression = "0*x"\n', "zero"),
+    "bad expression": ('[initial]\nkind = "expression"\nexpression = "open(1)"\n', "unknown"),
+    "key of another kind": ('[initial]\nkind = "uniform"\nkappa = 1.0\n', "do not apply"),
+    "cfl > 1": ("[time]\nT = 1.0\ncfl = 1.5\n", "time.cfl"),
+    "missing mesh file": ('[mesh]\nfile = "/nonexistent/sphere.xdmf"\n', "mesh.file"),
+    "vmf centre size": ('[initial]\nkind = "vmf"\ncentre = [1.0]\nkappa = 1.0\n', "centre"),
+    "bad LoRA factors": (
+        '[perturbation]\nkind = "tied"\nB = [[1.0], [0.0]]\nA = [[1.0, 0.0], [0.0, 1.0]]\n',
+        "perturbation",
+    ),
+}
+
+
+def merge(base: str, patch: str) -> str:
+    """Override keys of ``base`` by those in ``patch`` (section by section)."""
+    import tomllib
+
+    cfg = tomllib.loads(base)
+    for sec, table in tomllib.loads(patch).items():
+        if "kind" in table and sec == "initial":  # a new kind replaces the whole table
+            cfg[sec] = table
+        cfg.setdefault(sec, {}).update(table)
+    from solver._config import dump_toml
+
+    return dump_toml(cfg)
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_fails_clearly(tmp_path, capsys, case):
+    patch, needle = BAD[case]
+    if case == "NaN in K":  # dump_toml cannot express nan: patch the text directly
+        text = GOOD.replace("[model]", "[model]\n" + patch)
+    else:
+        text = merge(GOOD, patch)
+    rc = main(["run", str(write(tmp_path, text)), "--output", str(tmp_path / "o"),
+               "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert needle in err, err
+
+
+def test_unreadable_and_off_sphere_meshes(tmp_path, capsys):
+    from mpi4py import MPI
+
+    import solver
+    from dolfinx import io
+
+    junk = tmp_path / "junk.xdmf"
+    junk.write_text("not xml at all")
+    cfg = GOOD.replace("sphere = 1\ncells = 32", f'file = "{junk}"')
+    assert main(["run", str(write(tmp_path, cfg)), "--output", str(tmp_path / "o")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+    sm = solver.sphere_mesh(MPI.COMM_SELF, 1, cells=16)
+    sm.mesh.geometry.x[:] *= 1.1
+    off = tmp_path / "off.xdmf"
+    with io.XDMFFile(MPI.COMM_SELF, str(off), "w") as f:
+        f.write_mesh(sm.mesh)
+    cfg = GOOD.replace("sphere = 1\ncells = 32", f'file = "{off}"')
+    assert main(["run", str(write(tmp_path, cfg)), "--output", str(tmp_path / "o")]) == 2
+    assert "not a mesh of the unit sphere" in capsys.readouterr().err
+    # ... unless projection is asked for
+    cfg = cfg.replace(f'file = "{off}"', f'file = "{off}"\nproject = true')
+    out = tmp_path / "p"
+    assert main(["run", str(write(tmp_path, cfg)), "--output", str(out), "--no-progress"]) == 0
+
+
+def test_shipped_meshes_load():
+    from pathlib import Path
+
+    from mpi4py import MPI
+
+    import solver
+
+    root = Path(__file__).resolve().parents[1] / "meshes"
+    sm = solver.load_mesh(MPI.COMM_WORLD, root / "icosphere_3.xdmf")
+    assert sm.num_cells == 1280 and sm.gdim == 3
+    # flat cells inscribed in the sphere: total area slightly below 4π, O(h^2)
+    assert 0.99 * 4 * np.pi < sm.integrate(np.ones(sm.num_owned)) < 4 * np.pi
+    assert solver.load_mesh(MPI.COMM_WORLD, root / "circle_256.xdmf").num_cells == 256
+
+
+def test_real_exit_code_from_shell(tmp_path, run):
+    bad = write(tmp_path, merge(GOOD, "[model]\nQ = [[1.0, 0.0]]\n"))
+    p = run(["-m", "solver", "run", str(bad), "--output", str(tmp_path / "o")])
+    assert p.returncode == 2 and "model.Q" in p.stderr
+    p = run(["-m", "solver", "--help"])
+    assert p.returncode == 0 and "mpiexec" in p.stdout
