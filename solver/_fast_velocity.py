@@ -5,9 +5,11 @@ The kernel of :func:`solver.attention_velocity` is ``k(x, y) = e^{yᵀ A x} = e^
 
 .. math::
 
-    S^2:\\; e^{r\\,\\hat u\\cdot y} = \\sum_{l\\ge 0} 4π\\, i_l(r) \\sum_{m} Y_{lm}(\\hat u) Y_{lm}(y),
+    S^2:\\; e^{r\\,\\hat u\\cdot y}
+        = \\sum_{l\\ge 0} 4π\\, i_l(r) \\sum_{m} Y_{lm}(\\hat u) Y_{lm}(y),
     \\qquad
-    S^1:\\; e^{r\\cos(α-β)} = I_0(r) + 2\\sum_{k\\ge 1} I_k(r)\\,(\\cos kα\\cos kβ + \\sin kα\\sin kβ),
+    S^1:\\; e^{r\\cos(α-β)}
+        = I_0(r) + 2\\sum_{k\\ge 1} I_k(r)\\,(\\cos kα\\cos kβ + \\sin kα\\sin kβ),
 
 (``i_l`` modified spherical Bessel functions, ``Y_lm`` real orthonormal spherical harmonics,
 ``I_k`` modified Bessel functions). Truncating at degree ``n`` separates the kernel into
@@ -133,26 +135,21 @@ def _basis_s2(p: np.ndarray, n: int) -> np.ndarray:
         if m > 0:
             pmm = pmm * (math.sqrt((2 * m + 1) / (2 * m)) * s)
             cm, sm = cm * cphi - sm * sphi, sm * cphi + cm * sphi
-            cmm, smm = c1 * cm, c1 * sm
-
-        def put(l, plm, m=m):
-            if m == 0:
-                out[l * l] = c0 * plm
-            else:
-                np.multiply(plm, cmm, out=out[l * l + 2 * m - 1])
-                np.multiply(plm, smm, out=out[l * l + 2 * m])
-
+        trig = (c1 * cm, c1 * sm) if m > 0 else None
         p2, p1 = None, pmm
-        put(m, p1)
-        if m < n:
-            p2, p1 = p1, math.sqrt(2 * m + 3) * z * p1
-            put(m + 1, p1)
-        for l in range(m + 2, n + 1):
-            den = l * l - m * m
-            a = math.sqrt((4 * l * l - 1) / den)
-            b = math.sqrt((2 * l + 1) * (l - m - 1) * (l + m - 1) / ((2 * l - 3) * den))
-            p2, p1 = p1, a * z * p1 - b * p2
-            put(l, p1)
+        for l in range(m, n + 1):
+            if l == m + 1:
+                p2, p1 = p1, math.sqrt(2 * m + 3) * z * p1
+            elif l > m + 1:
+                den = l * l - m * m
+                a = math.sqrt((4 * l * l - 1) / den)
+                b = math.sqrt((2 * l + 1) * (l - m - 1) * (l + m - 1) / ((2 * l - 3) * den))
+                p2, p1 = p1, a * z * p1 - b * p2
+            if trig is None:
+                np.multiply(p1, c0, out=out[l * l])
+            else:
+                np.multiply(p1, trig[0], out=out[l * l + 2 * m - 1])
+                np.multiply(p1, trig[1], out=out[l * l + 2 * m])
     return out
 
 
@@ -338,7 +335,7 @@ class FastVelocity:
         sample: int = 32,
         cache: int = 2,
         max_fail: float = 1e-3,
-        roundoff: float = 4.0,
+        roundoff: float = 2.0,
     ):
         self.comm = comm
         self.x = np.ascontiguousarray(targets, dtype=float)
@@ -474,6 +471,8 @@ class FastVelocity:
     def _to_direct(self, st: _Setup, reason: str) -> None:
         st.mode = "direct"
         st.phi = st.tails = None
+        keep = ("R", "n_cap", "n_uniform", "sampled_error", "sampled_targets")
+        st.report = {k: v for k, v in st.report.items() if k in keep}
         st.report.update(method="direct", reason=reason)
         self._warn(reason)
 
@@ -519,10 +518,13 @@ class FastVelocity:
         return np.asarray(self._allsum((B > thr).sum(axis=1).astype(np.int64)))
 
     def _pick_degree(self, st, lo, D, q, ctx, thr) -> int:
-        """Smallest degree in ``[lo, n_tail]`` leaving at most ``max_fail`` targets, + 1."""
+        """Smallest degree in ``[lo, n_tail]`` leaving at most ``max_fail`` of the targets (or
+        about the fewest possible) to the direct sum, plus one for weight drift."""
         counts = self._fail_counts(st, lo, st.n_tail, D, q, ctx, thr)
-        ok = np.nonzero(counts <= int(self.max_fail * self.N))[0]
-        return min(lo + int(ok[0]) + 1, st.n_tail) if ok.size else st.n_tail
+        # targets limited by round-off do not improve with the degree: aim at the best count
+        target = max(int(self.max_fail * self.N), math.ceil(1.01 * int(counts.min())))
+        first = int(np.nonzero(counts <= target)[0][0])
+        return min(lo + first + 1, st.n_tail)
 
     def _evaluate(self, st, n, ctx):
         X, D, q = self._fast(st, n, ctx)

@@ -230,10 +230,20 @@ def load_mesh(comm, path: str | os.PathLike, *, project: bool = False) -> Sphere
 class DG0Upwind:
     """Right-hand side ``dρ/dt = -div(u ρ)`` of the DG0 upwind scheme (see module doc).
 
-    The velocity is a continuous P1 vector field; :attr:`targets` are the coordinates of
-    this rank's owned velocity nodes (the mesh vertices) and :meth:`rhs` takes the velocity
-    there and the owned cell averages.
+    This is the *transport operator interface* that :func:`solver.evolve` drives (a DG1
+    operator implements the same):
+
+    - the state is a NumPy array whose first axis is this rank's owned cells (DG0: the cell
+      averages, shape ``(num_owned,)``);
+    - :attr:`targets` — owned velocity nodes (here the mesh vertices, P1 velocity);
+    - :meth:`rhs` ``(velocity at targets, state) -> d state/dt``;
+    - :attr:`source_points`, :attr:`source_keys`, :meth:`source_weights` — the quadrature of
+      the nonlocal integral ``∫ f dμ ≈ Σ_j w_j f(y_j)`` (owned points, a rank-independent
+      global numbering, weights from the state);
+    - :meth:`cell_averages`, :meth:`limit`, :meth:`initial_state`, :meth:`max_time_step`.
     """
+
+    degree = 0
 
     def __init__(self, sm: SphereMesh):
         self.sm = sm
@@ -253,6 +263,40 @@ class DG0Upwind:
         self.form = fem.form(-(q("+") - q("-")) * flux * ufl.dS(metadata={"quadrature_degree": 2}))
         self._b = la.vector(sm.V0.dofmap.index_map, 1)
         self._nown = sm.num_owned
+
+    @property
+    def source_points(self) -> np.ndarray:
+        return self.sm.centroids
+
+    @property
+    def source_keys(self) -> np.ndarray:
+        return self.sm.keys
+
+    def source_weights(self, rho: np.ndarray) -> np.ndarray:
+        """``ρ_K |K|``: centroid quadrature of the measure."""
+        return rho * self.sm.areas
+
+    def cell_averages(self, rho: np.ndarray) -> np.ndarray:
+        return rho
+
+    def limit(self, rho: np.ndarray) -> np.ndarray:
+        return rho
+
+    def initial_state(self, f, degree: int = 4) -> np.ndarray:
+        """Cell averages of ``f`` (quadrature of the given degree), normalised to unit mass."""
+        rho = self.sm.cell_averages(f, degree)
+        if not np.all(np.isfinite(rho)) or np.any(rho < 0):
+            raise ValueError("initial density must be finite and >= 0 on every cell")
+        mass = self.sm.integrate(rho)
+        if not mass > 0:
+            raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
+        return rho / mass
+
+    def max_time_step(self, speed: float, cfl: float) -> float:
+        """``cfl * min_K |K| / |∂K| / speed``: forward Euler keeps ``ρ >= 0`` for cfl <= 1."""
+        if not (np.isfinite(cfl) and 0 < cfl <= 1):
+            raise ValueError(f"time.cfl must be in (0, 1] (positivity of the scheme), got {cfl}")
+        return cfl * self.sm.min_area_per_perimeter() / max(speed, 1e-300)
 
     def rhs(self, velocity: np.ndarray, rho: np.ndarray) -> np.ndarray:
         """``dρ/dt`` on owned cells for owned nodal ``velocity`` and owned cell averages."""

@@ -24,7 +24,6 @@ from ._transport import (
     NonlocalField,
     PrescribedField,
     Transport,
-    cfl_time_step,
 )
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
@@ -55,13 +54,14 @@ class Result:
 
 def initial_cell_averages(sm: SphereMesh, density: Density | Callable, degree: int = 4):
     """Cell averages of an (unnormalised) initial density, normalised to unit mass."""
-    rho = sm.cell_averages(density, degree)
-    if not np.all(np.isfinite(rho)) or np.any(rho < 0):
-        raise ValueError("initial density must be finite and >= 0 on every cell")
-    mass = sm.integrate(rho)
-    if not mass > 0:
-        raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
-    return rho / mass
+    return DG0Upwind(sm).initial_state(density, degree)
+
+
+def make_operator(sm: SphereMesh, degree: int = 0):
+    """The upwind DG transport operator of the given degree on ``sm``."""
+    if degree == 0:
+        return DG0Upwind(sm)
+    raise ValueError(f"scheme.degree must be 0, got {degree}")
 
 
 def mesh_from_config(comm, m: dict) -> SphereMesh:
@@ -88,6 +88,7 @@ def evolve(
     resume: bool = False,
     progress: bool = True,
     config: dict | None = None,
+    degree: int = 0,
 ) -> Result:
     """Evolve the density by DG0 upwind + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -115,7 +116,7 @@ def evolve(
         Continue from ``output/checkpoint.npz`` when it matches this run.
     """
     comm = sm.comm
-    op = DG0Upwind(sm)
+    op = make_operator(sm, degree)
     if velocity is not None:
         if speed is None:
             raise ValueError("a prescribed velocity needs `speed`, a bound of |u| (for the CFL)")
@@ -131,14 +132,15 @@ def evolve(
 
     if isinstance(initial, np.ndarray):
         rho0 = np.asarray(initial, dtype=float)
-        if rho0.shape != (sm.num_owned,):
-            raise ValueError(f"initial cell averages must have shape ({sm.num_owned},)")
-        rho0 = rho0 / sm.integrate(rho0)
+        if rho0.shape[:1] != (sm.num_owned,):
+            raise ValueError(f"initial state must have {sm.num_owned} rows (owned cells)")
+        rho0 = rho0 / sm.integrate(op.cell_averages(rho0))
     else:
-        rho0 = initial_cell_averages(sm, initial)
+        rho0 = op.initial_state(initial)
     speed_max = max(f.speed(T) for f in fields)
-    bps = np.unique(np.concatenate([np.zeros(0)] + [m.breakpoints(T) for m in (model, perturbed) if m]))
-    times, saved = time_grid(T, cfl_time_step(sm, speed_max, cfl), save_every, bps)
+    jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
+    bps = np.unique(np.concatenate([np.zeros(0), *jumps]))
+    times, saved = time_grid(T, op.max_time_step(speed_max, cfl), save_every, bps)
     columns = DIAGNOSTIC_COLUMNS(sm.gdim, two)
 
     out = Path(output) if output is not None else None
@@ -174,22 +176,23 @@ def evolve(
 
     def record(k: int) -> None:
         t = float(times[k])
-        diags = [density_diagnostics(sm, s) for s in states]
+        avgs = [op.cell_averages(s) for s in states]
+        diags = [density_diagnostics(sm, a) for a in avgs]
         mass0 = 1.0
         for i, dg in enumerate(diags):
             check_state(dg, t, mass0, "density_perturbed" if i else "density")
         row = [t] + diags[0]
         if two:
-            row += diags[1] + drift_diagnostics(sm, diags[0], diags[1], *states)
+            row += diags[1] + drift_diagnostics(sm, diags[0], diags[1], *avgs)
         if k == len(rows):
             rows.append(row)
         if k in saved_set:
             gathered = [sm.gather(s) for s in states]
             if rank0:
                 for i, g in enumerate(gathered):
-                    snaps[i].append(g)
+                    snaps[i].append(op.cell_averages(g))
             if writer is not None:
-                writer.write(t, states)
+                writer.write(t, avgs)
             if ckpt is not None and k > 0:
                 if rank0:
                     atomic_savez(
@@ -247,5 +250,5 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, prog
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
-        resume=resume, progress=progress, config=cfg,
+        resume=resume, progress=progress, config=cfg, degree=cfg["scheme"]["degree"],
     )  # fmt: skip

@@ -47,8 +47,11 @@ def time_grid(
     return times, saved
 
 
-def ssp_rk3_step(rhs: Callable, rho: np.ndarray, t: float, dt: float) -> np.ndarray:
-    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``."""
-    r1 = rho + dt * rhs(t, rho)
-    r2 = 0.75 * rho + 0.25 * (r1 + dt * rhs(t + dt, r1))
-    return rho / 3.0 + (2.0 / 3.0) * (r2 + dt * rhs(t + 0.5 * dt, r2))
+def ssp_rk3_step(
+    rhs: Callable, rho: np.ndarray, t: float, dt: float, limiter: Callable | None = None
+) -> np.ndarray:
+    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``, ``limiter`` after each stage."""
+    lim = limiter if limiter is not None else (lambda r: r)
+    r1 = lim(rho + dt * rhs(t, rho))
+    r2 = lim(0.75 * rho + 0.25 * (r1 + dt * rhs(t + dt, r1)))
+    return lim(rho / 3.0 + (2.0 / 3.0) * (r2 + dt * rhs(t + 0.5 * dt, r2)))

@@ -1,6 +1,5 @@
 """Time stepping of the continuity equation ``∂t ρ + div(X ρ) = 0`` on a sphere mesh.
 
-* the CFL step keeps forward Euler, hence SSP-RK3 (:mod:`solver._timestepping`), positive;
 * :class:`NonlocalVelocity` / :class:`PrescribedVelocity` give the nodal velocity for a
   density; the model's parameters are frozen over a step at their value at the step's
   midpoint (exact for piecewise-constant schedules, since steps land on the jumps).
@@ -12,49 +11,42 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._fem import DG0Upwind, SphereMesh
 from ._model import Model
 from ._timestepping import ssp_rk3_step
 from ._velocity import NonlocalVelocity as _Nonlocal
 from ._velocity import tangent_project
 
 __all__ = [
-    "cfl_time_step",
     "NonlocalField",
     "PrescribedField",
     "Transport",
 ]
 
 
-def cfl_time_step(sm: SphereMesh, speed: float, cfl: float) -> float:
-    """``cfl * min_K |K| / |∂K| / speed``: forward Euler keeps ``ρ >= 0`` for ``cfl <= 1``."""
-    if not (np.isfinite(cfl) and 0 < cfl <= 1):
-        raise ValueError(f"time.cfl must be in (0, 1] (positivity of the scheme), got {cfl}")
-    return cfl * sm.min_area_per_perimeter() / max(speed, 1e-300)
-
-
 class NonlocalField:
     """Attention velocity ``X[ρ]`` at the velocity nodes, for a model's parameters.
 
-    Sources are the owned cell centroids (on the sphere) with weights ``ρ_K |K|``; targets
-    are the owned velocity nodes. See :class:`solver.NonlocalVelocity` for the MPI layout.
+    Sources and weights are the operator's quadrature of the measure (DG0: cell centroids
+    on the sphere, weights ``ρ_K |K|``); targets are the operator's owned velocity nodes.
+    See :class:`solver.NonlocalVelocity` for the MPI layout.
     """
 
-    def __init__(self, op: DG0Upwind, model: Model, *, method="direct", tolerance=1e-10):
+    def __init__(self, op, model: Model, *, method="direct", tolerance=1e-10):
         sm = op.sm
         if model.d != sm.gdim:
             raise ValueError(
                 f"the model is {model.d}-dimensional but the mesh is S^{sm.gdim - 1} in "
                 f"R^{sm.gdim}: Q, K, V must be {sm.gdim} x {sm.gdim}"
             )
-        self.model, self.areas = model, sm.areas
+        self.model, self.op = model, op
         self.eval = _Nonlocal(
-            sm.comm, op.targets, sm.centroids, sm.keys, method=method, tolerance=tolerance
-        )
+            sm.comm, op.targets, op.source_points, op.source_keys, method=method,
+            tolerance=tolerance,
+        )  # fmt: skip
 
-    def __call__(self, t_param: float, t: float, rho: np.ndarray) -> np.ndarray:
+    def __call__(self, t_param: float, t: float, state: np.ndarray) -> np.ndarray:
         A, V = self.model.parameters(t_param)
-        return self.eval(rho * self.areas, A, V)
+        return self.eval(self.op.source_weights(state), A, V)
 
     def speed(self, T: float) -> float:
         return self.model.speed_bound(T)
@@ -63,7 +55,7 @@ class NonlocalField:
 class PrescribedField:
     """A given velocity ``u(x, t)`` (projected onto the tangent space at the nodes)."""
 
-    def __init__(self, op: DG0Upwind, fn: Callable[[np.ndarray, float], np.ndarray], speed):
+    def __init__(self, op, fn: Callable[[np.ndarray, float], np.ndarray], speed):
         self.x, self.fn, self._speed = op.targets, fn, float(speed)
 
     def __call__(self, t_param: float, t: float, rho: np.ndarray) -> np.ndarray:
@@ -74,9 +66,12 @@ class PrescribedField:
 
 
 class Transport:
-    """DG0 upwind transport of one density under a velocity field, stepped by SSP-RK3."""
+    """Upwind DG transport of one density under a velocity field, stepped by SSP-RK3.
 
-    def __init__(self, op: DG0Upwind, field):
+    The operator's limiter (identity for DG0) is applied after every stage.
+    """
+
+    def __init__(self, op, field):
         self.op, self.field = op, field
 
     def step(self, rho: np.ndarray, t: float, dt: float) -> np.ndarray:
@@ -85,4 +80,4 @@ class Transport:
         def rhs(s, r):
             return self.op.rhs(self.field(tp, s, r), r)
 
-        return ssp_rk3_step(rhs, rho, t, dt)
+        return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit)

@@ -98,10 +98,10 @@ def test_bad_config_fails_clearly(tmp_path, capsys, case):
 
 
 def test_unreadable_and_off_sphere_meshes(tmp_path, capsys):
+    from dolfinx import io
     from mpi4py import MPI
 
     import solver
-    from dolfinx import io
 
     junk = tmp_path / "junk.xdmf"
     junk.write_text("not xml at all")

@@ -1,4 +1,4 @@
-"""DG0 upwind transport on meshed spheres: conservation, positivity, convergence, exact solutions."""
+"""DG0 upwind transport on meshed spheres: conservation, positivity, convergence, exactness."""
 
 import numpy as np
 import pytest

@@ -1,0 +1,340 @@
+"""The fast (expansion) velocity against the direct sum, its fall-backs and MPI independence."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from scipy.special import eval_legendre, ive, spherical_in
+
+from solver._fast_velocity import (
+    FastVelocity,
+    _degree_of_terms,
+    _scaled_bessel,
+    degree_weights,
+    sphere_basis,
+    truncation_tails,
+)
+from solver._velocity import NonlocalVelocity, attention_velocity
+
+SELF = MPI.COMM_SELF
+
+
+def fibonacci_sphere(n: int) -> np.ndarray:
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    t = np.pi * (1 + 5**0.5) * i
+    s = np.sqrt(1 - z * z)
+    return np.c_[s * np.cos(t), s * np.sin(t), z]
+
+
+def circle(n: int, shift: float = 0.0) -> np.ndarray:
+    t = 2 * np.pi * (np.arange(n) + shift) / n
+    return np.c_[np.cos(t), np.sin(t)]
+
+
+def problem(d: int, seed: int = 0):
+    """Targets, sources and smooth positive weights on S^1 (d = 2) or S^2 (d = 3)."""
+    rng = np.random.default_rng(seed)
+    if d == 3:
+        x = fibonacci_sphere(300)
+        y = fibonacci_sphere(640) @ np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        w = (1.3 + np.sin(3 * y[:, 0]) * np.cos(2 * y[:, 1])) / len(y)
+    else:
+        x, y = circle(200), circle(400, 0.5)
+        w = (1.2 + np.cos(3 * np.arctan2(y[:, 1], y[:, 0]))) / len(y)
+    return x, y, w
+
+
+def matrix(d: int, norm: float, seed: int, kind: str = "general") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(d, d))
+    if kind == "symmetric":
+        M = M + M.T
+    return M * (norm / np.linalg.norm(M, 2))
+
+
+def rel_error(X, Xd) -> float:
+    return float(np.abs(X - Xd).max() / np.linalg.norm(Xd, axis=1).max())
+
+
+def quiet_call(f, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return f(*args)
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def test_spherical_harmonics_addition_theorem():
+    rng = np.random.default_rng(1)
+    a, b = (p / np.linalg.norm(p, axis=1)[:, None] for p in rng.normal(size=(2, 6, 3)))
+    a[0] = [0, 0, 1]  # a pole
+    n = 30
+    Ba, Bb, deg = sphere_basis(a, n), sphere_basis(b, n), _degree_of_terms(n, 3)
+    for l in range(n + 1):
+        s = (Ba[deg == l] * Bb[deg == l]).sum(axis=0)
+        exact = (2 * l + 1) / (4 * np.pi) * eval_legendre(l, (a * b).sum(axis=1))
+        np.testing.assert_allclose(s, exact, atol=1e-13 * (2 * l + 1))
+    # orthonormality on a fine Fibonacci grid (quadrature error is tiny for degree <= 6)
+    p = fibonacci_sphere(20000)
+    G = sphere_basis(p, 6) @ sphere_basis(p, 6).T * (4 * np.pi / len(p))
+    np.testing.assert_allclose(G, np.eye(49), atol=2e-3)
+
+
+def test_fourier_basis():
+    p = circle(7, 0.3)
+    B = sphere_basis(p, 5)
+    t = np.arctan2(p[:, 1], p[:, 0])
+    np.testing.assert_allclose(B[0], 1.0)
+    for k in range(1, 6):
+        np.testing.assert_allclose(B[2 * k - 1], np.cos(k * t), atol=1e-14)
+        np.testing.assert_allclose(B[2 * k], np.sin(k * t), atol=1e-14)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_scaled_bessel(d):
+    r = np.array([0.0, 1e-6, 0.3, 2.0, 9.0, 35.0, 120.0])
+    f = _scaled_bessel(r, 50, d)
+    l = np.arange(51)[:, None]
+    with np.errstate(all="ignore"):
+        if d == 3:
+            exact = np.sqrt(np.pi / (2 * r)) * ive(l + 0.5, r)
+            exact[:, 0] = spherical_in(l[:, 0], 0.0)
+        else:
+            exact = ive(l, r)
+    np.testing.assert_allclose(f, exact, rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_kernel_expansion_within_truncation_tail(d):
+    """``|e^{<u,y> - r} - Σ_{l<=n}| <= τ_n(r)`` (plus round-off), and τ_n -> 0."""
+    rng = np.random.default_rng(2)
+    u = rng.normal(size=(40, d))
+    u *= rng.uniform(0, 10, size=(40, 1)) / np.linalg.norm(u, axis=1)[:, None]
+    y = rng.normal(size=(50, d))
+    y /= np.linalg.norm(y, axis=1)[:, None]
+    r = np.linalg.norm(u, axis=1)
+    exact = np.exp(u @ y.T - r[:, None])
+    tails = truncation_tails(r, 40, d)
+    for n in (3, 10, 20, 40):
+        b = degree_weights(r, n, d)
+        phi = sphere_basis(u / r[:, None], n) * b[_degree_of_terms(n, d)]
+        approx = phi.T @ sphere_basis(y, n)
+        err = np.abs(approx - exact).max(axis=1)
+        assert np.all(err <= tails[n] + 1e-14)
+    assert tails[40].max() < 1e-15
+
+
+# ----------------------------------------------------------------------------- fast vs direct
+
+CASES = [
+    # (d, ‖A‖, kind, tolerance)
+    (3, 0.5, "general", 1e-10),
+    (3, 3.0, "general", 1e-8),
+    (3, 3.0, "symmetric", 1e-12),
+    (3, 10.0, "general", 1e-8),
+    (3, 10.0, "general", 1e-10),
+    (2, 1.0, "general", 1e-10),
+    (2, 6.0, "symmetric", 1e-12),
+    (2, 20.0, "general", 1e-8),
+]
+
+
+@pytest.mark.parametrize("d,norm,kind,tol", CASES)
+def test_fast_matches_direct(d, norm, kind, tol):
+    x, y, w = problem(d, seed=3)
+    A, V = matrix(d, norm, 10, kind), matrix(d, 1.5, 11)
+    nv = NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="fast", tolerance=tol)
+    X = nv(w, A, V)
+    Xd = attention_velocity(x, y, w, A, V)
+    rep = nv.report
+    assert rep["method"] == "fast", rep
+    err = rel_error(X, Xd)
+    assert err <= tol
+    assert err <= max(rep["bound"], 1e-13)
+    assert rep["sampled_error"] <= tol
+    # the result is tangent
+    np.testing.assert_allclose(np.einsum("ij,ij->i", X, x), 0, atol=1e-14)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_weights_change_and_A_cache(d):
+    """Weights drift between calls; two A values alternate (cached); zero weights drop out."""
+    x, y, w0 = problem(d, seed=4)
+    As = [matrix(d, 4.0, 20), matrix(d, 2.0, 21)]
+    V = matrix(d, 1.0, 22)
+    tol = 1e-9
+    fv = FastVelocity(SELF, x, y, tolerance=tol, chunk=128)
+    for k in range(6):
+        w = w0 * (1 + 0.5 * np.sin(k + 3 * y[:, 0]))
+        w[::7] = 0.0
+        A = As[k % 2]
+        X = fv(w, A, V)
+        assert fv.report["method"] == "fast"
+        assert rel_error(X, attention_velocity(x, y, w, A, V)) <= tol
+    assert len(fv._setups) == 2
+    assert [st.calls for st in fv._setups.values()] == [3, 3]
+
+
+def test_concentrated_density_uses_direct_for_a_few_targets():
+    """A peaked density leaves some targets with tiny denominators: those go direct."""
+    x, y, _ = problem(3, seed=5)
+    w = np.exp(20 * (y[:, 2] - 1))
+    A, V = matrix(3, 6.0, 30), matrix(3, 1.0, 31)
+    tol = 1e-10
+    nv = NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="fast", tolerance=tol)
+    X = quiet_call(nv, w, A, V)
+    assert rel_error(X, attention_velocity(x, y, w, A, V)) <= tol
+    assert nv.report["method"] == "fast"
+    assert 0 < nv.report["direct_targets"] < len(x) // 4
+
+
+# ----------------------------------------------------------------------------- fall-backs
+
+
+@pytest.mark.parametrize("method", ["auto", "fast"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_peaked_kernel_falls_back_to_direct(method, d):
+    x, y, w = problem(d, seed=6)
+    A, V = matrix(d, 3000.0 if d == 2 else 150.0, 40), matrix(d, 1.0, 41)
+    mem = 8 * 2**20  # small budget: the high degree does not fit
+    nv = NonlocalVelocity(
+        SELF, x, y, np.arange(len(y)), method=method, tolerance=1e-10,
+        fast_options={"memory_bytes": mem},
+    )
+    with pytest.warns(RuntimeWarning, match="too peaked"):
+        X = nv(w, A, V)
+    assert nv.report["method"] == "direct"
+    assert "too peaked" in nv.report["reason"]
+    Xd = attention_velocity(x, y, w, A, V)
+    assert rel_error(X, Xd) <= 1e-10  # this call may be a fast/direct hybrid
+    np.testing.assert_array_equal(nv(w, A, V), Xd)  # later calls: direct
+
+
+def test_auto_prefers_direct_for_tiny_problems():
+    x, y, w = problem(3)
+    x, y, w = x[:10], y[:20], w[:20]
+    A, V = matrix(3, 5.0, 50), matrix(3, 1.0, 51)
+    nv = NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="auto", tolerance=1e-10)
+    X = quiet_call(nv, w, A, V)
+    assert nv.report["method"] == "direct"
+    np.testing.assert_array_equal(X, attention_velocity(x, y, w, A, V))
+
+
+def test_moving_sources_use_direct():
+    x, y, w = problem(3)
+    A, V = matrix(3, 3.0, 60), matrix(3, 1.0, 61)
+    keys = np.arange(len(y))
+    auto = NonlocalVelocity(SELF, x, None, keys, method="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto: silently direct
+        X = auto(w, A, V, sources=y)
+    np.testing.assert_array_equal(X, attention_velocity(x, y, w, A, V))
+    with pytest.warns(RuntimeWarning, match="fixed sources"):
+        fast = NonlocalVelocity(SELF, x, None, keys, method="fast")
+    np.testing.assert_array_equal(fast(w, A, V, sources=y), X)
+    # fixed sources given, but moved on a call: direct for that call
+    fixed = NonlocalVelocity(SELF, x, y[::-1], keys, method="fast")
+    with pytest.warns(RuntimeWarning, match="moving sources"):
+        np.testing.assert_array_equal(fixed(w, A, V, sources=y), X)
+
+
+def test_bad_options():
+    x, y, _ = problem(3)
+    with pytest.raises(ValueError, match="method"):
+        NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="fmm")
+    with pytest.raises(ValueError, match="tolerance"):
+        NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="fast", tolerance=0.0)
+    fv = FastVelocity(SELF, x, y, tolerance=1e-8)
+    with pytest.raises(ValueError, match="no mass"):
+        fv(np.zeros(len(y)), np.eye(3), np.eye(3))
+
+
+# ----------------------------------------------------------------------------- MPI
+
+_MPI_SCRIPT = textwrap.dedent(
+    """
+    import sys, warnings
+    import numpy as np
+    from mpi4py import MPI
+    sys.path.insert(0, {tests!r})
+    from test_fast_velocity import problem, matrix, run_partitioned
+    comm = MPI.COMM_WORLD
+    out = run_partitioned(comm)
+    if comm.rank == 0:
+        np.savez(sys.argv[1], **out)
+    """
+)
+
+
+def run_partitioned(comm) -> dict:
+    """Fast velocities (S^1 and S^2, two A values, changing weights) gathered on rank 0.
+
+    Targets and sources are dealt to the ranks in a scrambled, uneven way; the sources'
+    global keys are their indices in the reference arrays.
+    """
+    P, p = comm.size, comm.rank
+    out = {}
+    for d in (2, 3):
+        x, y, w = problem(d, seed=7)
+        rng = np.random.default_rng(8)
+        tpart = rng.integers(0, P, len(x))
+        spart = rng.integers(0, P, len(y))
+        mine_t, mine_s = np.nonzero(tpart == p)[0], np.nonzero(spart == p)[0]
+        nv = NonlocalVelocity(
+            comm, x[mine_t], y[mine_s], mine_s, method="fast", tolerance=1e-9,
+            fast_options={"chunk": 64},
+        )
+        V = matrix(d, 1.0, 9)
+        for k, A in enumerate([matrix(d, 5.0, 10), matrix(d, 1.0, 11), matrix(d, 5.0, 10)]):
+            wk = w * (1 + 0.3 * np.cos(k + 2 * y[:, 1]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                X = nv(wk[mine_s], A, V)
+            assert nv.report["method"] == "fast", nv.report
+            parts = comm.gather((mine_t, X), root=0)
+            if p == 0:
+                full = np.empty((len(x), d))
+                for idx, Xp in parts:
+                    full[idx] = Xp
+                out[f"d{d}_{k}"] = full
+    return out
+
+
+def test_rank_independence():
+    comm = MPI.COMM_WORLD
+    ref = run_partitioned(SELF)
+    if comm.size > 1:  # run under mpiexec: compare this run's partition with one rank
+        got = run_partitioned(comm)
+        if comm.rank == 0:
+            for k in ref:
+                assert rel_error(got[k], ref[k]) <= 1e-12, k
+        return
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec not found")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "run.py"
+        script.write_text(_MPI_SCRIPT.format(tests=str(Path(__file__).parent)))
+        res = subprocess.run(
+            [mpiexec, "-n", "2", sys.executable, str(script), str(Path(tmp) / "out.npz")],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = dict(np.load(Path(tmp) / "out.npz"))
+    assert set(got) == set(ref)
+    for k in ref:
+        # identical up to BLAS round-off in the per-target products
+        assert rel_error(got[k], ref[k]) <= 1e-12, k
