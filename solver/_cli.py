@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", type=Path, required=True, help="output folder")
     r.add_argument("--resume", action="store_true", help="continue from output/checkpoint.npz")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v = sub.add_parser("validate", help="PDE vs particles (W2), Prop 3.1 bound, Prop 3.3 criterion")
+    v.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")
+    v.add_argument("--output", "-o", type=Path, required=True, help="report folder")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("config", help="print the embedded default config (TOML)")
     c.add_argument("--check", type=Path, metavar="CONFIG", help="validate a config and exit")
     return p
@@ -48,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                 say(default_config_text(), end="")
             return 0
         cfg = load_config(args.config)
+        if args.command == "validate":
+            from ._validate import validate
+
+            validate(comm, cfg, args.output, progress=not args.no_progress)
+            say(f"validation report: {args.output}/report.md")
+            return 0
         from ._run import run_config
 
         res = run_config(comm, cfg, args.output, resume=args.resume,

@@ -64,6 +64,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "scheme": {"degree": 0},
     "velocity": {"method": "direct", "tolerance": 1e-10},
     "output": {"vtx": True},
+    "validation": {
+        "levels": _NONE,
+        "sizes": [100, 400, 1600],
+        "seeds": 3,
+        "particle_dt": 0.02,
+        "w2_method": "auto",
+    },
 }
 
 
@@ -211,7 +218,27 @@ def resolve_config(raw: dict) -> dict:
     v["tolerance"] = _num("velocity.tolerance", v["tolerance"], positive=True)
     if not isinstance(cfg["output"]["vtx"], bool):
         raise ConfigError("output.vtx must be true or false")
+    _resolve_validation(cfg["validation"])
     return cfg
+
+
+def _resolve_validation(v: dict) -> None:
+    if "levels" in v:
+        if not isinstance(v["levels"], list) or not v["levels"]:
+            raise ConfigError("validation.levels must be a non-empty list of mesh levels")
+        v["levels"] = [
+            _num("validation.levels[]", x, integer=True, nonneg=True) for x in v["levels"]
+        ]
+    if not isinstance(v["sizes"], list) or len(v["sizes"]) < 2:
+        raise ConfigError("validation.sizes must list at least two particle counts")
+    v["sizes"] = sorted(_num("validation.sizes[]", x, integer=True, positive=True)
+                        for x in v["sizes"])  # fmt: skip
+    v["seeds"] = _num("validation.seeds", v["seeds"], integer=True, positive=True)
+    v["particle_dt"] = _num("validation.particle_dt", v["particle_dt"], positive=True)
+    if v["w2_method"] not in ("auto", "exact", "sinkhorn", "sliced"):
+        raise ConfigError(
+            f"validation.w2_method must be auto, exact, sinkhorn or sliced, got {v['w2_method']!r}"
+        )
 
 
 def _resolve_initial(name: str, ini: dict, d: int) -> dict:

@@ -1,0 +1,356 @@
+"""Benchmark of the nonlocal attention velocity: direct sum vs fast expansion vs dense kernel.
+
+Exact command (from the repository root; it launches the MPI runs itself)::
+
+    .venv/bin/python scripts/bench_velocity.py --levels 3 4 5 6 7 --ranks 1 2
+
+which runs, for each rank count ``P``,
+``.venv/bin/mpiexec -n P .venv/bin/python scripts/bench_velocity.py --worker ...`` with one
+BLAS/OpenMP thread per rank (pure MPI: the 1-vs-2-rank ratios are strong scaling on the
+2 cores), and prints one table with the ratios measured in that run. A single MPI run::
+
+    .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_velocity.py --worker --levels 5
+
+Expected cost on a 2-core machine: about 5 minutes for levels 3-7 with 1 and 2 ranks (the
+direct sum at level 6 is ~40 s on 1 rank; at level 7 it would take ~10 min per evaluation,
+so it is skipped there and estimated from the level-6 pairs/s; the error at level 7 is
+measured against the direct sum on 256 sampled targets). Peak memory ~6 GB (level 7).
+
+Points: the mesh module (DOLFINx) is not needed here; the script builds the icosphere of
+the given level itself in NumPy (``10·4^l + 2`` vertices = targets, ``20·4^l`` triangle
+centroids projected to the sphere = sources, flat triangle areas times a smooth positive
+density = weights), the same layout as the PDE's DG0 discretisation.
+
+Methods:
+
+* ``direct``: :class:`solver.NonlocalVelocity` with ``method="direct"`` (blocked NumPy
+  direct sum, the reference);
+* ``fast``: ``method="fast"`` (spherical-harmonic expansion, :mod:`solver._fast_velocity`),
+  setup (first call for a new ``A``) timed separately from the evaluations; the weights
+  change between evaluations as in the RK3 stages;
+* ``dense``: the whole scaled kernel matrix ``e^{yᵀAx - |Ax|}`` materialised once per ``A``
+  (where it fits in ``--dense-mem``), then one dense matrix product per evaluation.
+
+Errors are relative, max norm over all targets: ``max_i |X_i - X_i^direct| / max_i |X_i^direct|``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- icosphere
+
+
+def icosphere(level: int):
+    """Vertices (unit) and triangles of the icosphere of the given level (NumPy only)."""
+    import numpy as np
+
+    t = (1 + 5**0.5) / 2
+    v = np.array(
+        [
+            [-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0],
+            [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
+            [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1],
+        ],
+        dtype=float,
+    )
+    f = np.array(
+        [
+            [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11],
+            [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
+            [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
+            [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+        ]
+    )
+    v /= np.linalg.norm(v, axis=1)[:, None]
+    for _ in range(level):
+        e = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+        uniq, inv = np.unique(e, axis=0, return_inverse=True)
+        mid = v[uniq[:, 0]] + v[uniq[:, 1]]
+        mid /= np.linalg.norm(mid, axis=1)[:, None]
+        ids = len(v) + inv.reshape(3, -1)
+        v = np.concatenate([v, mid])
+        ab, bc, ca = ids
+        a, b, c = f.T
+        f = np.concatenate(
+            [np.c_[a, ab, ca], np.c_[b, bc, ab], np.c_[c, ca, bc], np.c_[ab, bc, ca]]
+        )
+    return v, f
+
+
+def problem(level: int, norm_A: float, seed: int = 0):
+    import numpy as np
+
+    v, f = icosphere(level)
+    tri = v[f]
+    cen = tri.mean(axis=1)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    cen /= np.linalg.norm(cen, axis=1)[:, None]
+    rho = 1.0 + 0.6 * np.sin(3 * cen[:, 0] + 1) * np.cos(2 * cen[:, 1]) + 0.3 * cen[:, 2]
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(3, 3))  # non-symmetric
+    A *= norm_A / np.linalg.norm(A, 2)
+    V = rng.normal(size=(3, 3))
+    V /= np.linalg.norm(V, 2)
+    return v, cen, rho * area, A, V
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def worker(args) -> None:
+    import warnings
+
+    import numpy as np
+    from mpi4py import MPI
+
+    from solver._velocity import NonlocalVelocity, attention_velocity
+
+    comm = MPI.COMM_WORLD
+    P, p = comm.size, comm.rank
+    results = []
+    pairs_per_s_direct = None
+
+    def timed(fn):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        return out, comm.allreduce(dt, op=MPI.MAX)
+
+    def gather_rows(X, rows, n):
+        parts = comm.gather((rows, X), root=0)
+        if p:
+            return None
+        full = np.empty((n, X.shape[1]))
+        for r, Xp in parts:
+            full[r] = Xp
+        return full
+
+    for level in args.levels:
+        v, cen, w0, A, V = problem(level, args.norm)
+        N, M = len(v), len(cen)
+        trows = np.arange(p * N // P, (p + 1) * N // P)
+        srows = np.arange(p * M // P, (p + 1) * M // P)
+        x, y = v[trows], cen[srows]
+        pairs = N * M
+        weights = [w0 * (1 + 0.05 * k * np.sin(2 * cen[:, 2] + k)) for k in range(args.evals)]
+        rec = {"level": level, "N": N, "M": M, "ranks": P, "norm_A": args.norm}
+
+        # --- fast
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fast = NonlocalVelocity(
+                comm, x, y, srows, method="fast", tolerance=args.tol
+            )
+            _, t_setup = timed(lambda: fast(w0[srows], A, V))
+            ts = []
+            for wk in weights:
+                Xf, dt = timed(lambda wk=wk: fast(wk[srows], A, V))
+                ts.append(dt)
+        rep = dict(fast.report)
+        rec["fast"] = {
+            "setup_s": t_setup,
+            "eval_s": float(np.median(ts)),
+            "report": {k: rep[k] for k in rep if k != "reason"},
+            "warnings": [str(c.message) for c in caught],
+        }
+        Xf_full = gather_rows(Xf, trows, N)
+
+        # --- direct (the reference)
+        est = None if pairs_per_s_direct is None else pairs / pairs_per_s_direct
+        if est is not None and est > args.direct_budget:
+            rec["direct"] = {"skipped": True, "eval_s_est": est}
+            # error against the direct sum on sampled targets
+            rng = np.random.default_rng(1)
+            sample = np.sort(rng.choice(N, size=min(N, args.sample), replace=False))
+            if p == 0:
+                Xs = attention_velocity(v[sample], cen, weights[-1], A, V)
+                err = np.abs(Xf_full[sample] - Xs).max() / np.linalg.norm(Xs, axis=1).max()
+                rec["fast"]["error"] = float(err)
+                rec["fast"]["error_on"] = f"{len(sample)} sampled targets"
+        else:
+            direct = NonlocalVelocity(comm, x, y, srows, method="direct")
+            Xd, t_dir = timed(lambda: direct(weights[-1][srows], A, V))
+            pairs_per_s_direct = pairs / t_dir
+            rec["direct"] = {"eval_s": t_dir}
+            Xd_full = gather_rows(Xd, trows, N)
+            if p == 0:
+                scale = np.linalg.norm(Xd_full, axis=1).max()
+                rec["fast"]["error"] = float(np.abs(Xf_full - Xd_full).max() / scale)
+                rec["fast"]["error_on"] = "all targets"
+                if args.save:
+                    np.save(Path(args.save) / f"fast_l{level}_P{P}.npy", Xf_full)
+
+        # --- dense kernel matrix, materialised once per A
+        need = 8 * len(x) * M
+        if comm.allreduce(need, op=MPI.MAX) <= args.dense_mem:
+
+            def build():
+                u = x @ A.T
+                K = cen @ u.T  # (M, n_local): y_jᵀ A x_i
+                K -= np.linalg.norm(u, axis=1)
+                np.exp(K, out=K)
+                return K
+
+            K, t_build = timed(build)
+            ts, Xn = [], None
+            for wk in weights:
+
+                def ev(wk=wk):
+                    W = np.c_[wk, wk[:, None] * (cen @ V.T)]
+                    out = W.T @ K  # (4, n_local)
+                    num = (out[1:] / out[0]).T
+                    return num - np.einsum("ij,ij->i", x, num)[:, None] * x
+
+                Xn, dt = timed(ev)
+                ts.append(dt)
+            del K
+            rec["dense"] = {"setup_s": t_build, "eval_s": float(np.median(ts))}
+            Xn_full = gather_rows(Xn, trows, N)
+            if p == 0 and "eval_s" in rec["direct"]:
+                scale = np.linalg.norm(Xd_full, axis=1).max()
+                rec["dense"]["error"] = float(np.abs(Xn_full - Xd_full).max() / scale)
+        else:
+            rec["dense"] = {"skipped": True, "bytes": need * P}
+        if p == 0:
+            results.append(rec)
+            print(f"[P={P}] level {level} done", file=sys.stderr, flush=True)
+    if p == 0:
+        Path(args.out).write_text(json.dumps(results))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def fmt_t(t):
+    return f"{t * 1e3:9.1f} ms" if t < 10 else f"{t:9.1f} s "
+
+
+def driver(args) -> None:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(mpiexec) if mpiexec.exists() else "mpiexec"
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for P in args.ranks:
+            out = Path(tmp) / f"P{P}.json"
+            cmd = [mpiexec, "-n", str(P), sys.executable, __file__, "--worker",
+                   "--out", str(out), "--save", tmp, "--levels", *map(str, args.levels),
+                   "--norm", str(args.norm), "--tol", str(args.tol),
+                   "--evals", str(args.evals), "--direct-budget", str(args.direct_budget),
+                   "--dense-mem", str(args.dense_mem), "--sample", str(args.sample)]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, env=env, check=True)
+            runs[P] = {r["level"]: r for r in json.loads(out.read_text())}
+        # rank independence of the fast path
+        import numpy as np
+
+        indep = {}
+        if len(args.ranks) > 1:
+            for level in args.levels:
+                files = [Path(tmp) / f"fast_l{level}_P{P}.npy" for P in args.ranks]
+                if all(f.exists() for f in files):
+                    a = [np.load(f) for f in files]
+                    scale = np.linalg.norm(a[0], axis=1).max()
+                    indep[level] = max(np.abs(b - a[0]).max() / scale for b in a[1:])
+
+    try:
+        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = ""
+    print(f"\nS^2 icosphere, ‖A‖₂ = {args.norm:g} (non-symmetric), ‖V‖₂ = 1, "
+          f"tolerance {args.tol:g}, 1 thread per rank; {load}")
+    head = (f"{'lvl':>3} {'N':>7} {'M':>7} {'P':>2} {'method':>7} {'setup':>12} "
+            f"{'t/eval':>12} {'pairs/s':>9} {'error':>9} {'vs direct':>9} {'vs dense':>9} "
+            f"{'P2/P1':>6}  notes")
+    print(head)
+    print("-" * len(head))
+    base = args.ranks[0]
+    for level in args.levels:
+        for P in args.ranks:
+            r = runs[P][level]
+            N, M = r["N"], r["M"]
+            d_t = r["direct"].get("eval_s", r["direct"].get("eval_s_est"))
+            n_t = r["dense"].get("eval_s")
+            for name in ("direct", "dense", "fast"):
+                m = r[name]
+                if m.get("skipped") and name == "dense":
+                    print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {'':>12} {'skipped':>12}"
+                          f"{'':>43}  kernel matrix {m['bytes'] / 2**30:.1f} GiB")
+                    continue
+                t = m.get("eval_s", m.get("eval_s_est"))
+                setup = fmt_t(m["setup_s"]) if "setup_s" in m else ""
+                err = m.get("error")
+                err_s = f"{err:9.1e}" if err is not None else f"{'ref' if name == 'direct' else '':>9}"
+                vs_d = f"{d_t / t:9.1f}" if name != "direct" else f"{'1':>9}"
+                vs_n = f"{n_t / t:9.1f}" if n_t and name == "fast" else f"{'':>9}"
+                sc = ""
+                if P != base and base in runs:
+                    tb = runs[base][level][name]
+                    tb = tb.get("eval_s", tb.get("eval_s_est"))
+                    if tb:
+                        sc = f"{tb / t:6.2f}"
+                notes = []
+                if m.get("skipped"):
+                    notes.append("skipped, estimated from the previous level's pairs/s")
+                if name == "fast":
+                    rep = m["report"]
+                    if rep.get("method") == "fast":
+                        notes.append(f"deg {rep['degree']} ({rep['terms']} terms), bound "
+                                     f"{rep['bound']:.1e}, sampled {rep['sampled_error']:.1e}"
+                                     f", {rep['direct_targets']} direct targets")
+                    else:
+                        notes.append("fell back to direct")
+                    if m.get("error_on", "all targets") != "all targets":
+                        notes.append(f"error on {m['error_on']}")
+                print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {setup:>12} {fmt_t(t):>12} "
+                      f"{N * M / t:9.2e} {err_s} {vs_d} {vs_n} {sc:>6}  {'; '.join(notes)}")
+        print()
+    for level, e in indep.items():
+        print(f"rank independence (fast), level {level}: max relative difference "
+              f"{args.ranks[0]} vs other rank counts = {e:.1e}")
+    last = max(args.levels)
+    for P in args.ranks:
+        r = runs[P][last]["fast"]
+        print(f"level {last}, {P} rank(s): 1000 SSP-RK3 steps = 3000 fast evaluations "
+              f"= {3000 * r['eval_s']:.0f} s (+ setup {r['setup_s']:.1f} s per A)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--norm", type=float, default=10.0, help="‖A‖₂")
+    ap.add_argument("--tol", type=float, default=1e-8, help="fast-method tolerance")
+    ap.add_argument("--evals", type=int, default=5, help="timed fast/dense evaluations")
+    ap.add_argument("--direct-budget", type=float, default=120.0,
+                    help="skip the direct sum when its estimated time exceeds this (s)")
+    ap.add_argument("--dense-mem", type=float, default=3 * 2**30,
+                    help="largest per-rank kernel matrix materialised (bytes)")
+    ap.add_argument("--sample", type=int, default=256,
+                    help="targets checked against the direct sum where it is skipped")
+    ap.add_argument("--worker", action="store_true", help="run under mpiexec (internal)")
+    ap.add_argument("--out", default="bench_velocity.json")
+    ap.add_argument("--save", default="")
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+    else:
+        driver(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,711 @@
+"""Pictures of a run's output folder: densities on the sphere, animations, diagnostics.
+
+Everything here works from an output folder alone (``result.npz``, ``diagnostics.csv`` and,
+where present, ``config.toml``), on a machine without a screen:
+
+- :func:`plot_run` — the base density μ_t and the perturbed density ν_t side by side at
+  chosen saved times, with one colour scale: on S^2 a coloured sphere rendered off-screen by
+  PyVista (optionally warped radially by the density), on S^1 a polar plot (matplotlib);
+- :func:`animate_run` — a GIF (or MP4) with one frame per saved time;
+- :func:`plot_diagnostics` — mass, min/max density, first moment and drift over time;
+- :func:`to_pyvista` — the run's mesh as a :class:`pyvista.UnstructuredGrid` with the saved
+  cell fields, for your own PyVista pictures;
+- ``python -m solver plot DIR`` — all of the above (:func:`add_plot_parser`, :func:`plot_main`).
+
+The mesh
+--------
+``result.npz`` holds cell averages in the original (input) cell order but no connectivity. The
+mesh is rebuilt, in this order of preference, from ``points``/``cells`` arrays in
+``result.npz`` (if a run saved them), from ``config.toml``'s ``[mesh]`` section, or, for a
+library run without a config, from the number of cells (S^1: ``n`` equal segments; S^2: the
+icosphere with ``20·4^level`` cells). With DOLFINx installed the mesh is rebuilt by DOLFINx on
+``COMM_SELF`` and converted by :func:`dolfinx.plot.vtk_mesh` (DOLFINx's cell order; the fields
+are permuted with ``original_cell_index``); without it, by :mod:`solver._geometry`. Either
+way the rebuilt cells' centroids are checked against the saved ``centroids``, so a picture
+never shows a field on the wrong cells.
+
+PyVista (the ``viz`` extra) is imported only when an S^2 picture is made. Without a display,
+rendering is off-screen (EGL, else OSMesa); ``show=True`` opens an interactive window where a
+display exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._io import load_result, read_csv
+
+__all__ = [
+    "plot_run",
+    "animate_run",
+    "plot_diagnostics",
+    "to_pyvista",
+    "add_plot_parser",
+    "plot_main",
+]
+
+#: Colour map of densities (perceptually uniform, readable in grey and by colour-blind eyes).
+CMAP = "viridis"
+#: Pixels of a PNG (two panels side by side) and of an animation frame.
+WINDOW = (1400, 640)
+FRAME = (1000, 460)
+LABELS = ("base μ", "LoRA-perturbed ν")
+# VTK's bundled fonts have no Greek letters: plain names in rendered text.
+VTK_LABELS = ("base flow", "LoRA-perturbed flow")
+CENTROID_TOL = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+class _Run:
+    """The arrays of an output folder, and the diagnostics when present."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        r = load_result(self.folder)
+        self.raw = r
+        self.times = np.asarray(r["times"], dtype=float)
+        self.centroids = np.asarray(r["centroids"], dtype=float)
+        self.areas = np.asarray(r["areas"], dtype=float)
+        self.fields = [np.atleast_2d(r["density"])]
+        if "density_perturbed" in r:
+            self.fields.append(np.atleast_2d(r["density_perturbed"]))
+        self.gdim = self.centroids.shape[1]
+        self.num_cells = self.centroids.shape[0]
+        cfg = self.folder / "config.toml"
+        self.mesh_config = None
+        if cfg.is_file():
+            import tomllib
+
+            with open(cfg, "rb") as f:
+                self.mesh_config = tomllib.load(f).get("mesh")
+
+    @property
+    def sphere_dim(self) -> int:
+        return self.gdim - 1
+
+    def time_indices(self, times) -> list[int]:
+        """Indices of the saved times nearest to ``times`` (default: first, middle, last)."""
+        nt = len(self.times)
+        if times is None:
+            return sorted({0, nt // 2, nt - 1})
+        if isinstance(times, str):
+            if times != "all":
+                raise ValueError(f"times must be numbers or 'all', got {times!r}")
+            return list(range(nt))
+        out = []
+        for t in np.atleast_1d(np.asarray(times, dtype=float)):
+            if not np.isfinite(t):
+                raise ValueError(f"times: {t} is not a finite number")
+            k = int(np.argmin(np.abs(self.times - t)))
+            if abs(self.times[k] - t) > 1e-9 * max(1.0, abs(t)):
+                warnings.warn(
+                    f"t = {t:g} is not a saved time; showing the nearest, t = {self.times[k]:g}",
+                    stacklevel=3,
+                )
+            if k not in out:
+                out.append(k)
+        return out
+
+    def clim(self, k: int | None) -> tuple[float, float]:
+        """Shared colour range of both flows at saved time ``k`` (all times when ``None``)."""
+        sl = slice(None) if k is None else k
+        hi = max(float(np.max(f[sl])) for f in self.fields)
+        return 0.0, hi if hi > 0 else 1.0
+
+
+def _fmt_time(t: float) -> str:
+    return f"{t:.4g}"
+
+
+# --------------------------------------------------------------------------------------------
+# the mesh
+
+
+def _mesh_source(run: _Run) -> dict:
+    """What to rebuild the mesh from: ``{"points", "cells"}``, a mesh file, or a generator."""
+    r = run.raw
+    if "points" in r and "cells" in r:
+        return {"points": np.asarray(r["points"], float), "cells": np.asarray(r["cells"], int)}
+    m = run.mesh_config or {}
+    if "file" in m:
+        return {"file": m["file"], "project": bool(m.get("project", False))}
+    if run.gdim == 2:
+        n = int(m.get("cells", run.num_cells))
+        return {"sphere": 1, "cells": n}
+    if "refinement" in m:
+        return {"sphere": 2, "refinement": int(m["refinement"])}
+    level = np.log(run.num_cells / 20) / np.log(4) if run.num_cells >= 20 else -1.0
+    if level >= 0 and 20 * 4 ** round(level) == run.num_cells:
+        return {"sphere": 2, "refinement": round(level)}
+    raise ValueError(
+        f"cannot rebuild the mesh of {run.folder}: no config.toml with a [mesh] section, no "
+        f"points/cells in result.npz, and {run.num_cells} cells is not an icosphere (20·4^k); "
+        "pass mesh=(points, cells) in the original cell order"
+    )
+
+
+def _vtk_arrays(run: _Run, mesh=None):
+    """``(cells (nc, nv) into points, points (np, 3), order)``: VTK cell ``i`` is saved cell
+    ``order[i]``. Checked against the saved centroids."""
+    order = None
+    if mesh is not None and not isinstance(mesh, tuple):  # a SphereMesh on one rank
+        points, cells, order = _from_dolfinx(mesh)
+        src = "the given SphereMesh"
+    elif mesh is not None:
+        points, cells = np.asarray(mesh[0], float), np.asarray(mesh[1], np.int64)
+        src = "the given (points, cells)"
+    else:
+        spec = _mesh_source(run)
+        src = f"{spec}" if "points" not in spec else "result.npz points/cells"
+        if "points" in spec:
+            points, cells = spec["points"], spec["cells"]
+        else:
+            try:
+                from . import _fem
+            except ImportError:
+                _fem = None
+            if _fem is not None:
+                from mpi4py import MPI
+
+                if "file" in spec:
+                    sm = _fem.load_mesh(MPI.COMM_SELF, spec["file"], project=spec["project"])
+                else:
+                    sm = _fem.sphere_mesh(MPI.COMM_SELF, **spec)
+                points, cells, order = _from_dolfinx(sm)
+            elif "file" in spec:
+                raise ValueError(f"reading the mesh file {spec['file']} needs DOLFINx")
+            else:
+                from ._geometry import circle_mesh, icosphere
+
+                if spec["sphere"] == 1:
+                    points, cells = circle_mesh(spec["cells"])
+                else:
+                    points, cells = icosphere(spec["refinement"])
+    if order is None:
+        order = np.arange(len(cells))
+    if len(cells) != run.num_cells:
+        raise ValueError(
+            f"the mesh from {src} has {len(cells)} cells but the run saved {run.num_cells}"
+        )
+    p = np.zeros((len(points), 3))
+    p[:, : points.shape[1]] = points[:, :3]
+    cent = p[cells].mean(axis=1)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    saved = np.zeros((run.num_cells, 3))
+    saved[:, : run.gdim] = run.centroids
+    err = float(np.abs(cent - saved[order]).max())
+    if not err < CENTROID_TOL:
+        raise ValueError(
+            f"the mesh rebuilt from {src} does not match the run's cells (centroids differ by "
+            f"{err:.3g}): pass mesh=(points, cells) in the original cell order"
+        )
+    return cells, p, order
+
+
+def _from_dolfinx(sm):
+    """Cells and points of a one-rank SphereMesh via ``dolfinx.plot.vtk_mesh`` (its order)."""
+    from dolfinx.plot import vtk_mesh
+
+    if sm.comm.size != 1:
+        raise ValueError("pictures need the mesh on one rank (MPI.COMM_SELF)")
+    topology, _, x = vtk_mesh(sm.mesh)
+    nv = sm.mesh.topology.dim + 1  # interval: 2, triangle: 3 (P1 geometry)
+    cells = np.asarray(topology).reshape(-1, nv + 1)[:, 1:]
+    nc = sm.num_owned
+    return np.asarray(x, float), cells[:nc], np.asarray(sm.keys[:nc])
+
+
+def to_pyvista(folder: str | os.PathLike, time_index: int = -1, *, mesh=None):
+    """The run's mesh as a ``pyvista.UnstructuredGrid`` with the saved densities.
+
+    Cell data ``density`` (and ``density_perturbed``) at saved time ``times[time_index]``;
+    field data ``time``. ``mesh``: a one-rank :class:`solver.SphereMesh` or ``(points, cells)``
+    in the original cell order, where the folder alone does not say which mesh was used.
+    """
+    import pyvista as pv
+
+    run = _Run(folder)
+    grid, order = _grid(pv, run, mesh)
+    k = range(len(run.times))[time_index]
+    for name, f in zip(("density", "density_perturbed"), run.fields, strict=False):
+        grid.cell_data[name] = f[k][order]
+    grid.field_data["time"] = np.array([run.times[k]])
+    return grid
+
+
+def _grid(pv, run: _Run, mesh=None):
+    cells, points, order = _vtk_arrays(run, mesh)
+    nv = cells.shape[1]
+    ctype = pv.CellType.TRIANGLE if nv == 3 else pv.CellType.LINE
+    conn = np.column_stack([np.full(len(cells), nv), cells]).ravel()
+    grid = pv.UnstructuredGrid(conn, np.full(len(cells), ctype, dtype=np.uint8), points)
+    return grid, order
+
+
+# --------------------------------------------------------------------------------------------
+# rendering set-up
+
+
+def has_display() -> bool:
+    """Whether an interactive window can be opened."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _pyvista(off_screen: bool = True):
+    """Import PyVista set up for off-screen pictures when there is no display."""
+    if not has_display() and "VTK_DEFAULT_OPENGL_WINDOW" not in os.environ:
+        if ctypes.util.find_library("EGL"):  # skip VTK's X attempt and its warning
+            os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+    try:
+        import pyvista as pv
+    except ImportError:
+        raise ImportError(
+            "pictures of S^2 need PyVista: pip install 'meanfield-lora-solver[viz]'"
+        ) from None
+    if off_screen or not has_display():
+        pv.OFF_SCREEN = True
+    return pv
+
+
+def _out_dir(run: _Run, out) -> Path:
+    d = Path(out) if out is not None else run.folder / "plots"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _view_direction(run: _Run) -> np.ndarray:
+    """Where to look from: the mean direction of the mass (both flows, all saved times)."""
+    w = sum(f.sum(axis=0) for f in run.fields) * run.areas
+    m = w @ run.centroids
+    if np.linalg.norm(m) < 0.05 * w.sum():
+        return np.array([1.0, 0.6, 0.5]) / np.linalg.norm([1.0, 0.6, 0.5])
+    d = m / np.linalg.norm(m)
+    up = np.array([0.0, 0.0, 1.0])
+    # tilt a little towards the north pole, so that the sphere is seen from slightly above
+    d = d + 0.35 * (up - (up @ d) * d)
+    return d / np.linalg.norm(d)
+
+
+class _SphereScene:
+    """Two linked PyVista panels (base, perturbed) whose fields are updated per saved time."""
+
+    def __init__(self, pv, run: _Run, window, *, warp: float, off_screen: bool, mesh=None):
+        self.pv, self.run, self.warp = pv, run, float(warp)
+        grid, self.order = _grid(pv, run, mesh)
+        self.unit = np.asarray(grid.points).copy()
+        n = len(run.fields)
+        # one column per flow and a narrow one for the shared colour bar
+        self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.22],
+                             window_size=list(window), off_screen=off_screen,
+                             border=False)  # fmt: skip
+        self.pl.set_background("white")
+        self.meshes, self.titles, self.actors = [], [], []
+        font = max(8, round(window[1] / 48))
+        for i in range(n):
+            self.pl.subplot(0, i)
+            g = grid.copy()
+            g.cell_data["density"] = run.fields[i][0][self.order]
+            self.meshes.append(g)
+            actor = self.pl.add_mesh(
+                g, scalars="density", cmap=CMAP, clim=run.clim(0), show_scalar_bar=False,
+                lighting=True, ambient=0.3, diffuse=0.75, specular=0.1,
+            )  # fmt: skip
+            self.actors.append(actor)
+            self.titles.append(self.pl.add_text("", position="upper_edge", font_size=font,
+                                                color="black"))  # fmt: skip
+        self.pl.subplot(0, n)
+        self.pl.add_scalar_bar(
+            title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.08,
+            position_y=0.15, width=0.42, height=0.7, color="black", title_font_size=2 * font,
+            label_font_size=round(1.6 * font), fmt="%.3g", n_labels=5,
+        )  # fmt: skip
+        self.pl.subplot(0, 0)
+        self.pl.add_axes(color="black", line_width=2)
+        d = _view_direction(run)
+        up = np.array([0.0, 0.0, 1.0])
+        self.pl.camera_position = [tuple(5.2 * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
+        self.pl.camera.view_angle = 30.0
+        if n > 1:
+            self.pl.link_views(list(range(n)))
+
+    def show_time(self, k: int, clim) -> None:
+        run = self.run
+        lo, hi = clim if clim is not None else run.clim(k)
+        for i, g in enumerate(self.meshes):
+            vals = run.fields[i][k][self.order]
+            g.cell_data["density"][:] = vals  # in place: the mapper keeps this array
+            if self.warp:
+                nodal = np.asarray(g.cell_data_to_point_data()["density"])
+                g.points[:] = self.unit * (1.0 + self.warp * nodal / hi)[:, None]
+                g.GetPoints().Modified()
+            name = VTK_LABELS[i] if len(self.meshes) > 1 else "density"
+            self.titles[i].set_text("upper_edge", f"{name}    t = {_fmt_time(run.times[k])}")
+        for actor in self.actors:
+            actor.mapper.scalar_range = (lo, hi)
+        self.pl.update_scalar_bar_range([lo, hi])
+        for g in self.meshes:
+            g.Modified()
+        self.pl.render()
+
+    def screenshot(self, path=None):
+        return self.pl.screenshot(str(path) if path is not None else None, return_img=True)
+
+    def close(self):
+        self.pl.close()
+
+
+# --------------------------------------------------------------------------------------------
+# S^1: polar plots (matplotlib)
+
+
+def _circle_figure(run: _Run, size):
+    import matplotlib
+
+    if not has_display():
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(run.fields)
+    dpi = 100
+    fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
+                             figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
+                             layout="constrained", squeeze=False)  # fmt: skip
+    return fig, list(axes[0])
+
+
+def _draw_circle(fig, axes, run: _Run, k: int, clim) -> None:
+    import matplotlib as mpl
+
+    theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
+    width = 2 * np.arcsin(np.clip(run.areas / 2, 0, 1))  # arc of a chord of length |K|
+    lo, hi = clim if clim is not None else run.clim(k)
+    norm = mpl.colors.Normalize(lo, hi)
+    cmap = mpl.colormaps[CMAP]
+    srt = np.argsort(theta)
+    for i, ax in enumerate(axes):
+        ax.clear()
+        rho = run.fields[i][k]
+        ax.bar(theta, rho, width=width, bottom=0.0, color=cmap(norm(rho)), edgecolor="none")
+        r0 = run.fields[i][0][srt]
+        ax.plot(np.append(theta[srt], theta[srt][0] + 2 * np.pi), np.append(r0, r0[0]),
+                color="0.45", lw=1.0, ls="--", label="t = 0")  # fmt: skip
+        ax.set_ylim(0, hi * 1.05)
+        ax.set_rlabel_position(112.5)
+        ax.tick_params(labelsize=8)
+        name = LABELS[i] if len(axes) > 1 else "density"
+        ax.set_title(f"{name}   t = {_fmt_time(run.times[k])}", fontsize=12)
+        if i == 0:
+            ax.legend(loc="lower left", bbox_to_anchor=(-0.12, -0.12), fontsize=8, frameon=False)
+    if not getattr(fig, "_solver_cbar", None):
+        sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig._solver_cbar = fig.colorbar(sm, ax=axes, shrink=0.8, label="density", pad=0.06)
+    else:
+        fig._solver_cbar.mappable.set_norm(norm)
+        fig._solver_cbar.update_normal(fig._solver_cbar.mappable)
+
+
+def _figure_rgb(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def plot_run(
+    folder: str | os.PathLike,
+    times=None,
+    warp: bool | float = False,
+    out: str | os.PathLike | None = None,
+    *,
+    clim: str = "time",
+    window_size=WINDOW,
+    show: bool = False,
+    mesh=None,
+) -> list[Path]:
+    """PNG pictures of the base and perturbed densities, side by side, at saved times.
+
+    Parameters
+    ----------
+    folder : path
+        Output folder of a run.
+    times : float, list of floats, "all" or None
+        Times to show (the nearest saved times); default the first, middle and last.
+    warp : bool or float
+        S^2: displace the sphere radially by ``warp · ρ / max ρ`` (``True``: 0.5).
+    out : path, optional
+        Folder for the PNGs (default ``folder/plots``); files ``density_t<t>.png``.
+    clim : "time" or "global"
+        One colour range for both flows at each time, or one for all times.
+    show : bool
+        Also open an interactive window (where a display exists) for the last time.
+    mesh : SphereMesh or (points, cells), optional
+        The mesh, where the folder alone does not tell (see the module doc).
+
+    Returns the paths of the PNGs written.
+    """
+    run = _Run(folder)
+    ks = run.time_indices(times)
+    odir = _out_dir(run, out)
+    fixed = run.clim(None) if clim == "global" else None
+    if clim not in ("time", "global"):
+        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
+    paths = [odir / f"density_t{run.times[k]:g}.png" for k in ks]
+    if run.sphere_dim == 1:
+        fig, axes = _circle_figure(run, window_size)
+        for k, p in zip(ks, paths, strict=True):
+            _draw_circle(fig, axes, run, k, fixed)
+            fig.savefig(p, dpi=fig.dpi, facecolor="white")
+        if show and has_display():
+            import matplotlib.pyplot as plt
+
+            plt.show()
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    else:
+        w = 0.5 if warp is True else float(warp or 0.0)
+        pv = _pyvista()
+        scene = _SphereScene(pv, run, window_size, warp=w, off_screen=True, mesh=mesh)
+        try:
+            for k, p in zip(ks, paths, strict=True):
+                scene.show_time(k, fixed)
+                scene.screenshot(p)
+        finally:
+            scene.close()
+        if show:
+            _interactive(run, ks[-1], w, fixed, mesh)
+    return paths
+
+
+def _interactive(run: _Run, k: int, warp: float, clim, mesh) -> None:
+    if not has_display():
+        warnings.warn("no display: cannot open an interactive window", stacklevel=3)
+        return
+    pv = _pyvista(off_screen=False)
+    pv.OFF_SCREEN = False
+    scene = _SphereScene(pv, run, WINDOW, warp=warp, off_screen=False, mesh=mesh)
+    scene.show_time(k, clim)
+    scene.pl.show()
+
+
+def animate_run(
+    folder: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    fps: float = 3.0,
+    warp: bool | float = False,
+    clim: str = "time",
+    window_size=FRAME,
+    mesh=None,
+) -> Path:
+    """An animation over all saved times, one frame per saved time.
+
+    ``out``: the file (``.gif``, or ``.mp4`` with ``imageio-ffmpeg``) or a folder for
+    ``density.gif`` (default ``folder/plots/density.gif``). Other arguments as in
+    :func:`plot_run`. Returns the path written.
+    """
+    run = _Run(folder)
+    if out is not None and Path(out).suffix.lower() in (".gif", ".mp4"):
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        path = _out_dir(run, out) / "density.gif"
+    if clim not in ("time", "global"):
+        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
+    fixed = run.clim(None) if clim == "global" else None
+    frames = []
+    if run.sphere_dim == 1:
+        import matplotlib.pyplot as plt
+
+        fig, axes = _circle_figure(run, window_size)
+        for k in range(len(run.times)):
+            _draw_circle(fig, axes, run, k, fixed)
+            frames.append(_figure_rgb(fig))
+        plt.close(fig)
+    else:
+        w = 0.5 if warp is True else float(warp or 0.0)
+        scene = _SphereScene(_pyvista(), run, window_size, warp=w, off_screen=True, mesh=mesh)
+        try:
+            for k in range(len(run.times)):
+                scene.show_time(k, fixed)
+                frames.append(np.asarray(scene.screenshot()))
+        finally:
+            scene.close()
+    _write_animation(path, frames, fps)
+    return path
+
+
+def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    if path.suffix.lower() == ".mp4":
+        try:
+            import imageio.v2 as iio
+
+            with iio.get_writer(path, fps=fps, macro_block_size=8) as w:
+                for f in frames:
+                    w.append_data(f)
+        except (ImportError, ValueError) as e:
+            raise ImportError(f"MP4 needs imageio and imageio-ffmpeg ({e}); write a .gif") from e
+        return
+    from PIL import Image
+
+    # Pillow directly: one GIF frame per image (imageio's GIF writer goes through Pillow too)
+    ims = [Image.fromarray(f).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+           for f in frames]  # fmt: skip
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0,
+                optimize=False, disposal=1)  # fmt: skip
+
+
+def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """``diagnostics.png``: mass, min/max density, first moment and drift over time.
+
+    The drift panel shows ``moment_drift`` and ``l1_difference`` (and any ``w2`` column) when
+    the run has a perturbed flow. ``out``: a ``.png`` path or a folder (default
+    ``folder/plots``). Returns the path written.
+    """
+    import matplotlib
+
+    if not has_display():
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    csv = folder / "diagnostics.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} not found: is {folder} the output folder of a run?")
+    c = read_csv(csv)
+    if out is not None and Path(out).suffix.lower() == ".png":
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        d = Path(out) if out is not None else folder / "plots"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "diagnostics.png"
+    t = c["t"]
+    two = "mass_perturbed" in c
+    axes_names = [a for a in "xyz" if f"moment_{a}" in c]
+    flows = [("", LABELS[0], "-")] + ([("_perturbed", LABELS[1], "--")] if two else [])
+    colours = {"x": "C0", "y": "C1", "z": "C2"}
+
+    fig, ax = plt.subplots(2, 2, figsize=(11, 7.5), dpi=110, layout="constrained", sharex=True)
+    a = ax[0, 0]
+    for suf, lab, ls in flows:
+        a.plot(t, c["mass" + suf] - c["mass" + suf][0], ls=ls, label=lab)
+    a.set_title("mass − initial mass (conserved to round-off)")
+    a.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    a.legend(fontsize=8)
+    a = ax[0, 1]
+    for suf, lab, ls in flows:
+        a.plot(t, c["max" + suf], ls=ls, color="C3", label=f"max, {lab}")
+        a.plot(t, np.maximum(c["min" + suf], 1e-300), ls=ls, color="C0", label=f"min, {lab}")
+    a.set_yscale("log")
+    a.set_title("min and max of the density (cell averages)")
+    a.legend(fontsize=8)
+    a = ax[1, 0]
+    for suf, lab, ls in flows:
+        tag = "moment_perturbed_" if suf else "moment_"
+        m = np.column_stack([c[tag + x] for x in axes_names])
+        for j, x in enumerate(axes_names):
+            a.plot(t, m[:, j], ls=ls, color=colours[x], label=f"m_{x}, {lab}")
+        a.plot(t, np.linalg.norm(m, axis=1), ls=ls, color="k", label=f"|m|, {lab}")
+    a.set_title("first moment m = ∫ x dμ")
+    a.set_xlabel("t (depth)")
+    a.legend(fontsize=7, ncol=2)
+    a = ax[1, 1]
+    if two:
+        a.plot(t, c["moment_drift"], color="C4", label="|m_μ − m_ν|")
+        a.plot(t, c["l1_difference"], color="C5", label="‖ρ_μ − ρ_ν‖_L1")
+        if "w2" in c:
+            a.plot(t, c["w2"], color="C6", label="W2(μ, ν)")
+        a.legend(fontsize=8)
+        a.set_title("drift between the base and the perturbed flow")
+    else:
+        a.text(0.5, 0.5, "no perturbation: no drift", ha="center", va="center",
+               transform=a.transAxes)  # fmt: skip
+        a.set_title("drift")
+    a.set_xlabel("t (depth)")
+    for a in ax.flat:
+        a.grid(alpha=0.3)
+    fig.suptitle(f"diagnostics of {folder.name}", fontsize=12)
+    fig.savefig(path, facecolor="white")
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``plot`` to the ``python -m solver`` subcommands."""
+    p = subparsers.add_parser(
+        "plot",
+        help="pictures of a run's output folder (PNG, GIF/MP4, diagnostics)",
+        description="Render the base and perturbed densities side by side at saved times "
+        "(S^2: coloured sphere; S^1: polar plot), an animation over all saved times and "
+        "the diagnostics. Works without a screen (off-screen VTK).",
+    )
+    p.add_argument("folder", type=Path, help="output folder of `python -m solver run`")
+    p.add_argument("--times", "-t", nargs="+", metavar="T",
+                   help="times to show (nearest saved ones), or 'all'; "
+                   "default: first, middle, last")  # fmt: skip
+    p.add_argument("--warp", nargs="?", type=float, const=0.5, default=0.0, metavar="FACTOR",
+                   help="S^2: warp the sphere radially by FACTOR·ρ/max ρ (default 0.5)")
+    p.add_argument("--out", "-o", type=Path, help="folder for the pictures (default DIR/plots)")
+    p.add_argument("--clim", choices=("time", "global"), default="time",
+                   help="one colour range per time (default) or for all times")
+    p.add_argument("--animation", choices=("gif", "mp4", "none"), default="gif",
+                   help="animation over all saved times (default gif)")
+    p.add_argument("--fps", type=float, default=3.0, help="frames per second of the animation")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip diagnostics.png")
+    p.add_argument("--show", action="store_true",
+                   help="also open an interactive window (needs a display)")
+    return p
+
+
+def plot_main(args: argparse.Namespace) -> int:
+    """Run ``python -m solver plot``; exit status 0, or 2 with a message for bad input."""
+    try:  # under mpiexec, one rank draws
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.rank != 0:
+            return 0
+    except ImportError:  # pragma: no cover
+        pass
+    times = args.times
+    try:
+        if times is not None and times != ["all"]:
+            try:
+                times = [float(t) for t in times]
+            except ValueError:
+                raise ValueError(f"--times: numbers or 'all', got {' '.join(times)}") from None
+        elif times == ["all"]:
+            times = "all"
+        written = plot_run(args.folder, times, warp=args.warp, out=args.out, clim=args.clim,
+                           show=args.show)  # fmt: skip
+        if args.animation != "none":
+            target = (args.out or args.folder / "plots") / f"density.{args.animation}"
+            written.append(animate_run(args.folder, target, fps=args.fps, warp=args.warp,
+                                       clim=args.clim))  # fmt: skip
+        if not args.no_diagnostics:
+            written.append(plot_diagnostics(args.folder, args.out))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in written:
+        print(p)
+    return 0
