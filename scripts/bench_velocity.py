@@ -108,6 +108,27 @@ def problem(level: int, norm_A: float, seed: int = 0):
 # ----------------------------------------------------------------------------- worker
 
 
+def dense_kernel(x, y, A):
+    """Scaled kernel matrix ``K_ji = e^{y_jᵀ A x_i - |A x_i|}`` (sources x targets)."""
+    import numpy as np
+
+    u = x @ A.T
+    K = y @ u.T
+    K -= np.linalg.norm(u, axis=1)
+    np.exp(K, out=K)
+    return K
+
+
+def dense_eval(K, x, y, w, V):
+    """Velocity from the materialised kernel: one dense product per evaluation."""
+    import numpy as np
+
+    W = np.c_[w, w[:, None] * (y @ V.T)]
+    out = W.T @ K  # (1 + d, targets)
+    num = (out[1:] / out[0]).T
+    return num - np.einsum("ij,ij->i", x, num)[:, None] * x
+
+
 def worker(args) -> None:
     import warnings
 
@@ -121,10 +142,10 @@ def worker(args) -> None:
     results = []
     pairs_per_s_direct = None
 
-    def timed(fn):
+    def timed(fn, *a):
         comm.Barrier()
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*a)
         dt = time.perf_counter() - t0
         return out, comm.allreduce(dt, op=MPI.MAX)
 
@@ -153,10 +174,10 @@ def worker(args) -> None:
             fast = NonlocalVelocity(
                 comm, x, y, srows, method="fast", tolerance=args.tol
             )
-            _, t_setup = timed(lambda: fast(w0[srows], A, V))
+            _, t_setup = timed(fast, w0[srows], A, V)
             ts = []
             for wk in weights:
-                Xf, dt = timed(lambda wk=wk: fast(wk[srows], A, V))
+                Xf, dt = timed(fast, wk[srows], A, V)
                 ts.append(dt)
         rep = dict(fast.report)
         rec["fast"] = {
@@ -181,7 +202,7 @@ def worker(args) -> None:
                 rec["fast"]["error_on"] = f"{len(sample)} sampled targets"
         else:
             direct = NonlocalVelocity(comm, x, y, srows, method="direct")
-            Xd, t_dir = timed(lambda: direct(weights[-1][srows], A, V))
+            Xd, t_dir = timed(direct, weights[-1][srows], A, V)
             pairs_per_s_direct = pairs / t_dir
             rec["direct"] = {"eval_s": t_dir}
             Xd_full = gather_rows(Xd, trows, N)
@@ -195,25 +216,10 @@ def worker(args) -> None:
         # --- dense kernel matrix, materialised once per A
         need = 8 * len(x) * M
         if comm.allreduce(need, op=MPI.MAX) <= args.dense_mem:
-
-            def build():
-                u = x @ A.T
-                K = cen @ u.T  # (M, n_local): y_jᵀ A x_i
-                K -= np.linalg.norm(u, axis=1)
-                np.exp(K, out=K)
-                return K
-
-            K, t_build = timed(build)
+            K, t_build = timed(dense_kernel, x, cen, A)
             ts, Xn = [], None
             for wk in weights:
-
-                def ev(wk=wk):
-                    W = np.c_[wk, wk[:, None] * (cen @ V.T)]
-                    out = W.T @ K  # (4, n_local)
-                    num = (out[1:] / out[0]).T
-                    return num - np.einsum("ij,ij->i", x, num)[:, None] * x
-
-                Xn, dt = timed(ev)
+                Xn, dt = timed(dense_eval, K, x, cen, wk, V)
                 ts.append(dt)
             del K
             rec["dense"] = {"setup_s": t_build, "eval_s": float(np.median(ts))}
@@ -268,7 +274,7 @@ def driver(args) -> None:
                     indep[level] = max(np.abs(b - a[0]).max() / scale for b in a[1:])
 
     try:
-        load = "load average %.2f %.2f %.2f" % os.getloadavg()
+        load = "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:  # pragma: no cover
         load = ""
     print(f"\nS^2 icosphere, ‖A‖₂ = {args.norm:g} (non-symmetric), ‖V‖₂ = 1, "
@@ -294,7 +300,8 @@ def driver(args) -> None:
                 t = m.get("eval_s", m.get("eval_s_est"))
                 setup = fmt_t(m["setup_s"]) if "setup_s" in m else ""
                 err = m.get("error")
-                err_s = f"{err:9.1e}" if err is not None else f"{'ref' if name == 'direct' else '':>9}"
+                ref = "ref" if name == "direct" else ""
+                err_s = f"{err:9.1e}" if err is not None else f"{ref:>9}"
                 vs_d = f"{d_t / t:9.1f}" if name != "direct" else f"{'1':>9}"
                 vs_n = f"{n_t / t:9.1f}" if n_t and name == "fast" else f"{'':>9}"
                 sc = ""
@@ -347,7 +354,15 @@ def main(argv=None) -> None:
     ap.add_argument("--save", default="")
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args)
+        try:
+            worker(args)
+        except BaseException:
+            import traceback
+
+            from mpi4py import MPI
+
+            traceback.print_exc()
+            MPI.COMM_WORLD.Abort(1)  # do not leave the other ranks waiting
     else:
         driver(args)
 

@@ -481,7 +481,7 @@ class FastVelocity:
     def _moments(self, n: int, W: np.ndarray) -> np.ndarray:
         r = num_terms(n, self.d)
         C_loc = self._psi.psi.shape[0]
-        mom_local = np.matmul(self._psi.psi[:, :r, :], W.reshape(C_loc, self.chunk, -1))
+        mom_local = np.matmul(self._psi.psi[:, :r, :], W.reshape(C_loc, self.chunk, W.shape[1]))
         if self.comm.size > 1:
             k = r * W.shape[1]
             allm = np.empty((self.C, r, W.shape[1]))

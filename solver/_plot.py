@@ -47,6 +47,7 @@ __all__ = [
     "animate_run",
     "plot_diagnostics",
     "to_pyvista",
+    "read_vtx",
     "add_plot_parser",
     "plot_main",
 ]
@@ -121,6 +122,23 @@ class _Run:
         sl = slice(None) if k is None else k
         hi = max(float(np.max(f[sl])) for f in self.fields)
         return 0.0, hi if hi > 0 else 1.0
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
+    """Round tick values inside ``[lo, hi]``, ends included."""
+    from matplotlib.ticker import MaxNLocator
+
+    t = MaxNLocator(n).tick_values(lo, hi)
+    t = t[(t >= lo - 1e-12 * hi) & (t <= hi * (1 + 1e-12))]
+    return t
+
+
+def _tick_format(ticks) -> str:
+    """printf format that shows every tick exactly, with as few digits as possible."""
+    for digits in range(0, 8):
+        if np.allclose(np.round(ticks, digits), ticks, rtol=0, atol=1e-9 * max(ticks.max(), 1)):
+            return f"%.{digits}f"
+    return "%.3g"
 
 
 def _fmt_time(t: float) -> str:
@@ -252,6 +270,57 @@ def _grid(pv, run: _Run, mesh=None):
     return grid, order
 
 
+def read_vtx(path: str | os.PathLike) -> dict:
+    """Read the VTX series ``density.bp`` of a run (needs the ``adios2`` Python package).
+
+    This reads what ParaView's ADIOS2 VTX reader reads: the VTK schema stored in the file
+    (attribute ``vtk.xml``), the mesh of every rank's block and the cell fields per step.
+    Returns ``times`` (nt,) (the schema's ``TIME``), ``points`` (np, 3), ``cells`` (nc, nv)
+    (the blocks of all ranks one after the other, ghost cells included), ``fields``
+    ``{name: (nt, nc)}`` for the schema's cell data, and ``schema`` (the XML text).
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        import adios2
+    except ImportError:
+        raise ImportError("reading VTX needs the adios2 Python package (pip install adios2)")
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found (a VTX series is a folder *.bp)")
+    with adios2.FileReader(str(path)) as f:
+        xml = f.read_attribute_string("vtk.xml")
+        xml = xml[0] if isinstance(xml, list) else xml
+        piece = ET.fromstring(xml).find("UnstructuredGrid/Piece")
+        names = [d.get("Name") for d in piece.find("CellData")]
+        tvar = next((d.text for d in piece.find("PointData") if d.get("Name") == "TIME"), None)
+        nsteps = f.num_steps()
+        nblocks = len(f.all_blocks_info("connectivity")[0])
+
+        def read(name, step, block):
+            v = f.inquire_variable(name)
+            v.set_step_selection([step, 1])
+            v.set_block_selection(block)
+            return np.asarray(f.read(v))
+
+        pts, cells, off = [], [], 0
+        for b in range(nblocks):
+            x = read("geometry", 0, b).reshape(-1, 3)
+            c = read("connectivity", 0, b)
+            cells.append(c[:, 1:] + off)
+            pts.append(x)
+            off += len(x)
+        fields = {
+            n: np.array([np.concatenate([read(n, k, b).ravel() for b in range(nblocks)])
+                         for k in range(nsteps)])
+            for n in names
+        }  # fmt: skip
+        times = (np.array([float(np.ravel(f.read(tvar, step_selection=[k, 1]))[0])
+                           for k in range(nsteps)]) if tvar else np.arange(nsteps, dtype=float))
+    return dict(times=times, points=np.concatenate(pts), cells=np.concatenate(cells),
+                fields=fields, schema=xml)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # rendering set-up
 
@@ -307,7 +376,7 @@ class _SphereScene:
         self.unit = np.asarray(grid.points).copy()
         n = len(run.fields)
         # one column per flow and a narrow one for the shared colour bar
-        self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.22],
+        self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.3],
                              window_size=list(window), off_screen=off_screen,
                              border=False)  # fmt: skip
         self.pl.set_background("white")
@@ -327,15 +396,21 @@ class _SphereScene:
                                                 color="black"))  # fmt: skip
         self.pl.subplot(0, n)
         self.pl.add_scalar_bar(
-            title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.08,
-            position_y=0.15, width=0.42, height=0.7, color="black", title_font_size=2 * font,
-            label_font_size=round(1.6 * font), fmt="%.3g", n_labels=5,
+            title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.12,
+            position_y=0.15, width=0.5, height=0.7, color="black", title_font_size=2 * font,
+            label_font_size=round(1.6 * font), n_labels=5,
         )  # fmt: skip
+        self.bar = self.pl.scalar_bars["density"]
+        self.bar.SetUseCustomLabels(True)  # round tick values (set per time)
+        self.bar.SetBarRatio(0.3)
+        self.radius = 1.0 + 0.5 * self.warp
         self.pl.subplot(0, 0)
         self.pl.add_axes(color="black", line_width=2)
         d = _view_direction(run)
         up = np.array([0.0, 0.0, 1.0])
-        self.pl.camera_position = [tuple(5.2 * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
+        aspect = window[0] / (n + 0.3) / window[1]  # of one panel
+        dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
+        self.pl.camera_position = [tuple(dist * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
         self.pl.camera.view_angle = 30.0
         if n > 1:
             self.pl.link_views(list(range(n)))
@@ -355,6 +430,9 @@ class _SphereScene:
         for actor in self.actors:
             actor.mapper.scalar_range = (lo, hi)
         self.pl.update_scalar_bar_range([lo, hi])
+        ticks = _nice_ticks(lo, hi)
+        self.bar.SetLabelFormat(_tick_format(ticks))
+        self.bar.SetCustomLabels(self.pv.convert_array(np.asarray(ticks, dtype=float)))
         for g in self.meshes:
             g.Modified()
         self.pl.render()
@@ -370,55 +448,81 @@ class _SphereScene:
 # S^1: polar plots (matplotlib)
 
 
-def _circle_figure(run: _Run, size):
-    import matplotlib
+class _CircleScene:
+    """Polar plots of both flows on S^1 (one coloured wedge per cell), updated per time."""
 
-    if not has_display():
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    def __init__(self, run: _Run, size):
+        import matplotlib as mpl
 
-    n = len(run.fields)
-    dpi = 100
-    fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
-                             figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
-                             layout="constrained", squeeze=False)  # fmt: skip
-    return fig, list(axes[0])
+        if not has_display():
+            mpl.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from matplotlib.collections import PolyCollection
 
+        self.run, self.plt = run, plt
+        n = len(run.fields)
+        dpi = 100
+        self.fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
+                                      figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
+                                      squeeze=False)  # fmt: skip
+        self.axes = list(axes[0])
+        self.fig.subplots_adjust(left=0.03, right=0.86, top=0.88, bottom=0.05, wspace=0.25)
+        theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
+        half = np.arcsin(np.clip(run.areas / 2, 0, 1))  # half the arc of a chord of length |K|
+        # each wedge: from the centre out to ρ between the cell's end angles (arcs are drawn
+        # by the polar transform, which interpolates lines of constant r)
+        self.t0, self.t1 = theta - half, theta + half
+        srt = np.argsort(theta)
+        self.norm = mpl.colors.Normalize(0.0, 1.0)
+        self.cmap = mpl.colormaps[CMAP]
+        self.polys, self.titles = [], []
+        for i, ax in enumerate(self.axes):
+            pc = PolyCollection(self._verts(run.fields[i][0]), array=run.fields[i][0],
+                                cmap=self.cmap, norm=self.norm, edgecolors="face",
+                                linewidths=0.3)  # fmt: skip
+            ax.add_collection(pc)
+            self.polys.append(pc)
+            r0 = run.fields[i][0][srt]
+            th = theta[srt]
+            ax.plot(np.append(th, th[0] + 2 * np.pi), np.append(r0, r0[0]), color="0.4",
+                    lw=1.0, ls="--", label="t = 0", zorder=3)  # fmt: skip
+            ax.set_rlabel_position(112.5)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.5)
+            self.titles.append(ax.set_title("", fontsize=12, pad=14))
+        self.axes[0].legend(loc="lower left", bbox_to_anchor=(-0.05, -0.04), fontsize=9,
+                            frameon=False)  # fmt: skip
+        cax = self.fig.add_axes((0.9, 0.15, 0.018, 0.68))
+        self.cbar = self.fig.colorbar(self.polys[0], cax=cax)
+        self.cbar.set_label("density", fontsize=11)
 
-def _draw_circle(fig, axes, run: _Run, k: int, clim) -> None:
-    import matplotlib as mpl
+    def _verts(self, rho):
+        z = np.zeros_like(rho)
+        return np.stack([np.column_stack(c) for c in
+                         ((self.t0, z), (self.t0, rho), (self.t1, rho), (self.t1, z))], axis=1)
 
-    theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
-    width = 2 * np.arcsin(np.clip(run.areas / 2, 0, 1))  # arc of a chord of length |K|
-    lo, hi = clim if clim is not None else run.clim(k)
-    norm = mpl.colors.Normalize(lo, hi)
-    cmap = mpl.colormaps[CMAP]
-    srt = np.argsort(theta)
-    for i, ax in enumerate(axes):
-        ax.clear()
-        rho = run.fields[i][k]
-        ax.bar(theta, rho, width=width, bottom=0.0, color=cmap(norm(rho)), edgecolor="none")
-        r0 = run.fields[i][0][srt]
-        ax.plot(np.append(theta[srt], theta[srt][0] + 2 * np.pi), np.append(r0, r0[0]),
-                color="0.45", lw=1.0, ls="--", label="t = 0")  # fmt: skip
-        ax.set_ylim(0, hi * 1.05)
-        ax.set_rlabel_position(112.5)
-        ax.tick_params(labelsize=8)
-        name = LABELS[i] if len(axes) > 1 else "density"
-        ax.set_title(f"{name}   t = {_fmt_time(run.times[k])}", fontsize=12)
-        if i == 0:
-            ax.legend(loc="lower left", bbox_to_anchor=(-0.12, -0.12), fontsize=8, frameon=False)
-    if not getattr(fig, "_solver_cbar", None):
-        sm = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig._solver_cbar = fig.colorbar(sm, ax=axes, shrink=0.8, label="density", pad=0.06)
-    else:
-        fig._solver_cbar.mappable.set_norm(norm)
-        fig._solver_cbar.update_normal(fig._solver_cbar.mappable)
+    def show_time(self, k: int, clim) -> None:
+        run = self.run
+        lo, hi = clim if clim is not None else run.clim(k)
+        self.norm.vmin, self.norm.vmax = lo, hi
+        for i, ax in enumerate(self.axes):
+            rho = run.fields[i][k]
+            self.polys[i].set_verts(self._verts(rho))
+            self.polys[i].set_array(rho)
+            ax.set_ylim(0, hi * 1.05)
+            name = LABELS[i] if len(self.axes) > 1 else "density"
+            self.titles[i].set_text(f"{name}    t = {_fmt_time(run.times[k])}")
+        self.cbar.update_normal(self.polys[0])
 
+    def screenshot(self, path=None):
+        if path is not None:
+            self.fig.savefig(path, dpi=self.fig.dpi, facecolor="white")
+            return None
+        self.fig.canvas.draw()
+        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
 
-def _figure_rgb(fig) -> np.ndarray:
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    def close(self):
+        self.plt.close(self.fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,18 +569,17 @@ def plot_run(
         raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     paths = [odir / f"density_t{run.times[k]:g}.png" for k in ks]
     if run.sphere_dim == 1:
-        fig, axes = _circle_figure(run, window_size)
-        for k, p in zip(ks, paths, strict=True):
-            _draw_circle(fig, axes, run, k, fixed)
-            fig.savefig(p, dpi=fig.dpi, facecolor="white")
-        if show and has_display():
-            import matplotlib.pyplot as plt
-
-            plt.show()
-        else:
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
+        scene = _CircleScene(run, window_size)
+        try:
+            for k, p in zip(ks, paths, strict=True):
+                scene.show_time(k, fixed)
+                scene.screenshot(p)
+            if show and has_display():
+                scene.plt.show()
+            elif show:
+                warnings.warn("no display: cannot open an interactive window", stacklevel=2)
+        finally:
+            scene.close()
     else:
         w = 0.5 if warp is True else float(warp or 0.0)
         pv = _pyvista()
@@ -530,13 +633,13 @@ def animate_run(
     fixed = run.clim(None) if clim == "global" else None
     frames = []
     if run.sphere_dim == 1:
-        import matplotlib.pyplot as plt
-
-        fig, axes = _circle_figure(run, window_size)
-        for k in range(len(run.times)):
-            _draw_circle(fig, axes, run, k, fixed)
-            frames.append(_figure_rgb(fig))
-        plt.close(fig)
+        scene = _CircleScene(run, window_size)
+        try:
+            for k in range(len(run.times)):
+                scene.show_time(k, fixed)
+                frames.append(scene.screenshot())
+        finally:
+            scene.close()
     else:
         w = 0.5 if warp is True else float(warp or 0.0)
         scene = _SphereScene(_pyvista(), run, window_size, warp=w, off_screen=True, mesh=mesh)
@@ -563,11 +666,19 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
         return
     from PIL import Image
 
-    # Pillow directly: one GIF frame per image (imageio's GIF writer goes through Pillow too)
-    ims = [Image.fromarray(f).quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+    # Pillow directly: one GIF frame per image. One palette for the whole animation, from a
+    # sample of all frames, and dithering: smooth shading and the colour bar stay unbanded.
+    sample = np.concatenate([f[::4, ::4].reshape(-1, 3) for f in frames])
+    side = int(np.ceil(np.sqrt(len(sample))))
+    mosaic = np.zeros((side * side, 3), np.uint8)
+    mosaic[: len(sample)] = sample
+    pal = Image.fromarray(mosaic.reshape(side, side, 3)).quantize(
+        colors=256, method=Image.Quantize.MEDIANCUT
+    )
+    ims = [Image.fromarray(f).quantize(palette=pal, dither=Image.Dither.FLOYDSTEINBERG)
            for f in frames]  # fmt: skip
-    ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0,
-                optimize=False, disposal=1)  # fmt: skip
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(round(1000 / fps)),
+                loop=0, optimize=False, disposal=1)  # fmt: skip
 
 
 def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -622,15 +733,15 @@ def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = 
         for j, x in enumerate(axes_names):
             a.plot(t, m[:, j], ls=ls, color=colours[x], label=f"m_{x}, {lab}")
         a.plot(t, np.linalg.norm(m, axis=1), ls=ls, color="k", label=f"|m|, {lab}")
-    a.set_title("first moment m = ∫ x dμ")
+    a.set_title(r"first moment $m = \int x \, d\mu$")
     a.set_xlabel("t (depth)")
     a.legend(fontsize=7, ncol=2)
     a = ax[1, 1]
     if two:
-        a.plot(t, c["moment_drift"], color="C4", label="|m_μ − m_ν|")
-        a.plot(t, c["l1_difference"], color="C5", label="‖ρ_μ − ρ_ν‖_L1")
+        a.plot(t, c["moment_drift"], color="C4", label=r"$|m_\mu - m_\nu|$ (first moments)")
+        a.plot(t, c["l1_difference"], color="C5", label=r"$\|\rho_\mu - \rho_\nu\|_{L^1}$")
         if "w2" in c:
-            a.plot(t, c["w2"], color="C6", label="W2(μ, ν)")
+            a.plot(t, c["w2"], color="C6", label=r"$W_2(\mu, \nu)$")
         a.legend(fontsize=8)
         a.set_title("drift between the base and the perturbed flow")
     else:
