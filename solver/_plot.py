@@ -56,7 +56,7 @@ __all__ = [
 CMAP = "viridis"
 #: Pixels of a PNG (two panels side by side) and of an animation frame.
 WINDOW = (1400, 640)
-FRAME = (1000, 460)
+FRAME = (960, 448)  # multiples of 16: MP4 codecs need them
 LABELS = ("base μ", "LoRA-perturbed ν")
 # VTK's bundled fonts have no Greek letters: plain names in rendered text.
 VTK_LABELS = ("base flow", "LoRA-perturbed flow")
@@ -68,7 +68,7 @@ CENTROID_TOL = 1e-6
 
 
 class _Run:
-    """The arrays of an output folder, and the diagnostics when present."""
+    """The saved arrays of an output folder and its ``[mesh]`` config, when there is one."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -250,8 +250,7 @@ def to_pyvista(folder: str | os.PathLike, time_index: int = -1, *, mesh=None):
     field data ``time``. ``mesh``: a one-rank :class:`solver.SphereMesh` or ``(points, cells)``
     in the original cell order, where the folder alone does not say which mesh was used.
     """
-    import pyvista as pv
-
+    pv = _pyvista()
     run = _Run(folder)
     grid, order = _grid(pv, run, mesh)
     k = range(len(run.times))[time_index]
@@ -284,7 +283,9 @@ def read_vtx(path: str | os.PathLike) -> dict:
     try:
         import adios2
     except ImportError:
-        raise ImportError("reading VTX needs the adios2 Python package (pip install adios2)")
+        raise ImportError(
+            "reading VTX needs the adios2 Python package (pip install adios2)"
+        ) from None
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found (a VTX series is a folder *.bp)")
@@ -315,8 +316,13 @@ def read_vtx(path: str | os.PathLike) -> dict:
                          for k in range(nsteps)])
             for n in names
         }  # fmt: skip
-        times = (np.array([float(np.ravel(f.read(tvar, step_selection=[k, 1]))[0])
-                           for k in range(nsteps)]) if tvar else np.arange(nsteps, dtype=float))
+        times = (
+            np.array(
+                [float(np.ravel(f.read(tvar, step_selection=[k, 1]))[0]) for k in range(nsteps)]
+            )
+            if tvar
+            else np.arange(nsteps, dtype=float)
+        )
     return dict(times=times, points=np.concatenate(pts), cells=np.concatenate(cells),
                 fields=fields, schema=xml)  # fmt: skip
 
@@ -407,7 +413,7 @@ class _SphereScene:
         self.pl.subplot(0, 0)
         self.pl.add_axes(color="black", line_width=2)
         d = _view_direction(run)
-        up = np.array([0.0, 0.0, 1.0])
+        up = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
         aspect = window[0] / (n + 0.3) / window[1]  # of one panel
         dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
         self.pl.camera_position = [tuple(dist * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
@@ -453,9 +459,6 @@ class _CircleScene:
 
     def __init__(self, run: _Run, size):
         import matplotlib as mpl
-
-        if not has_display():
-            mpl.use("Agg", force=False)
         import matplotlib.pyplot as plt
         from matplotlib.collections import PolyCollection
 
@@ -498,8 +501,13 @@ class _CircleScene:
 
     def _verts(self, rho):
         z = np.zeros_like(rho)
-        return np.stack([np.column_stack(c) for c in
-                         ((self.t0, z), (self.t0, rho), (self.t1, rho), (self.t1, z))], axis=1)
+        return np.stack(
+            [
+                np.column_stack(c)
+                for c in ((self.t0, z), (self.t0, rho), (self.t1, rho), (self.t1, z))
+            ],
+            axis=1,
+        )
 
     def show_time(self, k: int, clim) -> None:
         run = self.run
@@ -561,12 +569,12 @@ def plot_run(
 
     Returns the paths of the PNGs written.
     """
+    if clim not in ("time", "global"):
+        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     run = _Run(folder)
     ks = run.time_indices(times)
     odir = _out_dir(run, out)
     fixed = run.clim(None) if clim == "global" else None
-    if clim not in ("time", "global"):
-        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     paths = [odir / f"density_t{run.times[k]:g}.png" for k in ks]
     if run.sphere_dim == 1:
         scene = _CircleScene(run, window_size)
@@ -622,14 +630,16 @@ def animate_run(
     ``density.gif`` (default ``folder/plots/density.gif``). Other arguments as in
     :func:`plot_run`. Returns the path written.
     """
+    if clim not in ("time", "global"):
+        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps}")
     run = _Run(folder)
     if out is not None and Path(out).suffix.lower() in (".gif", ".mp4"):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
     else:
         path = _out_dir(run, out) / "density.gif"
-    if clim not in ("time", "global"):
-        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     fixed = run.clim(None) if clim == "global" else None
     frames = []
     if run.sphere_dim == 1:
@@ -658,7 +668,7 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
         try:
             import imageio.v2 as iio
 
-            with iio.get_writer(path, fps=fps, macro_block_size=8) as w:
+            with iio.get_writer(path, fps=fps) as w:
                 for f in frames:
                     w.append_data(f)
         except (ImportError, ValueError) as e:
@@ -688,10 +698,6 @@ def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = 
     the run has a perturbed flow. ``out``: a ``.png`` path or a folder (default
     ``folder/plots``). Returns the path written.
     """
-    import matplotlib
-
-    if not has_display():
-        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
@@ -774,17 +780,33 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--times", "-t", nargs="+", metavar="T",
                    help="times to show (nearest saved ones), or 'all'; "
                    "default: first, middle, last")  # fmt: skip
-    p.add_argument("--warp", nargs="?", type=float, const=0.5, default=0.0, metavar="FACTOR",
-                   help="S^2: warp the sphere radially by FACTOR·ρ/max ρ (default 0.5)")
+    p.add_argument(
+        "--warp",
+        nargs="?",
+        type=float,
+        const=0.5,
+        default=0.0,
+        metavar="FACTOR",
+        help="S^2: warp the sphere radially by FACTOR·ρ/max ρ (default 0.5)",
+    )
     p.add_argument("--out", "-o", type=Path, help="folder for the pictures (default DIR/plots)")
-    p.add_argument("--clim", choices=("time", "global"), default="time",
-                   help="one colour range per time (default) or for all times")
-    p.add_argument("--animation", choices=("gif", "mp4", "none"), default="gif",
-                   help="animation over all saved times (default gif)")
+    p.add_argument(
+        "--clim",
+        choices=("time", "global"),
+        default="time",
+        help="one colour range per time (default) or for all times",
+    )
+    p.add_argument(
+        "--animation",
+        choices=("gif", "mp4", "none"),
+        default="gif",
+        help="animation over all saved times (default gif)",
+    )
     p.add_argument("--fps", type=float, default=3.0, help="frames per second of the animation")
     p.add_argument("--no-diagnostics", action="store_true", help="skip diagnostics.png")
-    p.add_argument("--show", action="store_true",
-                   help="also open an interactive window (needs a display)")
+    p.add_argument(
+        "--show", action="store_true", help="also open an interactive window (needs a display)"
+    )
     return p
 
 
@@ -817,6 +839,9 @@ def plot_main(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:  # an optional dependency (pyvista, imageio-ffmpeg, ...)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for p in written:
         print(p)
     return 0

@@ -247,7 +247,11 @@ def wasserstein_circle(theta_a, wa, theta_b, wb, p=2, *, method: str = "quantile
         ``"quantile"`` (default): the optimal shift found by golden-section search on the
         convex piecewise-linear cost, exact to round-off. ``"pot"``: POT's
         ``ot.wasserstein_circle`` (binary search to ``1e-6`` in the shift, then one secant
-        step; agrees with ``"quantile"`` to ~1e-10). Both are ``O((n + m) log(n + m))``.
+        step). Its cost ``W_p^p`` is accurate to about ``1e-6 (2π)^p`` only (the slopes of the
+        cost in the shift reach ``(2π)^p``): measured ``W_p`` errors up to 2e-7 (p = 1),
+        2e-6 (p = 2), 2e-5 (p = 3) for two point masses across the cut at 0, and ~1e-10 on
+        typical random measures. Both are ``O((n + m) log(n + m))``; POT is ~4x faster at
+        ``n = 10^5``.
 
     Returns
     -------
@@ -343,11 +347,12 @@ def _sinkhorn_potentials(a, b, M, eps, *, symmetric, tol, max_iter):
 
     Solves ``min_π <π, M> + ε KL(π | a⊗b)`` through its dual; at the fixed point the plan is
     ``π_ij = a_i b_j exp((f_i + g_j - M_ij)/ε)``. Cross problems alternate the two soft-min
-    updates (Sinkhorn); symmetric problems (``a = b``, ``M = Mᵀ``) use the averaged update
-    ``f <- (f + T(f))/2`` (Feydy et al. 2019), which converges in a few tens of iterations where
-    plain alternation oscillates. ``ε`` is annealed from ``max M`` down by halves (warm
-    starts, at most 20 iterations per stage), then iterated until the L1 marginal error is
-    below ``tol``. Returns ``f, g`` and the number of iterations at the final ``ε``.
+    updates (Sinkhorn) at the final ``ε``; symmetric problems (``a = b``, ``M = Mᵀ``) use the
+    averaged update ``f <- (f + T(f))/2`` (Feydy et al. 2019), which converges in a few tens of
+    iterations where plain alternation oscillates. ``ε`` is annealed from ``max M`` down by
+    factors 0.7 with 5 averaged (simultaneous) updates per stage, then iterated until the L1
+    marginal error is below ``tol`` (or ``max_iter``). Returns ``f, g`` and the number of
+    iterations at the final ``ε``.
     """
     loga, logb = np.log(a), np.log(b)
     f, g = np.zeros(a.size), np.zeros(b.size)
@@ -355,17 +360,22 @@ def _sinkhorn_potentials(a, b, M, eps, *, symmetric, tol, max_iter):
     e = float(M.max())
     while e > eps:
         stages.append(e)
-        e *= 0.5
+        e *= 0.7
     stages.append(eps)
     it = 0
     for k, e in enumerate(stages):
         last = k == len(stages) - 1
         Mr = M / e
-        for it in range(1, (max_iter if last else 20) + 1):  # noqa: B007
+        for it in range(1, (max_iter if last else 5) + 1):  # noqa: B007
             if symmetric:
                 t = _softmin(loga, f, Mr, e, axis=1)
                 err = float(a @ np.abs(np.expm1((f - t) / e)))
                 f = 0.5 * (f + t)
+            elif not last:  # averaged simultaneous updates while annealing
+                tg = _softmin(loga, f, Mr, e, axis=0)
+                tf = _softmin(logb, g, Mr, e, axis=1)
+                err = float(b @ np.abs(np.expm1((g - tg) / e)))
+                f, g = 0.5 * (f + tf), 0.5 * (g + tg)
             else:
                 t = _softmin(loga, f, Mr, e, axis=0)
                 err = float(b @ np.abs(np.expm1((g - t) / e)))
@@ -382,7 +392,7 @@ def _entropic_plan(a, b, M, f, g, eps):
     return np.exp((f[:, None] + g[None, :] - M) / eps + np.log(a)[:, None] + np.log(b)[None, :])
 
 
-def _sinkhorn(xa, wa, xb, wb, p, reg_rel=2e-3, tol=1e-9, max_iter=5000):
+def _sinkhorn(xa, wa, xb, wb, p, reg_rel=1e-2, tol=1e-6, max_iter=5000):
     Mab = _geodesic_cost(xa, xb, p)
     Maa = _geodesic_cost(xa, xa, p)
     Mbb = _geodesic_cost(xb, xb, p)
@@ -518,7 +528,7 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
     ``"sinkhorn"``
         Debiased entropic estimate ``S_ε(a, b) - (S_ε(a, a) + S_ε(b, b)) / 2`` with
         ``S_ε = <π_ε, M>`` the transport cost of the entropic plan (the convention of POT's
-        ``ot.sinkhorn2``), ``ε = reg_rel * max M`` (``reg_rel`` default ``2e-3``). Solved in
+        ``ot.sinkhorn2``), ``ε = reg_rel * max M`` (``reg_rel`` default ``1e-2``). Solved in
         the log domain with ε-scaling here (:func:`_sinkhorn_potentials`): POT's alternating
         ``sinkhorn_log`` needs thousands of iterations on the symmetric terms ``S_ε(a, a)``
         at small ``ε``, the averaged symmetric update a few tens. The same solve
@@ -573,6 +583,9 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
                          f"{xb.shape[1]}")
     if xa.shape[1] < 3:
         raise ValueError("wasserstein_sphere needs d >= 3; use wasserstein_circle on S^1")
+    if xa.shape == xb.shape and np.array_equal(xa, xb) and np.array_equal(wa, wb):
+        used = "exact" if method == "auto" else method
+        return WassersteinResult(0.0, used, 0.0, "identical measures")
     if method == "exact":
         return _exact(xa, wa, xb, wb, p, **opts)
     if method == "sinkhorn":

@@ -17,6 +17,7 @@ from scipy.special import eval_legendre, ive, spherical_in
 from solver._fast_velocity import (
     FastVelocity,
     _degree_of_terms,
+    _nb,
     _scaled_bessel,
     degree_weights,
     sphere_basis,
@@ -149,11 +150,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("d,norm,kind,tol", CASES)
-def test_fast_matches_direct(d, norm, kind, tol):
+BACKENDS = ["numpy"] + (["numba"] if _nb is not None else [])
+
+
+@pytest.mark.parametrize(
+    "d,norm,kind,tol,backend",
+    [c + (b,) for c in CASES for b in BACKENDS if c[0] == 3 or b == "numpy"],  # S^1: NumPy
+)
+def test_fast_matches_direct(d, norm, kind, tol, backend):
     x, y, w = problem(d, seed=3)
     A, V = matrix(d, norm, 10, kind), matrix(d, 1.5, 11)
-    nv = NonlocalVelocity(SELF, x, y, np.arange(len(y)), method="fast", tolerance=tol)
+    nv = NonlocalVelocity(
+        SELF, x, y, np.arange(len(y)), method="fast", tolerance=tol,
+        fast_options={"backend": backend},
+    )
+    assert nv._fast.backend == backend
     X = nv(w, A, V)
     Xd = attention_velocity(x, y, w, A, V)
     rep = nv.report
@@ -205,7 +216,7 @@ def test_concentrated_density_uses_direct_for_a_few_targets():
 @pytest.mark.parametrize("d", [2, 3])
 def test_peaked_kernel_falls_back_to_direct(method, d):
     x, y, w = problem(d, seed=6)
-    A, V = matrix(d, 3000.0 if d == 2 else 150.0, 40), matrix(d, 1.0, 41)
+    A, V = matrix(d, 3000.0 if d == 2 else 400.0, 40), matrix(d, 1.0, 41)
     mem = 8 * 2**20  # small budget: the high degree does not fit
     nv = NonlocalVelocity(
         SELF, x, y, np.arange(len(y)), method=method, tolerance=1e-10,
@@ -284,7 +295,7 @@ def run_partitioned(comm) -> dict:
     """
     P, p = comm.size, comm.rank
     out = {}
-    for d in (2, 3):
+    for d, backend in [(2, "numpy"), (3, "numpy"), (3, "auto")]:
         x, y, w = problem(d, seed=7)
         rng = np.random.default_rng(8)
         tpart = rng.integers(0, P, len(x))
@@ -292,7 +303,7 @@ def run_partitioned(comm) -> dict:
         mine_t, mine_s = np.nonzero(tpart == p)[0], np.nonzero(spart == p)[0]
         nv = NonlocalVelocity(
             comm, x[mine_t], y[mine_s], mine_s, method="fast", tolerance=1e-9,
-            fast_options={"chunk": 64},
+            fast_options={"chunk": 64, "backend": backend},
         )
         V = matrix(d, 1.0, 9)
         for k, A in enumerate([matrix(d, 5.0, 10), matrix(d, 1.0, 11), matrix(d, 5.0, 10)]):
@@ -306,7 +317,7 @@ def run_partitioned(comm) -> dict:
                 full = np.empty((len(x), d))
                 for idx, Xp in parts:
                     full[idx] = Xp
-                out[f"d{d}_{k}"] = full
+                out[f"d{d}_{backend}_{k}"] = full
     return out
 
 

@@ -75,10 +75,16 @@ def unit(v):
 # S^1
 # ------------------------------------------------------------------------------------------
 
-# Accuracy of the methods: "quantile" is exact to round-off; POT's binary search stops at a
-# bracket of 1e-6 in the shift and then takes one secant step, which we measured to agree
-# with "quantile" to ~1e-10 on random measures.
-TOL = {"quantile": 1e-12, "pot": 1e-6}
+# Accuracy of the methods: "quantile" is exact to round-off. POT's binary search stops at a
+# bracket of 1e-6 in the shift (then one secant step); the cost is piecewise linear in the
+# shift with slopes up to (2π)^p, so POT's W_p^p is accurate to ~1e-6 (2π)^p (measured: far
+# better on typical measures, ~1e-10, and worst for point masses straddling the cut at 0).
+
+
+def close(got, ref, p, method):
+    if method == "quantile":
+        return abs(got - ref) <= 1e-12 + 1e-12 * ref
+    return abs(got**p - ref**p) <= 1e-6 * TWO_PI**p
 
 
 @pytest.mark.parametrize("method", ["quantile", "pot"])
@@ -91,7 +97,7 @@ def test_circle_point_masses_is_geodesic_distance(a, b, p, method):
     # W_p(δ_a, δ_b) = d(a, b): the only coupling moves all the mass along the shorter arc.
     d = circle_dist(np.array([a]), np.array([b]))[0, 0]
     got = W.wasserstein_circle([a], [1.0], [b], [2.5], p=p, method=method)
-    assert got == pytest.approx(d, abs=TOL[method])
+    assert close(got, d, p, method)
 
 
 @pytest.mark.parametrize("method", ["quantile", "pot"])
@@ -106,7 +112,7 @@ def test_circle_rotated_uniform_grid_is_the_rotation_angle(n, p, method):
     w = np.ones(n)
     for s in (1e-3, 0.37 * np.pi / n, 0.999 * np.pi / n):
         got = W.wasserstein_circle(th, w, th + s, w, p=p, method=method)
-        assert got == pytest.approx(s, rel=1e-12, abs=TOL[method])
+        assert close(got, s, p, method)
 
 
 def _von_mises_grid(N, kappa, mu=1.0):
@@ -115,7 +121,7 @@ def _von_mises_grid(N, kappa, mu=1.0):
     return th, w / w.sum()
 
 
-@pytest.mark.parametrize("kappa", [20.0, 4.0, 0.5])
+@pytest.mark.parametrize("kappa", [30.0, 4.0, 0.5])
 @pytest.mark.parametrize("method", ["quantile", "pot"])
 def test_circle_shifted_von_mises(kappa, method):
     # μ = von Mises weights on N equally spaced atoms, ν = μ shifted by k grid steps (s = kΔ):
@@ -125,7 +131,8 @@ def test_circle_shifted_von_mises(kappa, method):
     #   ∫ g = s, and W_1 = ∫|g - med g| >= s - 2π med g (med = Lebesgue median over t).
     # So the rotation is optimal (W_1 = W_2 = s) exactly when more than half of the circle
     # sees no mass within s behind it, and it is optimal up to 2π med g otherwise. For a
-    # concentrated law (κ = 20) med g ~ s e^{-κ}: W_2 = s to ~1e-8; for a flat one
+    # concentrated law the median of g sits a quarter turn from the mode, med g ~ s ρ(π/2) ~
+    # s √(κ/2π) e^{-κ}: for κ = 30, W_2 = s to ~1e-12 (2e-8 for κ = 20); for a flat one
     # (κ = 0.5) mass moves both ways round and W_2 < s by a visible margin (the uniform law
     # is the extreme case: every rotation leaves it invariant, W = 0).
     N, k = 720, 6
@@ -137,16 +144,20 @@ def test_circle_shifted_von_mises(kappa, method):
     lower = s - TWO_PI * np.median(g)
     w1 = W.wasserstein_circle(th, w, th, wb, p=1, method=method)
     w2 = W.wasserstein_circle(th, w, th, wb, p=2, method=method)
-    tol = TOL[method]
-    assert lower - tol <= w1 <= w2 + tol
-    assert w2 <= s + tol
-    if kappa >= 20:
-        assert w2 == pytest.approx(s, rel=1e-7)
+    if method == "quantile":
+        assert lower - 1e-14 <= w1 <= w2 + 1e-14
+        assert w2 <= s + 1e-14
+    else:
+        assert lower - 1e-6 * TWO_PI <= w1
+        assert w2**2 <= s**2 + 1e-6 * TWO_PI**2
+    if kappa >= 30:
+        assert s - lower < 1e-11 * s  # the bracket is tight: the rotation is optimal
+        assert close(w2, s, 2, method) and close(w1, s, 1, method)
     if kappa <= 0.5:
         assert w2 < 0.9 * s  # the rotation is far from optimal
     # both methods agree
     other = "pot" if method == "quantile" else "quantile"
-    assert w2 == pytest.approx(W.wasserstein_circle(th, w, th, wb, p=2, method=other), abs=1e-8)
+    assert close(w2, W.wasserstein_circle(th, w, th, wb, p=2, method=other), 2, "pot")
 
 
 def test_circle_uniform_grid_shifted_by_whole_steps_is_zero():
@@ -162,9 +173,8 @@ def test_circle_against_network_simplex(p):
         ta, wa = random_circle_measure(rng, n)
         tb, wb = random_circle_measure(rng, m)
         ref = emd_circle(ta, wa, tb, wb, p)
-        for method in ("quantile", "pot"):
-            got = W.wasserstein_circle(ta, wa, tb, wb, p=p, method=method)
-            assert got == pytest.approx(ref, abs=1e-10 if method == "quantile" else 1e-8)
+        assert W.wasserstein_circle(ta, wa, tb, wb, p=p) == pytest.approx(ref, abs=1e-10)
+        assert close(W.wasserstein_circle(ta, wa, tb, wb, p=p, method="pot"), ref, p, "pot")
 
 
 def test_circle_w1_against_levy_median_formula():
@@ -185,8 +195,8 @@ def test_circle_quantile_and_pot_agree_on_random_measures():
         for p in (1, 2):
             q = W.wasserstein_circle(ta, wa, tb, wb, p=p, method="quantile")
             o = W.wasserstein_circle(ta, wa, tb, wb, p=p, method="pot")
-            assert q == pytest.approx(o, abs=1e-8)
-            assert q <= o + 1e-14  # both are values of the cost: the exact one is the minimum
+            assert close(o, q, p, "pot")
+            assert q <= o + 1e-12  # both are values of the cost: the exact one is the minimum
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -199,7 +209,10 @@ def test_circle_metric_axioms(p):
         ba = W.wasserstein_circle(tb, wb, ta, wa, p=p)
         bc = W.wasserstein_circle(tb, wb, tc, wc, p=p)
         ac = W.wasserstein_circle(ta, wa, tc, wc, p=p)
-        assert W.wasserstein_circle(ta, wa, ta, 3 * wa, p=p) == pytest.approx(0, abs=1e-12)
+        assert W.wasserstein_circle(ta, wa, ta, wa, p=p) == 0.0
+        # 3 wa normalises to wa up to round-off: total variation δ <~ n 1e-16 and W_p is only
+        # Hölder-1/p in the weights, W_p <= π δ^{1/p}
+        assert W.wasserstein_circle(ta, wa, ta, 3 * wa, p=p) <= np.pi * (ta.size * 1e-16) ** (1 / p)
         assert ab == pytest.approx(ba, abs=1e-12)
         assert ac <= ab + bc + 1e-12
         assert 0 <= ab <= np.pi
@@ -271,6 +284,10 @@ def test_sphere_rotation_bracket(cloud, alpha):
     assert lower - 1e-12 <= W.wasserstein_sphere(x, w, y, w, p=1, method="exact").value
     assert lower - 1e-12 <= res.value <= alpha + 1e-12
     assert lower > 0.95 * alpha
+    if alpha == 0.05:
+        sk = W.wasserstein_sphere(x, w, y, w, p=2, method="sinkhorn")
+        assert abs(sk.value - res.value) <= sk.error
+        assert abs(sk.value - res.value) < 1e-2 * alpha  # measured 3.5e-4 alpha
 
 
 @pytest.mark.parametrize("p", [1, 2])
@@ -285,8 +302,10 @@ def test_sphere_exact_sinkhorn_sliced(p):
     assert ex.error < 1e-9
     # the sinkhorn error is a certified bound (primal rounding / dual c-transform bracket)
     assert abs(sk.value - ex.value) <= sk.error
-    # measured: |sinkhorn - exact| ~ 1e-3 with error ~ 5e-3 at the default reg_rel = 2e-3
-    assert sk.error < 0.02 * ex.value
+    # measured at the default reg_rel = 1e-2: |sinkhorn - exact| = 1.0e-2 / 0.4e-2 relative
+    # for p = 1 / 2 (other seeds), certified error 3% / 6%
+    assert abs(sk.value - ex.value) < 0.03 * ex.value
+    assert sk.error < 0.1 * ex.value
     # sliced: a different metric of the same order of magnitude (not a bound on W_p)
     assert 0.5 * ex.value < sl.value < 2 * ex.value
     assert sl.error < 0.1 * sl.value
@@ -368,8 +387,10 @@ def test_sphere_symmetry_and_self_distance(cloud):
     ab = W.wasserstein_sphere(x, w, y, None, method="exact").value
     ba = W.wasserstein_sphere(y, None, x, w, method="exact").value
     assert ab == pytest.approx(ba, abs=1e-12)
-    assert W.wasserstein_sphere(x, w, x, w, method="exact").value == pytest.approx(0, abs=1e-7)
-    assert W.wasserstein_sphere(x, w, x, w, method="sinkhorn").value == pytest.approx(0, abs=1e-6)
+    for method in ("exact", "sinkhorn", "sliced", "auto"):
+        assert W.wasserstein_sphere(x, w, x, w, method=method).value == 0.0
+    # exact on a copy perturbed by round-off: W_p <= π δ^{1/p} (δ = total variation)
+    assert W.wasserstein_sphere(x, w, x, 3 * w, method="exact").value <= np.pi * 1e-7
 
 
 def test_higher_dimensional_sphere():

@@ -1,0 +1,254 @@
+"""Pictures of a run: PNGs that are not blank, one animation frame per saved time, diagnostics,
+the mesh rebuilt in the saved cell order, and the VTX series that ParaView reads."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from solver import _plot
+from solver._cli import build_parser, main
+from solver._geometry import icosphere
+
+pytestmark = pytest.mark.serial  # one rank draws; the runs below are serial
+
+Image = pytest.importorskip("PIL.Image")
+
+S2 = """
+[mesh]
+sphere = 2
+refinement = 2
+[model]
+Q = [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
+V = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+[perturbation]
+kind = "tied"
+B = [[0.0], [0.0], [0.5]]
+A = [[0.0], [1.0], [0.0]]
+[initial]
+kind = "mixture"
+weights = [0.5, 0.5]
+components = [
+    { kind = "vmf", centre = [1.0, 0.0, 0.2], kappa = 6.0 },
+    { kind = "vmf", centre = [-0.3, 1.0, 0.0], kappa = 6.0 },
+]
+[time]
+T = 0.6
+save_every = 0.2
+"""
+
+S1 = """
+[mesh]
+sphere = 1
+cells = 64
+[model]
+Q = [[3.0, 0.0], [0.0, 3.0]]
+V = [[1.0, 0.0], [0.0, 1.0]]
+[perturbation]
+kind = "tied"
+dV = [[0.0, -0.5], [0.5, 0.0]]
+[initial]
+kind = "mixture"
+weights = [0.5, 0.5]
+components = [
+    { kind = "vmf", centre = [1.0, 0.0], kappa = 3.0 },
+    { kind = "vmf", centre = [-0.5, 0.8], kappa = 3.0 },
+]
+[time]
+T = 1.0
+save_every = 0.25
+"""
+
+
+def _run(tmp_path_factory, name, text):
+    d = tmp_path_factory.mktemp(name)
+    cfg = d / "c.toml"
+    cfg.write_text(textwrap.dedent(text))
+    out = d / "out"
+    assert main(["run", str(cfg), "--output", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def s2_run(tmp_path_factory):
+    return _run(tmp_path_factory, "s2", S2)
+
+
+@pytest.fixture(scope="module")
+def s1_run(tmp_path_factory):
+    return _run(tmp_path_factory, "s1", S1)
+
+
+def _plot_cli(argv: list[str]) -> int:
+    """``python -m solver plot ...``: through the CLI once it has ``plot``, else directly."""
+    if "plot" in build_parser().format_help():
+        return main(["plot", *argv])
+    p = argparse.ArgumentParser()
+    _plot.add_plot_parser(p.add_subparsers(dest="command"))
+    return _plot.plot_main(p.parse_args(["plot", *argv]))
+
+
+def _pixels(path):
+    im = np.asarray(Image.open(path).convert("RGB"), dtype=float)
+    assert im.ndim == 3 and im.shape[0] > 100 and im.shape[1] > 100
+    return im
+
+
+def _assert_not_blank(path, panels: int):
+    """The picture varies, and so does each panel (base, perturbed) on its own."""
+    assert path.is_file() and path.stat().st_size > 5_000
+    im = _pixels(path)
+    assert im.std() > 10
+    assert len(np.unique(im.reshape(-1, 3), axis=0)) > 100  # a coloured field, not flat fill
+    w = im.shape[1]
+    for i in range(panels):  # each panel: many colours (a colour map), not only background
+        part = im[:, int(i * w / (panels + 0.3)) : int((i + 1) * w / (panels + 0.3))]
+        assert part.std() > 10
+        assert len(np.unique(part.reshape(-1, 3), axis=0)) > 50
+
+
+def _frames(gif):
+    im = Image.open(gif)
+    out = []
+    for k in range(im.n_frames):
+        im.seek(k)
+        out.append(np.asarray(im.convert("RGB"), dtype=float))
+    return out
+
+
+def test_plot_command_s2(s2_run, tmp_path):
+    pytest.importorskip("pyvista")
+    out = tmp_path / "pics"
+    assert _plot_cli([str(s2_run), "--out", str(out), "--warp"]) == 0
+    times = np.load(s2_run / "result.npz")["times"]
+    pngs = sorted(out.glob("density_t*.png"))
+    assert len(pngs) == 3  # first, middle, last
+    for p in pngs:
+        _assert_not_blank(p, panels=2)
+    # the density evolves: first and last pictures differ
+    assert np.abs(_pixels(pngs[0]) - _pixels(pngs[-1])).mean() > 1
+    frames = _frames(out / "density.gif")
+    assert len(frames) == len(times)
+    assert np.abs(frames[0] - frames[-1]).mean() > 1
+    _assert_not_blank(out / "diagnostics.png", panels=1)
+
+
+def test_plot_command_s1(s1_run, tmp_path):
+    out = tmp_path / "pics"
+    assert _plot_cli([str(s1_run), "--out", str(out), "--times", "0", "0.5", "1"]) == 0
+    for t in ("0", "0.5", "1"):
+        _assert_not_blank(out / f"density_t{t}.png", panels=2)
+    times = np.load(s1_run / "result.npz")["times"]
+    frames = _frames(out / "density.gif")
+    assert len(frames) == len(times) == 5
+    assert np.abs(frames[0] - frames[-1]).mean() > 1
+    assert (out / "diagnostics.png").is_file()
+
+
+def test_library_defaults_and_options(s1_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(s1_run, run)
+    paths = _plot.plot_run(run, times="all", clim="global")
+    assert [p.parent for p in paths] == [run / "plots"] * 5
+    with pytest.warns(UserWarning, match="nearest"):
+        (p,) = _plot.plot_run(run, times=0.3)
+    assert p.name == "density_t0.25.png"
+    assert _plot.animate_run(run, run / "a.gif", fps=10).is_file()
+    with pytest.raises(ValueError, match="clim"):
+        _plot.plot_run(run, clim="bad")
+    # a w2 column (validation layer) is plotted when present
+    csv = run / "diagnostics.csv"
+    lines = csv.read_text().splitlines()
+    lines = [lines[0] + ",w2"] + [ln + ",0.1" for ln in lines[1:]]
+    csv.write_text("\n".join(lines) + "\n")
+    assert _plot.plot_diagnostics(run, tmp_path / "d.png") == tmp_path / "d.png"
+
+
+def test_unperturbed_s1_single_panel(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent(S1).split("[perturbation]")[0] + textwrap.dedent("""
+        [initial]
+        kind = "vmf"
+        centre = [1.0, 0.0]
+        kappa = 2.0
+        [time]
+        T = 0.2
+        save_every = 0.1
+        """))  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--output", str(out), "--no-progress"]) == 0
+    assert _plot_cli([str(out), "--animation", "none"]) == 0
+    _assert_not_blank(out / "plots" / "density_t0.2.png", panels=1)
+    assert not (out / "plots" / "density.gif").exists()
+    assert (out / "plots" / "diagnostics.png").is_file()
+
+
+def test_bad_folder_exit_code(tmp_path, capsys):
+    assert _plot_cli([str(tmp_path)]) == 2
+    assert "result.npz" in capsys.readouterr().err
+    assert _plot_cli([str(tmp_path), "--times", "x"]) == 2
+
+
+def test_mesh_rebuilt_in_saved_cell_order(s2_run, tmp_path):
+    """DOLFINx's vtk_mesh order, the plain generator, an inferred icosphere: same picture."""
+    pv = pytest.importorskip("pyvista")
+    r = np.load(s2_run / "result.npz")
+    grid = _plot.to_pyvista(s2_run, -1)
+    assert grid.n_cells == len(r["areas"])
+    cent = np.asarray(grid.cell_centers().points)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    # each VTK cell carries the density of the saved cell at its place
+    near = np.argmin(((cent[:, None, :] - r["centroids"][None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_array_equal(grid.cell_data["density"], r["density"][-1][near])
+    np.testing.assert_array_equal(grid.cell_data["density_perturbed"],
+                                  r["density_perturbed"][-1][near])  # fmt: skip
+    assert grid.field_data["time"][0] == r["times"][-1]
+    # without config.toml (a library run): the icosphere is inferred from the cell count
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(s2_run / "result.npz", bare)
+    g2 = _plot.to_pyvista(bare, 0)
+    assert isinstance(g2, pv.UnstructuredGrid) and g2.n_cells == grid.n_cells
+    # an explicit mesh in the original order, and a wrong one, which is refused
+    points, cells = icosphere(2)
+    g3 = _plot.to_pyvista(bare, 0, mesh=(points, cells))
+    np.testing.assert_array_equal(g3.cell_data["density"], r["density"][0])
+    with pytest.raises(ValueError, match="does not match"):
+        _plot.to_pyvista(bare, 0, mesh=(points, cells[::-1]))
+
+
+def test_mesh_without_dolfinx(s2_run, monkeypatch):
+    """Without DOLFINx the plain generators rebuild the mesh, in the saved order."""
+    pytest.importorskip("pyvista")
+    import solver
+
+    monkeypatch.delattr(solver, "_fem", raising=False)
+    monkeypatch.setitem(sys.modules, "solver._fem", None)  # `from . import _fem` fails
+    r = np.load(s2_run / "result.npz")
+    grid = _plot.to_pyvista(s2_run, -1)
+    np.testing.assert_array_equal(grid.cell_data["density"], r["density"][-1])
+    (png,) = _plot.plot_run(s2_run, times=[0.0], out=s2_run / "nodolfinx")
+    _assert_not_blank(png, panels=2)
+
+
+def test_vtx_series_has_fields_and_times(s2_run):
+    """What ParaView's VTX reader sees: the schema's cell fields and TIME, the saved values."""
+    pytest.importorskip("adios2")
+    r = np.load(s2_run / "result.npz")
+    v = _plot.read_vtx(s2_run / "density.bp")
+    assert list(v["fields"]) == ["density", "density_perturbed"]
+    assert 'Name="TIME"' in v["schema"]
+    np.testing.assert_allclose(v["times"], r["times"], rtol=0, atol=1e-14)
+    cent = v["points"][v["cells"]].mean(axis=1)
+    cent /= np.linalg.norm(cent, axis=1, keepdims=True)
+    d2 = ((cent[:, None, :] - r["centroids"][None]) ** 2).sum(-1)
+    near = np.argmin(d2, axis=1)
+    assert np.sqrt(d2.min(axis=1)).max() < 1e-10
+    assert set(near) == set(range(len(r["areas"])))
+    for name in ("density", "density_perturbed"):
+        np.testing.assert_allclose(v["fields"][name], r[name][:, near], rtol=0, atol=1e-14)
