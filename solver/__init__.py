@@ -16,6 +16,14 @@ try:  # pragma: no cover - depends on how DOLFINx was installed
 except ImportError:
     pass
 
+from ._clusters import (
+    Clusters,
+    cluster_direction,
+    cluster_times,
+    delta_cluster_state,
+    direction_drift,
+    find_clusters,
+)
 from ._config import ConfigError, build_initial, build_model, default_config_text, load_config
 from ._diagnostics import DIAGNOSTIC_COLUMNS
 from ._geometry import circle_mesh, geodesic_distance, icosphere, normalize
@@ -23,7 +31,16 @@ from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sph
 from ._io import load_result, read_csv
 from ._model import Model, Perturbation, RandomLoRA, ScheduledLoRA, TiedLoRA, low_rank
 from ._particles import ParticleResult, retract, sample_particles, simulate_particles
+from ._stability import (
+    SpectralCriterion,
+    lipschitz_constants,
+    perturbation_speed,
+    spectral_criterion,
+    w2_bound,
+    w2_bound_constant,
+)
 from ._velocity import NonlocalVelocity, attention_velocity, tangent_project
+from ._wasserstein import WassersteinResult, wasserstein, wasserstein_circle, wasserstein_sphere
 
 __all__ = [
     "__version__",
@@ -44,6 +61,24 @@ __all__ = [
     "sample_particles",
     "ParticleResult",
     "retract",
+    # Wasserstein distances and clusters
+    "wasserstein",
+    "wasserstein_circle",
+    "wasserstein_sphere",
+    "WassersteinResult",
+    "Clusters",
+    "find_clusters",
+    "delta_cluster_state",
+    "cluster_times",
+    "cluster_direction",
+    "direction_drift",
+    # stability theory (docs/stability.md)
+    "w2_bound",
+    "w2_bound_constant",
+    "lipschitz_constants",
+    "perturbation_speed",
+    "spectral_criterion",
+    "SpectralCriterion",
     # geometry and initial data
     "circle_mesh",
     "icosphere",
@@ -71,6 +106,7 @@ __all__ = [
     "evolve",
     "run_config",
     "Result",
+    "validate",
 ]
 
 _LAZY = {
@@ -80,6 +116,7 @@ _LAZY = {
     "evolve": "._run",
     "run_config": "._run",
     "Result": "._run",
+    "validate": "._validate",
 }
 
 

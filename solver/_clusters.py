@@ -112,8 +112,10 @@ def find_clusters(x, w=None, radius: float = 0.1, min_mass: float = 1e-3) -> Clu
     # 1. local mass from all pairs within r
     pairs = cKDTree(xk).query_pairs(r, output_type="ndarray")
     i, j = pairs[:, 0], pairs[:, 1]
-    local = wk + np.bincount(i, weights=wk[j], minlength=nk) + np.bincount(
-        j, weights=wk[i], minlength=nk
+    local = (
+        wk
+        + np.bincount(i, weights=wk[j], minlength=nk)
+        + np.bincount(j, weights=wk[i], minlength=nk)
     )
 
     # 2. link to the nearest higher-ranked neighbour (rank 0 = heaviest)
@@ -186,8 +188,9 @@ def delta_cluster_state(x, centres, delta: float = 0.1, w=None, mass_tol: float 
     if x.ndim != 2:
         raise ValueError(f"x must be an (n, d) array, got shape {x.shape}")
     if centres.ndim != 2 or centres.shape[1] != x.shape[1] or centres.shape[0] == 0:
-        raise ValueError(f"centres must be a non-empty (k, {x.shape[1]}) array, got shape "
-                         f"{centres.shape}")
+        raise ValueError(
+            f"centres must be a non-empty (k, {x.shape[1]}) array, got shape {centres.shape}"
+        )
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(centres))):
         raise ValueError("x and centres must be finite")
     if not (np.isfinite(delta) and delta > 0):
@@ -225,8 +228,9 @@ def cluster_times(times, states) -> tuple[float, float]:
     times = np.asarray(times, dtype=float)
     states = np.asarray(states)
     if times.ndim != 1 or states.shape != times.shape:
-        raise ValueError(f"times and states must be 1-D of equal length, got {times.shape} "
-                         f"and {states.shape}")
+        raise ValueError(
+            f"times and states must be 1-D of equal length, got {times.shape} and {states.shape}"
+        )
     if not np.all(np.isfinite(times)) or np.any(np.diff(times) < 0):
         raise ValueError("times must be finite and non-decreasing")
     states = states.astype(bool)
@@ -234,7 +238,7 @@ def cluster_times(times, states) -> tuple[float, float]:
     if on.size == 0:
         return float("nan"), float("nan")
     i = int(on[0])
-    off = np.flatnonzero(~states[i + 1:])
+    off = np.flatnonzero(~states[i + 1 :])
     t_exit = float(times[i + 1 + off[0]]) if off.size else float("nan")
     return float(times[i]), t_exit
 

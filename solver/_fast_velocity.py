@@ -581,7 +581,8 @@ class FastVelocity:
         self._C_local = hi - lo
         self._setups: OrderedDict = OrderedDict()
         self._vcache: tuple | None = None
-        self.n_cap = self._n_cap()
+        self.n_cap_mem = self._n_cap(cost=False)
+        self.n_cap = self._n_cap(cost=self.auto)
         self.report: dict = {"method": "fast"}
 
     # ------------------------------------------------------------------ helpers
@@ -600,8 +601,8 @@ class FastVelocity:
         r = num_terms(n, self.d)
         return self.lam * _U * (math.sqrt(r) + math.sqrt(self.chunk) + math.sqrt(self.C) + n + 1)
 
-    def _n_cap(self) -> int:
-        """Largest degree allowed by the memory budget, the degree cap and (auto) the cost."""
+    def _n_cap(self, cost: bool) -> int:
+        """Largest degree allowed by the memory budget, the degree cap and the cost model."""
         d, N, M = self.d, self.N, self.M
         n = 0
         while n < MAX_DEGREE[d]:
@@ -610,7 +611,7 @@ class FastVelocity:
             if tables > self.memory_bytes:
                 break
             # fast ~ 1 ns per tabulated term and evaluation, direct ~ 9 ns per pair
-            if self.auto and (N + M) * r > 4 * N * M:
+            if cost and (N + M) * r > 4 * N * M:
                 break
             n += 1
         return n
@@ -649,13 +650,21 @@ class FastVelocity:
             return int(ok[0]) if ok.size else max(big, n_cap) + 1
 
         n_feas = degree_for(tol * rho / 4)
-        st.report = {"R": R, "n_cap": n_cap, "n_uniform": n_feas}
-        if n_feas > n_cap:
-            why = "memory budget / cost model" if self.auto else "memory budget / degree cap"
+        st.report = {"R": R, "n_cap": n_cap, "n_uniform": n_feas, "backend": self.backend}
+        if n_feas > self.n_cap_mem:
             self._to_direct(
                 st,
                 f"kernel too peaked for the expansion: ‖A‖₂ = {R:.3g} needs degree >= {n_feas} "
-                f"(tolerance {tol:g}), above the cap {n_cap} ({why}); using the direct sum",
+                f"(tolerance {tol:g}), above the cap {self.n_cap_mem} (memory budget / degree "
+                "cap); using the direct sum",
+            )
+        elif n_feas > n_cap:  # auto: the expansion would not pay off
+            self._to_direct(
+                st,
+                f"auto: the expansion needs degree >= {n_feas} ({num_terms(n_feas, d)} terms; "
+                f"‖A‖₂ = {R:.3g}, tolerance {tol:g}), not cheaper than the direct sum for "
+                f"{self.N} targets x {self.M} sources; using the direct sum",
+                warn=self.N * self.M >= 10**7,
             )
         else:
             # start generous (denominators 1000x below uniform), allow growth up to ~1.5x
@@ -692,13 +701,14 @@ class FastVelocity:
             self._psi.ensure(n)
         st.n_phi = n
 
-    def _to_direct(self, st: _Setup, reason: str) -> None:
+    def _to_direct(self, st: _Setup, reason: str, warn: bool = True) -> None:
         st.mode = "direct"
         st.phi = st.tails = st.bw = None
         keep = ("R", "n_cap", "n_uniform", "sampled_error", "sampled_targets")
         st.report = {k: v for k, v in st.report.items() if k in keep}
         st.report.update(method="direct", reason=reason)
-        self._warn(reason)
+        if warn:
+            self._warn(reason)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -360,6 +360,12 @@ def _out_dir(run: _Run, out) -> Path:
     return d
 
 
+def _panel_window(window, n: int) -> tuple[int, int]:
+    """Pixels for ``n`` panels and a colour bar: ``window`` is sized for two panels."""
+    w, h = window
+    return (int(round(w * (n + 0.3) / 2.3 / 16)) * 16, int(h))
+
+
 def _view_direction(run: _Run) -> np.ndarray:
     """Where to look from: the mean direction of the mass (both flows, all saved times)."""
     w = sum(f.sum(axis=0) for f in run.fields) * run.areas
@@ -381,6 +387,7 @@ class _SphereScene:
         grid, self.order = _grid(pv, run, mesh)
         self.unit = np.asarray(grid.points).copy()
         n = len(run.fields)
+        window = _panel_window(window, n)
         # one column per flow and a narrow one for the shared colour bar
         self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.3],
                              window_size=list(window), off_screen=off_screen,
@@ -464,12 +471,13 @@ class _CircleScene:
 
         self.run, self.plt = run, plt
         n = len(run.fields)
+        size = _panel_window(size, n)
         dpi = 100
         self.fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
                                       figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
                                       squeeze=False)  # fmt: skip
         self.axes = list(axes[0])
-        self.fig.subplots_adjust(left=0.03, right=0.86, top=0.88, bottom=0.05, wspace=0.25)
+        self.fig.subplots_adjust(left=0.05, right=0.86, top=0.88, bottom=0.05, wspace=0.3)
         theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
         half = np.arcsin(np.clip(run.areas / 2, 0, 1))  # half the arc of a chord of length |K|
         # each wedge: from the centre out to ρ between the cell's end angles (arcs are drawn
@@ -477,6 +485,7 @@ class _CircleScene:
         self.t0, self.t1 = theta - half, theta + half
         srt = np.argsort(theta)
         self.norm = mpl.colors.Normalize(0.0, 1.0)
+        self.locator = mpl.ticker.MaxNLocator(4)
         self.cmap = mpl.colormaps[CMAP]
         self.polys, self.titles = [], []
         for i, ax in enumerate(self.axes):
@@ -518,6 +527,7 @@ class _CircleScene:
             self.polys[i].set_verts(self._verts(rho))
             self.polys[i].set_array(rho)
             ax.set_ylim(0, hi * 1.05)
+            ax.yaxis.set_major_locator(self.locator)
             name = LABELS[i] if len(self.axes) > 1 else "density"
             self.titles[i].set_text(f"{name}    t = {_fmt_time(run.times[k])}")
         self.cbar.update_normal(self.polys[0])

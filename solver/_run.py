@@ -7,7 +7,7 @@ everything from a resolved TOML config (what ``python -m solver run`` does).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ class Result:
     density_perturbed: np.ndarray | None = None
     centroids: np.ndarray | None = None
     areas: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
         return self.diagnostics[:, self.columns.index(name)]
@@ -178,9 +177,8 @@ def evolve(
         t = float(times[k])
         avgs = [op.cell_averages(s) for s in states]
         diags = [density_diagnostics(sm, a) for a in avgs]
-        mass0 = 1.0
-        for i, dg in enumerate(diags):
-            check_state(dg, t, mass0, "density_perturbed" if i else "density")
+        for i, dg in enumerate(diags):  # the initial state has unit mass
+            check_state(dg, t, 1.0, "density_perturbed" if i else "density")
         row = [t] + diags[0]
         if two:
             row += diags[1] + drift_diagnostics(sm, diags[0], diags[1], *avgs)

@@ -97,8 +97,9 @@ def _check_weights(w, n: int, name: str) -> np.ndarray:
         return np.full(n, 1.0 / n)
     w = np.asarray(w, dtype=float)
     if w.ndim != 1 or w.shape[0] != n:
-        raise ValueError(f"{name} must be a 1-D array of length {n} (one weight per atom), "
-                         f"got shape {w.shape}")
+        raise ValueError(
+            f"{name} must be a 1-D array of length {n} (one weight per atom), got shape {w.shape}"
+        )
     if not np.all(np.isfinite(w)):
         raise ValueError(f"{name} must be finite")
     if np.any(w < 0):
@@ -135,8 +136,7 @@ def _check_points(x, name: str, *, unit: bool = True) -> np.ndarray:
 def _check_angles(theta, name: str) -> np.ndarray:
     theta = np.asarray(theta, dtype=float)
     if theta.ndim != 1 or theta.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array of angles, got shape "
-                         f"{theta.shape}")
+        raise ValueError(f"{name} must be a non-empty 1-D array of angles, got shape {theta.shape}")
     if not np.all(np.isfinite(theta)):
         raise ValueError(f"{name} must be finite")
     return theta
@@ -249,7 +249,7 @@ def wasserstein_circle(theta_a, wa, theta_b, wb, p=2, *, method: str = "quantile
         ``ot.wasserstein_circle`` (binary search to ``1e-6`` in the shift, then one secant
         step). Its cost ``W_p^p`` is accurate to about ``1e-6 (2π)^p`` only (the slopes of the
         cost in the shift reach ``(2π)^p``): measured ``W_p`` errors up to 2e-7 (p = 1),
-        2e-6 (p = 2), 2e-5 (p = 3) for two point masses across the cut at 0, and ~1e-10 on
+        2e-6 (p = 2), 2.4e-5 (p = 3) for two point masses across the cut at 0, and ~1e-10 on
         typical random measures. Both are ``O((n + m) log(n + m))``; POT is ~4x faster at
         ``n = 10^5``.
 
@@ -520,8 +520,9 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
     Methods
     -------
     ``"exact"``
-        ``ot.emd2`` (network simplex) on the full ``n x m`` cost matrix; time grows like
-        ``(n m)^{~1.5}`` and memory like ``n m``: fine up to a few thousand atoms. ``error``
+        ``ot.emd2`` (network simplex) on the full ``n x m`` cost matrix; memory ``~ n m`` and
+        time roughly ``(n m)^{1.3}`` (measured: 0.01 s at 200 atoms, 0.4 s at 1000, 6 s at
+        3000 on 2 cores): fine up to a few thousand atoms. ``error``
         is the primal-dual gap certified by the returned potential (double c-transform),
         i.e. round-off unless POT hit ``numItermax`` (default ``max(1e5, 50 n m)``; then
         ``note`` says so and ``error`` is the honest gap).
@@ -535,16 +536,24 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
         gives a certified bracket ``L <= W_p^p <= U``: ``U`` = cost of the plan rounded onto
         ``Π(a, b)``, ``L`` = dual value of the c-transformed potentials. The estimate is
         clipped into the bracket and ``error = max(value - L^{1/p}, U^{1/p} - value)`` is a
-        rigorous bound on ``|value - W_p|`` (whatever the convergence). The a-priori entropic
-        bias, ``0 <= U - W_p^p <~ ε log(min(n, m))``, is usually much larger than the
-        debiased estimate's actual error.
+        rigorous bound on ``|value - W_p|`` (whatever the convergence). ``U`` carries the
+        entropic blur, ``0 <= U - W_p^p <= ε min(H(a), H(b)) <= ε log min(n, m)`` (plus the
+        rounding of the marginal error), so ``error`` is usually much larger than the actual
+        error of the debiased estimate. Measured on vMF clouds of 200 atoms at the default
+        ``reg_rel``: actual relative error 3e-4 to 1e-2, ``error`` 3% to 6% of ``W_p``; on
+        rotations by ``α``, actual ~4e-4 ``α``. Lower ``reg_rel`` tightens the bracket
+        (``error ∝ ε^{1/p}`` roughly) but Sinkhorn then needs thousands of iterations on
+        nearly equal measures. Cost ``O(n m)`` per iteration; slower than ``"exact"`` at the
+        sizes where both fit in memory, so mostly a cross-check.
     ``"sliced"``
         Spherical sliced Wasserstein (Bonet et al., ICLR 2023; ``ot.sliced_wasserstein_sphere``)
         ``SSW_p = (E_U W_p^p(P_U#μ, P_U#ν))^{1/p}``, ``U`` uniform 2-frames, ``P_U(x) =
         Uᵀx/|Uᵀx|`` the projection on a great circle, circle distances in radians.
-        A *different metric*, not ``W_p``: ``P_U`` is not 1-Lipschitz near the poles of the
-        great circle, so neither ``SSW_p <= W_p`` nor the converse holds in general; it is
-        cheap (``O(L (n + m) log(n + m))``) and zero iff ``μ = ν``. Options
+        A *different* (pseudo-)metric, not ``W_p``: ``P_U`` is not 1-Lipschitz near the poles
+        of the great circle, so neither ``SSW_p <= W_p`` nor the converse holds in general
+        (measured ``SSW_p / W_p`` between 0.69 and 1.23 on vMF clouds, ``p = 1, 2``; for two
+        point masses ``δ`` apart ``SSW_2 ≈ 1.4 δ`` at ``δ = 0.3``). It is cheap
+        (``O(L (n + m) log(n + m))``) and vanishes for ``μ = ν``. Options
         ``n_projections`` (200), ``seed`` (0, deterministic) or explicit ``projections``
         (``(L, d, 2)`` orthonormal frames). ``error`` = Monte-Carlo standard error of the
         estimate of ``SSW_p``.
@@ -554,7 +563,9 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
         (default ``EXACT_MAX_ATOMS``) atoms and the exact problem is solved between the
         merged measures (``method="exact-quantized"``). ``error = W_p(μ, μ_q) + W_p(ν, ν_q)``
         (each bounded by the cost of the merge map) ``+`` the gap: a rigorous bound by the
-        triangle inequality, about half a cell size (~0.03 rad for 3000 cells on ``S^2``).
+        triangle inequality, below a cell size (measured 0.01 to 0.03 rad per measure for
+        ~3000 cells on ``S^2``; the actual error is usually far smaller, e.g. 4e-4 against
+        a bound of 0.013).
 
     Parameters
     ----------
@@ -579,8 +590,9 @@ def wasserstein_sphere(xa, wa, xb, wb, p=2, method: str = "auto", **opts) -> Was
     xa, wa = _measure(xa, wa, "xa", "wa")
     xb, wb = _measure(xb, wb, "xb", "wb")
     if xa.shape[1] != xb.shape[1]:
-        raise ValueError(f"xa and xb must have the same dimension d, got {xa.shape[1]} and "
-                         f"{xb.shape[1]}")
+        raise ValueError(
+            f"xa and xb must have the same dimension d, got {xa.shape[1]} and {xb.shape[1]}"
+        )
     if xa.shape[1] < 3:
         raise ValueError("wasserstein_sphere needs d >= 3; use wasserstein_circle on S^1")
     if xa.shape == xb.shape and np.array_equal(xa, xb) and np.array_equal(wa, wb):
@@ -623,8 +635,9 @@ def wasserstein(xa, wa, xb, wb, p=2, method: str = "auto") -> float:
     xa = _check_points(xa, "xa")
     xb = _check_points(xb, "xb")
     if xa.shape[1] != xb.shape[1]:
-        raise ValueError(f"xa and xb must have the same dimension d, got {xa.shape[1]} and "
-                         f"{xb.shape[1]}")
+        raise ValueError(
+            f"xa and xb must have the same dimension d, got {xa.shape[1]} and {xb.shape[1]}"
+        )
     if xa.shape[1] == 2:
         ta = np.arctan2(xa[:, 1], xa[:, 0])
         tb = np.arctan2(xb[:, 1], xb[:, 0])
