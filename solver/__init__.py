@@ -107,6 +107,12 @@ __all__ = [
     "run_config",
     "Result",
     "validate",
+    # pictures (PyVista / matplotlib, imported on first use)
+    "plot_run",
+    "animate_run",
+    "plot_diagnostics",
+    "to_pyvista",
+    "read_vtx",
 ]
 
 _LAZY = {
@@ -117,6 +123,11 @@ _LAZY = {
     "run_config": "._run",
     "Result": "._run",
     "validate": "._validate",
+    "plot_run": "._plot",
+    "animate_run": "._plot",
+    "plot_diagnostics": "._plot",
+    "to_pyvista": "._plot",
+    "read_vtx": "._plot",
 }
 
 

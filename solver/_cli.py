@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("config", help="print the embedded default config (TOML)")
     c.add_argument("--check", type=Path, metavar="CONFIG", help="validate a config and exit")
+    from ._plot import add_plot_parser
+
+    add_plot_parser(sub)
     return p
 
 
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     try:
+        if args.command == "plot":
+            from ._plot import plot_main
+
+            return plot_main(args)
         if args.command == "config":
             if args.check is not None:
                 load_config(args.check)

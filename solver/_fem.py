@@ -146,6 +146,19 @@ class SphereMesh:
         out[np.concatenate(keys)] = np.concatenate(vals)
         return out
 
+    def gather_mesh(self, root: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(points (np, gdim), cells (ncells, nv))`` of the whole mesh on ``root``, cells in
+        original order (the order of ``result.npz``), vertices of the affine cell geometry."""
+        x = self.mesh.geometry.x[:, : self.gdim]
+        dofs = self.mesh.geometry.dofmaps[0][: self.num_owned]
+        nv = self.gdim  # simplices of dimension gdim - 1: intervals (2), triangles (3)
+        corners = self.gather(np.ascontiguousarray(x[dofs[:, :nv]]), root)
+        if corners is None:
+            return None
+        flat = corners.reshape(-1, self.gdim)
+        points, inv = np.unique(np.round(flat, 12), axis=0, return_inverse=True)
+        return points, inv.reshape(len(corners), nv).astype(np.int64)
+
     def scatter(self, global_values: np.ndarray) -> np.ndarray:
         """This rank's owned part of an array given in original cell order (on every rank)."""
         return np.asarray(global_values)[self.keys]

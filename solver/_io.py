@@ -5,8 +5,9 @@ Output folder of a run (documented in README, "Output files"):
 ``result.npz``
     ``times`` (nt,), ``centroids`` (ncells, d) cell centroids projected onto the sphere,
     ``areas`` (ncells,) cell measures, ``density`` (nt, ncells) cell averages of the base flow,
-    ``density_perturbed`` (nt, ncells) when a perturbation is configured. Cells are in the
-    original (input) mesh order, the same for any number of ranks.
+    ``density_perturbed`` (nt, ncells) when a perturbation is configured, ``points`` (np, d)
+    and ``cells`` (ncells, d) the mesh (vertex indices per cell). Cells are in the original
+    (input) mesh order, the same for any number of ranks.
 ``diagnostics.csv``
     one row per time step, columns from :func:`solver.DIAGNOSTIC_COLUMNS`.
 ``config.toml``, ``versions.json``

@@ -220,12 +220,15 @@ def evolve(
     diag = np.array(rows)
     res = Result(times=times[saved], step_times=times, columns=columns, diagnostics=diag)
     cents, areas = sm.gather(sm.centroids), sm.gather(sm.areas)
+    mesh_arrays = sm.gather_mesh()
     if rank0:
         res.density = np.array(snaps[0])
         res.density_perturbed = np.array(snaps[1]) if two else None
         res.centroids, res.areas = cents, areas
         if out is not None:
-            arrays = dict(times=res.times, centroids=cents, areas=areas, density=res.density)
+            points, cells = mesh_arrays
+            arrays = dict(times=res.times, centroids=cents, areas=areas, density=res.density,
+                          points=points, cells=cells)  # fmt: skip
             if two:
                 arrays["density_perturbed"] = res.density_perturbed
             atomic_savez(out / "result.npz", **arrays)

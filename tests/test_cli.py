@@ -41,7 +41,7 @@ def test_good_config_runs(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", str(write(tmp_path, GOOD)), "--output", str(out), "--no-progress"]) == 0
     z = np.load(out / "result.npz")
-    assert set(z.files) == {"times", "centroids", "areas", "density"}
+    assert set(z.files) == {"times", "centroids", "areas", "density", "points", "cells"}
     assert z["density"].shape == (len(z["times"]), 32)
     assert (out / "diagnostics.csv").is_file() and (out / "config.toml").is_file()
     assert (out / "versions.json").is_file() and (out / "density.bp").is_dir()

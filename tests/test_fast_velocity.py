@@ -144,6 +144,7 @@ CASES = [
     (3, 3.0, "symmetric", 1e-12),
     (3, 10.0, "general", 1e-8),
     (3, 10.0, "general", 1e-10),
+    (3, 40.0, "general", 1e-8),
     (2, 1.0, "general", 1e-10),
     (2, 6.0, "symmetric", 1e-12),
     (2, 20.0, "general", 1e-8),

@@ -1,0 +1,45 @@
+"""Thm 4.2 of arXiv 2402.15415: random adapters, the eta_L vs sqrt(L) norm transition.
+
+Base Q = K = V = I_d; L layers of length h = T / L, layer l gets its own
+dV^l = eta_L sum_a s_a u_a^l (v_a^l)^T with u, v ~ N(0, I_d / d) i.i.d. The sweep runs over
+L, the ratio eta_L / sqrt(L) (log-spaced) and several adapter seeds (same x0), and records
+the final W2(mu_T, nu_T). The figure plots it against eta_L and against eta_L / sqrt(L): the
+paper predicts a collapse (cumulative drift ~ eta_L T / sqrt(L)), no forgetting for
+eta_L << sqrt(L) and drift for eta_L >> sqrt(L). Outputs: random_adapters.csv (one row per L,
+ratio, seed), random_adapters.png (mean +- std over seeds), summary.json, params.toml.
+
+Commands (from the repository root):
+
+    mpiexec -n 2 .venv/bin/python scripts/exp_random_adapters.py --output out/random
+    .venv/bin/python scripts/exp_random_adapters.py --preset paper --output out/random-paper
+
+Presets (wall time on 2 cores): tiny ~2 s (tests); small ~15 s (d = 3, L in {4, 16, 64},
+7 ratios, 4 seeds); paper ~10 min (L up to 256, 13 ratios, 16 seeds, n = 64). TOML keys
+override the preset (d, n, x0_seed, T, dt, Ls, ratio_min, ratio_max, n_ratio, seeds, s,
+linear_max). Rerunning resumes.
+"""
+
+import sys
+
+from solver._experiments import cli, run_random_adapters
+
+PRESETS = {
+    "tiny": {"d": 3, "n": 16, "x0_seed": 0, "T": 4.0, "dt": 0.05, "Ls": [2, 8],
+             "ratio_min": 0.01, "ratio_max": 0.1, "n_ratio": 2, "seeds": 2, "s": [1.0],
+             "linear_max": 0.5},
+    "small": {"d": 3, "n": 32, "x0_seed": 0, "T": 10.0, "dt": 0.05, "Ls": [4, 16, 64],
+              "ratio_min": 0.001, "ratio_max": 1.0, "n_ratio": 7, "seeds": 4, "s": [1.0],
+              "linear_max": 0.5},
+    "paper": {"d": 3, "n": 64, "x0_seed": 0, "T": 10.0, "dt": 0.025,
+              "Ls": [1, 4, 16, 64, 256], "ratio_min": 0.001, "ratio_max": 3.0, "n_ratio": 13,
+              "seeds": 16, "s": [1.0], "linear_max": 0.5},
+}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    return cli(argv, name="random_adapters", doc=__doc__, presets=PRESETS,
+               run=run_random_adapters)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
