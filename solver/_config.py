@@ -63,7 +63,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "time": {"T": _NONE, "cfl": 0.5, "save_every": _NONE},
     "scheme": {"degree": 0},
     "velocity": {"method": "direct", "tolerance": 1e-10},
-    "output": {"vtx": True},
+    "output": {"vtx": True, "w2": True},
     "validation": {
         "levels": _NONE,
         "sizes": [100, 400, 1600],
@@ -216,8 +216,9 @@ def resolve_config(raw: dict) -> dict:
     if v["method"] not in ("direct", "fast", "auto"):
         raise ConfigError(f"velocity.method must be direct, fast or auto, got {v['method']!r}")
     v["tolerance"] = _num("velocity.tolerance", v["tolerance"], positive=True)
-    if not isinstance(cfg["output"]["vtx"], bool):
-        raise ConfigError("output.vtx must be true or false")
+    for k in ("vtx", "w2"):
+        if not isinstance(cfg["output"][k], bool):
+            raise ConfigError(f"output.{k} must be true or false")
     _resolve_validation(cfg["validation"])
     return cfg
 

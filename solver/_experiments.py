@@ -326,6 +326,21 @@ def _loglog_fit(x, y) -> tuple[float, float]:
     return float(a), float(math.exp(b))
 
 
+def _nanmedian(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
+
+
+def _nanmin(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return float(np.min(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
+
+
+def _nanmax(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return float(np.max(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
+
+
 def _figure(w: float, h: float):
     from matplotlib.figure import Figure
 
@@ -614,8 +629,7 @@ def phase_fit(rows, sphere) -> dict:
         "alpha": -slope, "prefactor": pref, "pointmass_alpha": -pm_slope,
         "n_points": int(np.isfinite(c["t_exit"]).sum()),
         "base_t_enter": base["t_enter"], "base_t_exit": base["t_exit"],
-        "median_ratio_to_pointmass": float(np.nanmedian(ratio)) if np.isfinite(ratio).any()
-        else float("nan"),
+        "median_ratio_to_pointmass": _nanmedian(ratio),
         "eps": c["eps"], "t_enter": c["t_enter"], "t_exit": c["t_exit"],
     }  # fmt: skip
 
@@ -924,9 +938,9 @@ def depth_fits(rows) -> dict:
             ratio_delta = c["T_star_delta"] / c["T_star_pointmass"]
             out[f"d={int(d)},theta0={th:g}"] = {
                 "exponent": -a,
-                "ratio_median": float(np.nanmedian(ratio)),
-                "ratio_min": float(np.nanmin(ratio)), "ratio_max": float(np.nanmax(ratio)),
-                "delta_ratio_median": float(np.nanmedian(ratio_delta)),
+                "ratio_median": _nanmedian(ratio),
+                "ratio_min": _nanmin(ratio), "ratio_max": _nanmax(ratio),
+                "delta_ratio_median": _nanmedian(ratio_delta),
             }  # fmt: skip
     return out
 

@@ -25,6 +25,7 @@ from ._transport import (
     PrescribedField,
     Transport,
 )
+from ._wasserstein import wasserstein
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
 
@@ -46,6 +47,7 @@ class Result:
     density_perturbed: np.ndarray | None = None
     centroids: np.ndarray | None = None
     areas: np.ndarray | None = None
+    w2: np.ndarray | None = None
 
     def column(self, name: str) -> np.ndarray:
         return self.diagnostics[:, self.columns.index(name)]
@@ -84,6 +86,7 @@ def evolve(
     tolerance: float = 1e-10,
     output: str | Path | None = None,
     vtx: bool = True,
+    w2: bool = True,
     resume: bool = False,
     progress: bool = True,
     config: dict | None = None,
@@ -111,6 +114,9 @@ def evolve(
         Nonlocal velocity evaluation (see :class:`solver.NonlocalVelocity`).
     output : path, optional
         Folder for ``result.npz``, ``diagnostics.csv``, VTX series, checkpoint.
+    w2 : bool
+        With a perturbation: ``W2(μ_t, ν_t)`` (geodesic cost, :func:`solver.wasserstein`) at
+        every saved time, in ``Result.w2``, ``result.npz`` and ``w2.csv``.
     resume : bool
         Continue from ``output/checkpoint.npz`` when it matches this run.
     """
@@ -225,12 +231,20 @@ def evolve(
         res.density = np.array(snaps[0])
         res.density_perturbed = np.array(snaps[1]) if two else None
         res.centroids, res.areas = cents, areas
+        if two and w2:
+            res.w2 = np.array([
+                wasserstein(cents, a * areas, cents, b * areas, 2)
+                for a, b in zip(res.density, res.density_perturbed, strict=True)
+            ])  # fmt: skip
         if out is not None:
             points, cells = mesh_arrays
             arrays = dict(times=res.times, centroids=cents, areas=areas, density=res.density,
                           points=points, cells=cells)  # fmt: skip
             if two:
                 arrays["density_perturbed"] = res.density_perturbed
+            if res.w2 is not None:
+                arrays["w2"] = res.w2
+                write_csv(out / "w2.csv", ["t", "w2"], np.column_stack([res.times, res.w2]))
             atomic_savez(out / "result.npz", **arrays)
             write_csv(out / "diagnostics.csv", columns, diag)
     comm.barrier()
@@ -251,5 +265,6 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, prog
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
+        w2=cfg["output"]["w2"],
         resume=resume, progress=progress, config=cfg, degree=cfg["scheme"]["degree"],
     )  # fmt: skip

@@ -42,6 +42,7 @@ def test_good_config_runs(tmp_path, capsys):
     assert main(["run", str(write(tmp_path, GOOD)), "--output", str(out), "--no-progress"]) == 0
     z = np.load(out / "result.npz")
     assert set(z.files) == {"times", "centroids", "areas", "density", "points", "cells"}
+    assert not (out / "w2.csv").exists()  # no perturbation, no drift
     assert z["density"].shape == (len(z["times"]), 32)
     assert (out / "diagnostics.csv").is_file() and (out / "config.toml").is_file()
     assert (out / "versions.json").is_file() and (out / "density.bp").is_dir()
