@@ -15,8 +15,8 @@ Commands (from the repository root):
     .venv/bin/python scripts/exp_depth.py --preset paper --output out/depth-paper
 
 Presets (wall time on 2 cores): tiny ~2 s (tests); small ~1 min (d in {2, 3},
-theta0 in {30, 60} degrees, 7 eps in [3e-3, 0.3], 2 seeds); paper ~10 min (d in {2, 3, 8},
-five angles, 11 eps in [1e-3, 0.3], 4 seeds, n = 100). TOML keys override the preset (dims,
+theta0 in {20, 45} degrees, 7 eps in [3e-3, 0.3], 2 seeds); paper ~5 min (d in {2, 3, 8},
+three angles, 9 eps in [2e-3, 0.3], 3 seeds, n = 100). TOML keys override the preset (dims,
 n, kappa, theta0_deg, eps_min, eps_max, n_eps, seeds, delta, dt, t_factor). Rerunning resumes.
 """
 
@@ -28,12 +28,12 @@ PRESETS = {
     "tiny": {"dims": [2], "n": 20, "kappa": 20.0, "theta0_deg": [45.0], "eps_min": 0.05,
              "eps_max": 0.3, "n_eps": 3, "seeds": 1, "delta": 0.1, "dt": 0.1,
              "t_factor": 1.3},
-    "small": {"dims": [2, 3], "n": 50, "kappa": 20.0, "theta0_deg": [30.0, 60.0],
+    "small": {"dims": [2, 3], "n": 50, "kappa": 20.0, "theta0_deg": [20.0, 45.0],
               "eps_min": 0.003, "eps_max": 0.3, "n_eps": 7, "seeds": 2, "delta": 0.1,
               "dt": 0.1, "t_factor": 1.3},
-    "paper": {"dims": [2, 3, 8], "n": 100, "kappa": 20.0,
-              "theta0_deg": [15.0, 30.0, 45.0, 60.0, 75.0], "eps_min": 0.001, "eps_max": 0.3,
-              "n_eps": 11, "seeds": 4, "delta": 0.1, "dt": 0.1, "t_factor": 1.3},
+    "paper": {"dims": [2, 3, 8], "n": 100, "kappa": 20.0, "theta0_deg": [10.0, 20.0, 45.0],
+              "eps_min": 0.002, "eps_max": 0.3, "n_eps": 9, "seeds": 3, "delta": 0.1,
+              "dt": 0.1, "t_factor": 1.3},
 }  # fmt: skip
 
 

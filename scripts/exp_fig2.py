@@ -13,10 +13,13 @@ Commands (from the repository root):
     .venv/bin/python scripts/exp_fig2.py --preset paper --output out/fig2-paper
     .venv/bin/python scripts/exp_fig2.py --config my.toml --output out/fig2-mine
 
-Presets (wall time on 2 cores): tiny ~5 s (tests); small ~1.5 min (T = 60, 200 cells);
-paper ~15 min (T = 400, 400 cells). A TOML file's top-level keys override the preset
-(keys: n, seed, eps, T, dt, save_every, cells, kappa, cfl). Rerunning the same command
-resumes: finished cases are kept, the PDE continues from its last checkpoint.
+Presets (wall time on 2 cores): tiny ~5 s (tests); small ~1 min (T = 60, 200 cells);
+paper ~7 min (T = 200, 300 cells). Note: on a fixed mesh a collapsed cluster stays in its
+cell unless its drift speed eps |sin 2 theta| / 2 exceeds about half a cell (pi / cells): the
+PDE shows the eps = 0.01 drift only with more than ~600 cells (see docs/experiments.md).
+A TOML file's top-level keys override the preset (keys: n, seed, eps, T, dt, save_every,
+cells, kappa, cfl). Rerunning the same command resumes: finished cases are kept, the PDE
+continues from its last checkpoint.
 """
 
 import sys
@@ -28,8 +31,8 @@ PRESETS = {
              "cells": 48, "kappa": 30.0, "cfl": 0.9},
     "small": {"n": 20, "seed": 0, "eps": 0.01, "T": 60.0, "dt": 0.1, "save_every": 0.5,
               "cells": 200, "kappa": 150.0, "cfl": 0.9},
-    "paper": {"n": 20, "seed": 0, "eps": 0.01, "T": 400.0, "dt": 0.05, "save_every": 2.0,
-              "cells": 400, "kappa": 300.0, "cfl": 0.9},
+    "paper": {"n": 20, "seed": 0, "eps": 0.01, "T": 200.0, "dt": 0.05, "save_every": 1.0,
+              "cells": 300, "kappa": 250.0, "cfl": 0.9},
 }  # fmt: skip
 
 

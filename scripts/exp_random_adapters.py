@@ -14,7 +14,7 @@ Commands (from the repository root):
     .venv/bin/python scripts/exp_random_adapters.py --preset paper --output out/random-paper
 
 Presets (wall time on 2 cores): tiny ~2 s (tests); small ~15 s (d = 3, L in {4, 16, 64},
-7 ratios, 4 seeds); paper ~10 min (L up to 256, 13 ratios, 16 seeds, n = 64). TOML keys
+7 ratios, 4 seeds); paper ~5 min (L up to 256, 13 ratios, 16 seeds, n = 64). TOML keys
 override the preset (d, n, x0_seed, T, dt, Ls, ratio_min, ratio_max, n_ratio, seeds, s,
 linear_max). Rerunning resumes.
 """

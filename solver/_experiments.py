@@ -42,7 +42,7 @@ from scipy.spatial import cKDTree
 from ._clusters import cluster_direction, cluster_times, find_clusters
 from ._config import ConfigError, _toml_value
 from ._initial import Mixture, Uniform, VonMisesFisher
-from ._io import _atomic, atomic_write_text
+from ._io import _atomic, atomic_write_text, load_result
 from ._model import Model, RandomLoRA, ScheduledLoRA, TiedLoRA
 from ._particles import sample_particles, simulate_particles
 from ._stability import spectral_criterion
@@ -140,7 +140,8 @@ def params_text(name: str, params: dict) -> str:
 
 def prepare_output(out: Path, name: str, params: dict, comm=None) -> None:
     """Create ``out`` and its ``params.toml``; refuse a folder made with other parameters
-    (its finished cases would not belong to this sweep)."""
+    (its finished cases would not belong to this sweep). Every ``run_*`` calls it after
+    checking its parameters."""
     text = params_text(name, params)
     err = None
     if comm is None or comm.rank == 0:
@@ -197,9 +198,9 @@ def cli(argv, *, name: str, doc: str, presets: dict, run: Callable) -> int:
     parser.add_argument("--preset", choices=sorted(presets), default="small",
                         help="parameter set (default: small)")  # fmt: skip
     parser.add_argument("--output", "-o", type=Path, default=Path("out") / name,
-                        help=f"output folder (default: out/{name}); a rerun resumes it")  # fmt: skip
+                        help=f"output folder (default: out/{name}); a rerun resumes it")
     parser.add_argument("--max-cases", type=int, default=None, metavar="K",
-                        help="compute at most K new cases, then stop (run again to continue)")  # fmt: skip
+                        help="compute at most K new cases, then stop (run again to go on)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -210,7 +211,6 @@ def cli(argv, *, name: str, doc: str, presets: dict, run: Callable) -> int:
         params = resolve_params(presets[args.preset], overrides, src)
         if args.max_cases is not None and args.max_cases < 0:
             raise ConfigError(f"--max-cases must be >= 0, got {args.max_cases}")
-        prepare_output(args.output, name, params, comm)
         budget = Budget(args.max_cases)
         summary = run(params, args.output, comm=comm, progress=not args.no_progress,
                       budget=budget)  # fmt: skip
@@ -221,7 +221,7 @@ def cli(argv, *, name: str, doc: str, presets: dict, run: Callable) -> int:
     if rank0:
         if summary is None:
             print(f"stopped after {args.max_cases} new case(s) (--max-cases); run the same "
-                  f"command again to continue: finished cases are kept in {args.output}")  # fmt: skip
+                  f"command again to continue: finished cases are kept in {args.output}")
         else:
             print("\n".join(summary.get("report", [])))
             print(f"results: {args.output}")
@@ -331,6 +331,11 @@ def _nanmedian(x) -> float:
     return float(np.median(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
 
 
+def _nanmean(x) -> float:
+    x = np.asarray(x, dtype=float)
+    return float(np.mean(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
+
+
 def _nanmin(x) -> float:
     x = np.asarray(x, dtype=float)
     return float(np.min(x[np.isfinite(x)])) if np.isfinite(x).any() else float("nan")
@@ -348,10 +353,18 @@ def _figure(w: float, h: float):
 
 
 def _save(fig, path: Path, comm=None) -> Path:
-    """PNG written atomically (rank 0)."""
+    """PNG written atomically (rank 0), reduced to a 256-colour palette (3x smaller)."""
     if comm is None or comm.rank == 0:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=90)
+        try:
+            from PIL import Image
+
+            small = io.BytesIO()
+            Image.open(buf).convert("RGB").quantize(256).save(small, format="png", optimize=True)
+            buf = small
+        except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+            pass
         _atomic(Path(path), lambda f: f.write(buf.getvalue()))
     return Path(path)
 
@@ -458,6 +471,11 @@ def run_fig2(p: dict, out, *, comm=None, progress=True, budget: Budget | None = 
     ``pde/result.npz`` (densities), ``fig2.png``."""
     _fig2_check(p)
     out = Path(out)
+    if comm is None:  # the PDE needs a communicator
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    prepare_output(out, "fig2", p, comm)
     budget = budget or Budget()
     flows = [{"flow": "base"}, {"flow": "perturbed"}]
 
@@ -479,7 +497,7 @@ def run_fig2(p: dict, out, *, comm=None, progress=True, budget: Budget | None = 
 
     def pde_case(case):
         res = fig2_pde(p, comm, out / "pde", progress=progress)
-        if comm is not None and comm.rank != 0:
+        if comm.rank != 0:
             return None
         if not np.allclose(res.times, times):
             raise SweepError("PDE and particle save times differ")
@@ -499,15 +517,23 @@ def run_fig2(p: dict, out, *, comm=None, progress=True, budget: Budget | None = 
         "max_w2_pde_vs_particles": max(c["w2_pde_vs_particles_base"].max(),
                                        c["w2_pde_vs_particles_perturbed"].max()),
     }  # fmt: skip
+    # A cluster collapsed into one cell moves only if its drift beats the self-attraction at
+    # the cell's faces, ~ h/2 (first-order upwind, vertex velocities): report both speeds.
+    u = cluster_direction(positions["perturbed"][-1])
+    summary["cluster_drift_speed"] = p["eps"] * abs(math.sin(2 * math.atan2(u[1], u[0]))) / 2
+    summary["pde_cell_half_width"] = math.pi / p["cells"]
     summary["report"] = [
         f"Fig 2 (eps = {p['eps']}, n = {p['n']}, T = {p['T']}): final W2(mu_T, nu_T) = "
         f"{summary['final_w2_drift_particles']:.4g} (particles), "
         f"{summary['final_w2_drift_pde']:.4g} (PDE, {p['cells']} cells)",
         f"  PDE vs particles: max W2 = {summary['max_w2_pde_vs_particles']:.3g} rad",
+        f"  cluster drift speed eps |sin 2theta| / 2 = {summary['cluster_drift_speed']:.3g} vs "
+        f"PDE cell half-width h/2 = {summary['pde_cell_half_width']:.3g}: "
+        + ("the PDE cluster is expected to stay pinned to its cell once collapsed"
+           if summary["cluster_drift_speed"] < summary["pde_cell_half_width"]
+           else "the PDE cluster can drift (slowed by the mesh)"),
     ]
-    if comm is None or comm.rank == 0:
-        from ._io import load_result
-
+    if comm.rank == 0:
         plot_fig2(prows, crows, load_result(out / "pde"), p, out / "fig2.png")
     _write_summary(out, summary, comm)
     return summary
@@ -554,6 +580,7 @@ def plot_fig2(prows, crows, pde: dict, p: dict, path: Path) -> Path:
     ax = axs[2, 1]
     ax.plot(c["t"], c["w2_drift_particles"], label="particles")
     ax.plot(c["t"], c["w2_drift_pde"], "--", label="PDE")
+    ax.axhline(2 * np.pi / p["cells"], color="0.5", ls=":", lw=1, label="one PDE cell")
     ax.set_title("forgetting: W2(μ_t, ν_t)", fontsize=10)
     ax.set_xlabel("t (depth)")
     ax.legend(fontsize=8)
@@ -624,9 +651,12 @@ def phase_fit(rows, sphere) -> dict:
     slope, pref = _loglog_fit(c["eps"], c["t_exit"])
     pm_slope, _ = _loglog_fit(c["eps"], c["t_exit_pointmass"])
     base = _by(rows, sphere=sphere, eps=0.0)[0]
+    far = c["t_exit"] >= 3 * base["t_enter"]  # exit well after the clustering (nan: False)
+    slope_far, _ = _loglog_fit(c["eps"][far], c["t_exit"][far])
     ratio = c["t_exit"] / c["t_exit_pointmass"]
     return {
         "alpha": -slope, "prefactor": pref, "pointmass_alpha": -pm_slope,
+        "alpha_late_exits": -slope_far, "n_late_exits": int(far.sum()),
         "n_points": int(np.isfinite(c["t_exit"]).sum()),
         "base_t_enter": base["t_enter"], "base_t_exit": base["t_exit"],
         "median_ratio_to_pointmass": _nanmedian(ratio),
@@ -638,6 +668,7 @@ def run_phase_diagram(p: dict, out, *, comm=None, progress=True, budget=None):
     """Fig 3: ``phase.csv`` (one row per sphere and ε), ``phase_diagram.png``."""
     _phase_check(p)
     out = Path(out)
+    prepare_output(out, "phase_diagram", p, comm)
     sw = run_sweep(out / "phase.csv", phase_cases(p), lambda c: phase_case(p, c),
                    key=["sphere", "eps"], columns=PHASE_COLUMNS, comm=comm, progress=progress,
                    budget=budget, desc="phase diagram")  # fmt: skip
@@ -649,7 +680,9 @@ def run_phase_diagram(p: dict, out, *, comm=None, progress=True, budget=None):
     for name, f in fits.items():
         report.append(f"  {name}: alpha = {f['alpha']:.3f} (point-mass law: "
                       f"{f['pointmass_alpha']:.3f}), c = {f['prefactor']:.3g}, "
-                      f"{f['n_points']} points; base flow t_enter = {f['base_t_enter']:.3g}, "
+                      f"{f['n_points']} points; alpha = {f['alpha_late_exits']:.3f} over the "
+                      f"{f['n_late_exits']} exits later than 3 t_enter(base); "
+                      f"base flow t_enter = {f['base_t_enter']:.3g}, "
                       f"t_exit = {f['base_t_exit']:.3g}; median t_exit / point-mass = "
                       f"{f['median_ratio_to_pointmass']:.3f}")  # fmt: skip
         report.append("    eps       t_enter   t_exit")
@@ -809,6 +842,7 @@ def run_random_adapters(p: dict, out, *, comm=None, progress=True, budget=None):
     """Thm 4.2: ``random_adapters.csv`` (one row per L, ratio, seed), ``random_adapters.png``."""
     _random_check(p)
     out = Path(out)
+    prepare_output(out, "random_adapters", p, comm)
     sw = run_sweep(out / "random_adapters.csv", random_cases(p),
                    lambda c: random_adapter_case(p, c), key=["L", "ratio", "seed"],
                    columns=RANDOM_COLUMNS, comm=comm, progress=progress, budget=budget,
@@ -820,7 +854,7 @@ def run_random_adapters(p: dict, out, *, comm=None, progress=True, budget=None):
     report = [
         f"Random adapters (d = {p['d']}, n = {p['n']}, T = {p['T']}, {p['seeds']} seeds): final "
         f"W2 vs eta_L / sqrt(L)",
-        f"  small-drift fits mean W2 = c_L (eta_L/sqrt L)^a: " + ", ".join(
+        "  small-drift fits mean W2 = c_L (eta_L/sqrt L)^a: " + ", ".join(
             f"L={int(L)}: c={f['c']:.3g}, a={f['exponent']:.2f}" for L, f in col["fits"].items()),
         f"  collapse: spread of c_L across L = {col['spread_vs_ratio']:.2f}x against "
         f"eta_L/sqrt(L), vs {col['spread_vs_eta']:.2f}x against eta_L alone; point-mass "
@@ -949,6 +983,7 @@ def run_depth(p: dict, out, *, comm=None, progress=True, budget=None):
     """Thm 4.6: ``depth.csv`` (one row per d, θ0, ε, seed), ``depth.png``."""
     _depth_check(p)
     out = Path(out)
+    prepare_output(out, "depth", p, comm)
     sw = run_sweep(out / "depth.csv", depth_cases(p), lambda c: depth_case(p, c),
                    key=["d", "theta0_deg", "eps", "seed"], columns=DEPTH_COLUMNS, comm=comm,
                    progress=progress, budget=budget, desc="depth")  # fmt: skip
@@ -985,9 +1020,9 @@ def plot_depth(rows, p: dict, path: Path) -> Path:
                      label="measured: cluster direction")  # fmt: skip
             top.plot(eps, c["T_star_delta"][o], "x", ms=5, color=line.get_color(),
                      label="measured: δ-state exit")  # fmt: skip
-            bot.plot(eps, (c["T_star_direction"] / c["T_star_pointmass"])[o], "o-", ms=3,
+            bot.plot(eps, (c["T_star_direction"] / c["T_star_pointmass"])[o], "o", ms=3,
                      color=line.get_color())  # fmt: skip
-            bot.plot(eps, (c["T_star_delta"] / c["T_star_pointmass"])[o], "x--", ms=4,
+            bot.plot(eps, (c["T_star_delta"] / c["T_star_pointmass"])[o], "x", ms=4,
                      color=line.get_color())  # fmt: skip
         top.set_xscale("log")
         top.set_yscale("log")
@@ -1011,8 +1046,8 @@ KINDS = ("tied", "random", "orthogonal", "aligned")
 def _kinds_check(p: dict) -> None:
     _positive(p, "n", "kappa", "T", "dt", "save_every", "eps", "seeds", "layer_length", "rank")
     v = p["V_diag"]
-    _require(p, "V_diag", len(v) >= 2 and all(a >= b for a, b in zip(v, v[1:])) and v[-1] >= 0
-             and v[0] > v[1], "non-negative, decreasing, with v[0] > v[1] (a gap)")  # fmt: skip
+    ok = len(v) >= 2 and bool(np.all(np.diff(v) <= 0)) and v[-1] >= 0 and v[0] > v[1]
+    _require(p, "V_diag", ok, "non-negative, decreasing, with v[0] > v[1] (a gap)")
     _require(p, "kinds", all(k in KINDS for k in p["kinds"]), f"a list of {KINDS}")
 
 
@@ -1108,7 +1143,7 @@ def kinds_table(p: dict, rows) -> list[dict]:
                 crit = [spectral_criterion(np.diag(p["V_diag"]),
                                            lora_kind_perturbation(p, k, e, int(r["seed"])).dV)
                         for r in fin]  # fmt: skip
-                pred = float(np.mean([c.predicted_drift for c in crit]))
+                pred = _nanmean([c.predicted_drift for c in crit])
                 stable = all(c.stable for c in crit)
             table.append({"kind": k, "eps": e, "w2_mean": float(w.mean()),
                           "w2_min": float(w.min()), "w2_max": float(w.max()),
@@ -1121,6 +1156,7 @@ def run_lora_kinds(p: dict, out, *, comm=None, progress=True, budget=None):
     """LoRA kinds: ``lora_kinds.csv`` (rows per kind, ε, seed, t), ``lora_kinds.png``."""
     _kinds_check(p)
     out = Path(out)
+    prepare_output(out, "lora_kinds", p, comm)
     sw = run_sweep(out / "lora_kinds.csv", kinds_cases(p), lambda c: lora_kind_case(p, c),
                    key=["kind", "eps", "seed"], columns=KIND_COLUMNS, comm=comm,
                    progress=progress, budget=budget, desc="LoRA kinds")  # fmt: skip
@@ -1130,10 +1166,12 @@ def run_lora_kinds(p: dict, out, *, comm=None, progress=True, budget=None):
     lam = p["V_diag"]
     report = [f"LoRA kinds (V = A = diag{tuple(lam)}, gap = {lam[0] - lam[1]:g}, n = {p['n']}, "
               f"T = {p['T']}): final W2 and cluster drift |u1 - u1~|, same norm ||dV|| = eps",
-              "  kind        eps     W2 mean [min, max]           drift    Prop 3.3 drift"]
+              "  kind        eps     W2 mean [min, max]         drift   Prop 3.3: drift stable"]
     for r in table:
+        st = {None: "-", True: "yes", False: "no"}[r["prop33_stable"]]
         report.append(f"  {r['kind']:<11} {r['eps']:<7g} {r['w2_mean']:.4f} [{r['w2_min']:.4f}, "
-                      f"{r['w2_max']:.4f}]   {r['drift_mean']:.4f}   {r['predicted_drift']:.4f}")
+                      f"{r['w2_max']:.4f}]  {r['drift_mean']:.4f}  {r['predicted_drift']:.4f}"
+                      f"  {st}")
     summary = {"table": table, "report": report}
     if comm is None or comm.rank == 0:
         plot_lora_kinds(sw.rows, p, table, out / "lora_kinds.png")
@@ -1234,6 +1272,7 @@ def run_two_clusters(p: dict, out, *, comm=None, progress=True, budget=None):
     (the plotted seed), ``two_clusters.png``."""
     _clusters_check(p)
     out = Path(out)
+    prepare_output(out, "two_clusters", p, comm)
     budget = budget or Budget()
     cases = [{**m, "seed": s} for m in cluster_models(p) for s in range(p["seeds"])]
     sw = run_sweep(out / "clusters.csv", cases, lambda c: two_cluster_case(p, c),
@@ -1273,13 +1312,16 @@ def plot_two_clusters(crows, trows, p: dict, path: Path) -> Path:
     for j, m in enumerate(models):
         ax = fig.add_subplot(gs[0, j])
         times, theta = _trajectories(_by(trows, model=m["model"], beta=m["beta"]))
+        theta = np.mod(theta + np.pi / 2, 2 * np.pi) - np.pi / 2  # ±e1 well inside the range
         for i in range(theta.shape[1]):
             ax.plot(*_theta_lines(times, theta[:, i]), lw=0.8)
+        ax.set_xscale("log")
         name = "Q = K = I" if m["model"] == "identity" else \
             f"Q̃ = K̃ = {math.sqrt(m['beta']):g} e₁e₁ᵀ"  # fmt: skip
         ax.set_title(f"{name}, V = I", fontsize=10)
-        ax.set_ylim(-np.pi, np.pi)
-        ax.set_yticks([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], ["−π", "−π/2", "0", "π/2", "π"])
+        ax.set_ylim(-np.pi / 2, 3 * np.pi / 2)
+        ax.set_yticks([-np.pi / 2, 0, np.pi / 2, np.pi, 3 * np.pi / 2],
+                      ["−π/2", "0 (e₁)", "π/2", "π (−e₁)", "3π/2"])  # fmt: skip
         ax.set_xlabel("t (depth)")
         if j == 0:
             ax.set_ylabel(f"θ (seed {p['plot_seed']})")

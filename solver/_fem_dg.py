@@ -36,9 +36,10 @@ the differences of the nodal DG coefficients. It is a basis change of the DG spa
 * the Zhang–Shu scaling limiter ``ρ ↦ ρ̄ + θ (ρ - ρ̄)`` multiplies columns ``1:`` by ``θ``
   and leaves the cell averages — hence the mass — untouched to the last bit.
 
-``θ = min(1, ρ̄ / (ρ̄ - min_p ρ(p)))`` over the vertices, the DG nodes, the cell quadrature
-points of the nonlocal integral and Gauss points on every facet, so that the density is
-``>= 0`` where the flux and the nonlocal integral see it (for DG1: everywhere in the cell).
+``θ = min(1, ρ̄ / (ρ̄ - min_p ρ(p)))`` over a set of reference points: for DG1 the vertices
+(``ρ`` is linear on the reference cell, so it is then ``>= 0`` on the whole cell); for DG2 the
+DG nodes, the cell quadrature points of the nonlocal integral and Gauss points on every facet,
+so that the density is ``>= 0`` where the flux and the nonlocal integral see it.
 With ``ρ >= 0`` at the facet points the new cell average is ``>= 0`` under a CFL condition
 (Zhang & Shu 2010), and SSP-RK3 — convex combinations of Euler steps, limited after each
 stage — keeps it.
@@ -174,8 +175,11 @@ def curve(sm: SphereMesh) -> CurvedSphereMesh:
     if isinstance(sm, CurvedSphereMesh):
         return sm
     msh, comm = sm.mesh, sm.comm
-    if msh.geometry.cmaps[0].degree != 1:
-        raise ValueError("curve() expects a mesh with affine (P1) cells")
+    degree = msh.geometry.cmaps[0].degree
+    if degree == 2:  # already second order (e.g. a P2 Gmsh mesh): use it as it is
+        return CurvedSphereMesh(msh)
+    if degree != 1:
+        raise ValueError(f"curved DG needs a P1 or P2 sphere mesh, got geometry degree {degree}")
     dofs = msh.geometry.dofmaps[0][: sm.num_owned]
     ids = np.asarray(msh.geometry.input_global_indices, dtype=np.int64)[dofs]
     x = msh.geometry.x[:, : sm.gdim][dofs]

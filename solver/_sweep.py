@@ -23,7 +23,7 @@ Two ways to use MPI, both with every rank building the same case list:
     PDE solver); the rows returned on rank 0 are written.
 
 Values in the CSV are numbers (``repr``) or plain words (no commas, quotes or newlines);
-:func:`read_rows` gives them back as ``float`` or ``str``.
+:func:`read_rows` gives them back as ``int``, ``float`` or ``str``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def format_value(v) -> str:
     raise TypeError(f"cannot write {type(v).__name__} {v!r} to a sweep CSV (number or word)")
 
 
-def parse_value(s: str) -> float | str:
-    """Inverse of :func:`format_value` up to type: numbers come back as ``float``."""
+def parse_value(s: str) -> int | float | str:
+    """Inverse of :func:`format_value`: integers as ``int``, other numbers as ``float``."""
+    if s.lstrip("-").isdigit():
+        return int(s)
     try:
         return float(s)
     except ValueError:
@@ -88,7 +90,7 @@ def case_key(case: dict, key: Sequence[str]) -> str:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a sweep CSV as dicts of ``float`` / ``str`` (an empty list if absent)."""
+    """Rows of a sweep CSV as dicts of ``int`` / ``float`` / ``str`` (``[]`` if absent)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -228,7 +230,7 @@ def run_sweep(
             stale = sorted(set(done) - set(keys))
             if stale:
                 raise SweepError(f"{path} holds cases that are not in this sweep (e.g. "
-                                 f"{stale[0]}): use another output folder or delete it")  # fmt: skip
+                                 f"{stale[0]}): use another output folder or delete it")
         except SweepError as e:
             error = e
     if size > 1:

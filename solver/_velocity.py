@@ -124,9 +124,10 @@ class NonlocalVelocity:
     Notes
     -----
     ``"fast"`` and ``"auto"`` use the truncated spherical-harmonic (``S^2``) / Fourier
-    (``S^1``) expansion of :mod:`solver._fast_velocity` with a rigorous a-posteriori error
-    bound on every call (targets that miss it are recomputed by the direct sum) and a check
-    against the direct sum on sampled targets for each new ``A``. They fall back to the
+    (``S^1``) expansion of :mod:`solver._fast_velocity` with an a-posteriori error bound on
+    every call (rigorous truncation part, probabilistic round-off model; targets that miss it
+    are recomputed by the direct sum) and a check against the direct sum on sampled targets
+    for each new ``A``. They fall back to the
     direct sum, with a warning, where the kernel is too peaked (large ``‖A‖``). ``"auto"``
     also requires the expansion to be clearly cheaper than the direct sum, and uses the
     direct sum for moving sources (particles) and in dimensions other than 2 and 3;
@@ -163,13 +164,14 @@ class NonlocalVelocity:
         self._fast_options = dict(fast_options or {})
         self._warned_moving = False
         self.report: dict = {"method": "direct"}
-        d = self.targets.shape[1] if self.targets.ndim == 2 else 0
+        # the same on every rank (gathered sources), even where a rank has no targets
+        d = self.sources.shape[1] if self.sources is not None else self.targets.shape[-1]
         if method != "direct" and self.sources is not None and d in (2, 3):
             from ._fast_velocity import FastVelocity
 
             self._fast = FastVelocity(
                 comm,
-                self.targets,
+                self.targets.reshape(-1, d),
                 self.sources,
                 tolerance=self.tolerance,
                 auto=method == "auto",

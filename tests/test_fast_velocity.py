@@ -294,15 +294,15 @@ _MPI_SCRIPT = textwrap.dedent(
 def run_partitioned(comm) -> dict:
     """Fast velocities (S^1 and S^2, two A values, changing weights) gathered on rank 0.
 
-    Targets and sources are dealt to the ranks in a scrambled, uneven way; the sources'
-    global keys are their indices in the reference arrays.
+    Targets and sources are dealt to the ranks in a scrambled, uneven way (in one case all
+    targets on rank 0); the sources' global keys are their indices in the reference arrays.
     """
     P, p = comm.size, comm.rank
     out = {}
-    for d, backend in [(2, "numpy"), (3, "numpy"), (3, "auto")]:
+    for d, backend, skew in [(2, "numpy", 0), (3, "numpy", 0), (3, "auto", 0), (3, "auto", 1)]:
         x, y, w = problem(d, seed=7)
         rng = np.random.default_rng(8)
-        tpart = rng.integers(0, P, len(x))
+        tpart = rng.integers(0, P, len(x)) if not skew else np.zeros(len(x), int)  # idle ranks
         spart = rng.integers(0, P, len(y))
         mine_t, mine_s = np.nonzero(tpart == p)[0], np.nonzero(spart == p)[0]
         nv = NonlocalVelocity(
@@ -321,7 +321,7 @@ def run_partitioned(comm) -> dict:
                 full = np.empty((len(x), d))
                 for idx, Xp in parts:
                     full[idx] = Xp
-                out[f"d{d}_{backend}_{k}"] = full
+                out[f"d{d}_{backend}_{skew}_{k}"] = full
     return out
 
 

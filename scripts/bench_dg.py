@@ -1,0 +1,342 @@
+"""Accuracy versus cost: upwind DG0 (flat cells) versus DG1 (curved P2 cells, Zhang-Shu limiter).
+
+Command (from the repository root)::
+
+    .venv/bin/python scripts/bench_dg.py             # default: about 10 minutes on 2 cores
+    .venv/bin/python scripts/bench_dg.py --quick     # about 2 minutes (coarser meshes)
+    .venv/bin/python scripts/bench_dg.py --full      # about 60 minutes (adds the finest meshes)
+    .venv/bin/python scripts/bench_dg.py --cases nl w1 --dg2
+
+It also runs under ``.venv/bin/mpiexec -n 2`` (same numbers, wall times of the 2 ranks).
+
+Cases (all with SSP-RK3 at ``cfl = 0.9`` of each scheme's own stable, positivity-preserving
+time step; the DG1 limiter is on everywhere):
+
+``s1-exact``
+    The nonlocal problem on S^1 with uniform attention (Q = K = 0, V = I) from the
+    Poisson kernel ``r0 = 0.5`` to ``T = 2``: exact solution (model.md).
+``s1-nonlocal``
+    The nonlocal problem on S^1 with ``A = KᵀQ = 2 I``, ``V = I`` (clustering), from
+    ``ρ0 ∝ exp(1.5 cos(θ - 0.3) + 0.8 cos 3θ)`` to ``T = 2``; the velocity is the direct sum
+    over all quadrature points (O(n²) per stage, as in production). The reference is a
+    Lagrangian (characteristics) solution: 512 weighted particles on a uniform grid in
+    the initial angle (a spectrally accurate quadrature of μ), RK4, and the Jacobian of the
+    flow map integrated alongside, so ``ρ_T(Φ(θ)) = ρ0(θ) / Φ'(θ)``, interpolated by a
+    periodic cubic spline; its difference to 256 particles is printed (~1e-6: far below the
+    errors measured).
+``nl``
+    Nair & Lauritzen (2010) deformational flow with translation, Gaussian hills, T = 5,
+    κ = 10/T (the standard case 4 of Lauritzen et al. 2012).
+``w1``
+    Williamson et al. (1992) test 1: cosine bell, one revolution at α = π/2 - 0.05
+    (``--full`` adds α = 0, 0.05, π/2 on the default meshes).
+
+Errors are the normalised ``l1 = I|q - q_T| / I|q_T|``, ``l2``, ``linf`` of Williamson et al.
+of the discrete density as a function (DG0: piecewise constant; DG1: piecewise linear on the
+curved cells), by quadrature, and ``l1avg``: the same ``l1`` of the cell averages against
+exact cell averages (the finite-volume way, favourable to DG0). ``rate`` is the observed
+order of ``l2`` between successive meshes. Cost is the CPU time of the run (setup and
+time stepping; max over ranks; BLAS single-threaded), which the other loads of a shared
+machine disturb less than wall time (also printed). The summary gives, for each DG1 run,
+the CPU time DG0 needs for the same ``l1`` (and the same ``l1avg``), interpolated log-log
+between DG0 runs; ``>t`` when even the finest DG0 run does not reach it (a hard lower bound)
+with, in brackets, DG0's power-law trend extrapolated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")  # one core per rank: CPU time is then the cost
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import solver  # noqa: E402, I001  (imports DOLFINx's MPI first)
+from mpi4py import MPI  # noqa: E402
+from scipy.interpolate import CubicSpline  # noqa: E402
+from solver._fem import DG0Upwind  # noqa: E402
+from solver._fem_dg import (  # noqa: E402
+    CurvedSphereMesh,
+    DGUpwind,
+    advance,
+    curved_sphere_mesh,
+    nair_lauritzen,
+    normalised_errors,
+    williamson1,
+)
+from solver._transport import NonlocalField, PrescribedField  # noqa: E402
+
+COMM = MPI.COMM_WORLD
+CFL = 0.9
+
+
+def say(*a):
+    if COMM.rank == 0:
+        print(*a, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# problems
+
+
+def poisson_kernel(r):
+    def f(x):
+        return (1 - r * r) / (2 * np.pi * ((x[:, 0] - r) ** 2 + x[:, 1] ** 2))
+
+    return f
+
+
+def poisson_radius(r0, t):
+    return 1.0 / np.sqrt(1.0 + (r0**-2 - 1.0) * np.exp(-t))
+
+
+def angle(x):
+    return np.arctan2(x[:, 1], x[:, 0])
+
+
+BETA, T_NONLOCAL = 2.0, 2.0
+
+
+def rho0_nonlocal(x):
+    th = angle(x)
+    return np.exp(1.5 * np.cos(th - 0.3) + 0.8 * np.cos(3 * th))
+
+
+def lagrangian_reference(n: int, T: float, dt: float = 0.01):
+    """``ρ_T`` of the S^1 nonlocal problem by characteristics (see module doc)."""
+    A, V = BETA * np.eye(2), np.eye(2)
+    th = 2 * np.pi * np.arange(n) / n
+    x0 = np.column_stack([np.cos(th), np.sin(th)])
+    r0 = rho0_nonlocal(x0)
+    Z = r0.sum() * 2 * np.pi / n
+    logw = np.log(r0 * 2 * np.pi / n / Z)
+
+    def rate(phi, jac):
+        x = np.column_stack([np.cos(phi), np.sin(phi)])
+        t = np.column_stack([-x[:, 1], x[:, 0]])
+        logits = (x @ A.T) @ x.T + logw  # y_jᵀ A x_i + log w_j
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        vy = x @ V.T
+        m = p @ vy  # softmax mean of V y
+        s = p * ((t @ A.T) @ x.T)  # p_ij y_jᵀ A t_i
+        dm = s @ vy - m * s.sum(axis=1, keepdims=True)  # d m / dθ
+        xt = np.sum(t * m, axis=1)  # θ' = t · m
+        dxt = np.sum(-x * m, axis=1) + np.sum(t * dm, axis=1)
+        return xt, dxt * jac
+
+    phi, jac = th.copy(), np.ones(n)
+    for _ in range(int(round(T / dt))):
+        a1, b1 = rate(phi, jac)
+        a2, b2 = rate(phi + dt / 2 * a1, jac + dt / 2 * b1)
+        a3, b3 = rate(phi + dt / 2 * a2, jac + dt / 2 * b2)
+        a4, b4 = rate(phi + dt * a3, jac + dt * b3)
+        phi = phi + dt / 6 * (a1 + 2 * a2 + 2 * a3 + a4)
+        jac = jac + dt / 6 * (b1 + 2 * b2 + 2 * b3 + b4)
+    rho = r0 / Z / jac
+    spline = CubicSpline(np.append(phi, phi[0] + 2 * np.pi), np.append(rho, rho[0]),
+                         bc_type="periodic")  # fmt: skip
+
+    def f(x):
+        return spline(phi[0] + np.mod(angle(x) - phi[0], 2 * np.pi))
+
+    return f
+
+
+# --------------------------------------------------------------------------------------------
+# runs
+
+
+def dg0_errors(op: DG0Upwind, rho: np.ndarray, exact, degree: int = 8) -> dict:
+    """Errors of the piecewise-constant DG0 density (flat cells, points projected)."""
+    sm = op.sm
+    p, w = sm.quadrature(degree)
+    ex = np.asarray(exact(p.reshape(-1, sm.gdim)), float).reshape(p.shape[:2])
+    wk = sm.areas[:, None] * w[None, :]
+    out = normalised_errors(sm.comm, np.broadcast_to(rho[:, None], ex.shape), ex, wk)
+    avg = normalised_errors(sm.comm, rho, ex @ w, sm.areas)
+    out["l1_avg"] = avg["l1"]
+    return out
+
+
+def run(scheme: int, sphere: int, size: int, make_field, initial, exact, T: float,
+        exact_scale=None) -> dict:  # fmt: skip
+    """One run; ``exact_scale(sm) -> c``: the exact solution is ``exact / c``."""
+    COMM.barrier()
+    t0, c0 = time.perf_counter(), time.process_time()
+    kw = {"cells": size} if sphere == 1 else {"refinement": size}
+    if scheme == 0:
+        op = DG0Upwind(solver.sphere_mesh(COMM, sphere, **kw))
+    else:
+        op = DGUpwind(curved_sphere_mesh(COMM, sphere, **kw), scheme)
+    state = op.initial_state(initial)
+    t1 = time.perf_counter()
+    state, info = advance(op, make_field(op), state, T, CFL)
+    t2, c2 = time.perf_counter(), time.process_time()
+    scale = 1.0 if exact_scale is None else exact_scale(op.sm)
+
+    def ex(x):
+        return exact(x) / scale
+
+    e = dg0_errors(op, state, ex) if scheme == 0 else op.errors(state, ex)
+    wall = COMM.allreduce(t2 - t0, op=MPI.MAX)
+    cpu = COMM.allreduce(c2 - c0, op=MPI.MAX)
+    dofs = op.sm.num_cells * (1 if scheme == 0 else op.ndofs)
+    return dict(scheme=scheme, sphere=sphere, size=size, dofs=dofs, steps=info["steps"],
+                wall=wall, cpu=cpu, step_wall=COMM.allreduce(t2 - t1, op=MPI.MAX),
+                mass=info["mass_drift"], low=info["min_average"], **e)  # fmt: skip
+
+
+def mass_scale(initial):
+    """States have unit mass: the exact solution is divided by the discrete initial mass."""
+
+    def f(sm):  # the quadrature degrees of DGUpwind / DG0Upwind.initial_state
+        degree = 10 if isinstance(sm, CurvedSphereMesh) else 4
+        return sm.integrate(sm.cell_averages(initial, degree))
+
+    return f
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    say(f"\n== {title}")
+    say(f"{'scheme':>6} {'mesh':>6} {'dofs':>7} {'steps':>6} {'cpu s':>8} {'wall s':>8} "
+        f"{'l1':>10} {'l2':>10} {'linf':>10} {'l1avg':>10} {'rate':>5} {'mass err':>8} "
+        f"{'min avg':>9}")  # fmt: skip
+    prev = {}
+    for r in rows:
+        p = prev.get(r["scheme"])
+        rate = ""
+        if p is not None:
+            ratio = np.sqrt(r["dofs"] / p["dofs"]) if r["sphere"] == 2 else r["dofs"] / p["dofs"]
+            rate = f"{np.log(p['l2'] / r['l2']) / np.log(ratio):5.2f}"
+        say(f"{'DG' + str(r['scheme']):>6} {r['size']:>6} {r['dofs']:>7} {r['steps']:>6} "
+            f"{r['cpu']:8.2f} {r['wall']:8.2f} {r['l1']:10.3e} {r['l2']:10.3e} "
+            f"{r['linf']:10.3e} {r['l1_avg']:10.3e} {rate:>5} {r['mass']:8.1e} "
+            f"{r['low']:9.2e}")  # fmt: skip
+        prev[r["scheme"]] = r
+
+
+def dg0_cost_for(rows0: list[dict], err: float, key: str) -> str:
+    """CPU time DG0 needs for error ``err``: interpolated log-log between DG0 runs; below the
+    finest DG0 error, the finest run's time as a hard lower bound ``>`` and, in brackets, a
+    power-law fit of DG0's last three runs (time vs error) extrapolated."""
+    pts = sorted(((r[key], r["cpu"]) for r in rows0), reverse=True)  # coarse to fine
+    e, t = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    le = np.log(err)
+    if le > e[0]:
+        return f"<{np.exp(t[0]):.3g}"
+    for i in range(len(e) - 1):
+        if e[i + 1] <= le <= e[i]:
+            s = (le - e[i]) / (e[i + 1] - e[i]) if e[i + 1] != e[i] else 0.0
+            return f"{np.exp(t[i] + s * (t[i + 1] - t[i])):.3g}"
+    k = min(3, len(e))
+    slope, icpt = np.polyfit(e[-k:], t[-k:], 1)
+    return f">{np.exp(t[-1]):.3g} (~{np.exp(icpt + slope * le):.3g})"
+
+
+def summary(title: str, rows: list[dict]) -> list[str]:
+    rows0 = [r for r in rows if r["scheme"] == 0]
+    lines = []
+    for r in rows:
+        if r["scheme"] == 0:
+            continue
+        lines.append(
+            f"{title:<14} DG{r['scheme']} {r['size']:>5}: l1 {r['l1']:.2e} l1avg "
+            f"{r['l1_avg']:.2e} in {r['cpu']:.3g} s | DG0 for the same l1: "
+            f"{dg0_cost_for(rows0, r['l1'], 'l1')} s, same l1avg: "
+            f"{dg0_cost_for(rows0, r['l1_avg'], 'l1_avg')} s"
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="coarser meshes (~2 min)")
+    g.add_argument("--full", action="store_true", help="finest meshes too (~1 h)")
+    ap.add_argument("--cases", nargs="+", default=["s1-exact", "s1-nonlocal", "nl", "w1"],
+                    choices=["s1-exact", "s1-nonlocal", "nl", "w1"])  # fmt: skip
+    ap.add_argument("--dg2", action="store_true", help="add DG2 runs")
+    args = ap.parse_args(argv)
+    mode = "quick" if args.quick else ("full" if args.full else "default")
+    sizes = {  # (DG0 sizes, DG1 sizes, DG2 sizes) per mode
+        "s1-exact": {
+            "quick": ((128, 256, 512, 1024), (32, 64, 128, 256), (32, 64, 128)),
+            "default": ((128, 256, 512, 1024, 2048, 4096), (32, 64, 128, 256, 512),
+                        (32, 64, 128, 256)),
+            "full": ((128, 256, 512, 1024, 2048, 4096, 8192), (32, 64, 128, 256, 512, 1024),
+                     (32, 64, 128, 256, 512)),
+        },
+        "s1-nonlocal": {
+            "quick": ((128, 256, 512), (32, 64, 128), (32, 64)),
+            "default": ((128, 256, 512, 1024), (32, 64, 128, 256), (32, 64, 128)),
+            "full": ((128, 256, 512, 1024, 2048), (32, 64, 128, 256, 512), (32, 64, 128, 256)),
+        },
+        "nl": {"quick": ((2, 3, 4), (2, 3), (2,)), "default": ((3, 4, 5), (2, 3, 4), (2, 3)),
+               "full": ((3, 4, 5, 6), (2, 3, 4, 5), (2, 3, 4))},
+        "w1": {"quick": ((2, 3, 4), (2, 3), (2,)), "default": ((3, 4, 5), (2, 3, 4), (2, 3)),
+               "full": ((3, 4, 5, 6), (2, 3, 4, 5), (2, 3, 4))},
+    }  # fmt: skip
+    say(f"bench_dg: mode {mode}, {COMM.size} rank(s), cfl {CFL}, DOLFINx "
+        f"{solver.dolfinx_version()}")  # fmt: skip
+    report: list[str] = []
+    for case in args.cases:
+        s0, s1, s2 = sizes[case][mode]
+        schemes = [(0, s0), (1, s1)] + ([(2, s2)] if args.dg2 else [])
+        if case == "s1-exact":
+            r0, T = 0.5, 2.0
+            model = solver.Model(np.zeros((2, 2)), np.zeros((2, 2)), np.eye(2))
+            problems = [("S^1 exact", 1, lambda op, m=model: NonlocalField(op, m),
+                         poisson_kernel(r0), poisson_kernel(poisson_radius(r0, T)), T, None)]
+        elif case == "s1-nonlocal":
+            t0 = time.perf_counter()
+            ref = lagrangian_reference(512, T_NONLOCAL)
+            coarse = lagrangian_reference(256, T_NONLOCAL)
+            th = np.linspace(0, 2 * np.pi, 20001)
+            xs = np.column_stack([np.cos(th), np.sin(th)])
+            diff = np.abs(ref(xs) - coarse(xs)).max()
+            say(f"\nLagrangian reference (512 particles, RK4 dt 0.01): max ρ {ref(xs).max():.4f},"
+                f" max |ρ_512 - ρ_256| {diff:.1e} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+            Q = np.sqrt(BETA) * np.eye(2)
+            model = solver.Model(Q, Q, np.eye(2))
+            problems = [("S^1 nonlocal", 1, lambda op, m=model: NonlocalField(op, m),
+                         rho0_nonlocal, ref, T_NONLOCAL, None)]
+        else:
+            if case == "nl":
+                cases = [nair_lauritzen(T=5.0)]
+            else:
+                # --full: α = π/2 - 0.05 on the finest meshes, the other angles as default
+                alphas = [np.pi / 2 - 0.05] + ([0.0, 0.05, np.pi / 2] if mode == "full" else [])
+                cases = [williamson1(a, T=5.0) for a in alphas]
+            problems = [(c.name, 2, lambda op, c=c: PrescribedField(op, c.velocity, c.speed),
+                         c.initial, c.exact, c.T, mass_scale(c.initial)) for c in cases]
+        for i, (title, sphere, field, init, exact, T, scale) in enumerate(problems):
+            rows = []
+            if i > 0:  # the other Williamson angles
+                d0, d1, d2 = sizes[case]["default"]
+                schemes = [(0, d0), (1, d1)] + ([(2, d2)] if args.dg2 else [])
+            for scheme, sz in schemes:
+                for size in sz:
+                    rows.append(run(scheme, sphere, size, field, init, exact, T, scale))
+                    r = rows[-1]
+                    say(f"  {title}: DG{scheme} {size}: {r['wall']:.1f} s, l1 {r['l1']:.3e}")
+            print_rows(f"{title}, T = {T:g}", rows)
+            report += summary(title[:14], rows)
+    say("\n== CPU seconds DG0 needs for the error of each DG1 run")
+    for line in report:
+        say(line)
+
+
+if __name__ == "__main__":
+    main()

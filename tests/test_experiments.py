@@ -1,0 +1,333 @@
+"""The forgetting experiments (scripts/exp_*.py) on their tiny presets, and the sweep runner.
+
+Each script runs in-process through its ``main(argv)``: output structure and one physical
+fact each. A sweep stopped part-way (``--max-cases`` or an exception inside a case) and
+restarted gives the CSV of an uninterrupted run byte for byte; so does ``mpiexec -n 2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from solver import _experiments
+from solver._clusters import delta_cluster_state
+from solver._config import ConfigError
+from solver._sweep import (
+    Budget,
+    SweepError,
+    as_columns,
+    case_key,
+    format_value,
+    parse_value,
+    read_rows,
+    run_sweep,
+)
+
+pytestmark = pytest.mark.serial  # in-process runs use COMM_WORLD; the MPI test launches mpiexec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """Import ``scripts/exp_<name>.py`` as a module."""
+    path = ROOT / "scripts" / f"exp_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_tiny(name: str, out: Path, *extra: str) -> int:
+    return script(name).main(["--preset", "tiny", "--output", str(out), "--no-progress", *extra])
+
+
+def assert_clean(out: Path, *files: str) -> None:
+    for f in files:
+        assert (out / f).is_file(), f
+    assert not list(out.rglob(".*.tmp")), "temporary files left behind"
+    assert (out / "params.toml").is_file()
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------
+# the six experiments, tiny presets
+# ------------------------------------------------------------------------------------------
+
+
+def test_fig2(tmp_path):
+    assert run_tiny("fig2", tmp_path) == 0
+    assert_clean(tmp_path, "particles.csv", "comparison.csv", "fig2.png", "summary.json",
+                 "pde/result.npz")  # fmt: skip
+    p = script("fig2").PRESETS["tiny"]
+    parts = as_columns(read_rows(tmp_path / "particles.csv"))
+    nt = round(p["T"] / p["save_every"]) + 1
+    assert len(parts["t"]) == 2 * nt * p["n"]
+    assert set(parts["flow"]) == {"base", "perturbed"}
+    assert np.allclose(parts["x"] ** 2 + parts["y"] ** 2, 1)
+    c = as_columns(read_rows(tmp_path / "comparison.csv"))
+    assert len(c["t"]) == nt and c["w2_drift_particles"][0] == 0
+    # physics: the perturbation moves the tokens, more and more with depth
+    assert np.all(np.diff(c["w2_drift_particles"]) > 0)
+    # PDE from narrow bumps at the particles follows the particles (bump width ~ 1/sqrt(kappa))
+    assert c["w2_pde_vs_particles_base"][0] < 1.5 / math.sqrt(p["kappa"])
+    assert c["w2_pde_vs_particles_base"].max() < 0.3
+    npz = np.load(tmp_path / "pde" / "result.npz")
+    assert npz["density"].shape == (nt, p["cells"])
+
+
+def test_phase_diagram(tmp_path):
+    assert run_tiny("phase_diagram", tmp_path) == 0
+    assert_clean(tmp_path, "phase.csv", "phase_diagram.png", "summary.json")
+    p = script("phase_diagram").PRESETS["tiny"]
+    rows = read_rows(tmp_path / "phase.csv")
+    assert len(rows) == len(p["spheres"]) * (p["n_eps"] + 1)
+    s = summary(tmp_path)
+    for sph in p["spheres"]:
+        base = [r for r in rows if r["sphere"] == sph and r["eps"] == 0][0]
+        # the base flow clusters in finite time and, by definition of C, never leaves
+        assert 0 < base["t_enter"] < p["T"] and math.isnan(base["t_exit"])
+        pert = [r for r in rows if r["sphere"] == sph and r["eps"] > 0]
+        tx = np.array([r["t_exit"] for r in pert])
+        fin = tx[np.isfinite(tx)]
+        assert len(fin) >= 2 and np.all(np.diff(fin) < 0)  # forgetting comes sooner for larger ε
+    fit = s["fits"]["S2"]
+    assert 0.85 < fit["alpha"] < 1.15  # t_exit ~ 1/ε
+
+
+def test_random_adapters(tmp_path):
+    assert run_tiny("random_adapters", tmp_path) == 0
+    assert_clean(tmp_path, "random_adapters.csv", "random_adapters.png", "summary.json")
+    p = script("random_adapters").PRESETS["tiny"]
+    rows = read_rows(tmp_path / "random_adapters.csv")
+    assert len(rows) == len(p["Ls"]) * p["n_ratio"] * p["seeds"]
+    for r in rows:
+        assert r["eta"] == pytest.approx(r["ratio"] * math.sqrt(r["L"]))
+    stats = _experiments.random_stats(rows)
+    for L in p["Ls"]:
+        means = [stats[k]["mean"] for k in sorted(stats) if k[0] == L]
+        assert np.all(np.diff(means) > 0)  # more drift for larger η_L / √L
+    assert len(summary(tmp_path)["stats"]) == len(p["Ls"]) * p["n_ratio"]
+
+
+def test_depth(tmp_path):
+    assert run_tiny("depth", tmp_path) == 0
+    assert_clean(tmp_path, "depth.csv", "depth.png", "summary.json")
+    p = script("depth").PRESETS["tiny"]
+    c = as_columns(read_rows(tmp_path / "depth.csv"))
+    assert len(c["eps"]) == p["n_eps"] * len(p["dims"]) * len(p["theta0_deg"]) * p["seeds"]
+    # physics: T* follows the point-mass law ln(tan φ0 / tan(φ0 − Δθ)) / ε
+    ratio = c["T_star_direction"] / c["T_star_pointmass"]
+    assert np.all(np.abs(ratio - 1) < 0.1), ratio
+    (fit,) = summary(tmp_path)["fits"].values()
+    assert 0.9 < fit["exponent"] < 1.1
+
+
+def test_lora_kinds(tmp_path):
+    assert run_tiny("lora_kinds", tmp_path) == 0
+    assert_clean(tmp_path, "lora_kinds.csv", "lora_kinds.png", "summary.json")
+    p = script("lora_kinds").PRESETS["tiny"]
+    rows = read_rows(tmp_path / "lora_kinds.csv")
+    nt = round(p["T"] / p["save_every"]) + 1
+    assert len(rows) == nt * len(_experiments.kinds_cases(p))
+    table = {r["kind"]: r for r in summary(tmp_path)["table"]}
+    # physics (Prop 3.3): dV orthogonal to u1 keeps the cluster, dV = eps u2 u1^T moves it
+    assert table["orthogonal"]["w2_mean"] < 0.1 * table["aligned"]["w2_mean"]
+    assert table["aligned"]["drift_mean"] == pytest.approx(
+        table["aligned"]["predicted_drift"], rel=0.25)
+    assert table["orthogonal"]["predicted_drift"] == pytest.approx(0, abs=1e-12)
+
+
+def test_two_clusters(tmp_path):
+    assert run_tiny("two_clusters", tmp_path) == 0
+    assert_clean(tmp_path, "clusters.csv", "trajectories.csv", "two_clusters.png",
+                 "summary.json")  # fmt: skip
+    p = script("two_clusters").PRESETS["tiny"]
+    models = summary(tmp_path)["models"]
+    assert models["identity beta=1"]["fraction_one"] == 1.0  # Q = K = I: one cluster
+    e1 = models[f"e1e1 beta={p['betas'][0]:g}"]
+    assert e1["fraction_two"] == 1.0 and e1["min_abs_x1_two"] > 0.8  # two points near ±e1
+    t = read_rows(tmp_path / "trajectories.csv")
+    assert len(t) == (1 + len(p["betas"])) * p["n"] * (round(p["T"] / p["save_every"]) + 1)
+
+
+# ------------------------------------------------------------------------------------------
+# resume, MPI, input errors
+# ------------------------------------------------------------------------------------------
+
+RESUMED = {"random_adapters": "random_adapters.csv", "lora_kinds": "lora_kinds.csv"}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMED))
+def test_stopped_sweep_resumes_to_the_same_csv(tmp_path, name, capsys):
+    csv = RESUMED[name]
+    assert run_tiny(name, tmp_path / "ref") == 0
+    ref = (tmp_path / "ref" / csv).read_bytes()
+    job = tmp_path / "job"
+    assert run_tiny(name, job, "--max-cases", "3") == 0
+    assert "stopped after 3" in capsys.readouterr().out
+    key = {"random_adapters": ["L", "ratio", "seed"], "lora_kinds": ["kind", "eps", "seed"]}[name]
+    assert len({case_key(r, key) for r in read_rows(job / csv)}) == 3
+    assert not (job / "summary.json").exists() and not list(job.glob("*.png"))
+    assert_clean(job, csv)
+    assert run_tiny(name, job) == 0
+    assert (job / csv).read_bytes() == ref
+    assert (job / "summary.json").read_text() == (tmp_path / "ref" / "summary.json").read_text()
+
+
+def test_crash_inside_a_case_leaves_complete_files(tmp_path, monkeypatch):
+    assert run_tiny("random_adapters", tmp_path / "ref") == 0
+    real = _experiments.random_adapter_case
+    calls = {"n": 0}
+
+    def crashing(p, case):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real(p, case)
+
+    monkeypatch.setattr(_experiments, "random_adapter_case", crashing)
+    job = tmp_path / "job"
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny("random_adapters", job)
+    rows = read_rows(job / "random_adapters.csv")
+    assert len(rows) == 2
+    assert_clean(job, "random_adapters.csv")
+    monkeypatch.setattr(_experiments, "random_adapter_case", real)
+    assert run_tiny("random_adapters", job) == 0
+    assert (job / "random_adapters.csv").read_bytes() == \
+        (tmp_path / "ref" / "random_adapters.csv").read_bytes()  # fmt: skip
+
+
+@pytest.mark.mpi
+def test_two_ranks_give_the_same_csv(tmp_path, run):
+    path = "scripts/exp_random_adapters.py"
+    args = ["--preset", "tiny", "--no-progress"]
+    p1 = run([path, *args, "--output", str(tmp_path / "one")], 1)
+    assert p1.returncode == 0, p1.stderr
+    # two ranks, stopped after 3 cases (one full batch of 2, then 1), then resumed
+    p2 = run([path, *args, "--output", str(tmp_path / "two"), "--max-cases", "3"], 2)
+    assert p2.returncode == 0, p2.stderr
+    assert p2.stdout.count("stopped after") == 1  # rank 0 alone prints
+    assert len(read_rows(tmp_path / "two" / "random_adapters.csv")) == 3
+    p2 = run([path, *args, "--output", str(tmp_path / "two")], 2)
+    assert p2.returncode == 0, p2.stderr
+    for f in ("random_adapters.csv", "summary.json"):
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+
+
+def test_config_errors_name_the_field(tmp_path, capsys):
+    mod = script("depth")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n_eps = 3\nwhatever = 1\n")
+    assert mod.main(["--config", str(bad), "--output", str(tmp_path / "a")]) == 2
+    assert "whatever" in capsys.readouterr().err
+    bad.write_text('n = "many"\n')
+    assert mod.main(["--config", str(bad), "--output", str(tmp_path / "a")]) == 2
+    assert "n must be an integer" in capsys.readouterr().err
+    bad.write_text("eps_min = -1.0\n")
+    assert mod.main(["--config", str(bad), "--output", str(tmp_path / "a")]) == 2
+    assert "eps_min must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing written for invalid input
+    # a folder made with other parameters is not silently mixed with new ones
+    out = tmp_path / "b"
+    assert run_tiny("random_adapters", out, "--max-cases", "1") == 0
+    other = tmp_path / "other.toml"
+    other.write_text("T = 5.0\n")
+    assert script("random_adapters").main(["--preset", "tiny", "--config", str(other),
+                                           "--output", str(out)]) == 2  # fmt: skip
+    assert "['T']" in capsys.readouterr().err
+
+
+def test_resolve_params():
+    preset = {"a": 1.0, "n": 2, "xs": [1.0, 2.0], "name": "x"}
+    p = _experiments.resolve_params(preset, {"a": 3, "xs": [1, 5]})
+    assert p == {"a": 3.0, "n": 2, "xs": [1.0, 5.0], "name": "x"}
+    assert isinstance(p["a"], float)
+    with pytest.raises(ConfigError, match=r"xs\[1\]"):
+        _experiments.resolve_params(preset, {"xs": [1.0, "b"]})
+    with pytest.raises(ConfigError, match="true"):
+        _experiments.resolve_params({"flag": True}, {"flag": 1})
+
+
+# ------------------------------------------------------------------------------------------
+# the sweep runner and helpers
+# ------------------------------------------------------------------------------------------
+
+
+def test_values_round_trip():
+    for v in (0.1, 1e-300, -2.5e17, 1 / 3, 3, float("nan"), float("inf"), "tied"):
+        s = format_value(v)
+        back = parse_value(s)
+        assert format_value(back) == s
+        if isinstance(v, float) and not math.isnan(v):
+            assert back == v
+    assert format_value(np.float64(0.1)) == "0.1" and format_value(np.int64(4)) == "4"
+    for bad in ("a,b", "", 'q"', " x"):
+        with pytest.raises(ValueError):
+            format_value(bad)
+    assert case_key({"eps": 0.01, "seed": 3, "x": 1}, ["eps", "seed"]) == "eps=0.01;seed=3"
+
+
+def test_sweep_runner(tmp_path):
+    cases = [{"k": i, "name": f"c{i}"} for i in range(5)]
+    seen = []
+
+    def compute(c):
+        seen.append(c["k"])
+        return [{"v": c["k"] * 0.1, "w": j} for j in range(c["k"] % 2 + 1)]
+
+    path = tmp_path / "s.csv"
+    res = run_sweep(path, cases, compute, key=["k", "name"], columns=["v", "w"],
+                    progress=False, budget=Budget(2))  # fmt: skip
+    assert not res.complete and res.computed == 2 and seen == [0, 1]
+    res = run_sweep(path, cases, compute, key=["k", "name"], columns=["v", "w"], progress=False)
+    assert res.complete and res.computed == 3 and seen == [0, 1, 2, 3, 4]
+    assert len(res.rows) == 1 + 2 + 1 + 2 + 1
+    assert res.rows[1] == {"k": 1, "name": "c1", "v": 0.1, "w": 0}
+    assert path.read_text().splitlines()[0] == "k,name,v,w"
+    # nothing left to do: nothing recomputed
+    run_sweep(path, cases, compute, key=["k", "name"], columns=["v", "w"], progress=False)
+    assert len(seen) == 5
+    with pytest.raises(SweepError, match="not in this sweep"):
+        run_sweep(path, cases[:2], compute, key=["k", "name"], columns=["v", "w"],
+                  progress=False)  # fmt: skip
+    with pytest.raises(SweepError, match="another sweep"):
+        run_sweep(path, cases, compute, key=["k"], columns=["v", "w"], progress=False)
+    with pytest.raises(ValueError, match="not unique"):
+        run_sweep(tmp_path / "t.csv", cases + cases[:1], compute, key=["k"],
+                  columns=["v", "w"], progress=False)  # fmt: skip
+    with pytest.raises(SweepError, match="row columns"):
+        run_sweep(tmp_path / "u.csv", cases, lambda c: {"v": 1.0}, key=["k"],
+                  columns=["v", "w"], progress=False)  # fmt: skip
+    # "together" mode: every rank computes every case, rank 0's rows are written
+    res = run_sweep(tmp_path / "w.csv", cases[:2], lambda c: {"v": 1.0, "w": 2.0}, key=["k"],
+                    columns=["v", "w"], comm=MPI.COMM_WORLD, mode="together", progress=False)
+    assert res.complete and len(res.rows) == 2
+
+
+def test_helpers_match_the_definitions():
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(6, 15, 3))
+    pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
+    C = pos[-1, :4]
+    D = _experiments.delta_distance(pos, C)
+    for k in range(len(pos)):
+        for delta in (0.3, 1.0, 1.5):
+            assert (D[k] < delta) == delta_cluster_state(pos[k], C, delta)
+    # the point-mass law against the exact solution p(t) = e^{tṼ} p0 / |.|
+    eps, th0, dth = 0.05, math.radians(40), 0.1
+    p0 = np.array([math.cos(th0), math.sin(th0)])
+    T = _experiments.point_mass_depth(p0, eps, dth)
+    p = np.array([p0[0], p0[1] * math.exp(-eps * T)])
+    assert math.atan2(p[1], p[0]) == pytest.approx(th0 - dth, abs=1e-12)
+    assert math.isnan(_experiments.point_mass_depth(p0, 0.0, dth))
