@@ -14,10 +14,11 @@ from pathlib import Path
 from mpi4py import MPI
 
 import solver
-from dolfinx import io
 
 
 def main() -> None:
+    from dolfinx import io  # after `import solver`, which loads DOLFINx's MPI first
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "meshes")
     p.add_argument("--max-level", type=int, default=5)
