@@ -11,10 +11,17 @@ BLAS/OpenMP thread per rank (pure MPI: the 1-vs-2-rank ratios are strong scaling
 
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_velocity.py --worker --levels 5
 
-Expected cost on a 2-core machine: about 5 minutes for levels 3-7 with 1 and 2 ranks (the
-direct sum at level 6 is ~40 s on 1 rank; at level 7 it would take ~10 min per evaluation,
-so it is skipped there and estimated from the level-6 pairs/s; the error at level 7 is
-measured against the direct sum on 256 sampled targets). Peak memory ~6 GB (level 7).
+Expected cost on an idle 2-core machine: about 2 minutes for levels 3-7 with 1 and 2 ranks
+(3-4 minutes when other jobs load the machine). The direct sum at level 6 takes ~35 s on
+1 rank; at level 7 it would take ~9 minutes per evaluation, so it is skipped there (its time
+is estimated from the measured pairs/s) and the error at level 7 is measured against the
+direct sum on 256 sampled targets. The dense kernel matrix is only formed where it fits in
+``--dense-mem`` (level <= 5). Peak memory ~2 GB.
+
+Timings: best of ``--evals`` evaluations (wall), and the process CPU time (maximum over the
+ranks), about what an idle machine would give when other jobs share the cores (MPI ranks
+spin while they wait, so it is an upper bound). Options:
+``--norm`` (``‖A‖₂``, default 10), ``--tol`` (default 1e-8), ``--levels``, ``--ranks``.
 
 Points: the mesh module (DOLFINx) is not needed here; the script builds the icosphere of
 the given level itself in NumPy (``10·4^l + 2`` vertices = targets, ``20·4^l`` triangle
@@ -141,13 +148,15 @@ def worker(args) -> None:
     P, p = comm.size, comm.rank
     results = []
     pairs_per_s_direct = args.direct_rate or None
+    cpu_rate = args.direct_cpu_rate or None
 
     def timed(fn, *a):
+        """Result, wall time and process CPU time (each the maximum over the ranks)."""
         comm.Barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*a)
-        dt = time.perf_counter() - t0
-        return out, comm.allreduce(dt, op=MPI.MAX)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        return out, comm.allreduce(dt, op=MPI.MAX), comm.allreduce(dc, op=MPI.MAX)
 
     def gather_rows(X, rows, n):
         parts = comm.gather((rows, X), root=0)
@@ -174,16 +183,18 @@ def worker(args) -> None:
             fast = NonlocalVelocity(
                 comm, x, y, srows, method="fast", tolerance=args.tol
             )
-            _, t_setup = timed(fast, w0[srows], A, V)
-            ts = []
+            _, t_setup, _ = timed(fast, w0[srows], A, V)
+            ts, cs = [], []
             for wk in weights:
-                Xf, dt = timed(fast, wk[srows], A, V)
+                Xf, dt, dc = timed(fast, wk[srows], A, V)
                 ts.append(dt)
+                cs.append(dc)
         rep = dict(fast.report)
         rec["fast"] = {
             "setup_s": t_setup,
             "eval_s": float(np.min(ts)),
             "eval_median_s": float(np.median(ts)),
+            "cpu_s": float(np.min(cs)),
             "report": {k: rep[k] for k in rep if k != "reason"},
             "warnings": [str(c.message) for c in caught],
         }
@@ -192,9 +203,14 @@ def worker(args) -> None:
             np.save(Path(args.save) / f"fast_l{level}_P{P}.npy", Xf_full)
 
         # --- direct (the reference)
-        est = None if pairs_per_s_direct is None else pairs / pairs_per_s_direct
-        if est is not None and est > args.direct_budget:
-            rec["direct"] = {"skipped": True, "eval_s_est": est}
+        if pairs_per_s_direct is None:  # probe on a few targets per rank
+            k = min(len(x), 128)
+            _, dt, dc = timed(attention_velocity, x[:k], cen, weights[-1], A, V)
+            npairs = comm.allreduce(k, op=MPI.MAX) * M * P
+            pairs_per_s_direct, cpu_rate = npairs / dt, npairs / dc
+        est = pairs / pairs_per_s_direct
+        if est > args.direct_budget:
+            rec["direct"] = {"skipped": True, "eval_s_est": est, "cpu_s_est": pairs / cpu_rate}
             # error against the direct sum on sampled targets
             rng = np.random.default_rng(1)
             sample = np.sort(rng.choice(N, size=min(N, args.sample), replace=False))
@@ -205,11 +221,13 @@ def worker(args) -> None:
                 rec["fast"]["error_on"] = f"{len(sample)} sampled targets"
         else:
             direct = NonlocalVelocity(comm, x, y, srows, method="direct")
-            Xd, t_dir = timed(direct, weights[-1][srows], A, V)
-            if t_dir < 5:  # best of 3 where cheap
-                t_dir = min(t_dir, *(timed(direct, weights[-1][srows], A, V)[1] for _ in range(2)))
-            pairs_per_s_direct = pairs / t_dir
-            rec["direct"] = {"eval_s": t_dir, "pairs_per_s": pairs_per_s_direct}
+            Xd, t_dir, c_dir = timed(direct, weights[-1][srows], A, V)
+            for _ in range(2 if t_dir < 5 else 0):  # best of 3 where cheap
+                _, dt, dc = timed(direct, weights[-1][srows], A, V)
+                t_dir, c_dir = min(t_dir, dt), min(c_dir, dc)
+            pairs_per_s_direct, cpu_rate = pairs / t_dir, pairs / c_dir
+            rec["direct"] = {"eval_s": t_dir, "cpu_s": c_dir, "pairs_per_s": pairs_per_s_direct,
+                             "pairs_per_cpu_s": cpu_rate}
             Xd_full = gather_rows(Xd, trows, N)
             if p == 0:
                 scale = np.linalg.norm(Xd_full, axis=1).max()
@@ -219,13 +237,15 @@ def worker(args) -> None:
         # --- dense kernel matrix, materialised once per A
         need = 8 * len(x) * M
         if comm.allreduce(need, op=MPI.MAX) <= args.dense_mem:
-            K, t_build = timed(dense_kernel, x, cen, A)
-            ts, Xn = [], None
+            K, t_build, _ = timed(dense_kernel, x, cen, A)
+            ts, cs, Xn = [], [], None
             for wk in weights:
-                Xn, dt = timed(dense_eval, K, x, cen, wk, V)
+                Xn, dt, dc = timed(dense_eval, K, x, cen, wk, V)
                 ts.append(dt)
+                cs.append(dc)
             del K
-            rec["dense"] = {"setup_s": t_build, "eval_s": float(np.min(ts))}
+            rec["dense"] = {"setup_s": t_build, "eval_s": float(np.min(ts)),
+                            "cpu_s": float(np.min(cs))}
             Xn_full = gather_rows(Xn, trows, N)
             if p == 0 and "eval_s" in rec["direct"]:
                 scale = np.linalg.norm(Xd_full, axis=1).max()
@@ -243,7 +263,7 @@ def worker(args) -> None:
 
 
 def fmt_t(t):
-    return f"{t * 1e3:9.1f} ms" if t < 10 else f"{t:9.1f} s "
+    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.1f} s "
 
 
 def driver(args) -> None:
@@ -254,6 +274,7 @@ def driver(args) -> None:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     runs = {P: {} for P in args.ranks}
     rate = {P: 0.0 for P in args.ranks}
+    crate = {P: 0.0 for P in args.ranks}
     loads = []
     with tempfile.TemporaryDirectory() as tmp:
         # levels outer, rank counts inner: the runs compared in a ratio are close in time
@@ -264,7 +285,8 @@ def driver(args) -> None:
                        "--out", str(out), "--save", tmp, "--levels", str(level),
                        "--norm", str(args.norm), "--tol", str(args.tol),
                        "--evals", str(args.evals), "--direct-budget", str(args.direct_budget),
-                       "--direct-rate", str(rate[P]), "--dense-mem", str(args.dense_mem),
+                       "--direct-rate", str(rate[P]), "--direct-cpu-rate", str(crate[P]),
+                       "--dense-mem", str(args.dense_mem),
                        "--sample", str(args.sample)]
                 print("$", " ".join(cmd), flush=True)
                 loads.append(os.getloadavg()[0])
@@ -272,6 +294,7 @@ def driver(args) -> None:
                 rec = json.loads(out.read_text())[0]
                 runs[P][level] = rec
                 rate[P] = rec["direct"].get("pairs_per_s", rate[P])
+                crate[P] = rec["direct"].get("pairs_per_cpu_s", crate[P])
         # rank independence of the fast path
         import numpy as np
 
@@ -286,54 +309,65 @@ def driver(args) -> None:
 
     load = f"1-min load average before the runs: {min(loads):.1f} to {max(loads):.1f}"
     print(f"\nS^2 icosphere, ‖A‖₂ = {args.norm:g} (non-symmetric), ‖V‖₂ = 1, "
-          f"tolerance {args.tol:g}, 1 thread per rank, best of the timed evaluations; {load}")
-    head = (f"{'lvl':>3} {'N':>7} {'M':>7} {'P':>2} {'method':>7} {'setup':>12} "
-            f"{'t/eval':>12} {'pairs/s':>9} {'error':>9} {'vs direct':>9} {'vs dense':>9} "
-            f"{'P2/P1':>6}  notes")
+          f"tolerance {args.tol:g}, 1 thread per rank, best of the timed evaluations; {load}.")
+    print("wall: elapsed time per evaluation; cpu: process CPU time per evaluation (maximum "
+          "over the ranks), the wall time an idle machine would give; ratios on both.")
+    head = (f"{'lvl':>3} {'N':>7} {'M':>7} {'P':>2} {'method':>7} {'setup':>10} "
+            f"{'wall/eval':>10} {'cpu/eval':>10} {'pairs/s':>8} {'error':>8} "
+            f"{'vs direct':>11} {'vs dense':>11} {'P2/P1':>10}  notes")
     print(head)
     print("-" * len(head))
     base = args.ranks[0]
+
+    def t_of(m, key):
+        return m.get(key, m.get(key + "_est"))
+
+    def pair(a, b, w=11):
+        return f"{a:5.1f}/{b:<5.1f}".rjust(w) if a and b else " " * w
+
     for level in args.levels:
         for P in args.ranks:
             r = runs[P][level]
             N, M = r["N"], r["M"]
-            d_t = r["direct"].get("eval_s", r["direct"].get("eval_s_est"))
-            n_t = r["dense"].get("eval_s")
+            dw, dc = t_of(r["direct"], "eval_s"), t_of(r["direct"], "cpu_s")
+            nw, nc = r["dense"].get("eval_s"), r["dense"].get("cpu_s")
             for name in ("direct", "dense", "fast"):
                 m = r[name]
                 if m.get("skipped") and name == "dense":
-                    print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {'':>12} {'skipped':>12}"
-                          f"{'':>43}  kernel matrix {m['bytes'] / 2**30:.1f} GiB")
+                    print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {'':>10} {'skipped':>10}"
+                          f"{'':>64}  kernel matrix {m['bytes'] / 2**30:.1f} GiB")
                     continue
-                t = m.get("eval_s", m.get("eval_s_est"))
+                tw, tc = t_of(m, "eval_s"), t_of(m, "cpu_s")
                 setup = fmt_t(m["setup_s"]) if "setup_s" in m else ""
                 err = m.get("error")
                 ref = "ref" if name == "direct" else ""
-                err_s = f"{err:9.1e}" if err is not None else f"{ref:>9}"
-                vs_d = f"{d_t / t:9.1f}" if name != "direct" else f"{'1':>9}"
-                vs_n = f"{n_t / t:9.1f}" if n_t and name == "fast" else f"{'':>9}"
-                sc = ""
-                if P != base and base in runs:
-                    tb = runs[base][level][name]
-                    tb = tb.get("eval_s", tb.get("eval_s_est"))
-                    if tb:
-                        sc = f"{tb / t:6.2f}"
+                err_s = f"{err:8.1e}" if err is not None else f"{ref:>8}"
+                vs_d = pair(dw / tw, dc / tc) if name != "direct" else f"{'1':>11}"
+                vs_n = pair(nw / tw, nc / tc) if nw and name == "fast" else " " * 11
+                sc = " " * 10
+                if P != base:
+                    mb = runs[base][level][name]
+                    if t_of(mb, "eval_s"):
+                        sc = pair(t_of(mb, "eval_s") / tw, t_of(mb, "cpu_s") / tc, 10)
                 notes = []
                 if m.get("skipped"):
-                    notes.append("skipped, estimated from the previous level's pairs/s")
+                    notes.append("skipped: time estimated from the measured pairs/s")
                 if name == "fast":
                     rep = m["report"]
                     if rep.get("method") == "fast":
-                        notes.append(f"deg {rep['degree']} ({rep['terms']} terms), bound "
-                                     f"{rep['bound']:.1e}, sampled {rep['sampled_error']:.1e}"
-                                     f", {rep['direct_targets']} direct targets")
+                        notes.append(f"degree {rep['degree']} ({rep['terms']} terms), bound "
+                                     f"{rep['bound']:.1e}, sampled error "
+                                     f"{rep['sampled_error']:.1e}, {rep['direct_targets']} "
+                                     "targets direct")
                     else:
                         notes.append("fell back to direct")
                     if m.get("error_on", "all targets") != "all targets":
                         notes.append(f"error on {m['error_on']}")
-                print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {setup:>12} {fmt_t(t):>12} "
-                      f"{N * M / t:9.2e} {err_s} {vs_d} {vs_n} {sc:>6}  {'; '.join(notes)}")
+                print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {setup:>10} {fmt_t(tw):>10} "
+                      f"{fmt_t(tc):>10} {N * M / tw:8.1e} {err_s} {vs_d} {vs_n} {sc}  "
+                      f"{'; '.join(notes)}")
         print()
+    print("ratios are wall/cpu; P2/P1 = time on 1 rank / time on 2 ranks")
     for level, e in indep.items():
         print(f"rank independence (fast), level {level}: max relative difference "
               f"{args.ranks[0]} vs other rank counts = {e:.1e}")
@@ -341,7 +375,8 @@ def driver(args) -> None:
     for P in args.ranks:
         r = runs[P][last]["fast"]
         print(f"level {last}, {P} rank(s): 1000 SSP-RK3 steps = 3000 fast evaluations "
-              f"= {3000 * r['eval_s']:.0f} s (+ setup {r['setup_s']:.1f} s per A)")
+              f"= {3000 * r['eval_s']:.0f} s wall, {3000 * r['cpu_s']:.0f} s cpu "
+              f"(+ setup {r['setup_s']:.1f} s per A)")
 
 
 def main(argv=None) -> None:
@@ -357,6 +392,7 @@ def main(argv=None) -> None:
                     help="largest per-rank kernel matrix materialised (bytes)")
     ap.add_argument("--direct-rate", type=float, default=0.0,
                     help="pairs/s of the direct sum, to skip it at large sizes (internal)")
+    ap.add_argument("--direct-cpu-rate", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--sample", type=int, default=256,
                     help="targets checked against the direct sum where it is skipped")
     ap.add_argument("--worker", action="store_true", help="run under mpiexec (internal)")

@@ -530,8 +530,10 @@ class FastVelocity:
     memory_bytes : int, optional
         Budget for the tabulated factors over all ranks (default: 35% of the memory, at
         most 16 GiB); it caps the degree.
-    chunk : int
-        Sources per moment chunk (fixes the summation order for any rank count).
+    chunk : int, optional
+        Sources per moment chunk (fixes the summation order for any rank count; default
+        ``M / 64`` rounded to a power of two in ``[256, 4096]``, so the chunks balance over
+        the ranks).
     sample : int
         Targets per rank checked against the direct sum for each new ``A``.
     cache : int
@@ -559,7 +561,7 @@ class FastVelocity:
         tolerance: float,
         auto: bool = False,
         memory_bytes: int | None = None,
-        chunk: int = 2048,
+        chunk: int | None = None,
         sample: int = 32,
         cache: int = 2,
         max_fail: float = 1e-3,
@@ -576,6 +578,8 @@ class FastVelocity:
         if not (np.isfinite(tolerance) and 0 < tolerance < 1):
             raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
         self.tol, self.auto = float(tolerance), bool(auto)
+        if chunk is None:
+            chunk = 2 ** int(np.clip(round(math.log2(max(len(self.y), 1) / 64)), 8, 12))
         self.chunk, self.sample = int(chunk), int(sample)
         self.cache, self.max_fail = max(1, int(cache)), float(max_fail)
         self.lam = float(roundoff)
@@ -836,12 +840,13 @@ class FastVelocity:
         first = st.new
         if first:  # choose the degree from a generous first evaluation
             st.new = False
-            X, D, q, scale, thr = self._evaluate(st, st.n_phi, ctx)
-            st.n_use = self._pick_degree(st, 0, D, q, ctx, thr)
+            n0 = st.n_phi
+            ev = self._evaluate(st, n0, ctx)
+            st.n_use = self._pick_degree(st, 0, ev[1], ev[2], ctx, ev[4])
             if st.n_use > st.n_phi:
                 self._prepare(st, st.n_use)
         n = st.n_use
-        X, D, q, scale, thr = self._evaluate(st, n, ctx)
+        X, D, q, scale, thr = ev if first and n == n0 else self._evaluate(st, n, ctx)
         B = self._bounds(st, n, D, q, ctx)[0]
         fail = B > thr
         nfail = int(self._allsum(int(fail.sum())))

@@ -206,12 +206,13 @@ def test_evolve_nonlocal_mass_positivity(monkeypatch, degree):
     base = solver.Model(Q, K, V)
     pert = base.perturbed(solver.RandomLoRA(d=d, eta=0.5, h=0.2, seed=1))
     init = solver.VonMisesFisher((1.0, 0.0, 0.0), 5.0)
-    res = solver.evolve(op.sm, base, init, 1.0, perturbed=pert, cfl=0.9, progress=False,
+    T = 1.0 if degree == 1 else 0.4  # DG2: 6 sources per cell, P2 targets, 3x more steps
+    res = solver.evolve(op.sm, base, init, T, perturbed=pert, cfl=0.9, progress=False,
                         degree=degree)  # fmt: skip
     for name in ("mass", "mass_perturbed"):
         assert np.abs(res.column(name) - 1.0).max() <= 1e-12
     assert res.column("min").min() >= 0.0 and res.column("min_perturbed").min() >= 0.0
-    assert res.column("max")[-1] > 1.5 * res.column("max")[0]
+    assert res.column("max")[-1] > (1.5 if degree == 1 else 1.1) * res.column("max")[0]
     assert res.column("l1_difference")[-1] > 1e-3
 
 
