@@ -34,41 +34,17 @@
 # T = 40, about 20 s).
 
 # %%
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 
-import solver
-from solver._experiments import resolve_params, run_lora_kinds
+from solver._experiments import load_presets, resolve_params, run_lora_kinds
+from solver._plot import show
 from solver._sweep import as_columns, read_rows
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 PRESET = "tiny" if SMALL else "small"
-
-
-def load_presets(name):
-    """The PRESETS dict of scripts/exp_<name>.py (next to the solver package)."""
-    path = Path(solver.__file__).resolve().parents[1] / "scripts" / f"exp_{name}.py"
-    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.PRESETS
-
-
-def show(path):
-    """Display a picture inline in Jupyter; print its path in a plain script."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-            return
-    except ImportError:
-        pass
-    print("wrote", path)
 
 
 # %% [markdown]

@@ -38,27 +38,13 @@ import numpy as np
 from mpi4py import MPI
 
 import solver
-from solver._plot import animate_run, plot_diagnostics, plot_run
+from solver._plot import animate_run, plot_diagnostics, plot_run, show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 LEVEL = 2 if SMALL else 3  # icosphere level: 20·4^level cells
 T = 1.0 if SMALL else 3.0  # final depth
 SAVE_EVERY = 0.25 if SMALL else 0.5
 OUT = Path("quickstart_out")
-
-
-def show(path):
-    """Display a picture inline in Jupyter; print its path in a plain script."""
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-
-        if get_ipython() is not None:
-            display(Image(filename=str(path)))
-            return
-    except ImportError:
-        pass
-    print("wrote", path)
 
 
 # %% [markdown]

@@ -39,8 +39,8 @@ order of ``l2`` between successive meshes. Cost is the CPU time of the run (setu
 time stepping; max over ranks; BLAS single-threaded), which the other loads of a shared
 machine disturb less than wall time (also printed). The summary gives, for each DG1 run,
 the CPU time DG0 needs for the same ``l1`` (and the same ``l1avg``), interpolated log-log
-between DG0 runs; ``>t`` when even the finest DG0 run does not reach it (a hard lower bound)
-with, in brackets, DG0's power-law trend extrapolated.
+between DG0 runs; ``>t`` when even the finest DG0 run does not reach it (a hard lower bound;
+no extrapolation).
 """
 
 from __future__ import annotations
@@ -226,8 +226,7 @@ def print_rows(title: str, rows: list[dict]) -> None:
 
 def dg0_cost_for(rows0: list[dict], err: float, key: str) -> str:
     """CPU time DG0 needs for error ``err``: interpolated log-log between DG0 runs; below the
-    finest DG0 error, the finest run's time as a hard lower bound ``>`` and, in brackets, a
-    power-law fit of DG0's last three runs (time vs error) extrapolated."""
+    finest DG0 error, the finest run's time as a hard lower bound ``>t``."""
     pts = sorted(((r[key], r["cpu"]) for r in rows0), reverse=True)  # coarse to fine
     e, t = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
     le = np.log(err)
@@ -237,9 +236,7 @@ def dg0_cost_for(rows0: list[dict], err: float, key: str) -> str:
         if e[i + 1] <= le <= e[i]:
             s = (le - e[i]) / (e[i + 1] - e[i]) if e[i + 1] != e[i] else 0.0
             return f"{np.exp(t[i] + s * (t[i + 1] - t[i])):.3g}"
-    k = min(3, len(e))
-    slope, icpt = np.polyfit(e[-k:], t[-k:], 1)
-    return f">{np.exp(t[-1]):.3g} (~{np.exp(icpt + slope * le):.3g})"
+    return f">{np.exp(t[-1]):.3g}"
 
 
 def summary(title: str, rows: list[dict]) -> list[str]:

@@ -62,7 +62,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     },
     "time": {"T": _NONE, "cfl": 0.5, "save_every": _NONE},
     "scheme": {"degree": 0},
-    "velocity": {"method": "direct", "tolerance": 1e-10},
+    "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
     "validation": {
         "levels": _NONE,

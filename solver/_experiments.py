@@ -1340,3 +1340,16 @@ def plot_two_clusters(crows, trows, p: dict, path: Path) -> Path:
     ax.set_ylabel("number of clusters")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def load_presets(name: str) -> dict:
+    """The ``PRESETS`` dict of ``scripts/exp_<name>.py`` (next to the solver package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"exp_{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no experiment script {path}")
+    spec = importlib.util.spec_from_file_location(f"exp_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PRESETS

@@ -855,3 +855,17 @@ def plot_main(args: argparse.Namespace) -> int:
     for p in written:
         print(p)
     return 0
+
+
+def show(path) -> None:
+    """Display a picture inline in Jupyter; print its path in a plain script."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+
+        if get_ipython() is not None:
+            display(Image(filename=str(path)))
+            return
+    except ImportError:
+        pass
+    print("wrote", path)
