@@ -704,8 +704,9 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
 def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """``diagnostics.png``: mass, min/max density, first moment and drift over time.
 
-    The drift panel shows ``moment_drift`` and ``l1_difference`` (and any ``w2`` column) when
-    the run has a perturbed flow. ``out``: a ``.png`` path or a folder (default
+    The drift panel shows ``moment_drift`` and ``l1_difference`` and the exact ``W2`` at the
+    saved times (``w2.csv``, or a ``w2`` column) when the run has a perturbed flow.
+    ``out``: a ``.png`` path or a folder (default
     ``folder/plots``). Returns the path written.
     """
     import matplotlib.pyplot as plt
@@ -758,6 +759,9 @@ def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = 
         a.plot(t, c["l1_difference"], color="C5", label=r"$\|\rho_\mu - \rho_\nu\|_{L^1}$")
         if "w2" in c:
             a.plot(t, c["w2"], color="C6", label=r"$W_2(\mu, \nu)$")
+        elif (folder / "w2.csv").is_file():  # exact W2 at the saved times (solver.evolve)
+            w = read_csv(folder / "w2.csv")
+            a.plot(w["t"], w["w2"], "o-", color="C6", ms=4, label=r"$W_2(\mu, \nu)$ (geodesic)")
         a.legend(fontsize=8)
         a.set_title("drift between the base and the perturbed flow")
     else:
