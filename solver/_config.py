@@ -158,10 +158,9 @@ def resolve_config(raw: dict) -> dict:
     d = {1: 2, 2: 3}.get(m.get("sphere"))
 
     mod = cfg["model"]
-    if "V" not in mod:
-        raise ConfigError("model.V is required (a d x d matrix)")
-    if d is None:  # mesh from a file: the model fixes d, checked against the mesh later
-        d = len(mod["V"]) if isinstance(mod["V"], list) and mod["V"] else 3
+    if d is None:  # mesh from a file: the model fixes d (checked against the mesh later)
+        given = [mod[k] for k in ("V", "Q", "K") if isinstance(mod.get(k), list) and mod[k]]
+        d = len(given[0]) if given else 3
     for k in ("Q", "K", "V"):
         mod[k] = _matrix(f"model.{k}", mod.get(k, np.eye(d).tolist()), d)
 
@@ -208,8 +207,10 @@ def resolve_config(raw: dict) -> dict:
     t["save_every"] = _num("time.save_every", t.get("save_every", t["T"]), positive=True)
 
     deg = _num("scheme.degree", cfg["scheme"]["degree"], integer=True)
-    if deg != 0:
-        raise ConfigError(f"scheme.degree must be 0 (DG0 finite volume), got {deg}")
+    if deg not in (0, 1, 2):
+        raise ConfigError(
+            f"scheme.degree must be 0 (finite volume), 1 or 2 (DG on curved cells), got {deg}"
+        )
     cfg["scheme"]["degree"] = deg
 
     v = cfg["velocity"]

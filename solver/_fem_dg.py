@@ -88,6 +88,9 @@ __all__ = [
 #: Quadrature degree of the P2 geometry: areas, centroids, mass matrices, L2 projections.
 GEOMETRY_DEGREE = 10
 
+#: The limiter keeps the density >= MARGIN * (cell average) at its points (see ``limit``).
+MARGIN = 1e-12
+
 #: Highest DG degree (SSP-RK3 is third order: degree 2 is the most it matches).
 MAX_DEGREE = 2
 
@@ -425,17 +428,21 @@ class DGUpwind:
         """Zhang–Shu scaling toward the cell average: ``ρ >= 0`` at the limiter points.
 
         Only columns ``1:`` change (by a factor ``θ ∈ [0, 1]``), so cell averages and mass
-        are kept exactly. A cell with a negative average (never under the CFL condition) is
-        made constant.
+        are kept exactly. ``θ`` is ``ρ̄ / (ρ̄ - min_p ρ(p))`` shrunk by ``MARGIN`` (relative),
+        so the minimum is ``MARGIN ρ̄ > 0`` rather than a round-off ``±1e-17 ρ̄``: a negative
+        round-off trace would flow into an empty neighbour and give it a ``-1e-24`` average.
+        A cell with a negative average (a CFL violation) is made constant and left negative,
+        for the caller to report.
         """
         mean = state[:, 0]
         vals = np.einsum("cpj,cj->cp", self._lim, state[:, 1:])  # ρ - ρ̄ at the points
         low = vals.min(axis=1)
-        bad = mean + low < 0.0
+        bad = mean + low < MARGIN * mean
         if not np.any(bad):
             return state
         out = state.copy()
-        theta = np.clip(mean[bad] / (mean[bad] - (mean[bad] + low[bad])), 0.0, 1.0)
+        m, lo = mean[bad], low[bad]
+        theta = np.clip(m / np.maximum(-lo, 1e-300) * (1.0 - MARGIN), 0.0, 1.0)
         out[bad, 1:] *= theta[:, None]
         return out
 

@@ -145,3 +145,19 @@ def test_real_exit_code_from_shell(tmp_path, run):
     assert p.returncode == 2 and "model.Q" in p.stderr
     p = run(["-m", "solver", "--help"])
     assert p.returncode == 0 and "mpiexec" in p.stdout
+
+
+def test_dg1_through_the_config(tmp_path):
+    """[scheme] degree = 1 runs DG1 on curved cells from the CLI: mass kept, density >= 0."""
+    cfg = merge(GOOD, "[scheme]\ndegree = 1\n[perturbation]\nkind = \"tied\"\n"
+                      "dV = [[0.0, 0.0], [0.0, -0.5]]\n")  # fmt: skip
+    out = tmp_path / "o"
+    assert main(["run", str(write(tmp_path, cfg)), "--output", str(out), "--no-progress"]) == 0
+    d = np.loadtxt(out / "diagnostics.csv", delimiter=",", skiprows=1)
+    cols = (out / "diagnostics.csv").read_text().splitlines()[0].split(",")
+    for name in ("mass", "mass_perturbed"):
+        assert np.abs(d[:, cols.index(name)] - 1).max() <= 1e-12
+    assert d[:, cols.index("min")].min() >= 0 and d[:, cols.index("min_perturbed")].min() >= 0
+    z = np.load(out / "result.npz")
+    # cell averages on the curved cells integrate to one
+    assert abs(z["density"][-1] @ z["areas"] - 1) < 1e-12
