@@ -36,7 +36,8 @@ the differences of the nodal DG coefficients. It is a basis change of the DG spa
 * the Zhang–Shu scaling limiter ``ρ ↦ ρ̄ + θ (ρ - ρ̄)`` multiplies columns ``1:`` by ``θ``
   and leaves the cell averages — hence the mass — untouched to the last bit.
 
-``θ = min(1, ρ̄ / (ρ̄ - min_p ρ(p)))`` over a set of reference points: for DG1 the vertices
+``θ = min(1, (1 - 10⁻¹²) ρ̄ / (ρ̄ - min_p ρ(p)))`` (the margin keeps round-off from making a
+trace negative) over a set of reference points: for DG1 the vertices
 (``ρ`` is linear on the reference cell, so it is then ``>= 0`` on the whole cell); for DG2 the
 DG nodes, the cell quadrature points of the nonlocal integral and Gauss points on every facet,
 so that the density is ``>= 0`` where the flux and the nonlocal integral see it.
