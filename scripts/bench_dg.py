@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import solver  # noqa: E402, I001  (imports DOLFINx's MPI first)
 from mpi4py import MPI  # noqa: E402
 from scipy.interpolate import CubicSpline  # noqa: E402
+from solver._exact import poisson_kernel, poisson_radius  # noqa: E402
 from solver._fem import DG0Upwind  # noqa: E402
 from solver._fem_dg import (  # noqa: E402
     CurvedSphereMesh,
@@ -87,15 +88,8 @@ def say(*a):
 # problems
 
 
-def poisson_kernel(r):
-    def f(x):
-        return (1 - r * r) / (2 * np.pi * ((x[:, 0] - r) ** 2 + x[:, 1] ** 2))
-
-    return f
 
 
-def poisson_radius(r0, t):
-    return 1.0 / np.sqrt(1.0 + (r0**-2 - 1.0) * np.exp(-t))
 
 
 def angle(x):

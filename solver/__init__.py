@@ -26,6 +26,7 @@ from ._clusters import (
 )
 from ._config import ConfigError, build_initial, build_model, default_config_text, load_config
 from ._diagnostics import DIAGNOSTIC_COLUMNS
+from ._exact import poisson_kernel, poisson_radius
 from ._geometry import circle_mesh, geodesic_distance, icosphere, normalize
 from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sphere_area
 from ._io import load_result, read_csv
@@ -79,6 +80,9 @@ __all__ = [
     "perturbation_speed",
     "spectral_criterion",
     "SpectralCriterion",
+    # exact solutions (verification)
+    "poisson_kernel",
+    "poisson_radius",
     # geometry and initial data
     "circle_mesh",
     "icosphere",

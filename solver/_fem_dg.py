@@ -52,15 +52,10 @@ matrices, and ``d ρ̄_K/dt = Σ_j b_{K,j} / |K|`` (the residual tested with ``q
 
 from __future__ import annotations
 
-import numpy as np
-
-try:  # the PyPI DOLFINx wheel loads MPI through mpi4py: this import must come first
-    import dolfinx_solver  # noqa: F401
-except ImportError:  # pragma: no cover - conda / system DOLFINx
-    pass
-
+# (solver/__init__ and solver._fem import dolfinx_solver before DOLFINx)
 import basix
 import basix.ufl
+import numpy as np
 import ufl
 from dolfinx import fem, la, mesh
 from mpi4py import MPI

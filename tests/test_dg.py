@@ -20,6 +20,7 @@ from mpi4py import MPI
 
 import solver
 import solver._run
+from solver._exact import poisson_kernel, poisson_radius
 from solver._fem_dg import (
     CurvedSphereMesh,
     DGUpwind,
@@ -34,18 +35,8 @@ from solver._transport import NonlocalField, PrescribedField
 COMM = MPI.COMM_WORLD
 
 
-def poisson_kernel(r):
-    """Poisson-kernel density on S^1 with first moment (r, 0) (as in test_transport.py)."""
-
-    def f(x):
-        return (1 - r * r) / (2 * np.pi * ((x[:, 0] - r) ** 2 + x[:, 1] ** 2))
-
-    return f
 
 
-def poisson_radius(r0, t):
-    """|z(t)| for ż = z(1 - |z|^2)/2 (uniform attention, V = I on S^1; model.md)."""
-    return 1.0 / np.sqrt(1.0 + (r0**-2 - 1.0) * np.exp(-t))
 
 
 def rates(hs, errs):

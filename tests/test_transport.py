@@ -5,23 +5,14 @@ import pytest
 from mpi4py import MPI
 
 import solver
+from solver._exact import poisson_kernel, poisson_radius
 from solver._run import initial_cell_averages
 
 COMM = MPI.COMM_WORLD
 
 
-def poisson_kernel(r):
-    """Ott-Antonsen / Poisson-kernel density on S^1 with first moment z = (r, 0)."""
-
-    def f(x):
-        return (1 - r * r) / (2 * np.pi * ((x[:, 0] - r) ** 2 + x[:, 1] ** 2))
-
-    return f
 
 
-def poisson_radius(r0, t):
-    """|z(t)| for ż = z(1 - |z|^2)/2 (uniform attention, V = I on S^1; model.md)."""
-    return 1.0 / np.sqrt(1.0 + (r0**-2 - 1.0) * np.exp(-t))
 
 
 @pytest.mark.parametrize(
