@@ -25,7 +25,7 @@ from ._clusters import (
     find_clusters,
 )
 from ._config import ConfigError, build_initial, build_model, default_config_text, load_config
-from ._diagnostics import DIAGNOSTIC_COLUMNS
+from ._diagnostics import diagnostic_columns
 from ._exact import poisson_kernel, poisson_radius
 from ._geometry import circle_mesh, geodesic_distance, icosphere, normalize
 from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sphere_area
@@ -102,7 +102,7 @@ __all__ = [
     "build_initial",
     "load_result",
     "read_csv",
-    "DIAGNOSTIC_COLUMNS",
+    "diagnostic_columns",
     # DOLFINx-backed (imported on first use)
     "SphereMesh",
     "sphere_mesh",

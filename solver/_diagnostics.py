@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["density_diagnostics", "drift_diagnostics", "check_state", "DIAGNOSTIC_COLUMNS"]
+__all__ = ["density_diagnostics", "drift_diagnostics", "check_state", "diagnostic_columns"]
 
 
-def DIAGNOSTIC_COLUMNS(gdim: int, perturbed: bool) -> list[str]:  # noqa: N802 - a table spec
+def diagnostic_columns(gdim: int, perturbed: bool) -> list[str]:
     """Column names of ``diagnostics.csv``."""
     axes = "xyz"[:gdim]
     cols = ["t", "mass", "min", "max"] + [f"moment_{a}" for a in axes]

@@ -9,7 +9,7 @@ Output folder of a run (documented in README, "Output files"):
     and ``cells`` (ncells, d) the mesh (vertex indices per cell). Cells are in the original
     (input) mesh order, the same for any number of ranks.
 ``diagnostics.csv``
-    one row per time step, columns from :func:`solver.DIAGNOSTIC_COLUMNS`.
+    one row per time step, columns from :func:`solver.diagnostic_columns`.
 ``config.toml``, ``versions.json``
     the resolved configuration and the versions of the software used.
 ``density.bp``

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ._config import build_initial, build_model, dump_toml
-from ._diagnostics import DIAGNOSTIC_COLUMNS, check_state, density_diagnostics, drift_diagnostics
+from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
 from ._fem import DG0Upwind, FieldWriter, SphereMesh, load_mesh, sphere_mesh
 from ._initial import Density
 from ._io import atomic_savez, atomic_write_text, write_csv, write_versions
@@ -149,7 +149,7 @@ def evolve(
     jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
     bps = np.unique(np.concatenate([np.zeros(0), *jumps]))
     times, saved = time_grid(T, op.max_time_step(speed_max, cfl), save_every, bps)
-    columns = DIAGNOSTIC_COLUMNS(sm.gdim, two)
+    columns = diagnostic_columns(sm.gdim, two)
 
     out = Path(output) if output is not None else None
     rank0 = comm.rank == 0
