@@ -7,6 +7,7 @@ import ot
 import pytest
 
 import solver._wasserstein as W
+from solver._initial import VonMisesFisher
 
 TWO_PI = 2 * np.pi
 
@@ -50,14 +51,8 @@ def random_circle_measure(rng, n):
 
 
 def vmf_s2(rng, n, mu, kappa):
-    """n samples of the von Mises-Fisher law on S^2 (Wood 1994, exact for d = 3)."""
-    mu = np.asarray(mu, float) / np.linalg.norm(mu)
-    u = rng.uniform(size=n)
-    t = 1 + np.log(u + (1 - u) * np.exp(-2 * kappa)) / kappa
-    v = rng.standard_normal((n, 3))
-    v -= (v @ mu)[:, None] * mu
-    v /= np.linalg.norm(v, axis=1)[:, None]
-    return t[:, None] * mu + np.sqrt(np.clip(1 - t**2, 0, None))[:, None] * v
+    """n samples of the von Mises-Fisher law on S^2 (the library's exact sampler)."""
+    return VonMisesFisher(tuple(np.asarray(mu, float)), float(kappa)).sample(n, 3, rng)
 
 
 def rotation(axis, angle):
