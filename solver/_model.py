@@ -35,8 +35,8 @@ def _matrix(name: str, M, d: int | None = None) -> np.ndarray:
         M = np.array(M, dtype=float)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be a square matrix of numbers (nested lists): {e}") from None
-    if M.ndim != 2 or M.shape[0] != M.shape[1]:
-        raise ValueError(f"{name} must be a square d x d matrix, got shape {M.shape}")
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] == 0:
+        raise ValueError(f"{name} must be a square d x d matrix (d >= 1), got shape {M.shape}")
     if d is not None and M.shape[0] != d:
         raise ValueError(f"{name} must be {d} x {d} (d = {d}), got shape {M.shape}")
     if not np.all(np.isfinite(M)):

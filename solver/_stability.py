@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._model import _matrix
+
 __all__ = [
     "lipschitz_constants",
     "perturbation_speed",
@@ -38,21 +40,6 @@ __all__ = [
     "SpectralCriterion",
     "spectral_criterion",
 ]
-
-
-def _square(name: str, M, d: int | None = None) -> np.ndarray:
-    """Validate a square finite real matrix (of size ``d`` when given)."""
-    try:
-        M = np.array(M, dtype=float)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a square matrix of real numbers: {e}") from None
-    if M.ndim != 2 or M.shape[0] != M.shape[1] or M.shape[0] == 0:
-        raise ValueError(f"{name} must be a square d x d matrix (d >= 1), got shape {M.shape}")
-    if d is not None and M.shape[0] != d:
-        raise ValueError(f"{name} must be {d} x {d}, got shape {M.shape}")
-    if not np.all(np.isfinite(M)):
-        raise ValueError(f"{name} contains NaN or infinite entries")
-    return M
 
 
 def _op(M: np.ndarray) -> float:
@@ -89,8 +76,8 @@ def lipschitz_constants(A, V) -> tuple[float, float]:
     -------
     (Lx, Lmu) : tuple of float
     """
-    A = _square("A", A)
-    V = _square("V", V, A.shape[0])
+    A = _matrix("A", A)
+    V = _matrix("V", V, A.shape[0])
     a, v = _op(A), _op(V)
     return v * (1.0 + a), v * (np.cosh(a) + a * np.exp(a))
 
@@ -116,9 +103,9 @@ def perturbation_speed(A, V, dA, dV) -> float:
     -------
     float
     """
-    A = _square("A", A)
+    A = _matrix("A", A)
     d = A.shape[0]
-    V, dA, dV = _square("V", V, d), _square("dA", dA, d), _square("dV", dV, d)
+    V, dA, dV = _matrix("V", V, d), _matrix("dA", dA, d), _matrix("dV", dV, d)
     v, vt = _op(V), _op(V + dV)
     return float(min(_op(dV) + min(v, vt) * _op(dA), v + vt))
 
@@ -129,9 +116,9 @@ def growth_rate(A, V, dA, dV) -> float:
     Either flow can carry the Lipschitz estimates in the coupling argument (the other one
     then only enters through the perturbation speed), so the smaller sum is valid.
     """
-    A = _square("A", A)
+    A = _matrix("A", A)
     d = A.shape[0]
-    V, dA, dV = _square("V", V, d), _square("dA", dA, d), _square("dV", dV, d)
+    V, dA, dV = _matrix("V", V, d), _matrix("dA", dA, d), _matrix("dV", dV, d)
     return float(min(sum(lipschitz_constants(A, V)), sum(lipschitz_constants(A + dA, V + dV))))
 
 
@@ -181,7 +168,7 @@ def w2_bound_constant(A, V, dA, dV, t, *, cap: bool = True):
     L, delta = growth_rate(A, V, dA, dV), perturbation_speed(A, V, dA, dV)
     D = _grow(0.0, L, delta, t)
     if cap:
-        s = _op(_square("V", V)) + _op(np.asarray(V, dtype=float) + np.asarray(dV, dtype=float))
+        s = _op(_matrix("V", V)) + _op(np.asarray(V, dtype=float) + np.asarray(dV, dtype=float))
         D = np.minimum(np.minimum(D, s * t), 2.0)
     return float(D) if D.ndim == 0 else D
 
@@ -353,9 +340,9 @@ def spectral_criterion(V, dV, *, tol: float = 1e-8) -> SpectralCriterion:
     -------
     SpectralCriterion
     """
-    V = _square("V", V)
+    V = _matrix("V", V)
     d = V.shape[0]
-    dV = _square("dV", dV, d)
+    dV = _matrix("dV", dV, d)
     if d < 2:
         raise ValueError("the spectral criterion needs d >= 2 (it uses the second eigenvalue)")
     scale = tol * max(1.0, _op(V))

@@ -136,9 +136,10 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
                                              comm=comm)  # fmt: skip
     rows = []
     finest = None
-    for li, mesh_kw in enumerate(_mesh_levels(cfg)):
+    levels = _mesh_levels(cfg)
+    for li, mesh_kw in enumerate(levels):
         sm = mesh_from_config(comm, mesh_kw)
-        last = li == len(_mesh_levels(cfg)) - 1
+        last = li == len(levels) - 1
         res = evolve(sm, base, init, T, perturbed=pert if last else None, cfl=cfg["time"]["cfl"],
                      save_every=save, progress=progress, degree=cfg["scheme"]["degree"],
                      method=cfg["velocity"]["method"],
