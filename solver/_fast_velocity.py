@@ -360,11 +360,19 @@ if _nb is not None:
 
     @_nb.njit(cache=True, parallel=True)
     def _nb_moments(P, W, n, chunk, ra, rb, fm):
-        C = P.shape[0] // chunk
-        out = np.zeros((C, (n + 1) ** 2, W.shape[1]))
-        for c in _nb.prange(C):
-            lo = c * chunk
-            _nb_chunk_moments(P[lo : lo + chunk], W[lo : lo + chunk], n, ra, rb, fm, out[c])
+        out = np.zeros((P.shape[0] // chunk, (n + 1) ** 2, W.shape[1]))
+        for c in _nb.prange(out.shape[0]):
+            lo, hi = c * chunk, (c + 1) * chunk
+            _nb_chunk_moments(P[lo:hi], W[lo:hi], n, ra, rb, fm, out[c])
+        return out
+
+    @_nb.njit(cache=True)
+    def _nb_moments_serial(P, W, n, chunk, ra, rb, fm):
+        """:func:`_nb_moments` on the calling thread (same chunks, same sums, bit for bit)."""
+        out = np.zeros((P.shape[0] // chunk, (n + 1) ** 2, W.shape[1]))
+        for c in range(out.shape[0]):
+            lo, hi = c * chunk, (c + 1) * chunk
+            _nb_chunk_moments(P[lo:hi], W[lo:hi], n, ra, rb, fm, out[c])
         return out
 
     @_nb.njit(cache=True, fastmath=_FM)
@@ -444,8 +452,15 @@ if _nb is not None:
     @_nb.njit(cache=True, parallel=True)
     def _nb_targets(U, bw, mom, n, ra, rb, fm):
         out = np.empty((U.shape[0], mom.shape[1]))
-        nb = (U.shape[0] + _BS - 1) // _BS
-        for k in _nb.prange(nb):
+        for k in _nb.prange((U.shape[0] + _BS - 1) // _BS):
+            _nb_block_targets(U, bw, mom, n, ra, rb, fm, k * _BS, out)
+        return out
+
+    @_nb.njit(cache=True)
+    def _nb_targets_serial(U, bw, mom, n, ra, rb, fm):
+        """:func:`_nb_targets` on the calling thread (bit for bit)."""
+        out = np.empty((U.shape[0], mom.shape[1]))
+        for k in range((U.shape[0] + _BS - 1) // _BS):
             _nb_block_targets(U, bw, mom, n, ra, rb, fm, k * _BS, out)
         return out
 
@@ -612,6 +627,13 @@ class FastVelocity:
                 threads = max(1, _nb.config.NUMBA_NUM_THREADS // local.size)
                 local.Free()
             self.threads = int(min(max(1, threads), _nb.config.NUMBA_NUM_THREADS))
+            # one thread: serial kernels, so that numba's thread pool is never started (its
+            # idle workers spin and, with one rank per core, halve the speed of every rank)
+            self._kernels = (
+                (_nb_moments_serial, _nb_targets_serial)
+                if self.threads == 1
+                else (_nb_moments, _nb_targets)
+            )
         else:
             key = (P, p, self.chunk, self.y.shape, hashlib.sha1(self.y.tobytes()).hexdigest())
             basis = _SHARED.get(key)
@@ -757,7 +779,7 @@ class FastVelocity:
         r = num_terms(n, self.d)
         if self.backend == "numba":
             with _numba_threads(self.threads):
-                mom_local = _nb_moments(self._pts, W, n, self.chunk, *self._rt)
+                mom_local = self._kernels[0](self._pts, W, n, self.chunk, *self._rt)
         else:
             C = self._C_local
             mom_local = np.matmul(self._psi.psi[:, :r, :], W.reshape(C, self.chunk, W.shape[1]))
@@ -777,7 +799,7 @@ class FastVelocity:
         mom = self._moments(n, ctx["W"])
         if self.backend == "numba":
             with _numba_threads(self.threads):
-                out = _nb_targets(st.uh, st.bw, mom, n, *self._rt)
+                out = self._kernels[1](st.uh, st.bw, mom, n, *self._rt)
         else:
             out = st.phi[:, : num_terms(n, self.d)] @ mom
         D = out[:, 0]
@@ -910,17 +932,20 @@ class FastVelocity:
 
 
 class _numba_threads:
-    """Run numba kernels with ``k`` threads, restoring the caller's setting afterwards."""
+    """Run numba kernels with ``k`` threads, restoring the caller's setting afterwards (nothing
+    to do for ``k = 1``: the serial kernels do not touch the thread pool)."""
 
     def __init__(self, k: int):
         self.k = k
 
     def __enter__(self):
-        self.old = _nb.get_num_threads()
-        _nb.set_num_threads(self.k)
+        if self.k > 1:
+            self.old = _nb.get_num_threads()
+            _nb.set_num_threads(self.k)
 
     def __exit__(self, *exc):
-        _nb.set_num_threads(self.old)
+        if self.k > 1:
+            _nb.set_num_threads(self.old)
 
 
 def _mpi_op(name: str):

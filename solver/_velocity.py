@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._threads import share_cores
+
 __all__ = ["attention_velocity", "NonlocalVelocity", "tangent_project"]
 
 #: Upper bound of the temporary (targets x sources) arrays per block, in bytes.
@@ -153,6 +155,7 @@ class NonlocalVelocity:
             raise ValueError(f"velocity.tolerance must be in (0, 1), got {tolerance}")
         self.method, self.tolerance = method, float(tolerance)
         self.comm = comm
+        share_cores(comm)
         self.targets = np.ascontiguousarray(targets, dtype=float)
         self._counts = np.array(comm.allgather(len(keys)))
         allkeys = self._gather(np.asarray(keys, dtype=np.int64))

@@ -179,6 +179,20 @@ def test_fast_matches_direct(d, norm, kind, tol, backend):
     np.testing.assert_allclose(np.einsum("ij,ij->i", X, x), 0, atol=1e-14)
 
 
+@pytest.mark.skipif(_nb is None, reason="numba not installed")
+def test_serial_and_threaded_kernels_agree_bit_for_bit():
+    """One thread per rank takes the serial kernels (no thread pool): same sums, same order."""
+    x, y, w = problem(3, seed=6)
+    A, V = matrix(3, 4.0, 30), matrix(3, 1.0, 31)
+    out = []
+    for threads in (1, 2):
+        fv = FastVelocity(SELF, x, y, tolerance=1e-10, chunk=128, backend="numba",
+                          threads=threads)  # fmt: skip
+        assert fv._kernels[0].__name__.endswith("_serial") == (fv.threads == 1)
+        out.append(fv(w, A, V))
+    np.testing.assert_array_equal(out[0], out[1])
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_weights_change_and_A_cache(d):
     """Weights drift between calls; two A values alternate (cached); zero weights drop out."""

@@ -1,9 +1,14 @@
 """1 rank and 2 ranks give the same answer (runs ``mpiexec -n 2`` itself)."""
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import ROOT, mpiexec
 
 pytestmark = pytest.mark.mpi
 
@@ -94,3 +99,40 @@ def test_particles_rank_independent(tmp_path, run):
     a, b = np.load(tmp_path / "x1.npy"), np.load(tmp_path / "x2.npy")
     assert np.abs(np.linalg.norm(a, axis=-1) - 1).max() < 1e-14
     assert np.abs(a - b).max() <= 1e-12
+
+
+THREADS = """
+import json, sys
+from mpi4py import MPI
+from threadpoolctl import threadpool_info
+from solver._threads import share_cores, threads_per_rank
+
+def blas():
+    return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+before = blas()
+n = share_cores(MPI.COMM_WORLD)
+out = MPI.COMM_WORLD.gather({"before": before, "after": blas(), "n": n}, root=0)
+if MPI.COMM_WORLD.rank == 0:
+    json.dump(out, open(sys.argv[1], "w"))
+"""
+
+
+def test_ranks_share_the_cores(tmp_path):
+    """Under mpiexec each rank's BLAS gets cores / ranks threads (idle BLAS workers spin)."""
+    script = tmp_path / "t.py"
+    script.write_text(THREADS)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT)
+    cores = len(os.sched_getaffinity(0))
+    for n in (1, 2):
+        cmd = [sys.executable, str(script), str(tmp_path / f"{n}.json")]
+        p = subprocess.run([mpiexec(), "-n", str(n), *cmd], capture_output=True, text=True,
+                           timeout=300, env=env)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        for rank in json.loads((tmp_path / f"{n}.json").read_text()):
+            assert rank["n"] == max(1, cores // n)
+            if n == 1:  # one rank: nothing changed
+                assert rank["after"] == rank["before"]
+            else:
+                assert rank["after"] == [max(1, cores // n)]
