@@ -19,7 +19,6 @@ from ._fem import DG0Upwind, FieldWriter, SphereMesh, load_mesh, sphere_mesh
 from ._initial import Density
 from ._io import atomic_savez, atomic_write_text, write_csv, write_versions
 from ._model import Model
-from ._threads import share_cores
 from ._timestepping import time_grid
 from ._transport import (
     NonlocalField,
@@ -124,7 +123,6 @@ def evolve(
         Continue from ``output/checkpoint.npz`` when it matches this run.
     """
     comm = sm.comm
-    share_cores(comm)  # one BLAS thread per core of the node, not per rank
     op = make_operator(sm, degree)
     sm = op.sm  # DG1/DG2 work on the curved (P2) version of the mesh: same cells, same keys
     if velocity is not None:
