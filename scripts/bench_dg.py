@@ -88,10 +88,6 @@ def say(*a):
 # problems
 
 
-
-
-
-
 def angle(x):
     return np.arctan2(x[:, 1], x[:, 0])
 

@@ -95,7 +95,6 @@ def main() -> None:
     t_direct = per_target * comm.allreduce(len(op.targets), op=MPI.MAX)
     t_facet = _best(lambda: op.rhs(X, rho))
     t_asm = _best(lambda: op.assemble_rhs(X, rho))
-    del field
 
     t1 = time.perf_counter()
     res = solver.evolve(
@@ -107,9 +106,10 @@ def main() -> None:
     nsteps = len(res.step_times) - 1
     if rank0:
         cells = sm.num_cells
+        err = rep.get("sampled_error", float("nan"))
         print(f"\nlevel {a.level} ({cells:,} cells), {comm.size} rank(s), {nsteps} steps to "
               f"T = {T:.4g}, velocity {rep.get('method')} degree {rep.get('degree')} "
-              f"(tolerance {a.tol:g}, sampled error {rep.get('sampled_error', float('nan')):.1e})")  # fmt: skip
+              f"(tolerance {a.tol:g}, sampled error {err:.1e})")  # fmt: skip
         print(f"  one stage: velocity fast {1e3 * t_fast:8.1f} ms   direct (est.) "
               f"{t_direct:8.1f} s    ratio {t_direct / t_fast:,.0f}x")
         print(f"             DG0 flux facet {1e3 * t_facet:6.1f} ms   DOLFINx assembly "

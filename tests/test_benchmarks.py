@@ -1,0 +1,32 @@
+"""The benchmark scripts run and print their ratios (smallest settings; no timing asserted)."""
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+
+def test_bench_run_two_ranks(run):
+    p = run(["scripts/bench_run.py", "--level", "3", "--steps", "5", "--goal", "60"], 2)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "level 3 (1,280 cells), 2 rank(s), 5 steps" in out, out
+    for pattern in (r"ratio [\d,]+x", r"ratio \d+\.\dx", r"= \d+\.\d\d x the goal of 60 s"):
+        assert re.search(pattern, out), (pattern, out)
+    assert "velocity fast" in out
+
+
+def test_bench_run_rejects_bad_options(run):
+    p = run(["scripts/bench_run.py", "--steps", "0"], 1)
+    assert p.returncode == 2 and "--steps must be >= 1" in p.stderr
+
+
+def test_bench_velocity_one_level(run):
+    p = run(["scripts/bench_velocity.py", "--levels", "3", "--ranks", "1", "2", "--evals", "2"], 1)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for method in ("direct", "dense", "fast"):
+        assert re.search(rf"^\s*3\s+642\s+1280\s+2\s+{method}\b", out, re.M), (method, out)
+    m = re.search(r"rank independence \(fast\), level 3: max relative difference .* = (\S+)", out)
+    assert m and float(m.group(1)) <= 1e-12, out
