@@ -344,23 +344,21 @@ class DG0Upwind:
         x = msh.geometry.x[:, :gdim]
         vdofs = self.Vu.dofmap.list
         conormal = []
+        r = np.arange(len(cells))
         for side in (0, 1):
             c, f = cells[:, side], lf[:, side]
             p = x[gdofs[c]]  # (nf, nv, gdim), nv = gdim
-            opp = p[np.arange(len(c)), f]  # S^2: vertex opposite facet f; S^1: the other end
             if gdim == 2:  # interval: facet f is vertex f, outward = away from the other one
-                here = p[np.arange(len(c)), f]
-                opp = p[np.arange(len(c)), 1 - f]
-                v = here - opp
-            else:  # triangle: facet f is the edge without vertex f
-                a = p[np.arange(len(c)), (f + 1) % 3]
-                e = p[np.arange(len(c)), (f + 2) % 3] - a
-                v = a - opp
+                v = p[r, f] - p[r, 1 - f]
+            else:  # triangle: facet f is the edge without vertex f; outward from vertex f
+                a = p[r, (f + 1) % 3]
+                e = p[r, (f + 2) % 3] - a
+                v = a - p[r, f]
                 v = v - (np.einsum("ij,ij->i", v, e) / np.einsum("ij,ij->i", e, e))[:, None] * e
             conormal.append(v / np.linalg.norm(v, axis=1)[:, None])
         nt = 0.5 * (conormal[0] - conormal[1])
         c, f = cells[:, 0], lf[:, 0]
-        cd, r = vdofs[c], np.arange(len(c))
+        cd = vdofs[c]
         if gdim == 2:
             ends = cd[r, f][:, None]
             interp = np.ones((1, 1))  # one point, weight 1
