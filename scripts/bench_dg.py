@@ -2,7 +2,7 @@
 
 Command (from the repository root)::
 
-    .venv/bin/python scripts/bench_dg.py             # default: about 4 minutes (1 core)
+    .venv/bin/python scripts/bench_dg.py             # default: about 7 minutes (1 core)
     .venv/bin/python scripts/bench_dg.py --quick     # about 1 minute (coarser meshes)
     .venv/bin/python scripts/bench_dg.py --full      # about 30 minutes (the finest meshes:
                                                      # icosphere level 6 for DG0, 5 for DG1)
@@ -25,6 +25,15 @@ time step; the DG1 limiter is on everywhere):
     flow map integrated alongside, so ``ρ_T(Φ(θ)) = ρ0(θ) / Φ'(θ)``, interpolated by a
     periodic cubic spline; its difference to 256 particles is printed (~1e-6: far below the
     errors measured).
+``s2-nonlocal``
+    The nonlocal problem on S^2 (``A = KᵀQ = 2 I``, ``V = I``: clustering) from two von
+    Mises-Fisher bumps (κ = 4) to ``T = 1``; fast velocity (``auto``, tolerance 1e-10). No
+    exact solution: the reference is DG1 two levels above the finest DG1 run (level 6 by
+    default), and the errors are those of the cell averages against the reference's mass
+    in each coarse cell (icosphere cells are nested: the level-``k`` ancestor of cell ``j``
+    is ``j mod 20·4^k``), ``l1 = Σ_K |m_K − m_K^ref|`` (``m``: cell masses, total 1) and
+    ``l2``, ``linf`` of the cell averages ``m_K / |K|``. The difference between the DG1 runs
+    one and two levels above the finest compared one is printed: the reference's own error.
 ``nl``
     Nair & Lauritzen (2010) deformational flow with translation, Gaussian hills, T = 5,
     κ = 10/T (the standard case 4 of Lauritzen et al. 2012).
@@ -68,6 +77,7 @@ from solver._fem_dg import (  # noqa: E402
     CurvedSphereMesh,
     DGUpwind,
     advance,
+    curve,
     curved_sphere_mesh,
     nair_lauritzen,
     normalised_errors,
@@ -93,6 +103,7 @@ def angle(x):
 
 
 BETA, T_NONLOCAL = 2.0, 2.0
+T_S2 = 1.0
 
 
 def rho0_nonlocal(x):
@@ -186,6 +197,48 @@ def run(scheme: int, sphere: int, size: int, make_field, initial, exact, T: floa
                 mass=info["mass_drift"], low=info["min_average"], **e)  # fmt: skip
 
 
+def s2_nonlocal_setup():
+    """Model and initial density of the ``s2-nonlocal`` case."""
+    Q = np.sqrt(2.0) * np.eye(3)
+    model = solver.Model(Q, Q, np.eye(3))
+    init = solver.Mixture(
+        [solver.VonMisesFisher((1.0, 0.0, 0.2), 4.0), solver.VonMisesFisher((-0.3, 1.0, 0.0), 4.0)],
+        [0.5, 0.5],
+    )
+    return model, init
+
+
+def run_masses(scheme: int, level: int, T: float) -> dict:
+    """One ``s2-nonlocal`` run: cost and the final cell masses in icosphere order (rank 0)."""
+    model, init = s2_nonlocal_setup()
+    COMM.barrier()
+    t0, c0 = time.perf_counter(), time.process_time()
+    sm = solver.sphere_mesh(COMM, 2, refinement=level)
+    op = DG0Upwind(sm) if scheme == 0 else DGUpwind(curve(sm), scheme)
+    field = NonlocalField(op, model, method="auto", tolerance=1e-10)
+    state, info = advance(op, field, op.initial_state(init), T, CFL)
+    wall = COMM.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    cpu = COMM.allreduce(time.process_time() - c0, op=MPI.MAX)
+    masses = op.sm.gather(op.cell_averages(state) * op.sm.areas)
+    areas = op.sm.gather(op.sm.areas)
+    dofs = op.sm.num_cells * (1 if scheme == 0 else op.ndofs)
+    return dict(scheme=scheme, sphere=2, size=level, dofs=dofs, steps=info["steps"], wall=wall,
+                cpu=cpu, mass=info["mass_drift"], low=info["min_average"], masses=masses,
+                areas=areas)  # fmt: skip
+
+
+def restricted_errors(r: dict, ref_masses: np.ndarray) -> dict:
+    """Errors of a run's cell averages against the reference's mass per (coarse) cell."""
+    n = len(r["masses"])
+    mref = ref_masses.reshape(-1, n).sum(axis=0)  # children j = i + b n of coarse cell i
+    a = r["areas"]
+    rho, rho_ref = r["masses"] / a, mref / a
+    l1 = np.abs(r["masses"] - mref).sum() / mref.sum()
+    l2 = np.sqrt(((rho - rho_ref) ** 2 * a).sum() / (rho_ref**2 * a).sum())
+    linf = np.abs(rho - rho_ref).max() / np.abs(rho_ref).max()
+    return dict(l1=l1, l1_avg=l1, l2=l2, linf=linf)
+
+
 def mass_scale(initial):
     """States have unit mass: the exact solution is divided by the discrete initial mass."""
 
@@ -245,6 +298,28 @@ def summary(title: str, rows: list[dict]) -> list[str]:
     return lines
 
 
+def s2_nonlocal(schemes, T: float) -> list[str]:
+    """The ``s2-nonlocal`` case: runs, reference, table and summary lines."""
+    top = max(s[1][-1] for s in schemes if s[0] == 1)
+    refs = {lev: run_masses(1, lev, T) for lev in (top + 1, top + 2)}
+    rows = []
+    for scheme, sz in schemes:
+        for level in sz:
+            rows.append(run_masses(scheme, level, T))
+            say(f"  S^2 nonlocal: DG{scheme} {level}: {rows[-1]['wall']:.1f} s")
+    title = f"S^2 nonlocal (A = 2I, V = I), T = {T:g}"
+    if COMM.rank == 0:
+        ref = refs[top + 2]["masses"]
+        for r in rows:
+            r.update(restricted_errors(r, ref))
+        own = restricted_errors(refs[top + 1], ref)
+        say(f"\nreference: DG1 level {top + 2} ({refs[top + 2]['cpu']:.0f} s); DG1 level "
+            f"{top + 1} against it: l1 {own['l1']:.2e}, l2 {own['l2']:.2e}")  # fmt: skip
+        print_rows(title, rows)
+        return summary("S^2 nonlocal", rows)
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -253,8 +328,8 @@ def main(argv=None) -> None:
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="coarser meshes (~1 min)")
     g.add_argument("--full", action="store_true", help="finest meshes too (~30 min)")
-    ap.add_argument("--cases", nargs="+", default=["s1-exact", "s1-nonlocal", "nl", "w1"],
-                    choices=["s1-exact", "s1-nonlocal", "nl", "w1"])  # fmt: skip
+    cases = ["s1-exact", "s1-nonlocal", "s2-nonlocal", "nl", "w1"]
+    ap.add_argument("--cases", nargs="+", default=cases, choices=cases)
     ap.add_argument("--dg2", action="store_true", help="add DG2 runs")
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else ("full" if args.full else "default")
@@ -271,6 +346,8 @@ def main(argv=None) -> None:
             "default": ((128, 256, 512, 1024), (32, 64, 128, 256), (32, 64, 128)),
             "full": ((128, 256, 512, 1024, 2048), (32, 64, 128, 256, 512), (32, 64, 128, 256)),
         },
+        "s2-nonlocal": {"quick": ((3, 4), (2, 3), (2,)), "default": ((3, 4, 5), (2, 3, 4), (2, 3)),
+                        "full": ((3, 4, 5), (2, 3, 4), (2, 3))},  # reference: DG1, +2 levels
         "nl": {"quick": ((2, 3, 4), (2, 3), (2,)), "default": ((3, 4, 5), (2, 3, 4), (2, 3)),
                "full": ((3, 4, 5, 6), (2, 3, 4, 5), (2, 3, 4))},
         "w1": {"quick": ((2, 3, 4), (2, 3), (2,)), "default": ((3, 4, 5), (2, 3, 4), (2, 3)),
@@ -282,6 +359,9 @@ def main(argv=None) -> None:
     for case in args.cases:
         s0, s1, s2 = sizes[case][mode]
         schemes = [(0, s0), (1, s1)] + ([(2, s2)] if args.dg2 else [])
+        if case == "s2-nonlocal":
+            report += s2_nonlocal(schemes, T_S2)
+            continue
         if case == "s1-exact":
             r0, T = 0.5, 2.0
             model = solver.Model(np.zeros((2, 2)), np.zeros((2, 2)), np.eye(2))
