@@ -99,6 +99,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy.special import ive
 
+from ._threads import threads_per_rank
 from ._velocity import attention_velocity, tangent_project
 
 __all__ = [
@@ -623,9 +624,7 @@ class FastVelocity:
             self._pts = pts
             self._rt = _recurrence_tables(0)
             if threads is None:
-                local = comm.Split_type(_mpi_op("COMM_TYPE_SHARED"))
-                threads = max(1, _nb.config.NUMBA_NUM_THREADS // local.size)
-                local.Free()
+                threads = threads_per_rank(comm)
             self.threads = int(min(max(1, threads), _nb.config.NUMBA_NUM_THREADS))
             # one thread: serial kernels, so that numba's thread pool is never started (its
             # idle workers spin and, with one rank per core, halve the speed of every rank)
