@@ -296,6 +296,15 @@ if _nb is not None:
             else:
                 cphi[j], sphi[j] = 1.0, 0.0
 
+    @_nb.njit(cache=True, fastmath=_FM, inline="always")
+    def _nb_next_order(B, f, s, cphi, sphi, pmm, cm, sm):
+        """Order ``m - 1 -> m``: ``P̄_m^m ∝ f s P̄_{m-1}^{m-1}``, ``(cos, sin) mφ`` by rotation."""
+        for j in range(B):
+            pmm[j] *= f * s[j]
+            c = cm[j] * cphi[j] - sm[j] * sphi[j]
+            sm[j] = sm[j] * cphi[j] + cm[j] * sphi[j]
+            cm[j] = c
+
     @_nb.njit(cache=True, fastmath=_FM)
     def _nb_chunk_moments(P, W, n, ra, rb, fm, out):
         """``out[k, q] += Σ_j Y_k(P_j) W[j, q]`` (``q < 4``) for one chunk, in a fixed order."""
@@ -313,12 +322,7 @@ if _nb is not None:
                 pmm[j], cm[j], sm[j] = 1.0, 1.0, 0.0
             for m in range(n + 1):
                 if m > 0:
-                    f = fm[m]
-                    for j in range(B):
-                        pmm[j] *= f * s[j]
-                        c = cm[j] * cphi[j] - sm[j] * sphi[j]
-                        sm[j] = sm[j] * cphi[j] + cm[j] * sphi[j]
-                        cm[j] = c
+                    _nb_next_order(B, fm[m], s, cphi, sphi, pmm, cm, sm)
                     for j in range(B):
                         cc, ss = cm[j] * c1, sm[j] * c1
                         for q in range(4):
@@ -394,12 +398,7 @@ if _nb is not None:
         _nb_angles(U, j0, B, z, s, cphi, sphi)
         for m in range(n + 1):
             if m > 0:
-                f = fm[m]
-                for j in range(B):
-                    pmm[j] *= f * s[j]
-                    c = cm[j] * cphi[j] - sm[j] * sphi[j]
-                    sm[j] = sm[j] * cphi[j] + cm[j] * sphi[j]
-                    cm[j] = c
+                _nb_next_order(B, fm[m], s, cphi, sphi, pmm, cm, sm)
             L = n + 1 - m
             Lp = (L + 3) // 4 * 4
             for j in range(B):
