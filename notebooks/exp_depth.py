@@ -36,9 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solver._experiments import load_presets, resolve_params, run_depth
-from solver._plot import show
-from solver._sweep import read_rows
+from solver.experiments import load_presets, read_rows, resolve_params, run_depth
+from solver.viz import show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 PRESET = "tiny" if SMALL else "small"

@@ -35,9 +35,8 @@
 import os
 from pathlib import Path
 
-from solver._experiments import load_presets, resolve_params, run_phase_diagram
-from solver._plot import show
-from solver._sweep import read_rows
+from solver.experiments import load_presets, read_rows, resolve_params, run_phase_diagram
+from solver.viz import show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 PRESET = "tiny" if SMALL else "small"

@@ -36,8 +36,8 @@
 import os
 from pathlib import Path
 
-from solver._experiments import load_presets, resolve_params, run_random_adapters
-from solver._plot import show
+from solver.experiments import load_presets, resolve_params, run_random_adapters
+from solver.viz import show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 PRESET = "tiny" if SMALL else "small"

@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from solver._experiments import load_presets, resolve_params, run_two_clusters
-from solver._plot import show
-from solver._sweep import as_columns, read_rows
+from solver.experiments import as_columns, load_presets, read_rows, resolve_params, run_two_clusters
+from solver.viz import show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 PRESET = "tiny" if SMALL else "small"

@@ -38,7 +38,7 @@ import numpy as np
 from mpi4py import MPI
 
 import solver
-from solver._plot import animate_run, plot_diagnostics, plot_run, show
+from solver.viz import animate_run, plot_diagnostics, plot_run, show
 
 SMALL = os.environ.get("SOLVER_NOTEBOOK_PRESET", "") == "small"
 LEVEL = 2 if SMALL else 3  # icosphere level: 20·4^level cells

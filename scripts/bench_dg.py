@@ -71,19 +71,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import solver  # noqa: E402, I001  (imports DOLFINx's MPI first)
 from mpi4py import MPI  # noqa: E402
 from scipy.interpolate import CubicSpline  # noqa: E402
-from solver._exact import poisson_kernel, poisson_radius  # noqa: E402
-from solver._fem import DG0Upwind  # noqa: E402
-from solver._fem_dg import (  # noqa: E402
-    CurvedSphereMesh,
-    DGUpwind,
-    advance,
-    curve,
-    curved_sphere_mesh,
-    nair_lauritzen,
-    normalised_errors,
-    williamson1,
-)
-from solver._transport import NonlocalField, PrescribedField  # noqa: E402
+from solver.analysis import poisson_kernel, poisson_radius  # noqa: E402
+from solver.transport import DG0Upwind  # noqa: E402
+from solver.analysis import nair_lauritzen, normalised_errors, williamson1  # noqa: E402
+from solver.mesh import CurvedSphereMesh, curve, curved_sphere_mesh  # noqa: E402
+from solver.transport import DGUpwind, advance  # noqa: E402
+from solver.transport import NonlocalField, PrescribedField  # noqa: E402
 
 COMM = MPI.COMM_WORLD
 CFL = 0.9

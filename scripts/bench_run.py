@@ -5,7 +5,7 @@ Exact command (from the repository root), the figure quoted in the README::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_run.py --level 7 --steps 1000
 
 Expected cost on an idle 2-core machine: about 8 minutes (level 7: 327,680 cells; the base
-and the perturbed flow of ``solver/default.toml`` are both evolved, so each step is 6 nonlocal
+and the perturbed flow of ``solver/io/default.toml`` are both evolved, so each step is 6 nonlocal
 velocity evaluations and 6 flux evaluations). ``--steps 50`` gives the rate in a minute.
 
 The run is :func:`solver.evolve` exactly as ``python -m solver run`` calls it (default config,
@@ -32,10 +32,10 @@ import numpy as np
 from mpi4py import MPI
 
 import solver
-from solver._config import build_initial, build_model, load_config
-from solver._run import make_operator
-from solver._transport import NonlocalField
-from solver._velocity import attention_velocity
+from solver.io import build_initial, build_model, load_config
+from solver.run import make_operator
+from solver.transport import NonlocalField
+from solver.velocity import attention_velocity
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=7, help="icosphere level (default 7)")
     ap.add_argument("--steps", type=int, default=1000, help="time steps (default 1000)")
     ap.add_argument("--tol", type=float, default=1e-8, help="velocity tolerance (default 1e-8)")
-    ap.add_argument("--config", default=str(ROOT / "solver" / "default.toml"))
+    ap.add_argument("--config", default=str(ROOT / "solver" / "io" / "default.toml"))
     ap.add_argument("--sample", type=int, default=256, help="targets per rank for direct")
     ap.add_argument("--goal", type=float, default=600.0, help="goal for the run, seconds")
     ap.add_argument("--output", default=None, help="keep the run's output folder here")

@@ -32,7 +32,7 @@ Methods:
 
 * ``direct``: :class:`solver.NonlocalVelocity` with ``method="direct"`` (blocked NumPy
   direct sum, the reference);
-* ``fast``: ``method="fast"`` (spherical-harmonic expansion, :mod:`solver._fast_velocity`),
+* ``fast``: ``method="fast"`` (spherical-harmonic expansion, :mod:`solver.velocity`),
   setup (first call for a new ``A``) timed separately from the evaluations; the weights
   change between evaluations as in the RK3 stages;
 * ``dense``: the whole scaled kernel matrix ``e^{yᵀAx - |Ax|}`` materialised once per ``A``
@@ -142,7 +142,7 @@ def worker(args) -> None:
     import numpy as np
     from mpi4py import MPI
 
-    from solver._velocity import NonlocalVelocity, attention_velocity
+    from solver.velocity import NonlocalVelocity, attention_velocity
 
     comm = MPI.COMM_WORLD
     P, p = comm.size, comm.rank

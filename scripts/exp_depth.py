@@ -22,7 +22,7 @@ n, kappa, theta0_deg, eps_min, eps_max, n_eps, seeds, delta, dt, t_factor). Reru
 
 import sys
 
-from solver._experiments import cli, run_depth
+from solver.experiments import cli, run_depth
 
 PRESETS = {
     "tiny": {"dims": [2], "n": 20, "kappa": 20.0, "theta0_deg": [45.0], "eps_min": 0.05,

@@ -24,7 +24,7 @@ continues from its last checkpoint.
 
 import sys
 
-from solver._experiments import cli, run_fig2
+from solver.experiments import cli, run_fig2
 
 PRESETS = {
     "tiny": {"n": 20, "seed": 0, "eps": 0.01, "T": 2.0, "dt": 0.1, "save_every": 0.5,

@@ -23,7 +23,7 @@ layer_length, rank, kinds). Rerunning resumes.
 
 import sys
 
-from solver._experiments import cli, run_lora_kinds
+from solver.experiments import cli, run_lora_kinds
 
 KINDS = ["tied", "random", "orthogonal", "aligned"]
 PRESETS = {

@@ -21,7 +21,7 @@ T = 400); paper ~10 min (24 eps, T = 1000, dt = 0.05). TOML keys override the pr
 
 import sys
 
-from solver._experiments import cli, run_phase_diagram
+from solver.experiments import cli, run_phase_diagram
 
 PRESETS = {
     "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.01, "eps_max": 0.04,

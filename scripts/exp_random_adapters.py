@@ -21,7 +21,7 @@ linear_max). Rerunning resumes.
 
 import sys
 
-from solver._experiments import cli, run_random_adapters
+from solver.experiments import cli, run_random_adapters
 
 PRESETS = {
     "tiny": {"d": 3, "n": 16, "x0_seed": 0, "T": 4.0, "dt": 0.05, "Ls": [2, 8],

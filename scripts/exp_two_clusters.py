@@ -19,7 +19,7 @@ the preset (n, seeds, T, dt, save_every, betas, radius, plot_seed). Rerunning re
 
 import sys
 
-from solver._experiments import cli, run_two_clusters
+from solver.experiments import cli, run_two_clusters
 
 PRESETS = {
     "tiny": {"n": 20, "seeds": 2, "T": 20.0, "dt": 0.1, "save_every": 1.0, "betas": [4.0],

@@ -1,7 +1,9 @@
 """Mean-field self-attention dynamics on meshed spheres, and LoRA forgetting.
 
-Flat public API (``import solver``); the private modules below follow the data path
-mesh -> model -> velocity -> transport -> diagnostics -> I/O -> CLI.
+Flat public API (``import solver``) over subpackages that follow the data path::
+
+    mesh -> model -> velocity -> transport -> analysis -> io -> viz
+    (parallel: rank/thread layout and reductions; particles, run, validate, cli, experiments)
 """
 
 from __future__ import annotations
@@ -16,32 +18,53 @@ try:  # pragma: no cover - depends on how DOLFINx was installed
 except ImportError:
     pass
 
-from ._clusters import (
+from .analysis import (
     Clusters,
+    SpectralCriterion,
+    WassersteinResult,
     cluster_direction,
     cluster_times,
     delta_cluster_state,
+    diagnostic_columns,
     direction_drift,
     find_clusters,
-)
-from ._config import ConfigError, build_initial, build_model, default_config_text, load_config
-from ._diagnostics import diagnostic_columns
-from ._exact import poisson_kernel, poisson_radius
-from ._geometry import circle_mesh, geodesic_distance, icosphere, normalize
-from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sphere_area
-from ._io import load_result, read_csv
-from ._model import Model, Perturbation, RandomLoRA, ScheduledLoRA, TiedLoRA, low_rank
-from ._particles import ParticleResult, retract, sample_particles, simulate_particles
-from ._stability import (
-    SpectralCriterion,
     lipschitz_constants,
     perturbation_speed,
+    poisson_kernel,
+    poisson_radius,
     spectral_criterion,
     w2_bound,
     w2_bound_constant,
+    wasserstein,
+    wasserstein_circle,
+    wasserstein_sphere,
 )
-from ._velocity import NonlocalVelocity, attention_velocity, tangent_project
-from ._wasserstein import WassersteinResult, wasserstein, wasserstein_circle, wasserstein_sphere
+from .io import (
+    ConfigError,
+    build_initial,
+    build_model,
+    default_config_text,
+    load_config,
+    load_result,
+    read_csv,
+)
+from .mesh import circle_mesh, geodesic_distance, icosphere, normalize
+from .model import (
+    Density,
+    Expression,
+    Mixture,
+    Model,
+    Perturbation,
+    RandomLoRA,
+    ScheduledLoRA,
+    TiedLoRA,
+    Uniform,
+    VonMisesFisher,
+    low_rank,
+    sphere_area,
+)
+from .particles import ParticleResult, retract, sample_particles, simulate_particles
+from .velocity import NonlocalVelocity, attention_velocity, tangent_project
 
 __all__ = [
     "__version__",
@@ -120,18 +143,18 @@ __all__ = [
 ]
 
 _LAZY = {
-    "SphereMesh": "._fem",
-    "sphere_mesh": "._fem",
-    "load_mesh": "._fem",
-    "evolve": "._run",
-    "run_config": "._run",
-    "Result": "._run",
-    "validate": "._validate",
-    "plot_run": "._plot",
-    "animate_run": "._plot",
-    "plot_diagnostics": "._plot",
-    "to_pyvista": "._plot",
-    "read_vtx": "._plot",
+    "SphereMesh": ".mesh",
+    "sphere_mesh": ".mesh",
+    "load_mesh": ".mesh",
+    "evolve": ".run",
+    "run_config": ".run",
+    "Result": ".run",
+    "validate": ".validate",
+    "plot_run": ".viz",
+    "animate_run": ".viz",
+    "plot_diagnostics": ".viz",
+    "to_pyvista": ".viz",
+    "read_vtx": ".viz",
 }
 
 

@@ -1,8 +1,8 @@
-"""``python -m solver``: see :mod:`solver._cli`."""
+"""``python -m solver``: see :mod:`solver.cli`."""
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

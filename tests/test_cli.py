@@ -5,7 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from solver._cli import main
+from solver.cli import main
 
 GOOD = """
 [mesh]
@@ -79,7 +79,7 @@ def merge(base: str, patch: str) -> str:
         if "kind" in table and sec == "initial":  # a new kind replaces the whole table
             cfg[sec] = table
         cfg.setdefault(sec, {}).update(table)
-    from solver._config import dump_toml
+    from solver.io import dump_toml
 
     return dump_toml(cfg)
 

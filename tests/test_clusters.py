@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-import solver._clusters as C
-from solver._initial import VonMisesFisher
+import solver.analysis._clusters as C
+from solver.model import VonMisesFisher
 
 
 def vmf_s2(rng, n, mu, kappa):

@@ -17,17 +17,10 @@ import pytest
 from mpi4py import MPI
 
 import solver
-import solver._run
-from solver._exact import poisson_kernel, poisson_radius
-from solver._fem_dg import (
-    CurvedSphereMesh,
-    DGUpwind,
-    advance,
-    curve,
-    curved_sphere_mesh,
-    williamson1,
-)
-from solver._transport import NonlocalField, PrescribedField
+import solver.run
+from solver.analysis import poisson_kernel, poisson_radius, williamson1
+from solver.mesh import CurvedSphereMesh, curve, curved_sphere_mesh
+from solver.transport import DGUpwind, NonlocalField, PrescribedField, advance
 
 COMM = MPI.COMM_WORLD
 
@@ -161,8 +154,10 @@ import json, sys
 import numpy as np
 from mpi4py import MPI
 import solver
-from solver._fem_dg import DGUpwind, advance, curved_sphere_mesh, nair_lauritzen
-from solver._transport import PrescribedField
+from solver.analysis import nair_lauritzen
+from solver.mesh import curved_sphere_mesh
+from solver.transport import DGUpwind, advance
+from solver.transport import PrescribedField
 
 comm = MPI.COMM_WORLD
 case = nair_lauritzen(T=5.0)  # the standard case: κ = 10/T
@@ -227,7 +222,7 @@ def test_dg2_standard_positive_and_conservative():
 def test_evolve_nonlocal_mass_positivity(monkeypatch, degree):
     """Attention dynamics on S^2 (sharpening clusters, LoRA drift) through solver.evolve."""
     op = DGUpwind(solver.sphere_mesh(COMM, 2, refinement=2), degree)
-    monkeypatch.setattr(solver._run, "make_operator", lambda sm, degree=0: op)
+    monkeypatch.setattr(solver.run, "make_operator", lambda sm, degree=0: op)
     d = 3
     rng = np.random.default_rng(3)
     Q, K, V = 2 * np.eye(d), np.eye(d), np.eye(d) + 0.3 * rng.normal(size=(d, d))
@@ -251,15 +246,16 @@ MPI_SCRIPT = """
 import sys
 import numpy as np
 from mpi4py import MPI
-import solver, solver._run
-from solver._fem_dg import DGUpwind, advance, curved_sphere_mesh
-from solver._transport import NonlocalField
+import solver, solver.run
+from solver.mesh import curved_sphere_mesh
+from solver.transport import DGUpwind, advance
+from solver.transport import NonlocalField
 
 comm = MPI.COMM_WORLD
 out = {}
 # S^2, DG1, nonlocal attention with a LoRA-perturbed twin, through solver.evolve
 op = DGUpwind(solver.sphere_mesh(comm, 2, refinement=2), 1)
-solver._run.make_operator = lambda sm, degree=0: op
+solver.run.make_operator = lambda sm, degree=0: op
 base = solver.Model([[2.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.3, 0.0, 1.5]], np.eye(3),
                     [[1.0, 0.2, 0.0], [0.0, 0.8, 0.1], [0.0, 0.0, 0.6]])
 pert = base.perturbed(solver.RandomLoRA(d=3, eta=0.8, h=0.1, seed=2))

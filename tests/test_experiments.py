@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from solver import _experiments
-from solver._clusters import delta_cluster_state
-from solver._config import ConfigError
-from solver._sweep import (
+from solver.analysis import delta_cluster_state
+from solver.experiments import (
     Budget,
     SweepError,
+    _experiments,
     as_columns,
     case_key,
     format_value,
@@ -29,6 +28,7 @@ from solver._sweep import (
     read_rows,
     run_sweep,
 )
+from solver.io import ConfigError
 
 pytestmark = pytest.mark.serial  # in-process runs use COMM_WORLD; the MPI test launches mpiexec
 

@@ -15,7 +15,8 @@ import pytest
 from mpi4py import MPI
 from scipy.special import eval_legendre, ive, spherical_in
 
-from solver._fast_velocity import (
+from solver.velocity import NonlocalVelocity, attention_velocity
+from solver.velocity._fast import (
     FastVelocity,
     _degree_of_terms,
     _nb,
@@ -24,7 +25,6 @@ from solver._fast_velocity import (
     sphere_basis,
     truncation_tails,
 )
-from solver._velocity import NonlocalVelocity, attention_velocity
 
 SELF = MPI.COMM_SELF
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import solver
-from solver._initial import Expression, VonMisesFisher, sphere_area
+from solver.model import Expression, VonMisesFisher, sphere_area
 
 
 @pytest.mark.parametrize("level", range(5))
@@ -71,7 +71,7 @@ def test_random_adapters_are_per_layer_and_seeded():
 
 
 def test_time_grid_lands_on_events():
-    from solver._timestepping import time_grid
+    from solver.transport import time_grid
 
     t, saved = time_grid(1.0, 0.07, save_every=0.25, breakpoints=[0.1, 0.33])
     assert t[0] == 0 and t[-1] == 1.0 and np.all(np.diff(t) <= 0.07 + 1e-15)

@@ -105,7 +105,7 @@ THREADS = """
 import json, sys
 from mpi4py import MPI
 from threadpoolctl import threadpool_info
-from solver._threads import share_cores, threads_per_rank
+from solver.parallel import share_cores, threads_per_rank
 
 def blas():
     return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})

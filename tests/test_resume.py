@@ -4,7 +4,7 @@ import numpy as np
 from mpi4py import MPI
 
 import solver
-from solver import _transport
+from solver import transport as _transport
 
 
 def run(out, resume=False):

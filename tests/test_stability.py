@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-import solver._stability as S
-from solver._model import Model, RandomLoRA, ScheduledLoRA, TiedLoRA, low_rank
-from solver._velocity import attention_velocity
+import solver.analysis._stability as S
+from solver.model import Model, RandomLoRA, ScheduledLoRA, TiedLoRA, low_rank
+from solver.velocity import attention_velocity
 
 
 def _unit(z: np.ndarray) -> np.ndarray:

@@ -5,9 +5,9 @@ import pytest
 from mpi4py import MPI
 
 import solver
-from solver._exact import poisson_kernel, poisson_radius
-from solver._fem import DG0Upwind
-from solver._run import initial_cell_averages
+from solver.analysis import poisson_kernel, poisson_radius
+from solver.run import initial_cell_averages
+from solver.transport import DG0Upwind
 
 COMM = MPI.COMM_WORLD
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from solver._config import resolve_config
-from solver._validate import validate
+from solver.io import resolve_config
+from solver.validate import validate
 
 CASES = {
     "S1": {

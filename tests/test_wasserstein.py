@@ -6,8 +6,8 @@ import numpy as np
 import ot
 import pytest
 
-import solver._wasserstein as W
-from solver._initial import VonMisesFisher
+import solver.analysis._wasserstein as W
+from solver.model import VonMisesFisher
 
 TWO_PI = 2 * np.pi
 

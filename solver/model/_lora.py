@@ -1,4 +1,4 @@
-"""Attention model and LoRA perturbations as a parameter schedule ``t -> (A(t), V(t))``.
+"""LoRA perturbations of the attention weights, as schedules ``t -> (ΔA(t), ΔV(t))``.
 
 The self-attention dynamics only see the query and key matrices through the bilinear form
 ``<Q x, K y> = yᵀ A x`` with ``A = Kᵀ Q``, so a model is fully described by ``A`` and ``V``
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
-    "Model",
+    "as_matrix",
     "Perturbation",
     "TiedLoRA",
     "RandomLoRA",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-def _matrix(name: str, M, d: int | None = None) -> np.ndarray:
+def as_matrix(name: str, M, d: int | None = None) -> np.ndarray:
     """Validate a square finite real matrix (of size ``d`` when given)."""
     try:
         M = np.array(M, dtype=float)
@@ -88,9 +88,9 @@ class TiedLoRA(Perturbation):
     dV: np.ndarray
 
     def __post_init__(self):
-        dV = _matrix("perturbation.dV", self.dV)
+        dV = as_matrix("perturbation.dV", self.dV)
         object.__setattr__(self, "dV", dV)
-        object.__setattr__(self, "dA", _matrix("perturbation.dA", self.dA, dV.shape[0]))
+        object.__setattr__(self, "dA", as_matrix("perturbation.dA", self.dA, dV.shape[0]))
 
     @property
     def d(self) -> int:
@@ -165,66 +165,8 @@ class ScheduledLoRA(Perturbation):
 
     def at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         dA, dV = self.fn(t)
-        return _matrix("schedule ΔA", dA, self.d), _matrix("schedule ΔV", dV, self.d)
+        return as_matrix("schedule ΔA", dA, self.d), as_matrix("schedule ΔV", dV, self.d)
 
     def breakpoints(self, T: float) -> np.ndarray:
         j = np.asarray(sorted(self.jumps), dtype=float)
         return j[(j > 0) & (j < T)]
-
-
-class Model:
-    """Self-attention parameters ``(Q, K, V)``, optionally perturbed.
-
-    Parameters
-    ----------
-    Q, K, V : (d, d) array_like
-        Query, key and value matrices. Only ``A = Kᵀ Q`` and ``V`` enter the dynamics.
-    perturbation : Perturbation, optional
-        LoRA update added to ``(A, V)``; :meth:`parameters` returns the perturbed pair.
-    """
-
-    def __init__(self, Q, K, V, perturbation: Perturbation | None = None):
-        self.V = _matrix("model.V", V)
-        self.d = self.V.shape[0]
-        self.Q = _matrix("model.Q", Q, self.d)
-        self.K = _matrix("model.K", K, self.d)
-        self.A = self.K.T @ self.Q
-        if perturbation is not None and perturbation.d != self.d:
-            raise ValueError(
-                f"perturbation is {perturbation.d}-dimensional but the model has d = {self.d}"
-            )
-        self.perturbation = perturbation
-
-    @classmethod
-    def from_AV(cls, A, V, perturbation: Perturbation | None = None) -> Model:
-        """Model with ``Q = A``, ``K = I`` (so that ``Kᵀ Q = A``)."""
-        A = _matrix("model.A", A)
-        return cls(A, np.eye(A.shape[0]), V, perturbation)
-
-    def perturbed(self, perturbation: Perturbation) -> Model:
-        """The same base weights with ``perturbation`` added."""
-        return Model(self.Q, self.K, self.V, perturbation)
-
-    @property
-    def base(self) -> Model:
-        """The unperturbed model."""
-        return Model(self.Q, self.K, self.V) if self.perturbation is not None else self
-
-    def parameters(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """``(A(t), V(t))`` at time (depth) ``t``."""
-        if self.perturbation is None:
-            return self.A, self.V
-        dA, dV = self.perturbation.at(t)
-        return self.A + dA, self.V + dV
-
-    def breakpoints(self, T: float) -> np.ndarray:
-        """Times in ``(0, T)`` where the parameters jump."""
-        return np.zeros(0) if self.perturbation is None else self.perturbation.breakpoints(T)
-
-    def speed_bound(self, T: float) -> float:
-        """``sup_t ‖V(t)‖_op`` over ``[0, T]``: a bound of ``|X[μ](x)|`` for every μ and x."""
-        ts = np.concatenate([[0.0], self.breakpoints(T)])
-        return float(max(np.linalg.norm(self.parameters(t)[1], 2) for t in ts))
-
-    def __repr__(self) -> str:
-        return f"Model(d={self.d}, perturbation={self.perturbation!r})"

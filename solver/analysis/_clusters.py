@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._wasserstein import _check_points, _check_weights
+from ._wasserstein import check_points, check_weights
 
 __all__ = [
     "Clusters",
@@ -96,9 +96,9 @@ def find_clusters(x, w=None, radius: float = 0.1, min_mass: float = 1e-3) -> Clu
     -------
     Clusters
     """
-    x = _check_points(x, "x", unit=False)
+    x = check_points(x, "x", unit=False)
     n, d = x.shape
-    w = _check_weights(w, n, "w")
+    w = check_weights(w, n, "w")
     if not (np.isfinite(radius) and 0 < radius < np.pi):
         raise ValueError(f"radius must be in (0, π) radians, got {radius}")
     if not (np.isfinite(min_mass) and 0 <= min_mass < 1):
@@ -260,7 +260,7 @@ def cluster_direction(x, w=None) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     if x.ndim != 2 or x.shape[0] == 0 or not np.all(np.isfinite(x)):
         raise ValueError(f"x must be a finite, non-empty (n, d) array, got shape {x.shape}")
-    w = _check_weights(w, x.shape[0], "w")
+    w = check_weights(w, x.shape[0], "w")
     m = w @ x
     norm = np.linalg.norm(m)
     scale = float(w @ np.linalg.norm(x, axis=1))

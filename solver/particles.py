@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._initial import Density
-from ._model import Model
-from ._timestepping import time_grid
-from ._velocity import attention_velocity
+from .model import Density, Model
+from .transport import time_grid
+from .velocity import attention_velocity
 
 __all__ = ["ParticleResult", "simulate_particles", "sample_particles", "retract"]
 

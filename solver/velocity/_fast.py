@@ -99,8 +99,8 @@ from collections import OrderedDict
 import numpy as np
 from scipy.special import ive
 
-from ._threads import threads_per_rank
-from ._velocity import attention_velocity, tangent_project
+from ..parallel import threads_per_rank
+from ._direct import attention_velocity, tangent_project
 
 __all__ = [
     "FastVelocity",
@@ -612,8 +612,8 @@ class FastVelocity:
             raise ValueError(f"backend must be auto, numba or numpy, got {backend!r}")
         if backend == "numba" and (_nb is None or self.d != 3):
             raise ValueError("the numba backend needs numba and S^2 (d = 3)")
-        self.backend = "numba" if backend != "numpy" and _nb is not None and self.d == 3 else (
-            "numpy"
+        self.backend = (
+            "numba" if backend != "numpy" and _nb is not None and self.d == 3 else ("numpy")
         )
         if self.backend == "numba":
             pts = np.zeros(((hi - lo) * self.chunk, 3))

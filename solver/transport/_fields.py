@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from mpi4py import MPI
 
-from ._model import Model
-from ._timestepping import ssp_rk3_step
-from ._velocity import NonlocalVelocity as _Nonlocal
-from ._velocity import tangent_project
+from ..model import Model
+from ..velocity import NonlocalVelocity, tangent_project
+from ._stepping import ssp_rk3_step, time_grid
 
 __all__ = [
     "NonlocalField",
@@ -39,7 +39,7 @@ class NonlocalField:
                 f"R^{sm.gdim}: Q, K, V must be {sm.gdim} x {sm.gdim}"
             )
         self.model, self.op = model, op
-        self.eval = _Nonlocal(
+        self.eval = NonlocalVelocity(
             sm.comm, op.targets, op.source_points, op.source_keys, method=method,
             tolerance=tolerance,
         )  # fmt: skip
@@ -81,3 +81,23 @@ class Transport:
             return self.op.rhs(self.field(tp, s, r), r)
 
         return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit)
+
+
+def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[np.ndarray, dict]:
+    """Step ``state`` from 0 to ``T`` by SSP-RK3 (limited after each stage) under ``field``
+    (a :class:`PrescribedField` or ``NonlocalField`` of ``op``).
+
+    Returns the final state and ``{"steps", "mass_drift" (max |M(t) - M(0)| / M(0)),
+    "min_average" (smallest cell average seen)}`` (global, identical on every rank).
+    """
+    times, _ = time_grid(T, op.max_time_step(field.speed(T), cfl))
+    flow = Transport(op, field)
+    comm, sm = op.sm.comm, op.sm
+    mass0 = sm.integrate(op.cell_averages(state))
+    drift, low = 0.0, float(np.min(op.cell_averages(state), initial=np.inf))
+    for t0, t1 in zip(times[:-1], times[1:], strict=True):
+        state = flow.step(state, float(t0), float(t1 - t0))
+        drift = max(drift, abs(sm.integrate(op.cell_averages(state)) - mass0))
+        low = min(low, float(np.min(op.cell_averages(state), initial=np.inf)))
+    low = comm.allreduce(low, op=MPI.MIN)
+    return state, {"steps": len(times) - 1, "mass_drift": drift / mass0, "min_average": low}

@@ -89,7 +89,7 @@ class WassersteinResult:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_weights(w, n: int, name: str) -> np.ndarray:
+def check_weights(w, n: int, name: str) -> np.ndarray:
     """Validate weights for ``n`` atoms; ``None`` means uniform. Returns probabilities."""
     if w is None:
         if n == 0:
@@ -110,7 +110,7 @@ def _check_weights(w, n: int, name: str) -> np.ndarray:
     return w / total
 
 
-def _check_points(x, name: str, *, unit: bool = True) -> np.ndarray:
+def check_points(x, name: str, *, unit: bool = True) -> np.ndarray:
     """Validate an ``(n, d)`` array of points on the unit sphere (``d >= 2``)."""
     x = np.asarray(x, dtype=float)
     if x.ndim != 2 or x.shape[1] < 2:
@@ -151,8 +151,8 @@ def _check_p(p) -> float:
 
 def _measure(x, w, xname: str, wname: str) -> tuple[np.ndarray, np.ndarray]:
     """Validated unit points and probability weights, zero-weight atoms dropped."""
-    x = _check_points(x, xname)
-    w = _check_weights(w, x.shape[0], wname)
+    x = check_points(x, xname)
+    w = check_weights(w, x.shape[0], wname)
     keep = w > 0
     return x[keep], w[keep]
 
@@ -262,8 +262,8 @@ def wasserstein_circle(theta_a, wa, theta_b, wb, p=2, *, method: str = "quantile
         raise ValueError(f"method must be one of {_CIRCLE_METHODS}, got {method!r}")
     p = _check_p(p)
     ta, tb = _check_angles(theta_a, "theta_a"), _check_angles(theta_b, "theta_b")
-    wa = _check_weights(wa, ta.shape[0], "wa")
-    wb = _check_weights(wb, tb.shape[0], "wb")
+    wa = check_weights(wa, ta.shape[0], "wa")
+    wb = check_weights(wb, tb.shape[0], "wb")
     ka, kb = wa > 0, wb > 0
     ta, wa = np.mod(ta[ka], TWO_PI), wa[ka]
     tb, wb = np.mod(tb[kb], TWO_PI), wb[kb]
@@ -632,8 +632,8 @@ def wasserstein(xa, wa, xb, wb, p=2, method: str = "auto") -> float:
     """
     if method not in _SPHERE_METHODS:
         raise ValueError(f"method must be one of {_SPHERE_METHODS}, got {method!r}")
-    xa = _check_points(xa, "xa")
-    xb = _check_points(xb, "xb")
+    xa = check_points(xa, "xa")
+    xb = check_points(xb, "xb")
     if xa.shape[1] != xb.shape[1]:
         raise ValueError(
             f"xa and xb must have the same dimension d, got {xa.shape[1]} and {xb.shape[1]}"

@@ -25,12 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._clusters import cluster_direction
-from ._config import build_initial, build_model
-from ._io import atomic_write_text, write_csv
-from ._particles import sample_particles, simulate_particles
-from ._stability import spectral_criterion, w2_bound
-from ._wasserstein import wasserstein
+from .analysis import cluster_direction, spectral_criterion, w2_bound, wasserstein
+from .io import atomic_write_text, build_initial, build_model, write_csv
+from .particles import sample_particles, simulate_particles
 
 __all__ = ["validate", "w2_between_runs", "VALIDATION_DEFAULTS"]
 
@@ -114,7 +111,7 @@ def _plot_bound(times, pde, coupling, bound, path):
 
 def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> dict:
     """Run the validation suite of a resolved config; write the report into ``output``."""
-    from ._run import evolve, mesh_from_config
+    from .run import evolve, mesh_from_config
 
     out = Path(output)
     rank0 = comm.rank == 0
@@ -262,11 +259,15 @@ def _report(cfg: dict, s: dict, v: dict) -> str:
             lines.append(f"| {t:g} | {a:.3e} | {ga:.3e} | {b:.3e} | {c:.3e} |")
         verdict = "holds at every saved time"
         if q["violated_by_particles"]:
-            verdict = ("VIOLATED by the particle coupling: a bug in the derivation of the bound "
-                       "(or in the particle integrator)")
+            verdict = (
+                "VIOLATED by the particle coupling: a bug in the derivation of the bound "
+                "(or in the particle integrator)"
+            )
         elif q["violated_by_pde"]:
-            verdict = ("VIOLATED by the PDE only: the discretisation error of the solver exceeds "
-                       "the margin; refine the mesh")
+            verdict = (
+                "VIOLATED by the PDE only: the discretisation error of the solver exceeds "
+                "the margin; refine the mesh"
+            )
         lines += ["", f"The bound {verdict}. Tightness (max measured / bound): "
                   f"{q['tightness']:.3g}.", "", "![bound](stability.png)", ""]  # fmt: skip
     if "prop33" in s:

@@ -16,7 +16,7 @@ One section per experiment (the scripts ``scripts/exp_*.py`` are thin command li
 6. :func:`run_two_clusters` — Fig 4: ``Q̃ = K̃ = √β e_1e_1ᵀ``, ``V = I``: two-point clustering.
 
 Each ``run_*(params, out, comm=..., progress=..., budget=...)`` computes its cases with
-:func:`solver._sweep.run_sweep` (CSV files in ``out``, resumable), then writes its figures and
+:func:`solver.experiments.run_sweep` (CSV files in ``out``, resumable), then writes its figures and
 ``summary.json`` and returns the summary (``None`` when the case budget stopped it early).
 The per-case functions (``*_case``) and plotting helpers (``plot_*``) can be called alone.
 
@@ -39,15 +39,17 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ._clusters import cluster_direction, cluster_times, find_clusters
-from ._config import ConfigError, _toml_value
-from ._initial import Mixture, Uniform, VonMisesFisher
-from ._io import _atomic, atomic_write_text, load_result
-from ._model import Model, RandomLoRA, ScheduledLoRA, TiedLoRA
-from ._particles import sample_particles, simulate_particles
-from ._stability import spectral_criterion
+from ..analysis import (
+    cluster_direction,
+    cluster_times,
+    find_clusters,
+    spectral_criterion,
+    wasserstein,
+)
+from ..io import ConfigError, atomic_write, atomic_write_text, load_result, toml_value
+from ..model import Mixture, Model, RandomLoRA, ScheduledLoRA, TiedLoRA, Uniform, VonMisesFisher
+from ..particles import sample_particles, simulate_particles
 from ._sweep import Budget, SweepError, as_columns, run_sweep
-from ._wasserstein import wasserstein
 
 __all__ = [
     "cli",
@@ -134,7 +136,7 @@ def _positive(params: dict, *names: str) -> None:
 def params_text(name: str, params: dict) -> str:
     """The resolved parameters as TOML (written to ``params.toml``)."""
     lines = [f"# resolved parameters of the {name} experiment", f'experiment = "{name}"']
-    lines += [f"{k} = {_toml_value(v)}" for k, v in params.items()]
+    lines += [f"{k} = {toml_value(v)}" for k, v in params.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -197,10 +199,20 @@ def cli(argv, *, name: str, doc: str, presets: dict, run: Callable) -> int:
     parser.add_argument("--config", type=Path, help="TOML file: top-level keys override the preset")
     parser.add_argument("--preset", choices=sorted(presets), default="small",
                         help="parameter set (default: small)")  # fmt: skip
-    parser.add_argument("--output", "-o", type=Path, default=Path("out") / name,
-                        help=f"output folder (default: out/{name}); a rerun resumes it")
-    parser.add_argument("--max-cases", type=int, default=None, metavar="K",
-                        help="compute at most K new cases, then stop (run again to go on)")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("out") / name,
+        help=f"output folder (default: out/{name}); a rerun resumes it",
+    )
+    parser.add_argument(
+        "--max-cases",
+        type=int,
+        default=None,
+        metavar="K",
+        help="compute at most K new cases, then stop (run again to go on)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -220,8 +232,10 @@ def cli(argv, *, name: str, doc: str, presets: dict, run: Callable) -> int:
         return 2
     if rank0:
         if summary is None:
-            print(f"stopped after {args.max_cases} new case(s) (--max-cases); run the same "
-                  f"command again to continue: finished cases are kept in {args.output}")
+            print(
+                f"stopped after {args.max_cases} new case(s) (--max-cases); run the same "
+                f"command again to continue: finished cases are kept in {args.output}"
+            )
         else:
             print("\n".join(summary.get("report", [])))
             print(f"results: {args.output}")
@@ -276,7 +290,7 @@ def point_mass_depth(p0, eps: float, dtheta: float, axis: int = 1) -> float:
 def delta_distance(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """``max_i min_c |x_i(t) − c|`` at each saved time (``positions``: (nt, n, d)): the
     configuration is in the δ-cluster state exactly when this is ``< δ``
-    (:func:`solver._clusters.delta_cluster_state`)."""
+    (:func:`solver.analysis.delta_cluster_state`)."""
     nt, n, d = positions.shape
     dist, _ = cKDTree(centres).query(positions.reshape(-1, d), k=1)
     return dist.reshape(nt, n).max(axis=1)
@@ -365,7 +379,7 @@ def _save(fig, path: Path, comm=None) -> Path:
             buf = small
         except ImportError:  # pragma: no cover - Pillow comes with matplotlib
             pass
-        _atomic(Path(path), lambda f: f.write(buf.getvalue()))
+        atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
     return Path(path)
 
 
@@ -436,8 +450,8 @@ def fig2_particles(p: dict, flow: str):
 def fig2_pde(p: dict, comm, output: Path | None, progress: bool = False):
     """The PDE on S^1 from narrow vMF bumps (κ) at the particles' initial positions; both
     flows in one :func:`solver.evolve` (resumable from ``output/checkpoint.npz``)."""
-    from ._fem import sphere_mesh
-    from ._run import evolve
+    from ..mesh import sphere_mesh
+    from ..run import evolve
 
     x0 = fig2_x0(p)
     init = Mixture(tuple(VonMisesFisher(tuple(x), p["kappa"]) for x in x0), tuple([1.0] * len(x0)))
@@ -529,9 +543,11 @@ def run_fig2(p: dict, out, *, comm=None, progress=True, budget: Budget | None = 
         f"  PDE vs particles: max W2 = {summary['max_w2_pde_vs_particles']:.3g} rad",
         f"  cluster drift speed eps |sin 2theta| / 2 = {summary['cluster_drift_speed']:.3g} vs "
         f"PDE cell half-width h/2 = {summary['pde_cell_half_width']:.3g}: "
-        + ("the PDE cluster is expected to stay pinned to its cell once collapsed"
-           if summary["cluster_drift_speed"] < summary["pde_cell_half_width"]
-           else "the PDE cluster can drift (slowed by the mesh)"),
+        + (
+            "the PDE cluster is expected to stay pinned to its cell once collapsed"
+            if summary["cluster_drift_speed"] < summary["pde_cell_half_width"]
+            else "the PDE cluster can drift (slowed by the mesh)"
+        ),
     ]
     if comm.rank == 0:
         plot_fig2(prows, crows, load_result(out / "pde"), p, out / "fig2.png")
@@ -786,8 +802,11 @@ def random_adapter_case(p: dict, case: dict) -> dict:
     pert = RandomLoRA(d=d, eta=eta, h=p["T"] / L, s=tuple(p["s"]), seed=seed)
     r = simulate_particles(_identity_model(d).perturbed(pert), x0, p["T"], dt=p["dt"])
     xb, xp = rb.positions[-1], r.positions[-1]
-    return {"eta": eta, "w2": _w2(xb, xp),
-            "direction_drift": float(_angle(cluster_direction(xb), cluster_direction(xp)))}
+    return {
+        "eta": eta,
+        "w2": _w2(xb, xp),
+        "direction_drift": float(_angle(cluster_direction(xb), cluster_direction(xp))),
+    }
 
 
 def random_walk_prediction(p: dict) -> float:
@@ -883,7 +902,7 @@ def plot_random_adapters(stats: dict, p: dict, col: dict, path: Path) -> Path:
         m = np.array([stats[k]["mean"] for k in ks])
         s = np.array([stats[k]["std"] for k in ks])
         for ax, x in zip(axs, (eta, r), strict=True):
-            line, = ax.plot(x, m, "o-", ms=3, label=f"L = {int(L)}")
+            (line,) = ax.plot(x, m, "o-", ms=3, label=f"L = {int(L)}")
             ax.fill_between(x, np.clip(m - s, m * 0.05, None), m + s, color=line.get_color(),
                             alpha=0.2, lw=0)  # fmt: skip
     rr = np.geomspace(p["ratio_min"], p["ratio_max"], 50)
@@ -912,8 +931,12 @@ def _depth_check(p: dict) -> None:
     _positive(p, "n", "kappa", "eps_min", "eps_max", "n_eps", "delta", "dt", "t_factor", "seeds")
     _require(p, "dims", all(d >= 2 for d in p["dims"]), "a list of dimensions >= 2")
     lo = math.degrees(2 * math.asin(min(1.0, p["delta"] / 2)))
-    _require(p, "theta0_deg", all(lo < t < 90 for t in p["theta0_deg"]),
-             f"angles in ({lo:.3g}, 90) degrees (above the turn Δθ = 2 arcsin(δ/2))")
+    _require(
+        p,
+        "theta0_deg",
+        all(lo < t < 90 for t in p["theta0_deg"]),
+        f"angles in ({lo:.3g}, 90) degrees (above the turn Δθ = 2 arcsin(δ/2))",
+    )
     _require(p, "eps_max", p["eps_max"] >= p["eps_min"], ">= eps_min")
 
 
@@ -990,8 +1013,10 @@ def run_depth(p: dict, out, *, comm=None, progress=True, budget=None):
     if not sw.complete:
         return None
     fits = depth_fits(sw.rows)
-    report = [f"Depth transition (delta = {p['delta']}, n = {p['n']}, kappa = {p['kappa']}): "
-              f"T* = c eps^-alpha vs the point-mass law ln(tan phi0 / tan(phi0 - dtheta))/eps"]
+    report = [
+        f"Depth transition (delta = {p['delta']}, n = {p['n']}, kappa = {p['kappa']}): "
+        f"T* = c eps^-alpha vs the point-mass law ln(tan phi0 / tan(phi0 - dtheta))/eps"
+    ]
     for k, f in fits.items():
         report.append(f"  {k}: alpha = {f['exponent']:.3f}; T*/law = {f['ratio_median']:.3f} "
                       f"(range {f['ratio_min']:.3f}..{f['ratio_max']:.3f}); delta-exit/law = "
@@ -1164,14 +1189,18 @@ def run_lora_kinds(p: dict, out, *, comm=None, progress=True, budget=None):
         return None
     table = kinds_table(p, sw.rows)
     lam = p["V_diag"]
-    report = [f"LoRA kinds (V = A = diag{tuple(lam)}, gap = {lam[0] - lam[1]:g}, n = {p['n']}, "
-              f"T = {p['T']}): final W2 and cluster drift |u1 - u1~|, same norm ||dV|| = eps",
-              "  kind        eps     W2 mean [min, max]         drift   Prop 3.3: drift stable"]
+    report = [
+        f"LoRA kinds (V = A = diag{tuple(lam)}, gap = {lam[0] - lam[1]:g}, n = {p['n']}, "
+        f"T = {p['T']}): final W2 and cluster drift |u1 - u1~|, same norm ||dV|| = eps",
+        "  kind        eps     W2 mean [min, max]         drift   Prop 3.3: drift stable",
+    ]
     for r in table:
         st = {None: "-", True: "yes", False: "no"}[r["prop33_stable"]]
-        report.append(f"  {r['kind']:<11} {r['eps']:<7g} {r['w2_mean']:.4f} [{r['w2_min']:.4f}, "
-                      f"{r['w2_max']:.4f}]  {r['drift_mean']:.4f}  {r['predicted_drift']:.4f}"
-                      f"  {st}")
+        report.append(
+            f"  {r['kind']:<11} {r['eps']:<7g} {r['w2_mean']:.4f} [{r['w2_min']:.4f}, "
+            f"{r['w2_max']:.4f}]  {r['drift_mean']:.4f}  {r['predicted_drift']:.4f}"
+            f"  {st}"
+        )
     summary = {"table": table, "report": report}
     if comm is None or comm.rank == 0:
         plot_lora_kinds(sw.rows, p, table, out / "lora_kinds.png")
@@ -1192,7 +1221,7 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
                 ax = axs[i, j]
                 ys = np.array([[r[col] for r in sel if r["seed"] == s] for s in seeds])
                 t = np.array([r["t"] for r in sel if r["seed"] == seeds[0]])
-                line, = ax.plot(t, ys.mean(0), label=k)
+                (line,) = ax.plot(t, ys.mean(0), label=k)
                 if len(seeds) > 1:
                     ax.fill_between(t, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2,
                                     lw=0)  # fmt: skip
@@ -1245,8 +1274,16 @@ def two_cluster_case(p: dict, case: dict) -> list[dict]:
         cl = find_clusters(x, radius=p["radius"])
         m = list(cl.masses[:2]) + [0.0] * (2 - min(2, len(cl)))
         x1 = list(cl.centres[:2, 0]) + [float("nan")] * (2 - min(2, len(cl)))
-        rows.append({"t": float(t), "n_clusters": len(cl), "mass1": float(m[0]),
-                     "mass2": float(m[1]), "x1_1": float(x1[0]), "x1_2": float(x1[1])})
+        rows.append(
+            {
+                "t": float(t),
+                "n_clusters": len(cl),
+                "mass1": float(m[0]),
+                "mass2": float(m[1]),
+                "x1_1": float(x1[0]),
+                "x1_2": float(x1[1]),
+            }
+        )
     return rows
 
 
@@ -1291,8 +1328,10 @@ def run_two_clusters(p: dict, out, *, comm=None, progress=True, budget=None):
     if not tw.complete:
         return None
     stats = two_cluster_summary(p, sw.rows)
-    report = [f"Two-point clustering (d = 2, n = {p['n']}, T = {p['T']}, {p['seeds']} initial "
-              f"conditions): clusters at T (quick shift, radius {p['radius']})"]
+    report = [
+        f"Two-point clustering (d = 2, n = {p['n']}, T = {p['T']}, {p['seeds']} initial "
+        f"conditions): clusters at T (quick shift, radius {p['radius']})"
+    ]
     for k, s in stats.items():
         report.append(f"  {k:<18} 1 cluster: {s['fraction_one']:.2f}, 2 clusters: "
                       f"{s['fraction_two']:.2f}, min |x1| of two-cluster centres: "
@@ -1346,7 +1385,7 @@ def load_presets(name: str) -> dict:
     """The ``PRESETS`` dict of ``scripts/exp_<name>.py`` (next to the solver package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"exp_{name}.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"exp_{name}.py"
     if not path.is_file():
         raise FileNotFoundError(f"no experiment script {path}")
     spec = importlib.util.spec_from_file_location(f"exp_{name}", path)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._model import _matrix
+from ..model import as_matrix
 
 __all__ = [
     "lipschitz_constants",
@@ -76,8 +76,8 @@ def lipschitz_constants(A, V) -> tuple[float, float]:
     -------
     (Lx, Lmu) : tuple of float
     """
-    A = _matrix("A", A)
-    V = _matrix("V", V, A.shape[0])
+    A = as_matrix("A", A)
+    V = as_matrix("V", V, A.shape[0])
     a, v = _op(A), _op(V)
     return v * (1.0 + a), v * (np.cosh(a) + a * np.exp(a))
 
@@ -103,9 +103,9 @@ def perturbation_speed(A, V, dA, dV) -> float:
     -------
     float
     """
-    A = _matrix("A", A)
+    A = as_matrix("A", A)
     d = A.shape[0]
-    V, dA, dV = _matrix("V", V, d), _matrix("dA", dA, d), _matrix("dV", dV, d)
+    V, dA, dV = as_matrix("V", V, d), as_matrix("dA", dA, d), as_matrix("dV", dV, d)
     v, vt = _op(V), _op(V + dV)
     return float(min(_op(dV) + min(v, vt) * _op(dA), v + vt))
 
@@ -116,9 +116,9 @@ def growth_rate(A, V, dA, dV) -> float:
     Either flow can carry the Lipschitz estimates in the coupling argument (the other one
     then only enters through the perturbation speed), so the smaller sum is valid.
     """
-    A = _matrix("A", A)
+    A = as_matrix("A", A)
     d = A.shape[0]
-    V, dA, dV = _matrix("V", V, d), _matrix("dA", dA, d), _matrix("dV", dV, d)
+    V, dA, dV = as_matrix("V", V, d), as_matrix("dA", dA, d), as_matrix("dV", dV, d)
     return float(min(sum(lipschitz_constants(A, V)), sum(lipschitz_constants(A + dA, V + dV))))
 
 
@@ -168,7 +168,7 @@ def w2_bound_constant(A, V, dA, dV, t, *, cap: bool = True):
     L, delta = growth_rate(A, V, dA, dV), perturbation_speed(A, V, dA, dV)
     D = _grow(0.0, L, delta, t)
     if cap:
-        s = _op(_matrix("V", V)) + _op(np.asarray(V, dtype=float) + np.asarray(dV, dtype=float))
+        s = _op(as_matrix("V", V)) + _op(np.asarray(V, dtype=float) + np.asarray(dV, dtype=float))
         D = np.minimum(np.minimum(D, s * t), 2.0)
     return float(D) if D.ndim == 0 else D
 
@@ -340,9 +340,9 @@ def spectral_criterion(V, dV, *, tol: float = 1e-8) -> SpectralCriterion:
     -------
     SpectralCriterion
     """
-    V = _matrix("V", V)
+    V = as_matrix("V", V)
     d = V.shape[0]
-    dV = _matrix("dV", dV, d)
+    dV = as_matrix("dV", dV, d)
     if d < 2:
         raise ValueError("the spectral criterion needs d >= 2 (it uses the second eigenvalue)")
     scale = tol * max(1.0, _op(V))

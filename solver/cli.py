@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("config", help="print the embedded default config (TOML)")
     c.add_argument("--check", type=Path, metavar="CONFIG", help="validate a config and exit")
-    from ._plot import add_plot_parser
+    from .viz import add_plot_parser
 
     add_plot_parser(sub)
     return p
@@ -42,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mpi4py import MPI
 
-    from ._config import ConfigError, default_config_text, load_config
+    from .io import ConfigError, default_config_text, load_config
 
     comm = MPI.COMM_WORLD
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     try:
         if args.command == "plot":
-            from ._plot import plot_main
+            from .viz import plot_main
 
             return plot_main(args)
         if args.command == "config":
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.config)
         if args.command == "validate":
-            from ._validate import validate
+            from .validate import validate
 
             validate(comm, cfg, args.output, progress=not args.no_progress)
             say(f"validation report: {args.output}/report.md")
             return 0
-        from ._run import run_config
+        from .run import run_config
 
         res = run_config(comm, cfg, args.output, resume=args.resume,
                          progress=not args.no_progress)  # fmt: skip

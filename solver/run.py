@@ -13,19 +13,26 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._config import build_initial, build_model, dump_toml
-from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
-from ._fem import DG0Upwind, FieldWriter, SphereMesh, load_mesh, sphere_mesh
-from ._initial import Density
-from ._io import atomic_savez, atomic_write_text, write_csv, write_versions
-from ._model import Model
-from ._timestepping import time_grid
-from ._transport import (
-    NonlocalField,
-    PrescribedField,
-    Transport,
+from .analysis import (
+    check_state,
+    density_diagnostics,
+    diagnostic_columns,
+    drift_diagnostics,
+    wasserstein,
 )
-from ._wasserstein import wasserstein
+from .io import (
+    FieldWriter,
+    atomic_savez,
+    atomic_write_text,
+    build_initial,
+    build_model,
+    dump_toml,
+    write_csv,
+    write_versions,
+)
+from .mesh import SphereMesh, load_mesh, sphere_mesh
+from .model import Density, Model
+from .transport import NonlocalField, PrescribedField, Transport, make_operator, time_grid
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
 
@@ -55,16 +62,7 @@ class Result:
 
 def initial_cell_averages(sm: SphereMesh, density: Density | Callable, degree: int = 4):
     """Cell averages of an (unnormalised) initial density, normalised to unit mass."""
-    return DG0Upwind(sm).initial_state(density, degree)
-
-
-def make_operator(sm: SphereMesh, degree: int = 0):
-    """The upwind DG transport operator of the given degree on ``sm``."""
-    if degree == 0:
-        return DG0Upwind(sm)
-    from ._fem_dg import DGUpwind  # curved (P2) geometry, Zhang-Shu limiter
-
-    return DGUpwind(sm, degree)
+    return make_operator(sm, 0).initial_state(density, degree)
 
 
 def mesh_from_config(comm, m: dict) -> SphereMesh:

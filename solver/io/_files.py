@@ -28,10 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["atomic_write_text", "atomic_savez", "write_csv", "read_csv", "versions", "load_result"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_savez",
+    "write_csv",
+    "read_csv",
+    "versions",
+    "write_versions",
+    "load_result",
+]
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through ``write(binary file)`` into a temporary file that replaces it
+    only when complete (``os.replace``): a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -52,12 +63,12 @@ def _atomic(path: Path, write) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_savez(path: Path, **arrays) -> None:
     """``numpy.savez_compressed`` to ``path`` atomically."""
-    _atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def write_csv(path: Path, columns: list[str], rows: np.ndarray) -> None:
@@ -80,8 +91,18 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("meanfield-lora-solver", "numpy", "scipy", "mpi4py", "fenics-dolfinx",
-                 "dolfinx-solver-real", "fenics-basix", "fenics-ffcx", "fenics-ufl", "pot"):
+    for dist in (
+        "meanfield-lora-solver",
+        "numpy",
+        "scipy",
+        "mpi4py",
+        "fenics-dolfinx",
+        "dolfinx-solver-real",
+        "fenics-basix",
+        "fenics-ffcx",
+        "fenics-ufl",
+        "pot",
+    ):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:

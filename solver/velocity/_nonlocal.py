@@ -1,98 +1,19 @@
-"""The nonlocal attention velocity ``X[μ]`` and its MPI distribution.
+"""``X[μ]`` at this rank's targets against the sources of all ranks (the MPI distribution).
 
-For a discrete measure ``μ = Σ_j w_j δ_{y_j}`` on the unit sphere ``S^{d-1}``,
-
-.. math::
-
-    X[μ](x) = P_x \\Big( \\frac{Σ_j w_j e^{y_jᵀ A x} V y_j}{Σ_j w_j e^{y_jᵀ A x}} \\Big),
-    \\qquad P_x = I - x xᵀ,\\quad A = Kᵀ Q .
-
-The ratio is a softmax over ``j`` with logits ``ℓ_ij = y_jᵀ A x_i + log w_j``; it is computed
-with a max-shift (log-sum-exp), so it never overflows, whatever ``‖A‖`` is, and zero weights
-drop out exactly. Targets are processed in blocks so memory stays bounded.
-
-The PDE uses cell-centroid quadrature of ``μ`` (``y_j`` = cell centroids projected to the
-sphere, ``w_j`` = ρ_j |cell_j|) and evaluates ``X`` at mesh vertices; the particle system
-uses the particles as both targets and sources. Both go through :func:`attention_velocity`.
+Sources are gathered in a rank-independent (global-key) order, so sums over sources are done
+in the same order on any number of ranks; the direct sum (:func:`attention_velocity`) or the
+fast expansion (:class:`FastVelocity`) evaluates them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._threads import share_cores
+from ..parallel import share_cores
+from ._direct import attention_velocity
+from ._fast import FastVelocity
 
-__all__ = ["attention_velocity", "NonlocalVelocity", "tangent_project"]
-
-#: Upper bound of the temporary (targets x sources) arrays per block, in bytes.
-BLOCK_BYTES = 32 * 2**20
-
-
-def tangent_project(x: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``P_x v = v - <x, v> x`` row by row (``x`` on the unit sphere)."""
-    return v - np.einsum("ij,ij->i", x, v)[:, None] * x
-
-
-def _log_weights(w: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf)
-
-
-def attention_velocity(
-    x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    A: np.ndarray,
-    V: np.ndarray,
-    *,
-    block_bytes: int = BLOCK_BYTES,
-) -> np.ndarray:
-    """Attention velocity of ``μ = Σ_j w_j δ_{y_j}`` at the targets ``x``.
-
-    Parameters
-    ----------
-    x : (m, d) array
-        Targets on the unit sphere.
-    y : (n, d) array
-        Sources on the unit sphere.
-    w : (n,) array
-        Non-negative weights (need not sum to one: the softmax normalises).
-    A, V : (d, d) arrays
-        ``A = Kᵀ Q`` and the value matrix.
-
-    Returns
-    -------
-    (m, d) array
-        ``X[μ](x_i)``, tangent at ``x_i`` to round-off.
-    """
-    x = np.ascontiguousarray(x, dtype=float)
-    y = np.ascontiguousarray(y, dtype=float)
-    m, d = x.shape
-    if y.ndim != 2 or y.shape[1] != d or w.shape != (y.shape[0],):
-        raise ValueError(f"shapes do not match: x {x.shape}, y {y.shape}, w {w.shape}")
-    out = np.empty_like(x)
-    if m == 0:
-        return out
-    if not np.any(w > 0):
-        raise ValueError("the measure has no mass: all source weights are zero")
-    keep = w > 0
-    if not np.any(A):  # uniform attention: the softmax is the normalised weights, O(n)
-        mean = (w[keep] @ y[keep]) / w[keep].sum()
-        return tangent_project(x, np.broadcast_to(V @ mean, x.shape))
-    y, logw = y[keep], _log_weights(w[keep])
-    Ay = y @ A  # row j: y_jᵀ A, so (x @ Ay.T)_ij = y_jᵀ A x_i
-    Vy = y @ V.T  # row j: (V y_j)ᵀ
-    block = max(1, int(block_bytes // (8 * max(1, y.shape[0]))))
-    for s in range(0, m, block):
-        xb = x[s : s + block]
-        logits = xb @ Ay.T
-        logits += logw
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        num = logits @ Vy
-        num /= logits.sum(axis=1, keepdims=True)
-        out[s : s + block] = tangent_project(xb, num)
-    return out
+__all__ = ["NonlocalVelocity"]
 
 
 class NonlocalVelocity:
@@ -120,13 +41,13 @@ class NonlocalVelocity:
     tolerance : float
         Requested relative error (max norm over targets) of the fast method.
     fast_options : dict, optional
-        Extra keyword arguments of :class:`solver._fast_velocity.FastVelocity` (memory budget,
+        Extra keyword arguments of :class:`solver.velocity.FastVelocity` (memory budget,
         chunk size, sample size, ...).
 
     Notes
     -----
     ``"fast"`` and ``"auto"`` use the truncated spherical-harmonic (``S^2``) / Fourier
-    (``S^1``) expansion of :mod:`solver._fast_velocity` with an a-posteriori error bound on
+    (``S^1``) expansion of :mod:`solver.velocity` with an a-posteriori error bound on
     every call (rigorous truncation part, probabilistic round-off model; targets that miss it
     are recomputed by the direct sum) and a check against the direct sum on sampled targets
     for each new ``A``. They fall back to the
@@ -170,8 +91,6 @@ class NonlocalVelocity:
         # the same on every rank (gathered sources), even where a rank has no targets
         d = self.sources.shape[1] if self.sources is not None else self.targets.shape[-1]
         if method != "direct" and self.sources is not None and d in (2, 3):
-            from ._fast_velocity import FastVelocity
-
             self._fast = FastVelocity(
                 comm,
                 self.targets.reshape(-1, d),

@@ -18,11 +18,11 @@ The mesh
 mesh is rebuilt, in this order of preference, from ``points``/``cells`` arrays in
 ``result.npz`` (if a run saved them), from ``config.toml``'s ``[mesh]`` section, or, for a
 library run without a config, from the number of cells (S^1: ``n`` equal segments; S^2: the
-icosphere with ``20·4^level`` cells). With DOLFINx installed the mesh is rebuilt by DOLFINx on
-``COMM_SELF`` and converted by :func:`dolfinx.plot.vtk_mesh` (DOLFINx's cell order; the fields
-are permuted with ``original_cell_index``); without it, by :mod:`solver._geometry`. Either
-way the rebuilt cells' centroids are checked against the saved ``centroids``, so a picture
-never shows a field on the wrong cells.
+icosphere with ``20·4^level`` cells), by the generators of :mod:`solver.mesh`; a mesh file is
+read by :func:`solver.mesh.load_mesh` (DOLFINx) and converted by
+:meth:`~solver.mesh.SphereMesh.vtk_arrays` (DOLFINx's cell order; the fields are permuted with
+``original_cell_index``). Either way the rebuilt cells' centroids are checked against the
+saved ``centroids``, so a picture never shows a field on the wrong cells.
 
 PyVista (the ``viz`` extra) is imported only when an S^2 picture is made. Without a display,
 rendering is off-screen (EGL, else OSMesa); ``show=True`` opens an interactive window where a
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import load_result, read_csv
+from ..io import load_result, read_csv
+from ..mesh import circle_mesh, icosphere
 
 __all__ = [
     "plot_run",
@@ -177,7 +178,7 @@ def _vtk_arrays(run: _Run, mesh=None):
     ``order[i]``. Checked against the saved centroids."""
     order = None
     if mesh is not None and not isinstance(mesh, tuple):  # a SphereMesh on one rank
-        points, cells, order = _from_dolfinx(mesh)
+        points, cells, order = mesh.vtk_arrays()
         src = "the given SphereMesh"
     elif mesh is not None:
         points, cells = np.asarray(mesh[0], float), np.asarray(mesh[1], np.int64)
@@ -187,28 +188,20 @@ def _vtk_arrays(run: _Run, mesh=None):
         src = f"{spec}" if "points" not in spec else "result.npz points/cells"
         if "points" in spec:
             points, cells = spec["points"], spec["cells"]
-        else:
+        elif "file" in spec:
             try:
-                from . import _fem
-            except ImportError:
-                _fem = None
-            if _fem is not None:
                 from mpi4py import MPI
 
-                if "file" in spec:
-                    sm = _fem.load_mesh(MPI.COMM_SELF, spec["file"], project=spec["project"])
-                else:
-                    sm = _fem.sphere_mesh(MPI.COMM_SELF, **spec)
-                points, cells, order = _from_dolfinx(sm)
-            elif "file" in spec:
-                raise ValueError(f"reading the mesh file {spec['file']} needs DOLFINx")
-            else:
-                from ._geometry import circle_mesh, icosphere
+                from ..mesh import load_mesh
 
-                if spec["sphere"] == 1:
-                    points, cells = circle_mesh(spec["cells"])
-                else:
-                    points, cells = icosphere(spec["refinement"])
+                sm = load_mesh(MPI.COMM_SELF, spec["file"], project=spec["project"])
+            except ImportError:
+                raise ValueError(f"reading the mesh file {spec['file']} needs DOLFINx") from None
+            points, cells, order = sm.vtk_arrays()
+        elif spec["sphere"] == 1:
+            points, cells = circle_mesh(spec["cells"])
+        else:
+            points, cells = icosphere(spec["refinement"])
     if order is None:
         order = np.arange(len(cells))
     if len(cells) != run.num_cells:
@@ -228,19 +221,6 @@ def _vtk_arrays(run: _Run, mesh=None):
             f"{err:.3g}): pass mesh=(points, cells) in the original cell order"
         )
     return cells, p, order
-
-
-def _from_dolfinx(sm):
-    """Cells and points of a one-rank SphereMesh via ``dolfinx.plot.vtk_mesh`` (its order)."""
-    from dolfinx.plot import vtk_mesh
-
-    if sm.comm.size != 1:
-        raise ValueError("pictures need the mesh on one rank (MPI.COMM_SELF)")
-    topology, _, x = vtk_mesh(sm.mesh)
-    nv = sm.mesh.topology.dim + 1  # interval: 2, triangle: 3 (P1 geometry)
-    cells = np.asarray(topology).reshape(-1, nv + 1)[:, 1:]
-    nc = sm.num_owned
-    return np.asarray(x, float), cells[:nc], np.asarray(sm.keys[:nc])
 
 
 def to_pyvista(folder: str | os.PathLike, time_index: int = -1, *, mesh=None):

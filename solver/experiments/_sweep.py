@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_text
+from ..io import atomic_write_text
 
 __all__ = [
     "Budget",
@@ -229,8 +229,10 @@ def run_sweep(
             done = _read_existing(path, header, len(key))
             stale = sorted(set(done) - set(keys))
             if stale:
-                raise SweepError(f"{path} holds cases that are not in this sweep (e.g. "
-                                 f"{stale[0]}): use another output folder or delete it")
+                raise SweepError(
+                    f"{path} holds cases that are not in this sweep (e.g. "
+                    f"{stale[0]}): use another output folder or delete it"
+                )
         except SweepError as e:
             error = e
     if size > 1:

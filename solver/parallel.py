@@ -1,4 +1,6 @@
-"""Threads per MPI rank: the cores of a node shared among the ranks running on it.
+"""The MPI layout: threads per rank, and reductions over ranks.
+
+Threads per rank: the cores of a node are shared among the ranks running on it.
 
 Under ``mpiexec -n P`` with ``P`` ranks on a node of ``c`` cores, every threaded library in a
 rank (OpenBLAS behind NumPy, numba's pool) starts ``c`` threads by default, whose idle workers
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["threads_per_rank", "share_cores"]
+import numpy as np
+from mpi4py import MPI
+
+__all__ = ["threads_per_rank", "share_cores", "normalised_errors"]
 
 _USER_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 _LIMITED: list = []  # the threadpoolctl limiter, kept alive (set once per process)
@@ -50,3 +55,31 @@ def share_cores(comm) -> int:
             return n
         _LIMITED.append(threadpool_limits(limits=n, user_api="blas"))
     return n
+
+
+# --------------------------------------------------------------------------------------------
+# reductions over ranks
+
+
+def normalised_errors(comm, values: np.ndarray, exact: np.ndarray, weights: np.ndarray) -> dict:
+    """``l1, l2, linf`` of Williamson et al. (1992): ``I|q - q_T| / I|q_T|``,
+    ``sqrt(I(q - q_T)^2 / I q_T^2)``, ``max|q - q_T| / max|q_T|``.
+
+    ``values``, ``exact`` and ``weights`` are arrays of the same shape (points of this rank's
+    cells); ``I`` is the weighted sum over all ranks.
+    """
+    e = np.asarray(values, float) - np.asarray(exact, float)
+    ex, w = np.asarray(exact, float), np.asarray(weights, float)
+    loc = np.array([np.sum(w * np.abs(e)), np.sum(w * np.abs(ex)), np.sum(w * e * e),
+                    np.sum(w * ex * ex)])  # fmt: skip
+    glob = np.empty_like(loc)
+    comm.Allreduce(loc, glob, op=MPI.SUM)
+    emax = comm.allreduce(float(np.abs(e).max(initial=0.0)), op=MPI.MAX)
+    xmax = comm.allreduce(float(np.abs(ex).max(initial=0.0)), op=MPI.MAX)
+    return {
+        "l1": glob[0] / glob[1],
+        "l2": float(np.sqrt(glob[2] / glob[3])),
+        "linf": emax / xmax,
+        "L1": float(glob[0]),
+        "L2": float(np.sqrt(glob[2])),
+    }

@@ -16,8 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher
-from ._model import Model, Perturbation, RandomLoRA, TiedLoRA, low_rank
+from ..model import (
+    Density,
+    Expression,
+    Mixture,
+    Model,
+    Perturbation,
+    RandomLoRA,
+    TiedLoRA,
+    Uniform,
+    VonMisesFisher,
+    low_rank,
+)
 
 __all__ = [
     "ConfigError",
@@ -27,6 +37,7 @@ __all__ = [
     "build_model",
     "build_initial",
     "dump_toml",
+    "toml_value",
 ]
 
 
@@ -76,7 +87,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
 
 def default_config_text() -> str:
     """The embedded default configuration (TOML)."""
-    return resources.files("solver").joinpath("default.toml").read_text()
+    return resources.files("solver.io").joinpath("default.toml").read_text()
 
 
 def _num(name: str, v, *, integer=False, positive=False, nonneg=False) -> float | int:
@@ -114,9 +125,7 @@ def _check_keys(section: str, table: dict, allowed) -> None:
         raise ConfigError(f"[{section}] must be a table")
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in [{section}]; allowed: {sorted(allowed)}"
-        )
+        raise ConfigError(f"unknown key(s) {unknown} in [{section}]; allowed: {sorted(allowed)}")
 
 
 def resolve_config(raw: dict) -> dict:
@@ -341,7 +350,7 @@ def build_initial(ini: dict) -> Density:
     return Expression(ini["expression"])
 
 
-def _toml_value(v) -> str:
+def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int | float):
@@ -349,8 +358,8 @@ def _toml_value(v) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    return "[" + ", ".join(toml_value(x) for x in v) + "]"
 
 
 def dump_toml(cfg: dict) -> str:
@@ -358,6 +367,6 @@ def dump_toml(cfg: dict) -> str:
     out = []
     for sec, table in cfg.items():
         out.append(f"[{sec}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        out += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         out.append("")
     return "\n".join(out)

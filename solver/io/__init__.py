@@ -1,0 +1,58 @@
+"""Files: the config schema (the only home of defaults), results, atomic writes, VTX/XDMF.
+
+:class:`FieldWriter` (DOLFINx's VTX writer, XDMF where DOLFINx lacks ADIOS2) is imported on
+first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._config import (
+    ConfigError,
+    build_initial,
+    build_model,
+    default_config_text,
+    dump_toml,
+    load_config,
+    resolve_config,
+    toml_value,
+)
+from ._files import (
+    atomic_savez,
+    atomic_write,
+    atomic_write_text,
+    load_result,
+    read_csv,
+    versions,
+    write_csv,
+    write_versions,
+)
+
+_DOLFINX = {"FieldWriter": "._vtx"}
+
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "resolve_config",
+    "default_config_text",
+    "build_model",
+    "build_initial",
+    "dump_toml",
+    "toml_value",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_savez",
+    "write_csv",
+    "read_csv",
+    "versions",
+    "write_versions",
+    "load_result",
+    *_DOLFINX,
+]
+
+
+def __getattr__(name: str):
+    if name in _DOLFINX:
+        return getattr(importlib.import_module(_DOLFINX[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,31 @@
+"""The nonlocal attention velocity ``X[μ]``: direct sum, fast expansion, MPI distribution.
+
+* :func:`attention_velocity` — the direct sum (the reference), any dimension;
+* :class:`FastVelocity` — the error-controlled Fourier (S^1) / spherical-harmonic (S^2)
+  expansion for fixed sources;
+* :class:`NonlocalVelocity` — targets of this rank against the sources of all ranks, in a
+  rank-independent order, by either method.
+
+Examples
+--------
+>>> import numpy as np
+>>> from solver.velocity import attention_velocity
+>>> x = np.array([[1.0, 0.0]]); y = np.array([[0.0, 1.0]])
+>>> attention_velocity(x, y, np.ones(1), np.eye(2), np.eye(2))
+array([[0., 1.]])
+"""
+
+from ._direct import attention_velocity, tangent_project
+from ._fast import FastVelocity, degree_weights, num_terms, sphere_basis, truncation_tails
+from ._nonlocal import NonlocalVelocity
+
+__all__ = [
+    "attention_velocity",
+    "tangent_project",
+    "NonlocalVelocity",
+    "FastVelocity",
+    "num_terms",
+    "sphere_basis",
+    "degree_weights",
+    "truncation_tails",
+]
