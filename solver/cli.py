@@ -1,13 +1,18 @@
 """Command line: ``python -m solver {run,config} ...`` (see ``python -m solver --help``).
 
 Every rank runs the same command; only rank 0 prints. Invalid input exits with status 2 and
-a message naming the field to fix; a run that breaks down (NaN, negative density) exits 1.
+a message naming the field to fix; a run that breaks down (NaN, negative density, lost mass)
+or cannot write its output exits 1. Under ``mpiexec`` an error on some ranks only (a file
+error on rank 0, say) is printed by the rank that met it and ends every rank (``MPI_Abort``
+with the same status) within seconds instead of leaving the others waiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import traceback
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -25,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")
     r.add_argument("--output", "-o", type=Path, required=True, help="output folder")
     r.add_argument("--resume", action="store_true", help="continue from output/checkpoint.npz")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a different run found in the output folder")  # fmt: skip
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     v = sub.add_parser("validate", help="PDE vs particles (W2), Prop 3.1 bound, Prop 3.3 criterion")
     v.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")
@@ -42,9 +49,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mpi4py import MPI
 
-    from .io import ConfigError, default_config_text, load_config
-
     comm = MPI.COMM_WORLD
+    errcomm = comm.Dup()  # used only to find out whether every rank failed (all_failed)
+    try:
+        return _main(args, comm, errcomm)
+    finally:
+        errcomm.Free()
+
+
+def _fail(comm, errcomm, code: int, msg: str) -> int:
+    """Every rank failed alike: rank 0 says so and all return ``code``. Some rank is still
+    running (the error happened on this rank only): say it from here and end every rank."""
+    from .parallel import all_failed
+
+    if all_failed(errcomm):
+        if comm.rank == 0:
+            print(msg, file=sys.stderr, flush=True)
+        return code
+    print(f"[rank {comm.rank}] {msg}", file=sys.stderr, flush=True)
+    comm.Abort(code)
+    return code  # pragma: no cover - Abort does not return
+
+
+def _main(args, comm, errcomm) -> int:
+    from .io import ConfigError, default_config_text, load_config
+    from .parallel import RootError
+
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     try:
         if args.command == "plot":
@@ -67,18 +97,22 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .run import run_config
 
-        res = run_config(comm, cfg, args.output, resume=args.resume,
+        res = run_config(comm, cfg, args.output, resume=args.resume, overwrite=args.overwrite,
                          progress=not args.no_progress)  # fmt: skip
         last = dict(zip(res.columns, res.diagnostics[-1], strict=True))
         msg = f"done: t = {last['t']:.6g}, mass = {last['mass']:.15g}, min = {last['min']:.3e}"
         if "moment_drift" in last:
             msg += f", moment drift = {last['moment_drift']:.6e}"
         say(msg)
-        say(f"results in {args.output}/ (result.npz, diagnostics.csv, density.bp)")
+        if comm.rank == 0:
+            files = json.loads((args.output / "manifest.json").read_text())["files"]
+            say(f"results in {args.output}/: {', '.join(files)}")
         return 0
     except (ConfigError, ValueError) as e:
-        say(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(comm, errcomm, 2, f"error: {e}")
     except FloatingPointError as e:
-        say(f"run stopped: {e}", file=sys.stderr)
-        return 1
+        return _fail(comm, errcomm, 1, f"run stopped: {e}")
+    except (RootError, OSError) as e:
+        return _fail(comm, errcomm, 1, f"error writing the output: {e}")
+    except Exception:
+        return _fail(comm, errcomm, 1, f"internal error:\n{traceback.format_exc()}")

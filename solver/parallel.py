@@ -14,11 +14,20 @@ in the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...).
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["threads_per_rank", "share_cores", "normalised_errors"]
+__all__ = [
+    "threads_per_rank",
+    "share_cores",
+    "normalised_errors",
+    "gather_ordered",
+    "on_root",
+    "RootError",
+    "all_failed",
+]
 
 _USER_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 _LIMITED: list = []  # the threadpoolctl limiter, kept alive (set once per process)
@@ -83,3 +92,65 @@ def normalised_errors(comm, values: np.ndarray, exact: np.ndarray, weights: np.n
         "L1": float(glob[0]),
         "L2": float(np.sqrt(glob[2])),
     }
+
+
+def gather_ordered(comm, keys: np.ndarray, values: np.ndarray, n: int, root: int = 0):
+    """Owned rows ``values`` of every rank on ``root``, placed at their global ``keys``
+    (``n`` rows in all); ``None`` on the other ranks."""
+    keys = comm.gather(np.asarray(keys), root=root)
+    vals = comm.gather(np.ascontiguousarray(values), root=root)
+    if comm.rank != root:
+        return None
+    out = np.empty((n,) + values.shape[1:], dtype=values.dtype)
+    out[np.concatenate(keys)] = np.concatenate(vals)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# errors that every rank must see
+
+
+class RootError(OSError):
+    """An error raised on the root rank alone (file I/O), re-raised on every rank."""
+
+
+def on_root(comm, fn, *args, root: int = 0, **kwargs):
+    """``fn(*args, **kwargs)`` on ``root`` only; its result, or its error, on every rank.
+
+    File I/O happens on one rank while the others wait for it at the next collective call: an
+    error there (unwritable folder, full disk) would leave them waiting forever. Here the
+    outcome is broadcast, so every rank raises the same :class:`RootError` (``ValueError``
+    keeps its type: it is bad input).
+    """
+    out, err = None, None
+    if comm.rank == root:
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            err = (type(e) is ValueError, f"{e}" if isinstance(e, ValueError) else
+                   f"{type(e).__name__}: {e}")  # fmt: skip
+    if comm.size > 1:
+        out, err = comm.bcast((out, err), root=root)
+    if err is not None:
+        raise (ValueError if err[0] else RootError)(err[1])
+    return out
+
+
+def all_failed(comm, timeout: float = 10.0) -> bool:
+    """Called by a rank that failed: ``True`` when every rank of ``comm`` fails too.
+
+    A non-blocking barrier on ``comm`` (give a communicator used for nothing else, e.g. a
+    ``Dup`` made at start-up, so that it matches only other failing ranks) completes when all
+    ranks have entered it; after ``timeout`` seconds without that, some rank is still working
+    or waiting elsewhere, and the caller should ``Abort`` (an error on one rank must end every
+    rank, never hang the job).
+    """
+    if comm.size == 1:
+        return True
+    req = comm.Ibarrier()
+    end = time.monotonic() + timeout
+    while not req.Test():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.005)
+    return True

@@ -2,6 +2,22 @@
 
 :func:`evolve` is the library entry point (``solver.evolve``); :func:`run_config` builds
 everything from a resolved TOML config (what ``python -m solver run`` does).
+
+A run is a stepper (:class:`Flows`: the densities and their SSP-RK3 step on a time grid)
+and output handlers called with a cadence, as Dedalus's evaluator calls its file handlers:
+
+* :class:`Diagnostics` — every step: mass, min/max, first moments and drift (``diagnostics.csv``),
+  and a loud stop on a NaN, a negative cell average or a lost mass;
+* :class:`Snapshots` — every saved time: the densities gathered on rank 0 and ``W2(μ_t, ν_t)``
+  computed at once (``result.npz``, ``w2.csv``);
+* :class:`~solver.io.FieldWriter` — every saved time: the VTX (``density.bp``) series;
+* :class:`Checkpoint` — every saved time: the states, the diagnostic rows and the saved data
+  so far, so that ``resume=True`` continues exactly (each save appends one snapshot file: the
+  I/O is linear in the output).
+
+The output folder (:class:`~solver.io.RunFolder`) is checked before the run starts (writable,
+not holding another run unless ``overwrite``) and gets ``manifest.json`` last, listing the
+files of a complete run.
 """
 
 from __future__ import annotations
@@ -20,18 +36,10 @@ from .analysis import (
     drift_diagnostics,
     wasserstein,
 )
-from .io import (
-    FieldWriter,
-    atomic_savez,
-    atomic_write_text,
-    build_initial,
-    build_model,
-    dump_toml,
-    write_csv,
-    write_versions,
-)
+from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .mesh import SphereMesh, load_mesh, sphere_mesh
 from .model import Density, Model
+from .parallel import on_root
 from .transport import NonlocalField, PrescribedField, Transport, make_operator, time_grid
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
@@ -71,6 +79,120 @@ def mesh_from_config(comm, m: dict) -> SphereMesh:
     return sphere_mesh(comm, m["sphere"], refinement=m.get("refinement"), cells=m.get("cells"))
 
 
+# --------------------------------------------------------------------------------------------
+# the stepper
+
+
+class Flows:
+    """The base flow μ and, with a perturbation, the perturbed flow ν, stepped together.
+
+    ``states[i]`` is flow ``i``'s state on this rank's owned cells (the operator's layout);
+    :meth:`step` advances all of them by one SSP-RK3 step of the same length.
+    """
+
+    def __init__(self, op, fields: list, rho0: np.ndarray):
+        self.op, self.fields = op, fields
+        self.transports = [Transport(op, f) for f in fields]
+        self.states = [rho0.copy() for _ in fields]
+
+    @property
+    def two(self) -> bool:
+        return len(self.fields) == 2
+
+    def step(self, t: float, dt: float) -> None:
+        self.states = [
+            tr.step(s, t, dt) for tr, s in zip(self.transports, self.states, strict=True)
+        ]
+
+    def averages(self) -> list[np.ndarray]:
+        return [self.op.cell_averages(s) for s in self.states]
+
+
+# --------------------------------------------------------------------------------------------
+# output handlers
+
+
+class Diagnostics:
+    """Every step: one row of ``diagnostics.csv``; stops the run on a NaN, a negative cell
+    average or a lost mass (the initial state has unit mass)."""
+
+    def __init__(self, sm: SphereMesh, two: bool):
+        self.sm, self.two = sm, two
+        self.columns = diagnostic_columns(sm.gdim, two)
+        self.rows: list[list[float]] = []
+
+    def __call__(self, t: float, avgs: list[np.ndarray]) -> None:
+        diags = [density_diagnostics(self.sm, a) for a in avgs]
+        for i, dg in enumerate(diags):
+            check_state(dg, t, 1.0, "density_perturbed" if i else "density")
+        row = [t] + diags[0]
+        if self.two:
+            row += diags[1] + drift_diagnostics(self.sm, diags[0], diags[1], *avgs)
+        self.rows.append(row)
+
+
+class Snapshots:
+    """Every saved time: the densities in original cell order on rank 0, and, with two flows,
+    ``W2(μ_t, ν_t)`` (geodesic cost, :func:`solver.wasserstein`) computed at once."""
+
+    def __init__(self, sm: SphereMesh, op, nflows: int, w2: bool):
+        self.sm, self.op = sm, op
+        self.fields: list[list[np.ndarray]] = [[] for _ in range(nflows)]
+        self.w2: list[float] = []
+        self.want_w2 = w2 and nflows == 2
+        self.centroids, self.areas = sm.gather(sm.centroids), sm.gather(sm.areas)
+
+    def __call__(self, states: list[np.ndarray]) -> list[np.ndarray] | None:
+        """Gather and keep; returns the gathered states (rank 0) for the checkpoint."""
+        gathered = [self.sm.gather(s) for s in states]
+        if self.sm.comm.rank == 0:
+            avgs = [self.op.cell_averages(g) for g in gathered]
+            for keep, a in zip(self.fields, avgs, strict=True):
+                keep.append(a)
+            if self.want_w2:
+                self.w2.append(self._w2(*avgs))
+        return gathered
+
+    def _w2(self, a: np.ndarray, b: np.ndarray) -> float:
+        c, w = self.centroids, self.areas
+        return float(wasserstein(c, a * w, c, b * w, 2))
+
+
+class Checkpoint:
+    """Every saved time: the states, the diagnostics rows and the number of
+    saves in ``checkpoint.npz`` (rewritten: its size does not grow with the saves), and the new
+    snapshot in ``snapshots/NNNNNN.npz`` (appended: the I/O is linear in the output)."""
+
+    def __init__(self, folder: RunFolder, fp: dict):
+        self.folder, self.fp = folder, fp
+
+    def __call__(self, k: int, gathered, rows, snaps: Snapshots) -> None:
+        i = len(snaps.fields[0]) - 1
+        extra = {"w2": np.array(snaps.w2[i : i + 1])} if snaps.want_w2 else {}
+        self.folder.write_snapshot(i, [f[i] for f in snaps.fields], **extra)
+        self.folder.write_checkpoint(
+            step=k, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
+            **{f"state{j}": g for j, g in enumerate(gathered)},
+        )  # fmt: skip
+
+    def restore(self, sm: SphereMesh, snaps: Snapshots, diag: Diagnostics, nflows: int):
+        """``(step, states)`` from the checkpoint (snapshots and rows restored in place)."""
+        z = self.folder.read_checkpoint(self.fp)
+        diag.rows = z["diagnostics"].tolist()
+        if sm.comm.rank == 0:
+            for i in range(int(z["saves"])):
+                s = self.folder.read_snapshot(i)
+                for j in range(nflows):
+                    snaps.fields[j].append(s[f"field{j}"])
+                if snaps.want_w2:
+                    snaps.w2.append(float(s["w2"][0]))
+        return int(z["step"]), [sm.scatter(z[f"state{j}"]) for j in range(nflows)]
+
+
+# --------------------------------------------------------------------------------------------
+# the driver
+
+
 def evolve(
     sm: SphereMesh,
     model: Model | None,
@@ -82,17 +204,18 @@ def evolve(
     save_every: float | None = None,
     velocity: Callable[[np.ndarray, float], np.ndarray] | None = None,
     speed: float | None = None,
-    method: str = "direct",
+    method: str = "auto",
     tolerance: float = 1e-10,
     output: str | Path | None = None,
     vtx: bool = True,
     w2: bool = True,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     config: dict | None = None,
     degree: int = 0,
 ) -> Result:
-    """Evolve the density by DG0 upwind + SSP-RK3 from ``initial`` to time ``T``.
+    """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
     Parameters
     ----------
@@ -111,14 +234,33 @@ def evolve(
     save_every : float, optional
         Interval between saved densities (default: only 0 and T).
     method, tolerance : str, float
-        Nonlocal velocity evaluation (see :class:`solver.NonlocalVelocity`).
+        Nonlocal velocity evaluation (see :class:`solver.NonlocalVelocity`); ``"auto"`` (the
+        default, as on the command line) uses the fast expansion where it meets ``tolerance``
+        and pays off.
     output : path, optional
-        Folder for ``result.npz``, ``diagnostics.csv``, VTX series, checkpoint.
+        Folder for ``result.npz``, ``diagnostics.csv``, ``w2.csv``, the VTX series, the
+        checkpoint and ``manifest.json`` (written last: the set is complete).
     w2 : bool
         With a perturbation: ``W2(μ_t, ν_t)`` (geodesic cost, :func:`solver.wasserstein`) at
         every saved time, in ``Result.w2``, ``result.npz`` and ``w2.csv``.
     resume : bool
-        Continue from ``output/checkpoint.npz`` when it matches this run.
+        Continue from ``output/checkpoint.npz``; refused, naming what differs, when the
+        checkpoint belongs to a run with other settings.
+    overwrite : bool
+        Replace a different run found in ``output`` (otherwise that is an error).
+    degree : int
+        0: DG0 (finite volumes); 1, 2: DG on curved cells.
+
+    Examples
+    --------
+    >>> from mpi4py import MPI
+    >>> import numpy as np, solver
+    >>> sm = solver.sphere_mesh(MPI.COMM_WORLD, sphere=1, cells=64)
+    >>> base = solver.Model(np.eye(2), np.eye(2), np.eye(2))
+    >>> res = solver.evolve(sm, base, solver.VonMisesFisher((1, 0), 2.0), T=1.0,
+    ...                     progress=False)  # doctest: +SKIP
+    >>> float(res.column("mass")[-1])  # doctest: +SKIP
+    1.0
     """
     comm = sm.comm
     op = make_operator(sm, degree)
@@ -130,11 +272,8 @@ def evolve(
     else:
         if model is None:
             raise ValueError("give a model (attention weights) or a prescribed velocity")
-        fields = [NonlocalField(op, model, method=method, tolerance=tolerance)]
-        if perturbed is not None:
-            fields.append(NonlocalField(op, perturbed, method=method, tolerance=tolerance))
-    flows = [Transport(op, f) for f in fields]
-    two = len(flows) == 2
+        fields = [NonlocalField(op, m, method=method, tolerance=tolerance)
+                  for m in (model, perturbed) if m is not None]  # fmt: skip
 
     if isinstance(initial, np.ndarray):
         rho0 = np.asarray(initial, dtype=float)
@@ -143,116 +282,93 @@ def evolve(
         rho0 = rho0 / sm.integrate(op.cell_averages(rho0))
     else:
         rho0 = op.initial_state(initial)
+    flows = Flows(op, fields, rho0)
     speed_max = max(f.speed(T) for f in fields)
     jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
     bps = np.unique(np.concatenate([np.zeros(0), *jumps]))
     times, saved = time_grid(T, op.max_time_step(speed_max, cfl), save_every, bps)
-    columns = diagnostic_columns(sm.gdim, two)
-
-    out = Path(output) if output is not None else None
-    rank0 = comm.rank == 0
-    states = [rho0.copy() for _ in flows]
-    rows: list[list[float]] = []
-    snaps: list[list[np.ndarray]] = [[] for _ in flows]
-    start = 0
-    ckpt = out / "checkpoint.npz" if out is not None else None
-    if resume and ckpt is not None and ckpt.is_file():
-        with np.load(ckpt) as z:
-            if z["step_times"].shape == times.shape and np.allclose(z["step_times"], times):
-                start = int(z["step"])
-                states = [sm.scatter(z[f"state{i}"]) for i in range(len(flows))]
-                rows = z["diagnostics"].tolist()
-                nsav = int(np.searchsorted(saved, start, side="right"))
-                snaps = [list(z[f"snaps{i}"][:nsav]) for i in range(len(flows))] if rank0 else snaps
-            elif rank0:
-                print(f"checkpoint {ckpt} belongs to another run: starting from t = 0")
-
-    writer = None
-    if out is not None and rank0:
-        out.mkdir(parents=True, exist_ok=True)
-    if out is not None:
-        comm.barrier()
-        if config is not None and rank0:
-            atomic_write_text(out / "config.toml", dump_toml(config))
-        if rank0:
-            write_versions(out / "versions.json")
-        if vtx:
-            names = ["density"] + (["density_perturbed"] if two else [])
-            writer = FieldWriter(sm, out / "density", names)
-
-    def record(k: int) -> None:
-        t = float(times[k])
-        avgs = [op.cell_averages(s) for s in states]
-        diags = [density_diagnostics(sm, a) for a in avgs]
-        for i, dg in enumerate(diags):  # the initial state has unit mass
-            check_state(dg, t, 1.0, "density_perturbed" if i else "density")
-        row = [t] + diags[0]
-        if two:
-            row += diags[1] + drift_diagnostics(sm, diags[0], diags[1], *avgs)
-        if k == len(rows):
-            rows.append(row)
-        if k in saved_set:
-            gathered = [sm.gather(s) for s in states]
-            if rank0:
-                for i, g in enumerate(gathered):
-                    snaps[i].append(op.cell_averages(g))
-            if writer is not None:
-                writer.write(t, avgs)
-            if ckpt is not None and k > 0:
-                if rank0:
-                    atomic_savez(
-                        ckpt, step=k, step_times=times, diagnostics=np.array(rows),
-                        **{f"state{i}": g for i, g in enumerate(gathered)},
-                        **{f"snaps{i}": np.array(s) for i, s in enumerate(snaps)},
-                    )  # fmt: skip
-                comm.barrier()
-
     saved_set = set(int(s) for s in saved)
+
+    diag = Diagnostics(sm, flows.two)
+    snaps = Snapshots(sm, op, len(fields), w2)
+    folder = ckpt = writer = None
+    start = 0
+    if output is not None:
+        fp = fingerprint(
+            sm, op, rho0, (model, perturbed), T=T, times=times, velocity=velocity,
+            method=method, tolerance=tolerance, degree=degree,
+        )  # fmt: skip
+        folder = RunFolder(comm, output)
+        folder.prepare(fp, resume=resume, overwrite=overwrite)
+        ckpt = Checkpoint(folder, fp)
+        if resume and folder.has_checkpoint():
+            start, flows.states = ckpt.restore(sm, snaps, diag, len(fields))
+        if config is not None:
+            folder.write_text("config.toml", dump_toml(config))
+        folder.write_versions()
+        if vtx:
+            writer = folder.field_writer(sm, ["density", "density_perturbed"][: len(fields)])
+            if start > 0:  # the series restarts with its file: rewrite the times saved so far
+                for i in range(comm.bcast(len(snaps.fields[0]), root=0)):
+                    arrays = comm.bcast([f[i] for f in snaps.fields], root=0)
+                    writer.write(float(times[saved[i]]), [sm.scatter(a) for a in arrays])
+
+    def save(k: int) -> None:
+        gathered = snaps(flows.states)
+        if writer is not None:
+            writer.write(float(times[k]), flows.averages())
+        if ckpt is not None:
+            ckpt(k, gathered, diag.rows, snaps)
+
     if start == 0:
-        record(0)
+        diag(float(times[0]), flows.averages())
+        save(0)
     nsteps = len(times) - 1
     bar = tqdm(
-        total=nsteps, initial=start, disable=(not progress) or not rank0, delay=2.0,
+        total=nsteps, initial=start, disable=(not progress) or comm.rank != 0, delay=2.0,
         unit="step", desc="evolve", dynamic_ncols=True,
     )  # fmt: skip
     for k in range(start, nsteps):
         t, dt = float(times[k]), float(times[k + 1] - times[k])
-        states = [f.step(s, t, dt) for f, s in zip(flows, states, strict=True)]
-        record(k + 1)
+        flows.step(t, dt)
+        diag(float(times[k + 1]), flows.averages())
+        if k + 1 in saved_set:
+            save(k + 1)
         bar.update(1)
     bar.close()
     if writer is not None:
         writer.close()
 
-    diag = np.array(rows)
-    res = Result(times=times[saved], step_times=times, columns=columns, diagnostics=diag)
-    cents, areas = sm.gather(sm.centroids), sm.gather(sm.areas)
+    res = Result(times=times[saved], step_times=times, columns=diag.columns,
+                 diagnostics=np.array(diag.rows))  # fmt: skip
     mesh_arrays = sm.gather_mesh()
-    if rank0:
-        res.density = np.array(snaps[0])
-        res.density_perturbed = np.array(snaps[1]) if two else None
-        res.centroids, res.areas = cents, areas
-        if two and w2:
-            res.w2 = np.array([
-                wasserstein(cents, a * areas, cents, b * areas, 2)
-                for a, b in zip(res.density, res.density_perturbed, strict=True)
-            ])  # fmt: skip
-        if out is not None:
-            points, cells = mesh_arrays
-            arrays = dict(times=res.times, centroids=cents, areas=areas, density=res.density,
-                          points=points, cells=cells)  # fmt: skip
-            if two:
-                arrays["density_perturbed"] = res.density_perturbed
-            if res.w2 is not None:
-                arrays["w2"] = res.w2
-                write_csv(out / "w2.csv", ["t", "w2"], np.column_stack([res.times, res.w2]))
-            atomic_savez(out / "result.npz", **arrays)
-            write_csv(out / "diagnostics.csv", columns, diag)
-    comm.barrier()
+    if comm.rank == 0:
+        res.density = np.array(snaps.fields[0])
+        res.density_perturbed = np.array(snaps.fields[1]) if flows.two else None
+        res.centroids, res.areas = snaps.centroids, snaps.areas
+        res.w2 = np.array(snaps.w2) if snaps.want_w2 else None
+    if folder is not None:
+        on_root(comm, _write_results, folder, res, mesh_arrays)
     return res
 
 
-def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, progress=True):
+def _write_results(folder: RunFolder, res: Result, mesh_arrays) -> None:
+    """``result.npz``, ``diagnostics.csv``, ``w2.csv``, then ``manifest.json`` (rank 0)."""
+    points, cells = mesh_arrays
+    arrays = dict(times=res.times, centroids=res.centroids, areas=res.areas,
+                  density=res.density, points=points, cells=cells)  # fmt: skip
+    if res.density_perturbed is not None:
+        arrays["density_perturbed"] = res.density_perturbed
+    if res.w2 is not None:
+        arrays["w2"] = res.w2
+        folder.write_csv_local("w2.csv", ["t", "w2"], np.column_stack([res.times, res.w2]))
+    folder.write_npz_local("result.npz", arrays)
+    folder.write_csv_local("diagnostics.csv", res.columns, res.diagnostics)
+    folder.write_manifest_local()
+
+
+def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, overwrite=False,
+               progress=True):  # fmt: skip
     """Run a resolved config (see :func:`solver.load_config`)."""
     sm = mesh_from_config(comm, cfg["mesh"])
     base, pert = build_model(cfg)
@@ -266,6 +382,6 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, prog
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
-        w2=cfg["output"]["w2"],
-        resume=resume, progress=progress, config=cfg, degree=cfg["scheme"]["degree"],
+        w2=cfg["output"]["w2"], resume=resume, overwrite=overwrite, progress=progress,
+        config=cfg, degree=cfg["scheme"]["degree"],
     )  # fmt: skip

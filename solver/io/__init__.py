@@ -28,6 +28,7 @@ from ._files import (
     write_csv,
     write_versions,
 )
+from ._run_folder import RUN_FILES, RunFolder, fingerprint
 
 _DOLFINX = {"FieldWriter": "._vtx"}
 
@@ -48,6 +49,9 @@ __all__ = [
     "versions",
     "write_versions",
     "load_result",
+    "RunFolder",
+    "fingerprint",
+    "RUN_FILES",
     *_DOLFINX,
 ]
 
