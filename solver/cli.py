@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mpi4py import MPI
 
-    from .io import ConfigError, default_config_text, load_config
+    from .io import ConfigError, check_config, default_config_text, load_config
 
     comm = MPI.COMM_WORLD
     say = print if comm.rank == 0 else (lambda *a, **k: None)
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             return plot_main(args)
         if args.command == "config":
             if args.check is not None:
-                load_config(args.check)
-                say(f"{args.check}: valid")
+                est = check_config(load_config(args.check), comm)
+                size = "" if est["snapshot_bytes"] is None else (
+                    f", saved densities {est['snapshot_bytes'] / 1e6:.3g} MB")
+                say(f"{args.check}: valid ({est['cells'] or 'file'} cells, at least "
+                    f"{est['steps']} time steps, {est['saves']} saves{size})")  # fmt: skip
             else:
                 say(default_config_text(), end="")
             return 0

@@ -258,7 +258,7 @@ def _check_node(node: ast.AST, src: str) -> None:
         if node.id in FUNCTIONS:
             raise _fail(node, f"the function {node.id!r} used as a value (call it)", src)
         if node.id not in CONSTANTS and node.id not in COORDINATES:
-            raise _fail(node, f"the name {node.id!r}", src)
+            raise _fail(node, f"the unknown name {node.id!r}", src)
     elif isinstance(node, ast.BinOp):
         if type(node.op) not in _BINOPS:
             raise _fail(node, f"the operator {type(node.op).__name__}", src)
@@ -272,7 +272,7 @@ def _check_node(node: ast.AST, src: str) -> None:
     elif isinstance(node, ast.Call):
         f = node.func
         if not isinstance(f, ast.Name) or f.id not in FUNCTIONS:
-            what = (f"calling {f.id!r}" if isinstance(f, ast.Name)
+            what = (f"calling the unknown function {f.id!r}" if isinstance(f, ast.Name)
                     else f"calling the result of {_HINT.get(type(f), type(f).__name__)}")  # fmt: skip
             raise _fail(node, what, src)
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
