@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             if args.check is not None:
                 est = check_config(load_config(args.check), comm)
-                size = "" if est["snapshot_bytes"] is None else (
-                    f", saved densities {est['snapshot_bytes'] / 1e6:.3g} MB")
+                size = (
+                    ""
+                    if est["snapshot_bytes"] is None
+                    else (f", saved densities {est['snapshot_bytes'] / 1e6:.3g} MB")
+                )
                 say(f"{args.check}: valid ({est['cells'] or 'file'} cells, at least "
                     f"{est['steps']} time steps, {est['saves']} saves{size})")  # fmt: skip
             else:

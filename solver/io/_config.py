@@ -427,7 +427,7 @@ def _resolve_validation(v: dict, mesh: dict) -> None:
 
 def _resolve_initial(name: str, ini: dict, d: int) -> dict:
     if not isinstance(ini, dict):
-        raise ConfigError(f"{name} must be a table, e.g. {{ kind = \"vmf\", ... }}, got {ini!r}")
+        raise ConfigError(f'{name} must be a table, e.g. {{ kind = "vmf", ... }}, got {ini!r}')
     kind = _kind(name, ini, INITIAL_KINDS, "uniform")
     out = {"kind": kind}
     if kind == "vmf":

@@ -272,8 +272,10 @@ def _check_node(node: ast.AST, src: str) -> None:
     elif isinstance(node, ast.Call):
         f = node.func
         if not isinstance(f, ast.Name) or f.id not in FUNCTIONS:
-            what = (f"calling the unknown function {f.id!r}" if isinstance(f, ast.Name)
-                    else f"calling the result of {_HINT.get(type(f), type(f).__name__)}")  # fmt: skip
+            if isinstance(f, ast.Name):
+                what = f"calling the unknown function {f.id!r}"
+            else:
+                what = f"calling the result of {_HINT.get(type(f), type(f).__name__)}"
             raise _fail(node, what, src)
         if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
             raise _fail(node, f"keyword or * arguments to {f.id}", src)
