@@ -352,7 +352,8 @@ def estimate_resources(cfg: dict, *, cells: int | None = None,
     the circle of ``n`` segments and ``3^{1/4} sqrt(a)/6`` for the icosphere (the equilateral
     triangle of area ``a = 4π/N``, an upper bound of the smallest cell's ratio); a mesh file
     gives ``cells`` and ``min_ratio`` (else the mesh terms are omitted). Then
-    ``steps >= max(T/dt_max, T/save_every, T/layer_length)``, ``saves = ceil(T/save_every)+1``
+    ``steps >= max(T/dt_max, T/save_every, T/layer_length)`` (``steps_set_by`` names the key
+    of the largest term), ``saves = ceil(T/save_every) + 1``
     and ``snapshot_bytes = saves · cells · 8 · flows`` (the saved densities, 2 flows with a
     perturbation).
     """
@@ -371,25 +372,26 @@ def estimate_resources(cfg: dict, *, cells: int | None = None,
         dV = np.array(p["dV"]) if "dV" in p else np.array(p["B"]) @ np.array(p["A"]).T
         speed = max(speed, float(np.linalg.norm(V + dV, 2)))
     saves = math.ceil(T / t["save_every"] - 1e-12) + 1
-    steps = float(saves - 1)
+    bounds = {"time.save_every": float(saves - 1)}
     if p["kind"] == "random":
-        steps = max(steps, math.ceil(T / p["layer_length"] - 1e-12))
+        bounds["perturbation.layer_length"] = float(math.ceil(T / p["layer_length"] - 1e-12))
     dt_max = None
     if min_ratio is not None and speed > 0:
         dt_max = t["cfl"] * min_ratio / speed
-        steps = max(steps, T / dt_max)
+        bounds["time.T, time.cfl or the mesh (mesh.refinement / mesh.cells)"] = T / dt_max
+    cause = max(bounds, key=bounds.get)
     flows = 1 if p["kind"] == "none" else 2
-    return {"cells": cells, "dt_max": dt_max, "steps": math.ceil(steps), "saves": saves,
+    return {"cells": cells, "dt_max": dt_max, "steps": math.ceil(bounds[cause]),
+            "steps_set_by": cause, "saves": saves,
             "snapshot_bytes": None if cells is None else saves * cells * 8 * flows}  # fmt: skip
 
 
 def _refuse(est: dict) -> None:
     if est["steps"] > MAX_STEPS:
+        dt = "" if est["dt_max"] is None else f"; dt_max = {est['dt_max']:.3g}"
         raise ConfigError(
-            f"this run needs at least {est['steps']:.3g} time steps (limit {MAX_STEPS:.0e}; "
-            f"dt_max = {est['dt_max'] or float('nan'):.3g}): lower time.T, raise time.cfl, "
-            "time.save_every or perturbation.layer_length, or coarsen the mesh "
-            "(mesh.refinement / mesh.cells)"
+            f"this run needs at least {est['steps']:.3g} time steps (limit {MAX_STEPS:.0e}{dt}),"
+            f" set by {est['steps_set_by']}: change it"
         )
     b = est["snapshot_bytes"]
     if b is not None and b > MAX_SNAPSHOT_BYTES:
