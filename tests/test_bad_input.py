@@ -66,7 +66,7 @@ ROWS = [
         "check",
         2,
         "initial.components[0].expression",
-    ),  # fmt: skip
+    ),
     # 2. keys silently ignored or coerced
     (
         "dV with kind random",
@@ -77,21 +77,21 @@ ROWS = [
         "check",
         2,
         "['dV']",
-    ),  # fmt: skip
+    ),
     (
         "eta with kind tied",
         toml(perturbation='kind = "tied"\ndV = [[0.0, 0.0], [0.0, 1.0]]\neta = 0.1'),
         "check",
         2,
         "['eta'] do not apply",
-    ),  # fmt: skip
+    ),
     (
         "keys of two kinds",
         toml(perturbation="dV = [[0.0, 0.0], [0.0, 1.0]]\neta = 0.1"),
         "check",
         2,
         "keys of different kinds",
-    ),  # fmt: skip
+    ),
     ("B without A", toml(perturbation="B = [[0.0], [1.0]]"), "check", 2, "perturbation.A"),
     (
         "project as a string",
@@ -99,7 +99,7 @@ ROWS = [
         "check",
         2,
         "mesh.project",
-    ),  # fmt: skip
+    ),
     ("matrix of strings", toml(model='V = [["1", "0"], ["0", "1"]]'), "check", 2, "model.V"),
     (
         "matrix of booleans",
@@ -107,14 +107,14 @@ ROWS = [
         "check",
         2,
         "model.Q",
-    ),  # fmt: skip
+    ),
     (
         "centre of strings",
         toml(initial='kind = "vmf"\ncentre = ["1", "0"]\nkappa = 1.0'),
         "check",
         2,
         "initial.centre",
-    ),  # fmt: skip
+    ),
     ("sphere = 2 with cells", toml(mesh="sphere = 2\ncells = 32"), "check", 2, "mesh.cells"),
     (
         "file with sphere",
@@ -122,21 +122,21 @@ ROWS = [
         "check",
         2,
         "mesh.sphere",
-    ),  # fmt: skip
+    ),
     (
         "project on a generated mesh",
         toml(mesh="cells = 32\nproject = true"),
         "check",
         2,
         "mesh.project",
-    ),  # fmt: skip
+    ),
     (
         "seed as a boolean",
         toml(perturbation="eta = 0.1\nlayer_length = 0.1\nseed = true"),
         "check",
         2,
         "perturbation.seed",
-    ),  # fmt: skip
+    ),
     ("output flag as a string", toml(output='vtx = "yes"'), "check", 2, "output.vtx"),
     # 3. exit codes and derived quantities
     (
@@ -145,14 +145,14 @@ ROWS = [
         "check",
         2,
         "initial.components[0] must be a table",
-    ),  # fmt: skip
+    ),
     (
         "A = K^T Q overflows",
         toml(model="Q = [[1e308, 0.0], [0.0, 1e308]]\nK = [[10.0, 0.0], [0.0, 10.0]]"),
         "check",
         2,
         "model.K^T",
-    ),  # fmt: skip
+    ),
     (
         "V + dV overflows",
         toml(
@@ -162,7 +162,7 @@ ROWS = [
         "check",
         2,
         "model.V + perturbation.dV",
-    ),  # fmt: skip
+    ),
     ("huge cells", toml(mesh="cells = 100000000"), "check", 2, "mesh.cells"),
     ("too many steps (T)", toml(time="T = 1e9"), "check", 2, "time.T"),
     ("too many saves", toml(time="T = 1.0\nsave_every = 1e-9"), "check", 2, "time.save_every"),
@@ -172,35 +172,35 @@ ROWS = [
         "check",
         2,
         "perturbation.layer_length",
-    ),  # fmt: skip
+    ),
     (
         "snapshots too big",
         toml(mesh="cells = 1000000", time="T = 0.2\nsave_every = 0.0005"),
         "check",
         2,
         "GiB",
-    ),  # fmt: skip
+    ),
     (
         "validation.levels out of range",
         toml(validation="levels = [2, 64]"),
         "check",
         2,
         "validation.levels [2]",
-    ),  # fmt: skip
+    ),
     (
         "validation.levels with a mesh file",
         toml(mesh=f'file = "{MESHES / "circle_64.xdmf"}"', validation="levels = [16]"),
         "check",
         2,
         "validation.levels",
-    ),  # fmt: skip
+    ),
     (
         "mesh file of the wrong sphere",
         toml(mesh=f'file = "{MESHES / "icosphere_0.xdmf"}"'),
         "check",
         2,
         "mesh.file is a mesh of S^2",
-    ),  # fmt: skip
+    ),
     ("run refuses what check refuses", toml(time="T = 1e9"), "run", 2, "time.T"),
     ("validate refuses too", expr("(lambda: 1)()"), "validate", 2, "lambda"),
     ("unknown key", toml(time="T = 1.0\ndt = 0.1"), "check", 2, "unknown key"),
