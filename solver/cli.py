@@ -72,7 +72,7 @@ def _fail(comm, errcomm, code: int, msg: str) -> int:
 
 
 def _main(args, comm, errcomm) -> int:
-    from .io import ConfigError, default_config_text, load_config
+    from .io import ConfigError, check_config, default_config_text, load_config
     from .parallel import RootError
 
     say = print if comm.rank == 0 else (lambda *a, **k: None)
@@ -83,8 +83,14 @@ def _main(args, comm, errcomm) -> int:
             return plot_main(args)
         if args.command == "config":
             if args.check is not None:
-                load_config(args.check)
-                say(f"{args.check}: valid")
+                est = check_config(load_config(args.check), comm)
+                size = (
+                    ""
+                    if est["snapshot_bytes"] is None
+                    else (f", saved densities {est['snapshot_bytes'] / 1e6:.3g} MB")
+                )
+                say(f"{args.check}: valid ({est['cells'] or 'file'} cells, at least "
+                    f"{est['steps']} time steps, {est['saves']} saves{size})")  # fmt: skip
             else:
                 say(default_config_text(), end="")
             return 0

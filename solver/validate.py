@@ -43,6 +43,8 @@ VALIDATION_DEFAULTS = {
 def _mesh_levels(cfg: dict) -> list[dict]:
     m, v = cfg["mesh"], cfg.get("validation", {})
     levels = v.get("levels")
+    if "file" in m:  # a mesh file is validated on itself (the config refuses levels with it)
+        return [m]
     if m["sphere"] == 1:
         levels = levels or [max(16, m["cells"] // 4), max(32, m["cells"] // 2), m["cells"]]
         return [{"sphere": 1, "cells": int(n)} for n in levels]
@@ -141,7 +143,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
                      save_every=save, progress=progress, degree=cfg["scheme"]["degree"],
                      method=cfg["velocity"]["method"],
                      tolerance=cfg["velocity"]["tolerance"])  # fmt: skip
-        lev = mesh_kw.get("cells", mesh_kw.get("refinement"))
+        lev = mesh_kw.get("cells", mesh_kw.get("refinement", sm.num_cells))
         if rank0:
             for (n, s), pr in parts.items():
                 for k, t in enumerate(res.times):

@@ -1,6 +1,7 @@
 """Command line and config validation: bad input fails with a clear message and exit code."""
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,14 @@ def test_dg1_through_the_config(tmp_path):
     z = np.load(out / "result.npz")
     # cell averages on the curved cells integrate to one
     assert abs(z["density"][-1] @ z["areas"] - 1) < 1e-12
+
+
+def test_validate_on_a_mesh_file(tmp_path):
+    """`validate` with `[mesh] file` runs on the file's mesh (it used to fail on 'sphere')."""
+    mesh = Path(__file__).resolve().parents[1] / "meshes" / "circle_64.xdmf"
+    cfg = GOOD.replace("sphere = 1\ncells = 32", f'file = "{mesh}"').replace("T = 0.2", "T = 0.1")
+    cfg += "[validation]\nsizes = [20, 40]\nseeds = 1\n"
+    out = tmp_path / "v"
+    assert main(["validate", str(write(tmp_path, cfg)), "--output", str(out), "--no-progress"]) == 0
+    rows = np.loadtxt(out / "pde_vs_particles.csv", delimiter=",", skiprows=1)
+    assert set(rows[:, 0]) == {64}  # the level column holds the file mesh's cell count

@@ -94,7 +94,7 @@ def test_vmf_density_normalised_and_sampler_matches(d):
 
 
 def test_expression_validation():
-    with pytest.raises(ValueError, match="unknown names"):
+    with pytest.raises(ValueError, match="unknown function"):
         Expression("__import__('os')")
     with pytest.raises(ValueError, match="negative"):
         Expression("x")(np.array([[-1.0, 0.0, 0.0]]))

@@ -38,6 +38,8 @@ __all__ = [
     "build_initial",
     "dump_toml",
     "toml_value",
+    "estimate_resources",
+    "check_config",
 ]
 
 
@@ -49,22 +51,22 @@ _NONE = object()  # "no default": optional key, absent unless given
 
 # section -> key -> default (``_NONE``: optional without default)
 SCHEMA: dict[str, dict[str, Any]] = {
-    "mesh": {"sphere": 2, "refinement": _NONE, "cells": _NONE, "file": _NONE, "project": False},
+    "mesh": {"sphere": _NONE, "refinement": _NONE, "cells": _NONE, "file": _NONE, "project": _NONE},
     "model": {"Q": _NONE, "K": _NONE, "V": _NONE},
     "perturbation": {
-        "kind": "none",
+        "kind": _NONE,
         "dV": _NONE,
         "B": _NONE,
         "A": _NONE,
         "dA": _NONE,
         "eta": _NONE,
-        "s": [1.0],
+        "s": _NONE,
         "layer_length": _NONE,
-        "seed": 0,
-        "on": "V",
+        "seed": _NONE,
+        "on": _NONE,
     },
     "initial": {
-        "kind": "uniform",
+        "kind": _NONE,
         "centre": _NONE,
         "kappa": _NONE,
         "expression": _NONE,
@@ -75,7 +77,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
-    "validation": {
+    "validation": {  # read by `python -m solver validate` only
         "levels": _NONE,
         "sizes": [100, 400, 1600],
         "seeds": 3,
@@ -83,6 +85,26 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "w2_method": "auto",
     },
 }
+
+
+#: the keys that belong to each kind of a table (besides ``kind``); a table without ``kind``
+#: takes the one kind its keys belong to (written into the resolved config)
+PERTURBATION_KINDS = {
+    "none": set(),
+    "tied": {"dV", "B", "A", "dA"},
+    "random": {"eta", "s", "layer_length", "seed", "on"},
+}
+INITIAL_KINDS = {
+    "uniform": set(),
+    "vmf": {"centre", "kappa"},
+    "mixture": {"components", "weights"},
+    "expression": {"expression"},
+}
+
+#: refusal limits of :func:`estimate_resources`
+MAX_STEPS = 10**7
+MAX_SNAPSHOT_BYTES = 2 * 1024**3
+MAX_CELLS = 10**7
 
 
 def default_config_text() -> str:
@@ -104,20 +126,63 @@ def _num(name: str, v, *, integer=False, positive=False, nonneg=False) -> float 
     return int(v) if integer else float(v)
 
 
-def _matrix(name: str, v, d: int, cols: int | None = None) -> list:
-    cols = d if cols is None else cols
+def _numbers(name: str, v, depth: int) -> np.ndarray:
+    """A ``depth``-deep nested list of numbers (not strings, not booleans) as a float array."""
+
+    def ok(x, k):
+        if k == 0:
+            return not isinstance(x, bool) and isinstance(x, int | float)
+        return isinstance(x, list) and all(ok(y, k - 1) for y in x)
+
+    shape = "list of numbers" if depth == 1 else "nested list of numbers (a matrix)"
+    if not ok(v, depth):
+        raise ConfigError(f"{name} must be a {shape}, got {v!r}"[:300])
     try:
         M = np.array(v, dtype=float)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a nested list of numbers (a matrix)") from None
-    if M.ndim == 1 and cols == 1:
-        M = M[:, None]
+    except ValueError:  # ragged rows
+        raise ConfigError(f"{name} must be a {shape} with rows of equal length") from None
+    if not np.all(np.isfinite(M)):
+        raise ConfigError(f"{name} contains NaN or infinite entries")
+    return M
+
+
+def _matrix(name: str, v, d: int, cols: int | None = None) -> list:
+    cols = d if cols is None else cols
+    flat = cols == 1 and isinstance(v, list) and not any(isinstance(x, list) for x in v)
+    M = _numbers(name, v, 1)[:, None] if flat else _numbers(name, v, 2)
     if M.ndim != 2 or M.shape[0] != d or (cols != -1 and M.shape[1] != cols):
         want = f"{d} x {cols}" if cols != -1 else f"{d} x r"
         raise ConfigError(f"{name} must be a {want} matrix, got shape {M.shape}")
-    if not np.all(np.isfinite(M)):
-        raise ConfigError(f"{name} contains NaN or infinite entries")
     return M.tolist()
+
+
+def _kind(name: str, table: dict, kinds: dict[str, set], default: str | None) -> str:
+    """The table's kind: given (its other keys must belong to it) or inferred from its keys."""
+    given = set(table) - {"kind"}
+    if "kind" in table:
+        kind = table["kind"]
+        if kind not in kinds:
+            raise ConfigError(f"{name}.kind must be one of {sorted(kinds)}, got {kind!r}")
+        extra = sorted(given - kinds[kind])
+        if extra:
+            raise ConfigError(f"{name}: key(s) {extra} do not apply to kind = {kind!r}")
+        return kind
+    if not given:
+        if default is None:
+            raise ConfigError(f"{name}.kind is required (one of {sorted(kinds)})")
+        return default
+    fits = [k for k, keys in kinds.items() if given <= keys]
+    if len(fits) != 1:
+        owners = {k: sorted(given & keys) for k, keys in kinds.items() if given & keys}
+        raise ConfigError(f"{name}: keys of different kinds {owners} given together; keep the "
+                          f"keys of one kind and set {name}.kind")  # fmt: skip
+    return fits[0]
+
+
+def _flag(name: str, v) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false (a TOML boolean), got {v!r}")
+    return v
 
 
 def _check_keys(section: str, table: dict, allowed) -> None:
@@ -140,30 +205,7 @@ def resolve_config(raw: dict) -> dict:
         cfg[sec] = {k: table.get(k, dflt) for k, dflt in keys.items()}
         cfg[sec] = {k: v for k, v in cfg[sec].items() if v is not _NONE}
 
-    m = cfg["mesh"]
-    m["project"] = bool(m["project"])
-    if "file" in m:
-        if not isinstance(m["file"], str) or not m["file"]:
-            raise ConfigError("mesh.file must be a path string")
-        m.pop("sphere", None)
-    else:
-        s = _num("mesh.sphere", m["sphere"], integer=True)
-        if s not in (1, 2):
-            raise ConfigError(f"mesh.sphere must be 1 (circle) or 2 (sphere), got {s}")
-        m["sphere"] = s
-        if s == 1:
-            if "cells" not in m:
-                raise ConfigError("mesh.cells (number of segments) is required when sphere = 1")
-            m["cells"] = _num("mesh.cells", m["cells"], integer=True)
-            if m["cells"] < 3:
-                raise ConfigError(f"mesh.cells must be >= 3, got {m['cells']}")
-        else:
-            if "refinement" not in m:
-                raise ConfigError("mesh.refinement (icosphere level 0..7) is required")
-            r = _num("mesh.refinement", m["refinement"], integer=True)
-            if not 0 <= r <= 7:
-                raise ConfigError(f"mesh.refinement must be in 0..7, got {r}")
-            m["refinement"] = r
+    cfg["mesh"] = m = _resolve_mesh(cfg["mesh"])
     d = {1: 2, 2: 3}.get(m.get("sphere"))
 
     mod = cfg["model"]
@@ -173,37 +215,7 @@ def resolve_config(raw: dict) -> dict:
     for k in ("Q", "K", "V"):
         mod[k] = _matrix(f"model.{k}", mod.get(k, np.eye(d).tolist()), d)
 
-    p = cfg["perturbation"]
-    kind = p["kind"]
-    if kind not in ("none", "tied", "random"):
-        raise ConfigError(f"perturbation.kind must be 'none', 'tied' or 'random', got {kind!r}")
-    if kind == "tied":
-        if "dV" in p and ("B" in p or "A" in p):
-            raise ConfigError("give either perturbation.dV or its factors B and A, not both")
-        if "dV" in p:
-            p["dV"] = _matrix("perturbation.dV", p["dV"], d)
-        elif "B" in p and "A" in p:
-            B = _matrix("perturbation.B", p["B"], d, -1)
-            A = _matrix("perturbation.A", p["A"], d, -1)
-            if np.shape(B) != np.shape(A):
-                raise ConfigError(f"perturbation.B and .A must both be {d} x r")
-            p["B"], p["A"] = B, A
-        elif "dA" not in p:
-            raise ConfigError("a tied perturbation needs dV (or B and A) and/or dA")
-        if "dA" in p:
-            p["dA"] = _matrix("perturbation.dA", p["dA"], d)
-    elif kind == "random":
-        for k in ("eta", "layer_length"):
-            if k not in p:
-                raise ConfigError(f"perturbation.{k} is required for random adapters")
-        p["eta"] = _num("perturbation.eta", p["eta"], nonneg=True)
-        p["layer_length"] = _num("perturbation.layer_length", p["layer_length"], positive=True)
-        p["seed"] = _num("perturbation.seed", p["seed"], integer=True, nonneg=True)
-        if not isinstance(p["s"], list) or not p["s"]:
-            raise ConfigError("perturbation.s must be a non-empty list of singular values")
-        p["s"] = [_num("perturbation.s[]", v, nonneg=True) for v in p["s"]]
-        if p["on"] not in ("V", "A", "both"):
-            raise ConfigError(f"perturbation.on must be 'V', 'A' or 'both', got {p['on']!r}")
+    cfg["perturbation"] = _resolve_perturbation(cfg["perturbation"], d)
     cfg["initial"] = _resolve_initial("initial", cfg["initial"], d)
 
     t = cfg["time"]
@@ -229,17 +241,180 @@ def resolve_config(raw: dict) -> dict:
     for k in ("vtx", "w2"):
         if not isinstance(cfg["output"][k], bool):
             raise ConfigError(f"output.{k} must be true or false")
-    _resolve_validation(cfg["validation"])
+    _resolve_validation(cfg["validation"], m)
+    _check_derived(cfg)
+    _refuse(estimate_resources(cfg))
     return cfg
 
 
-def _resolve_validation(v: dict) -> None:
+def _resolve_mesh(m: dict) -> dict:
+    if "file" in m:
+        extra = sorted(set(m) & {"sphere", "cells", "refinement"})
+        if extra:
+            raise ConfigError(f"mesh.{extra[0]} does not apply to mesh.file (the file fixes the "
+                              f"mesh); give either mesh.file or mesh.{extra[0]}")  # fmt: skip
+        if not isinstance(m["file"], str) or not m["file"]:
+            raise ConfigError("mesh.file must be a path string")
+        return {"file": m["file"], "project": _flag("mesh.project", m.get("project", False))}
+    if "project" in m:
+        raise ConfigError("mesh.project applies to mesh.file only (generated meshes lie on the "
+                          "sphere already)")  # fmt: skip
+    s = _num("mesh.sphere", m.get("sphere", 1 if "cells" in m else 2), integer=True)
+    if s not in (1, 2):
+        raise ConfigError(f"mesh.sphere must be 1 (circle) or 2 (sphere), got {s}")
+    if s == 1:
+        if "refinement" in m:
+            raise ConfigError("mesh.refinement applies to sphere = 2; the circle (sphere = 1) "
+                              "takes mesh.cells")  # fmt: skip
+        if "cells" not in m:
+            raise ConfigError("mesh.cells (number of segments) is required when sphere = 1")
+        n = _num("mesh.cells", m["cells"], integer=True)
+        if not 3 <= n <= MAX_CELLS:
+            raise ConfigError(f"mesh.cells must be in 3..{MAX_CELLS}, got {n}")
+        return {"sphere": 1, "cells": n}
+    if "cells" in m:
+        raise ConfigError("mesh.cells applies to sphere = 1; the sphere (sphere = 2) takes "
+                          "mesh.refinement (icosphere level 0..7)")  # fmt: skip
+    if "refinement" not in m:
+        raise ConfigError("mesh.refinement (icosphere level 0..7) is required")
+    r = _num("mesh.refinement", m["refinement"], integer=True)
+    if not 0 <= r <= 7:
+        raise ConfigError(f"mesh.refinement must be in 0..7, got {r}")
+    return {"sphere": 2, "refinement": r}
+
+
+def _resolve_perturbation(p: dict, d: int) -> dict:
+    kind = _kind("perturbation", p, PERTURBATION_KINDS, "none")
+    out: dict[str, Any] = {"kind": kind}
+    if kind == "tied":
+        if "dV" in p and ("B" in p or "A" in p):
+            raise ConfigError("give either perturbation.dV or its factors B and A, not both")
+        if "dV" in p:
+            out["dV"] = _matrix("perturbation.dV", p["dV"], d)
+        elif "B" in p or "A" in p:
+            if "B" not in p or "A" not in p:
+                miss = "A" if "B" in p else "B"
+                raise ConfigError(f"perturbation.{miss} is missing: dV = B Aᵀ needs both factors")
+            B = _matrix("perturbation.B", p["B"], d, -1)
+            A = _matrix("perturbation.A", p["A"], d, -1)
+            if np.shape(B) != np.shape(A):
+                raise ConfigError(f"perturbation.B and .A must both be {d} x r")
+            out["B"], out["A"] = B, A
+        elif "dA" not in p:
+            raise ConfigError("a tied perturbation needs dV (or B and A) and/or dA")
+        if "dA" in p:
+            out["dA"] = _matrix("perturbation.dA", p["dA"], d)
+    elif kind == "random":
+        for k in ("eta", "layer_length"):
+            if k not in p:
+                raise ConfigError(f"perturbation.{k} is required for random adapters")
+        out["eta"] = _num("perturbation.eta", p["eta"], nonneg=True)
+        out["layer_length"] = _num("perturbation.layer_length", p["layer_length"], positive=True)
+        out["seed"] = _num("perturbation.seed", p.get("seed", 0), integer=True, nonneg=True)
+        s = p.get("s", [1.0])
+        if not isinstance(s, list) or not s:
+            raise ConfigError("perturbation.s must be a non-empty list of singular values")
+        out["s"] = [_num("perturbation.s[]", v, nonneg=True) for v in s]
+        out["on"] = p.get("on", "V")
+        if out["on"] not in ("V", "A", "both"):
+            raise ConfigError(f"perturbation.on must be 'V', 'A' or 'both', got {out['on']!r}")
+    return out
+
+
+def _check_derived(cfg: dict) -> None:
+    """Products of finite entries can overflow: ``A = KᵀQ``, ``B Aᵀ``, ``V + ΔV``, ``η s``."""
+    mod, p = cfg["model"], cfg["perturbation"]
+    Q, K, V = (np.array(mod[k]) for k in ("Q", "K", "V"))
+    with np.errstate(all="ignore"):
+        A = K.T @ Q
+        derived = [("model.K^T model.Q (the bilinear form A)", A)]
+        if "B" in p:
+            dV = np.array(p["B"]) @ np.array(p["A"]).T
+            derived += [("perturbation.B perturbation.A^T", dV), ("model.V + B A^T", V + dV)]
+        if "dV" in p:
+            derived.append(("model.V + perturbation.dV", V + np.array(p["dV"])))
+        if "dA" in p:
+            derived.append(("model.K^T Q + perturbation.dA", A + np.array(p["dA"])))
+        if p["kind"] == "random":
+            derived.append(("perturbation.eta * perturbation.s", p["eta"] * np.array(p["s"])))
+        derived.append(("the norm of model.V", np.linalg.norm(V, 2)))
+    for what, M in derived:
+        if not np.all(np.isfinite(M)) or np.max(np.abs(M)) > 1e150:
+            raise ConfigError(f"{what} overflows (entries beyond 1e150): scale the weights down")
+
+
+def estimate_resources(cfg: dict, *, cells: int | None = None,
+                       min_ratio: float | None = None) -> dict:  # fmt: skip
+    """Lower bounds of the cost of a run, from a resolved config, without building the mesh.
+
+    ``dt_max = cfl · min_K(|K|/|∂K|) / ‖V(0)‖₂`` (``‖V(t)‖₂`` bounds the speed; the DG CFL
+    factors are <= 1 and only shrink it), with ``min_K |K|/|∂K|`` taken as ``sin(π/n)`` for
+    the circle of ``n`` segments and ``3^{1/4} sqrt(a)/6`` for the icosphere (the equilateral
+    triangle of area ``a = 4π/N``, an upper bound of the smallest cell's ratio); a mesh file
+    gives ``cells`` and ``min_ratio`` (else the mesh terms are omitted). Then
+    ``steps >= max(T/dt_max, T/save_every, T/layer_length)`` (``steps_set_by`` names the key
+    of the largest term), ``saves = ceil(T/save_every) + 1``
+    and ``snapshot_bytes = saves · cells · 8 · flows`` (the saved densities, 2 flows with a
+    perturbation).
+    """
+    m, t, p = cfg["mesh"], cfg["time"], cfg["perturbation"]
+    T = t["T"]
+    if cells is None and "file" not in m:
+        cells = m["cells"] if m["sphere"] == 1 else 20 * 4 ** m["refinement"]
+    if min_ratio is None and cells is not None and "file" not in m:
+        if m["sphere"] == 1:
+            min_ratio = math.sin(math.pi / cells)
+        else:
+            min_ratio = 3**0.25 * math.sqrt(4 * math.pi / cells) / 6
+    V = np.array(cfg["model"]["V"])
+    speed = float(np.linalg.norm(V, 2))
+    if "dV" in p or "B" in p:
+        dV = np.array(p["dV"]) if "dV" in p else np.array(p["B"]) @ np.array(p["A"]).T
+        speed = max(speed, float(np.linalg.norm(V + dV, 2)))
+    saves = math.ceil(T / t["save_every"] - 1e-12) + 1
+    bounds = {"time.save_every": float(saves - 1)}
+    if p["kind"] == "random":
+        bounds["perturbation.layer_length"] = float(math.ceil(T / p["layer_length"] - 1e-12))
+    dt_max = None
+    if min_ratio is not None and speed > 0:
+        dt_max = t["cfl"] * min_ratio / speed
+        bounds["time.T, time.cfl or the mesh (mesh.refinement / mesh.cells)"] = T / dt_max
+    cause = max(bounds, key=bounds.get)
+    flows = 1 if p["kind"] == "none" else 2
+    return {"cells": cells, "dt_max": dt_max, "steps": math.ceil(bounds[cause]),
+            "steps_set_by": cause, "saves": saves,
+            "snapshot_bytes": None if cells is None else saves * cells * 8 * flows}  # fmt: skip
+
+
+def _refuse(est: dict) -> None:
+    if est["steps"] > MAX_STEPS:
+        dt = "" if est["dt_max"] is None else f"; dt_max = {est['dt_max']:.3g}"
+        raise ConfigError(
+            f"this run needs at least {est['steps']:.3g} time steps (limit {MAX_STEPS:.0e}{dt}),"
+            f" set by {est['steps_set_by']}: change it"
+        )
+    b = est["snapshot_bytes"]
+    if b is not None and b > MAX_SNAPSHOT_BYTES:
+        raise ConfigError(
+            f"the saved densities would take {b / 1024**3:.3g} GiB ({est['saves']} saves x "
+            f"{est['cells']} cells; limit {MAX_SNAPSHOT_BYTES / 1024**3:.0f} GiB): raise "
+            "time.save_every or coarsen the mesh"
+        )
+
+
+def _resolve_validation(v: dict, mesh: dict) -> None:
     if "levels" in v:
+        if "file" in mesh:
+            raise ConfigError("validation.levels does not apply to mesh.file (validation runs "
+                              "on the file's mesh); remove validation.levels")  # fmt: skip
         if not isinstance(v["levels"], list) or not v["levels"]:
             raise ConfigError("validation.levels must be a non-empty list of mesh levels")
-        v["levels"] = [
-            _num("validation.levels[]", x, integer=True, nonneg=True) for x in v["levels"]
-        ]
+        lo, hi, what = (3, MAX_CELLS, "cell counts") if mesh["sphere"] == 1 else (0, 7, "levels")
+        v["levels"] = [_num("validation.levels[]", x, integer=True) for x in v["levels"]]
+        bad = [x for x in v["levels"] if not lo <= x <= hi]
+        if bad:
+            raise ConfigError(f"validation.levels {bad} out of range: sphere = {mesh['sphere']} "
+                              f"takes {what} in {lo}..{hi}")  # fmt: skip
     if not isinstance(v["sizes"], list) or len(v["sizes"]) < 2:
         raise ConfigError("validation.sizes must list at least two particle counts")
     v["sizes"] = sorted(_num("validation.sizes[]", x, integer=True, positive=True)
@@ -253,25 +428,16 @@ def _resolve_validation(v: dict) -> None:
 
 
 def _resolve_initial(name: str, ini: dict, d: int) -> dict:
-    kind = ini.get("kind", "uniform")
-    allowed = {
-        "uniform": {"kind"},
-        "vmf": {"kind", "centre", "kappa"},
-        "mixture": {"kind", "components", "weights"},
-        "expression": {"kind", "expression"},
-    }
-    if kind not in allowed:
-        raise ConfigError(f"{name}.kind must be one of {sorted(allowed)}, got {kind!r}")
-    extra = sorted(set(ini) - allowed[kind])
-    if extra:
-        raise ConfigError(f"{name}: key(s) {extra} do not apply to kind = {kind!r}")
+    if not isinstance(ini, dict):
+        raise ConfigError(f'{name} must be a table, e.g. {{ kind = "vmf", ... }}, got {ini!r}')
+    kind = _kind(name, ini, INITIAL_KINDS, "uniform")
     out = {"kind": kind}
     if kind == "vmf":
         for k in ("centre", "kappa"):
             if k not in ini:
                 raise ConfigError(f"{name}.{k} is required for kind = 'vmf'")
-        c = np.array(ini["centre"], dtype=float) if isinstance(ini["centre"], list) else None
-        if c is None or c.shape != (d,) or not np.all(np.isfinite(c)) or not np.any(c):
+        c = _numbers(f"{name}.centre", ini["centre"], 1)
+        if c.shape != (d,) or not np.any(c):
             raise ConfigError(f"{name}.centre must be a non-zero list of {d} numbers")
         out["centre"] = c.tolist()
         out["kappa"] = _num(f"{name}.kappa", ini["kappa"], nonneg=True)
@@ -290,14 +456,57 @@ def _resolve_initial(name: str, ini: dict, d: int) -> dict:
             _resolve_initial(f"{name}.components[{i}]", c, d) for i, c in enumerate(comps)
         ]
     elif kind == "expression":
-        if not isinstance(ini.get("expression"), str):
-            raise ConfigError(f"{name}.expression must be a string (NumPy expression in x, y, z)")
+        if "expression" not in ini:
+            raise ConfigError(f"{name}.expression is required for kind = 'expression'")
+        if not isinstance(ini["expression"], str):
+            raise ConfigError(f"{name}.expression must be a string (an expression in x, y, z)")
         try:
             Expression(ini["expression"])
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(str(e).replace("initial.expression", f"{name}.expression")) from None
         out["expression"] = ini["expression"]
     return out
+
+
+def check_config(cfg: dict, comm=None) -> dict:
+    """Every check of a resolved config short of the time loop; the resource estimate.
+
+    Builds the model and the initial density, builds the mesh (generated meshes: the pure
+    NumPy generators; a mesh file: read with DOLFINx on ``comm``, default ``COMM_SELF``),
+    evaluates the initial density at the cell centroids (finite, >= 0, not all zero) and
+    refuses runs beyond the limits of :func:`estimate_resources`. Raises :class:`ConfigError`
+    (or ``ValueError``) naming the key to fix; returns the resource estimate.
+    """
+    from ..mesh import circle_mesh, icosphere, normalize
+
+    base, _ = build_model(cfg)
+    init = build_initial(cfg["initial"])
+    m = cfg["mesh"]
+    if "file" in m:
+        from mpi4py import MPI
+
+        from ..mesh import load_mesh
+
+        sm = load_mesh(comm or MPI.COMM_SELF, m["file"], project=m["project"])
+        if sm.gdim != base.d:
+            raise ConfigError(f"mesh.file is a mesh of S^{sm.gdim - 1} but the model has "
+                              f"d = {base.d} (model.V is {base.d} x {base.d})")  # fmt: skip
+        x, reduce = sm.centroids, sm.comm.allreduce
+        est = estimate_resources(cfg, cells=sm.num_cells, min_ratio=sm.min_area_per_perimeter())
+    else:
+        pts, cells = circle_mesh(m["cells"]) if m["sphere"] == 1 else icosphere(m["refinement"])
+        x, reduce = normalize(pts[cells].mean(axis=1)), (lambda v, op=None: v)
+        est = estimate_resources(cfg)
+    _refuse(est)
+    try:
+        f = np.asarray(init(x), dtype=float)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not np.all(np.isfinite(f)) or np.any(f < 0):
+        raise ConfigError("the initial density is NaN, infinite or negative at a cell centroid")
+    if not reduce(float(f.sum())) > 0:
+        raise ConfigError("the initial density is zero at every cell centroid: check [initial]")
+    return est
 
 
 def load_config(path: str | Path | None) -> dict:

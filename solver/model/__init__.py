@@ -14,7 +14,15 @@ array([[1.  , 0.  ],
 """
 
 from ._attention import Model
-from ._initial import Density, Expression, Mixture, Uniform, VonMisesFisher, sphere_area
+from ._initial import (
+    Density,
+    Expression,
+    Mixture,
+    Uniform,
+    VonMisesFisher,
+    parse_expression,
+    sphere_area,
+)
 from ._lora import Perturbation, RandomLoRA, ScheduledLoRA, TiedLoRA, as_matrix, low_rank
 
 __all__ = [
@@ -30,5 +38,6 @@ __all__ = [
     "VonMisesFisher",
     "Mixture",
     "Expression",
+    "parse_expression",
     "sphere_area",
 ]

@@ -7,6 +7,7 @@ surface measure of S^{d-1}, and can draw i.i.d. samples, so that the PDE (cell a
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ __all__ = [
     "VonMisesFisher",
     "Mixture",
     "Expression",
+    "parse_expression",
     "sphere_area",
 ]
 
@@ -164,54 +166,202 @@ class Mixture(Density):
         return x[rng.permutation(n)]
 
 
-_NAMESPACE = {
-    name: getattr(np, name)
-    for name in (
-        "sin cos tan arcsin arccos arctan arctan2 sinh cosh tanh exp log log1p sqrt abs "
-        "minimum maximum where clip pi e heaviside sign"
-    ).split()
+# --- user expressions: parsed with ``ast``, checked against a whitelist, evaluated by walking
+# the tree over float arrays. Nothing of Python beyond this grammar is reachable: no attribute,
+# subscript, lambda, comprehension, keyword argument, string, or name outside the lists below.
+
+#: coordinates of a point x in R^d (z = 0 on S^1; theta = atan2(y, x))
+COORDINATES = ("x", "y", "z", "theta")
+#: named constants
+CONSTANTS = {"pi": np.pi, "e": np.e}
+#: functions and their number of (positional) arguments
+FUNCTIONS = {
+    **{f: (getattr(np, f), 1) for f in (
+        "sin cos tan arcsin arccos arctan sinh cosh tanh exp log log1p sqrt abs sign".split()
+    )},
+    **{f: (getattr(np, f), 2) for f in ("arctan2", "minimum", "maximum", "heaviside")},
+    **{f: (getattr(np, f), 3) for f in ("where", "clip")},
+}  # fmt: skip
+#: limits on the source: characters, syntax-tree nodes, nesting depth
+MAX_LENGTH, MAX_NODES, MAX_DEPTH = 2000, 500, 100
+
+_BINOPS = {
+    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
+    ast.Pow: np.power, ast.Mod: np.mod,
+}  # fmt: skip
+_UNARY = {ast.UAdd: np.positive, ast.USub: np.negative}
+_COMPARE = {
+    ast.Lt: np.less, ast.LtE: np.less_equal, ast.Gt: np.greater, ast.GtE: np.greater_equal,
+    ast.Eq: np.equal, ast.NotEq: np.not_equal,
+}  # fmt: skip
+_HINT = {
+    ast.Attribute: "attribute access (.name)",
+    ast.Subscript: "indexing ([...])",
+    ast.Lambda: "lambda",
+    ast.BoolOp: "'and'/'or' (use where(), or multiply comparisons)",
+    ast.IfExp: "'a if c else b' (use where(c, a, b))",
+    ast.Starred: "*args",
+    ast.NamedExpr: "':='",
 }
+_WHAT = "initial.expression"
+
+
+def _fail(node: ast.AST | None, why: str, src: str) -> ValueError:
+    at = f" (at '{ast.get_source_segment(src, node)}')" if node is not None else ""
+    return ValueError(f"{_WHAT}: {why}{at} is not allowed; allowed: numbers, the coordinates "
+                      f"{', '.join(COORDINATES)}, the constants {', '.join(CONSTANTS)}, "
+                      "+ - * / ** %, comparisons, and calls of "
+                      f"{', '.join(sorted(FUNCTIONS))}")  # fmt: skip
+
+
+def parse_expression(source: str) -> ast.Expression:
+    """Parse and check a user expression; raise ``ValueError`` naming what is not allowed.
+
+    Grammar: numbers (int or float), the names :data:`COORDINATES` and :data:`CONSTANTS`,
+    binary ``+ - * / ** %``, unary ``+ -``, comparisons (value 1.0 or 0.0, chains allowed),
+    and calls ``f(a, ...)`` of the :data:`FUNCTIONS` with their exact number of positional
+    arguments. At most :data:`MAX_LENGTH` characters, :data:`MAX_NODES` nodes and nesting
+    depth :data:`MAX_DEPTH`. Constant subexpressions are folded in float arithmetic and must
+    stay finite (so ``9**9**9`` is refused here rather than computed).
+    """
+    if not isinstance(source, str):
+        raise ValueError(f"{_WHAT} must be a string, got {type(source).__name__}")
+    if len(source) > MAX_LENGTH:
+        raise ValueError(f"{_WHAT} is {len(source)} characters long; at most {MAX_LENGTH}")
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"{_WHAT} is not a valid expression: {e.msg}") from None
+    except (RecursionError, MemoryError):
+        raise ValueError(f"{_WHAT} is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    src = source.strip()
+    nodes, stack = 0, [(tree.body, 1)]
+    while stack:  # iterative: the depth is checked before any recursion
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ValueError(f"{_WHAT} has more than {MAX_NODES} syntax nodes; simplify it")
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{_WHAT} is nested too deeply (at most {MAX_DEPTH} levels)")
+        _check_node(node, src)
+        kids = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
+        stack.extend((c, depth + 1) for c in kids if isinstance(c, ast.expr))
+    _fold(tree.body, src)
+    return tree
+
+
+def _check_node(node: ast.AST, src: str) -> None:
+    if isinstance(node, ast.Constant):
+        if isinstance(node.value, bool) or not isinstance(node.value, int | float):
+            raise _fail(node, f"the constant {node.value!r} ({type(node.value).__name__})", src)
+    elif isinstance(node, ast.Name):
+        if node.id in FUNCTIONS:
+            raise _fail(node, f"the function {node.id!r} used as a value (call it)", src)
+        if node.id not in CONSTANTS and node.id not in COORDINATES:
+            raise _fail(node, f"the unknown name {node.id!r}", src)
+    elif isinstance(node, ast.BinOp):
+        if type(node.op) not in _BINOPS:
+            raise _fail(node, f"the operator {type(node.op).__name__}", src)
+    elif isinstance(node, ast.UnaryOp):
+        if type(node.op) not in _UNARY:
+            raise _fail(node, f"the unary operator {type(node.op).__name__}", src)
+    elif isinstance(node, ast.Compare):
+        for op in node.ops:
+            if type(op) not in _COMPARE:
+                raise _fail(node, f"the comparison {type(op).__name__}", src)
+    elif isinstance(node, ast.Call):
+        f = node.func
+        if not isinstance(f, ast.Name) or f.id not in FUNCTIONS:
+            if isinstance(f, ast.Name):
+                what = f"calling the unknown function {f.id!r}"
+            else:
+                what = f"calling the result of {_HINT.get(type(f), type(f).__name__)}"
+            raise _fail(node, what, src)
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise _fail(node, f"keyword or * arguments to {f.id}", src)
+        n = FUNCTIONS[f.id][1]
+        if len(node.args) != n:
+            raise ValueError(f"{_WHAT}: {f.id} takes {n} argument(s), got {len(node.args)}")
+    else:
+        why = _HINT.get(type(node), f"the syntax {type(node).__name__}")
+        raise _fail(node, why, src)
+
+
+def _constant(node: ast.AST, src: str) -> float:
+    try:
+        v = float(node.value)
+    except OverflowError:
+        raise _fail(node, "a number this large", src) from None
+    return v
+
+
+def _fold(node: ast.AST, src: str) -> float | None:
+    """Value of a constant subtree (``None`` if it depends on the point); refuse non-finite."""
+    if isinstance(node, ast.Constant):
+        return _constant(node, src)
+    if isinstance(node, ast.Name):
+        return CONSTANTS.get(node.id)
+    kids = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
+    vals = [_fold(c, src) for c in kids if isinstance(c, ast.expr)]
+    if any(v is None for v in vals):
+        return None
+    with np.errstate(all="ignore"):
+        v = float(_eval(node, {}, src))
+    if not np.isfinite(v):
+        raise ValueError(f"{_WHAT}: the constant part '{ast.get_source_segment(src, node)}' "
+                         "overflows or is undefined (not a finite number)")  # fmt: skip
+    return v
+
+
+def _eval(node: ast.AST, ns: dict, src: str):
+    """Evaluate a checked tree over float arrays (``ns``: the coordinates)."""
+    if isinstance(node, ast.Constant):
+        return _constant(node, src)
+    if isinstance(node, ast.Name):
+        return CONSTANTS[node.id] if node.id in CONSTANTS else ns[node.id]
+    if isinstance(node, ast.BinOp):
+        return _BINOPS[type(node.op)](_eval(node.left, ns, src), _eval(node.right, ns, src))
+    if isinstance(node, ast.UnaryOp):
+        return _UNARY[type(node.op)](_eval(node.operand, ns, src))
+    if isinstance(node, ast.Compare):
+        left, out = _eval(node.left, ns, src), True
+        for op, c in zip(node.ops, node.comparators, strict=True):
+            right = _eval(c, ns, src)
+            out = np.logical_and(out, _COMPARE[type(op)](left, right))
+            left = right
+        return np.asarray(out, dtype=float)
+    fn = FUNCTIONS[node.func.id][0]
+    return fn(*(_eval(a, ns, src) for a in node.args))
 
 
 @dataclass(frozen=True)
 class Expression(Density):
-    """Unnormalised density given as a NumPy expression in ``x, y, z`` (and ``theta`` on S^1).
+    """Unnormalised density given as an expression in ``x, y, z`` (and ``theta`` on S^1).
 
-    Allowed names: the coordinates and ``sin cos tan arcsin arccos arctan arctan2 sinh cosh
-    tanh exp log log1p sqrt abs minimum maximum where clip pi e heaviside sign``. The solver
-    normalises it to unit mass on the mesh; particles sample it by rejection.
+    The grammar is that of :func:`parse_expression`: numbers, the coordinates, ``pi``, ``e``,
+    ``+ - * / ** %``, comparisons (1.0 where true, else 0.0) and the functions ``sin cos tan
+    arcsin arccos arctan sinh cosh tanh exp log log1p sqrt abs sign`` (one argument),
+    ``arctan2 minimum maximum heaviside`` (two), ``where clip`` (three). It is parsed and
+    checked here and evaluated by walking its syntax tree over NumPy arrays (never ``eval``).
+    The solver normalises it to unit mass on the mesh; particles sample it by rejection.
     """
 
     source: str
 
     def __post_init__(self):
-        try:
-            code = compile(self.source, "<initial.expression>", "eval")
-        except SyntaxError as e:
-            raise ValueError(f"initial.expression is not a valid expression: {e.msg}") from None
-        object.__setattr__(self, "_code", code)
-        allowed = set(_NAMESPACE) | {"x", "y", "z", "theta"}
-        bad = sorted(set(code.co_names) - allowed)
-        if bad:
-            raise ValueError(
-                f"initial.expression uses unknown names {bad}; allowed: {sorted(allowed)}"
-            )
+        object.__setattr__(self, "_tree", parse_expression(self.source))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        ns = dict(_NAMESPACE)
-        ns.update(x=x[:, 0], y=x[:, 1], z=x[:, 2] if x.shape[1] > 2 else np.zeros(len(x)))
-        ns["theta"] = np.arctan2(x[:, 1], x[:, 0])
-        try:
-            with np.errstate(all="ignore"):
-                v = eval(self._code, {"__builtins__": {}}, ns)  # noqa: S307 - restricted names
-        except Exception as e:
-            raise ValueError(f"initial.expression failed to evaluate: {e}") from None
+        x = np.asarray(x, dtype=float)
+        ns = {"x": x[:, 0], "y": x[:, 1], "z": x[:, 2] if x.shape[1] > 2 else np.zeros(len(x)),
+              "theta": np.arctan2(x[:, 1], x[:, 0])}  # fmt: skip
+        with np.errstate(all="ignore"):
+            v = _eval(self._tree.body, ns, self.source.strip())
         v = np.broadcast_to(np.asarray(v, dtype=float), (len(x),)).copy()
         if not np.all(np.isfinite(v)):
-            raise ValueError("initial.expression is NaN or infinite somewhere on the sphere")
+            raise ValueError(f"{_WHAT} is NaN or infinite somewhere on the sphere")
         if np.any(v < 0):
             raise ValueError(
-                f"initial.expression is negative somewhere (min {v.min():.3g}): a density "
-                "must be >= 0"
+                f"{_WHAT} is negative somewhere (min {v.min():.3g}): a density must be >= 0"
             )
         return v
