@@ -105,6 +105,10 @@ def _view_direction(run: Run) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
+# --------------------------------------------------------------------------------------------
+# S^2: coloured spheres (PyVista)
+
+
 def pyvista_grid(pv, run: Run, mesh=None):
     """``(grid, order)``: the run's cells as a ``pyvista.UnstructuredGrid`` (no fields); VTK
     cell ``i`` is saved cell ``order[i]``."""
