@@ -15,16 +15,16 @@ import pytest
 from mpi4py import MPI
 from scipy.special import eval_legendre, ive, spherical_in
 
-from solver.velocity import NonlocalVelocity, attention_velocity
-from solver.velocity._fast import (
+from solver.velocity import (
     FastVelocity,
-    _degree_of_terms,
-    _nb,
-    _scaled_bessel,
+    NonlocalVelocity,
+    attention_velocity,
     degree_weights,
     sphere_basis,
     truncation_tails,
 )
+from solver.velocity._harmonics import _degree_of_terms, _scaled_bessel
+from solver.velocity._kernels import _nb
 
 SELF = MPI.COMM_SELF
 

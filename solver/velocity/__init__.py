@@ -16,7 +16,8 @@ array([[0., 1.]])
 """
 
 from ._direct import attention_velocity, tangent_project
-from ._fast import FastVelocity, degree_weights, num_terms, sphere_basis, truncation_tails
+from ._fast import FastVelocity
+from ._harmonics import degree_weights, num_terms, sphere_basis, truncation_tails
 from ._nonlocal import NonlocalVelocity
 
 __all__ = [

@@ -29,7 +29,9 @@ For large ``‖A‖`` the degree needed grows like ``sqrt(‖A‖ log(1/tol))`` 
 decays like ``e^{-l²/2r}``); on the icosphere, ``‖A‖₂ = 10`` and ``tol = 1e-8`` take degree
 24 (625 terms) against 20,480 sources at level 5.
 
-Two back-ends compute the same sums:
+Two back-ends compute the same sums (:mod:`solver.velocity._backends`, chosen once per
+evaluator; the maths is in :mod:`~solver.velocity._harmonics`, the compiled loops in
+:mod:`~solver.velocity._kernels`):
 
 * ``numba`` (``S^2``, when numba is installed): the harmonics are generated on the fly by
   the Legendre recurrences in blocks of 256 points that stay in L1 and are consumed at once
@@ -89,417 +91,25 @@ decisions (degrees, fall-backs) are collective.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
-import weakref
 from collections import OrderedDict
 
 import numpy as np
 from scipy.special import ive
 
 from ..parallel import threads_per_rank
+from ._backends import NumbaBackend, NumPyBackend
 from ._direct import attention_velocity, tangent_project
+from ._harmonics import num_terms, truncation_tails
+from ._kernels import HAVE_NUMBA
 
-__all__ = [
-    "FastVelocity",
-    "num_terms",
-    "sphere_basis",
-    "degree_weights",
-    "truncation_tails",
-]
+__all__ = ["FastVelocity"]
 
 _U = np.finfo(float).eps / 2
-_FOUR_PI = 4.0 * math.pi
 #: Highest expansion degree ever used (S^2 / S^1).
 MAX_DEGREE = {3: 160, 2: 20000}
-
-
-def num_terms(n: int, d: int) -> int:
-    """Number of expansion terms up to degree ``n`` on ``S^{d-1}`` (``d`` = 2 or 3)."""
-    return (n + 1) ** 2 if d == 3 else 2 * n + 1
-
-
-def _degree_of_terms(n: int, d: int) -> np.ndarray:
-    l = np.arange(n + 1)
-    return np.repeat(l, 2 * l + 1 if d == 3 else np.where(l == 0, 1, 2))
-
-
-# ----------------------------------------------------------------------------- bases
-
-
-def _basis_s1(p: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty((2 * n + 1, p.shape[0]))
-    c, s = p[:, 0], p[:, 1]
-    out[0] = 1.0
-    ck, sk = np.ones_like(c), np.zeros_like(s)
-    for k in range(1, n + 1):
-        ck, sk = ck * c - sk * s, sk * c + ck * s
-        out[2 * k - 1], out[2 * k] = ck, sk
-    return out
-
-
-def _basis_s2(p: np.ndarray, n: int) -> np.ndarray:
-    """Real orthonormal spherical harmonics, degree-major: ``l², l²+2m-1 (cos), l²+2m (sin)``."""
-    out = np.empty(((n + 1) ** 2, p.shape[0]))
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    s = np.hypot(x, y)
-    pos = s > 0
-    cphi = np.where(pos, x / np.where(pos, s, 1.0), 1.0)
-    sphi = np.where(pos, y / np.where(pos, s, 1.0), 0.0)
-    c0 = 1.0 / math.sqrt(_FOUR_PI)
-    c1 = math.sqrt(2.0) * c0
-    pmm = np.ones_like(z)  # normalised P̄_m^m (∫_{-1}^{1} P̄² = 2), P̄_0^0 = 1
-    cm, sm = np.ones_like(z), np.zeros_like(z)  # cos mφ, sin mφ
-    for m in range(n + 1):
-        if m > 0:
-            pmm = pmm * (math.sqrt((2 * m + 1) / (2 * m)) * s)
-            cm, sm = cm * cphi - sm * sphi, sm * cphi + cm * sphi
-        trig = (c1 * cm, c1 * sm) if m > 0 else None
-        p2, p1 = None, pmm
-        for l in range(m, n + 1):
-            if l == m + 1:
-                p2, p1 = p1, math.sqrt(2 * m + 3) * z * p1
-            elif l > m + 1:
-                den = l * l - m * m
-                a = math.sqrt((4 * l * l - 1) / den)
-                b = math.sqrt((2 * l + 1) * (l - m - 1) * (l + m - 1) / ((2 * l - 3) * den))
-                p2, p1 = p1, a * z * p1 - b * p2
-            if trig is None:
-                np.multiply(p1, c0, out=out[l * l])
-            else:
-                np.multiply(p1, trig[0], out=out[l * l + 2 * m - 1])
-                np.multiply(p1, trig[1], out=out[l * l + 2 * m])
-    return out
-
-
-def sphere_basis(points: np.ndarray, n: int) -> np.ndarray:
-    """Source-side basis ``ψ_k`` up to degree ``n`` at unit ``points`` (``(r_n, len(points))``).
-
-    ``S^2`` (``d = 3``): real orthonormal spherical harmonics ``Y_lm`` (degree-major);
-    ``S^1`` (``d = 2``): ``1, cos θ, sin θ, cos 2θ, ...``. With the per-degree weights of
-    :func:`degree_weights`, ``Σ_k b_{l(k)}(r) ψ_k(u/r) ψ_k(y) = e^{<u, y> - r}``.
-    """
-    p = np.ascontiguousarray(points, dtype=float)
-    if p.ndim != 2 or p.shape[1] not in (2, 3):
-        raise ValueError(f"points must be (n, 2) or (n, 3), got {p.shape}")
-    return _basis_s2(p, n) if p.shape[1] == 3 else _basis_s1(p, n)
-
-
-# ----------------------------------------------------------------------------- Bessel
-
-
-def _scaled_bessel(r: np.ndarray, L: int, d: int) -> np.ndarray:
-    """``f_l(r) = i_l(r) e^{-r}`` (``d = 3``) or ``I_l(r) e^{-r}`` (``d = 2``), ``l = 0..L``.
-
-    Miller's backward algorithm in ratio form, ``ρ_l = f_l / f_{l-1} = r / (c_l + r ρ_{l+1})``
-    (``c_l = 2l+1`` or ``2l``), started far enough above ``max(L, r)`` that the start value
-    does not matter, then normalised by the exact sums ``Σ (2l+1) f_l = 1`` (``d = 3``) and
-    ``f_0 + 2 Σ_{l>0} f_l = 1`` (``d = 2``), i.e. ``e^{r} e^{-r}``. No overflow, no
-    division by ``r`` (``r = 0`` gives ``f = δ_{l0}``), relative accuracy ``O(L u)``.
-    """
-    r = np.atleast_1d(np.asarray(r, dtype=float))
-    rmax = float(r.max()) if r.size else 0.0
-    top = L + 40 + int(math.ceil(rmax + 10 * math.sqrt(rmax)))
-    rho = np.zeros_like(r)
-    tail = np.zeros_like(r)  # T_l = ρ_l (w_l + T_{l+1}) = Σ_{k>=l} w_k f_k / f_{l-1}
-    ratios = np.empty((L + 1, r.size))
-    for l in range(top, 0, -1):
-        c = (2 * l + 1) if d == 3 else 2 * l
-        rho = r / (c + r * rho)
-        if l <= L:
-            ratios[l] = rho
-        else:
-            tail = rho * (((2 * l + 1) if d == 3 else 2.0) + tail)
-    ratios[0] = 1.0
-    f = np.cumprod(ratios, axis=0)  # f_l / f_0
-    l = np.arange(L + 1)[:, None]
-    wts = (2 * l + 1.0) if d == 3 else np.where(l == 0, 1.0, 2.0)
-    f0 = 1.0 / ((wts * f).sum(axis=0) + f[L] * tail)
-    return f * f0
-
-
-def degree_weights(r: np.ndarray, n: int, d: int) -> np.ndarray:
-    """Target-side weight ``b_l(r)`` of each degree ``l <= n`` (scaled by ``e^{-r}``)."""
-    f = _scaled_bessel(np.atleast_1d(r), n, d)
-    if d == 3:
-        return _FOUR_PI * f
-    f[1:] *= 2.0
-    return f
-
-
-def truncation_tails(r: np.ndarray, n: int, d: int, extra: int = 30) -> np.ndarray:
-    """``τ_m(r)`` for ``m = 0..n``: bound on the scaled truncation error after degree ``m``.
-
-    ``τ_m(r) = Σ_{l>m} g_l(r)`` with ``g_l = (2l+1) i_l e^{-r}`` (``S^2``) or ``2 I_l e^{-r}``
-    (``S^1``), summed to ``L = max(n, r) + extra`` plus a geometric bound of the rest (the
-    ratio ``g_{l+1}/g_l <= r/(2l+1)``).
-    """
-    r = np.atleast_1d(np.asarray(r, dtype=float))
-    rmax = float(r.max()) if r.size else 0.0
-    L = max(n, int(math.ceil(rmax))) + extra
-    f = _scaled_bessel(r, L, d)
-    l = np.arange(L + 1)[:, None]
-    g = (2 * l + 1) * f if d == 3 else np.where(l == 0, 1.0, 2.0) * f
-    q = r / (2 * L + 1)
-    rest = g[L] * q / (1 - q)  # q <= 1/2 since L >= r + extra
-    tails = np.cumsum(g[::-1], axis=0)[::-1]  # tails[m] = Σ_{l>=m}
-    out = np.empty((n + 1, r.size))
-    out[:] = tails[1 : n + 2] + rest
-    return out
-
-
-# ----------------------------------------------------------------------------- numba kernels
-#
-# The same sums without tabulating the bases: the harmonics are generated by the recurrences
-# of :func:`_basis_s2` in blocks of 256 points that stay in L1 and are consumed at once
-# (moments: Σ_j ψ_k(y_j) W_j; targets: Σ_k b_l(r_i) Y_k(û_i) mom_k). Compute-bound instead
-# of memory-bound (about 2.5x faster than the tabulated BLAS products on this 2-core machine)
-# and O(n²) memory. Each chunk of sources and each target is handled by one thread in a fixed
-# order, so the results do not depend on the thread count either.
-
-try:  # numba is optional: without it the tabulated NumPy path is used
-    import numba as _nb
-except ImportError:  # pragma: no cover - depends on the environment
-    _nb = None
-
-
-def _recurrence_tables(n: int):
-    """Coefficients of the normalised Legendre recurrences up to degree ``n``."""
-    a = np.zeros((n + 1, n + 1))
-    b = np.zeros((n + 1, n + 1))
-    for m in range(n + 1):
-        if m + 1 <= n:
-            a[m + 1, m] = math.sqrt(2 * m + 3)
-        for l in range(m + 2, n + 1):
-            den = l * l - m * m
-            a[l, m] = math.sqrt((4 * l * l - 1) / den)
-            b[l, m] = math.sqrt((2 * l + 1) * (l - m - 1) * (l + m - 1) / ((2 * l - 3) * den))
-    f = np.array([0.0] + [math.sqrt((2 * m + 1) / (2 * m)) for m in range(1, n + 1)])
-    return a, b, f
-
-
-if _nb is not None:
-    _FM = {"reassoc", "contract"}
-    _BS = 256
-
-    @_nb.njit(cache=True, fastmath=_FM)
-    def _nb_angles(P, j0, B, z, s, cphi, sphi):
-        for j in range(B):
-            x, y = P[j0 + j, 0], P[j0 + j, 1]
-            z[j] = P[j0 + j, 2]
-            sj = math.sqrt(x * x + y * y)
-            s[j] = sj
-            if sj > 0.0:
-                cphi[j], sphi[j] = x / sj, y / sj
-            else:
-                cphi[j], sphi[j] = 1.0, 0.0
-
-    @_nb.njit(cache=True, fastmath=_FM, inline="always")
-    def _nb_next_order(B, f, s, cphi, sphi, pmm, cm, sm):
-        """Order ``m - 1 -> m``: ``P̄_m^m ∝ f s P̄_{m-1}^{m-1}``, ``(cos, sin) mφ`` by rotation."""
-        for j in range(B):
-            pmm[j] *= f * s[j]
-            c = cm[j] * cphi[j] - sm[j] * sphi[j]
-            sm[j] = sm[j] * cphi[j] + cm[j] * sphi[j]
-            cm[j] = c
-
-    @_nb.njit(cache=True, fastmath=_FM)
-    def _nb_chunk_moments(P, W, n, ra, rb, fm, out):
-        """``out[k, q] += Σ_j Y_k(P_j) W[j, q]`` (``q < 4``) for one chunk, in a fixed order."""
-        npts = P.shape[0]
-        c0 = 1.0 / math.sqrt(4.0 * math.pi)
-        c1 = math.sqrt(2.0) * c0
-        z, s, cphi, sphi = np.empty(_BS), np.empty(_BS), np.empty(_BS), np.empty(_BS)
-        pmm, cm, sm = np.empty(_BS), np.empty(_BS), np.empty(_BS)
-        p1, p2 = np.empty(_BS), np.empty(_BS)
-        w = np.zeros((8, _BS))  # W (times cos mφ, sin mφ and the normalisation)
-        for j0 in range(0, npts, _BS):
-            B = min(_BS, npts - j0)
-            _nb_angles(P, j0, B, z, s, cphi, sphi)
-            for j in range(B):
-                pmm[j], cm[j], sm[j] = 1.0, 1.0, 0.0
-            for m in range(n + 1):
-                if m > 0:
-                    _nb_next_order(B, fm[m], s, cphi, sphi, pmm, cm, sm)
-                    for j in range(B):
-                        cc, ss = cm[j] * c1, sm[j] * c1
-                        for q in range(4):
-                            w[q, j] = W[j0 + j, q] * cc
-                            w[4 + q, j] = W[j0 + j, q] * ss
-                else:
-                    for j in range(B):
-                        for q in range(4):
-                            w[q, j] = W[j0 + j, q] * c0
-                for j in range(B):
-                    p1[j], p2[j] = pmm[j], 0.0
-                for l in range(m, n + 1):
-                    if l > m:
-                        a, b = ra[l, m], rb[l, m]
-                        for j in range(B):
-                            t = a * z[j] * p1[j] - b * p2[j]
-                            p2[j] = p1[j]
-                            p1[j] = t
-                    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = 0.0
-                    for j in range(B):
-                        pj = p1[j]
-                        a0 += pj * w[0, j]
-                        a1 += pj * w[1, j]
-                        a2 += pj * w[2, j]
-                        a3 += pj * w[3, j]
-                        b0 += pj * w[4, j]
-                        b1 += pj * w[5, j]
-                        b2 += pj * w[6, j]
-                        b3 += pj * w[7, j]
-                    col = l * l + max(2 * m - 1, 0)
-                    out[col, 0] += a0
-                    out[col, 1] += a1
-                    out[col, 2] += a2
-                    out[col, 3] += a3
-                    if m > 0:
-                        out[col + 1, 0] += b0
-                        out[col + 1, 1] += b1
-                        out[col + 1, 2] += b2
-                        out[col + 1, 3] += b3
-
-    @_nb.njit(cache=True, parallel=True)
-    def _nb_moments(P, W, n, chunk, ra, rb, fm):
-        out = np.zeros((P.shape[0] // chunk, (n + 1) ** 2, W.shape[1]))
-        for c in _nb.prange(out.shape[0]):
-            lo, hi = c * chunk, (c + 1) * chunk
-            _nb_chunk_moments(P[lo:hi], W[lo:hi], n, ra, rb, fm, out[c])
-        return out
-
-    @_nb.njit(cache=True)
-    def _nb_moments_serial(P, W, n, chunk, ra, rb, fm):
-        """:func:`_nb_moments` on the calling thread (same chunks, same sums, bit for bit)."""
-        out = np.zeros((P.shape[0] // chunk, (n + 1) ** 2, W.shape[1]))
-        for c in range(out.shape[0]):
-            lo, hi = c * chunk, (c + 1) * chunk
-            _nb_chunk_moments(P[lo:hi], W[lo:hi], n, ra, rb, fm, out[c])
-        return out
-
-    @_nb.njit(cache=True, fastmath=_FM)
-    def _nb_block_targets(U, bw, mom, n, ra, rb, fm, j0, out):
-        """``out[i] = Σ_k b_{l(k)}(r_i) Y_k(U_i) mom_k`` (4 columns) for targets ``j0 + [0, 256)``.
-
-        For each order ``m``: the table ``T[l, j] = b_l(r_j) P̄_l^m(z_j)``, then the small
-        product ``S = T mom_m`` unrolled four degrees at a time (fewer loads and stores).
-        """
-        B = min(_BS, U.shape[0] - j0)
-        c0 = 1.0 / math.sqrt(4.0 * math.pi)
-        c1 = math.sqrt(2.0) * c0
-        z, s, cphi, sphi = np.empty(B), np.empty(B), np.empty(B), np.empty(B)
-        pmm, cm, sm = np.ones(B), np.ones(B), np.zeros(B)
-        T = np.empty((n + 4, B))
-        S, acc = np.empty((8, B)), np.zeros((4, B))
-        mm = np.zeros((n + 4, 8))
-        _nb_angles(U, j0, B, z, s, cphi, sphi)
-        for m in range(n + 1):
-            if m > 0:
-                _nb_next_order(B, fm[m], s, cphi, sphi, pmm, cm, sm)
-            L = n + 1 - m
-            Lp = (L + 3) // 4 * 4
-            for j in range(B):
-                T[0, j] = pmm[j]
-            if L > 1:
-                a = ra[m + 1, m]
-                for j in range(B):
-                    T[1, j] = a * z[j] * pmm[j]
-            for i in range(2, L):
-                a, b = ra[m + i, m], rb[m + i, m]
-                for j in range(B):
-                    T[i, j] = a * z[j] * T[i - 1, j] - b * T[i - 2, j]
-            for i in range(L):
-                for j in range(B):
-                    T[i, j] *= bw[m + i, j0 + j]
-            for i in range(L, Lp):
-                for j in range(B):
-                    T[i, j] = 0.0
-            for i in range(Lp):
-                l = m + i
-                for q in range(8):
-                    mm[i, q] = 0.0
-                if i < L:
-                    col = l * l + max(2 * m - 1, 0)
-                    for q in range(4):
-                        mm[i, q] = mom[col, q]
-                        if m > 0:
-                            mm[i, 4 + q] = mom[col + 1, q]
-            for q in range(8):
-                for j in range(B):
-                    S[q, j] = 0.0
-            for i in range(0, Lp, 4):
-                for q in range(8 if m > 0 else 4):
-                    m0, m1, m2, m3 = mm[i, q], mm[i + 1, q], mm[i + 2, q], mm[i + 3, q]
-                    for j in range(B):
-                        S[q, j] += (
-                            T[i, j] * m0 + T[i + 1, j] * m1 + T[i + 2, j] * m2 + T[i + 3, j] * m3
-                        )
-            if m == 0:
-                for q in range(4):
-                    for j in range(B):
-                        acc[q, j] += c0 * S[q, j]
-            else:
-                for q in range(4):
-                    for j in range(B):
-                        acc[q, j] += c1 * (cm[j] * S[q, j] + sm[j] * S[4 + q, j])
-        for j in range(B):
-            for q in range(4):
-                out[j0 + j, q] = acc[q, j]
-
-    @_nb.njit(cache=True, parallel=True)
-    def _nb_targets(U, bw, mom, n, ra, rb, fm):
-        out = np.empty((U.shape[0], mom.shape[1]))
-        for k in _nb.prange((U.shape[0] + _BS - 1) // _BS):
-            _nb_block_targets(U, bw, mom, n, ra, rb, fm, k * _BS, out)
-        return out
-
-    @_nb.njit(cache=True)
-    def _nb_targets_serial(U, bw, mom, n, ra, rb, fm):
-        """:func:`_nb_targets` on the calling thread (bit for bit)."""
-        out = np.empty((U.shape[0], mom.shape[1]))
-        for k in range((U.shape[0] + _BS - 1) // _BS):
-            _nb_block_targets(U, bw, mom, n, ra, rb, fm, k * _BS, out)
-        return out
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-class _SourceBasis:
-    """``ψ`` at this rank's chunks of the key-ordered sources, shape ``(C_local, r_n, chunk)``."""
-
-    def __init__(self, points: np.ndarray, lo: int, hi: int, chunk: int, d: int):
-        self.d, self.chunk, self.n = d, chunk, -1
-        pts = np.zeros(((hi - lo) * chunk, d))
-        pts[:, -1] = 1.0  # padding: any unit vector (its weight is zero)
-        own = points[lo * chunk : min(hi * chunk, len(points))]
-        pts[: len(own)] = own
-        self.points, self.count = pts, len(own)
-        self.psi = np.empty((hi - lo, 0, chunk))
-
-    def ensure(self, n: int) -> None:
-        if n <= self.n:
-            return
-        C, chunk = self.psi.shape[0], self.chunk
-        psi = np.empty((C, num_terms(n, self.d), chunk))
-        group = max(1, 32768 // chunk)
-        for c in range(0, C, group):
-            e = min(C, c + group)
-            b = sphere_basis(self.points[c * chunk : e * chunk], n)
-            psi[c:e] = b.reshape(b.shape[0], e - c, chunk).transpose(1, 0, 2)
-        self.psi, self.n = psi, n
-
-    @property
-    def nbytes(self) -> int:
-        return self.psi.nbytes
-
-
-#: Source bases shared between evaluators on the same sources (the model and its perturbed
-#: copy use the same centroids).
-_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def _memory_default() -> int:
@@ -610,41 +220,32 @@ class FastVelocity:
         self._src_rows = (lo * self.chunk, min(hi * self.chunk, self.M))
         if backend not in ("auto", "numba", "numpy"):
             raise ValueError(f"backend must be auto, numba or numpy, got {backend!r}")
-        if backend == "numba" and (_nb is None or self.d != 3):
+        if backend == "numba" and (not HAVE_NUMBA or self.d != 3):
             raise ValueError("the numba backend needs numba and S^2 (d = 3)")
-        self.backend = (
-            "numba" if backend != "numpy" and _nb is not None and self.d == 3 else ("numpy")
-        )
-        if self.backend == "numba":
-            pts = np.zeros(((hi - lo) * self.chunk, 3))
-            pts[:, 2] = 1.0  # padding (zero weight)
-            own = self.y[self._src_rows[0] : self._src_rows[1]]
-            pts[: len(own)] = own
-            self._pts = pts
-            self._rt = _recurrence_tables(0)
+        # the back-end, chosen once: both have the same methods (see ._backends)
+        if backend != "numpy" and HAVE_NUMBA and self.d == 3:
             if threads is None:
                 threads = threads_per_rank(comm)
-            self.threads = int(min(max(1, threads), _nb.config.NUMBA_NUM_THREADS))
-            # one thread: serial kernels, so that numba's thread pool is never started (its
-            # idle workers spin and, with one rank per core, halve the speed of every rank)
-            self._kernels = (
-                (_nb_moments_serial, _nb_targets_serial)
-                if self.threads == 1
-                else (_nb_moments, _nb_targets)
-            )
+            self._backend = NumbaBackend(self.y, lo, hi, self.chunk, threads)
         else:
-            key = (P, p, self.chunk, self.y.shape, hashlib.sha1(self.y.tobytes()).hexdigest())
-            basis = _SHARED.get(key)
-            if basis is None:
-                basis = _SourceBasis(self.y, lo, hi, self.chunk, self.d)
-                _SHARED[key] = basis
-            self._psi = basis
+            self._backend = NumPyBackend(self.y, P, p, lo, hi, self.chunk)
+        self.backend = self._backend.name
         self._C_local = hi - lo
         self._setups: OrderedDict = OrderedDict()
         self._vcache: tuple | None = None
         self.n_cap_mem = self._n_cap(cost=False)
         self.n_cap = self._n_cap(cost=self.auto)
         self.report: dict = {"method": "fast"}
+
+    @property
+    def threads(self) -> int:
+        """Numba threads per rank (numba back-end only)."""
+        return self._backend.threads
+
+    @property
+    def _kernels(self):
+        """The compiled ``(moments, targets)`` pair in use (numba back-end only)."""
+        return self._backend.kernels
 
     # ------------------------------------------------------------------ helpers
 
@@ -668,7 +269,7 @@ class FastVelocity:
         n = 0
         while n < MAX_DEGREE[d]:
             r = num_terms(n + 1, d)
-            tables = 8 * r * (M + self.cache * N) if self.backend == "numpy" else 0
+            tables = self._backend.table_bytes(r, M + self.cache * N)
             if tables > self.memory_bytes:
                 break
             # fast ~ 1 ns per tabulated term and evaluation, direct ~ 9 ns per pair
@@ -749,17 +350,7 @@ class FastVelocity:
         ``φ_k(x_i) = b_{l(k)}(r_i) ψ_k(A x_i / r_i)`` for the NumPy backend)."""
         if n <= st.n_phi:
             return
-        if self.backend == "numba":
-            st.bw = np.ascontiguousarray(degree_weights(st.ri, n, self.d))
-            if n >= self._rt[0].shape[0]:
-                self._rt = _recurrence_tables(max(n, 2 * self._rt[0].shape[0]))
-        else:
-            st.phi = None
-            b = degree_weights(st.ri, n, self.d)  # (n + 1, N_local)
-            phi = sphere_basis(st.uh, n)
-            phi *= b[_degree_of_terms(n, self.d)]
-            st.phi = np.asfortranarray(phi.T)
-            self._psi.ensure(n)
+        self._backend.prepare(st, n)
         st.n_phi = n
 
     def _to_direct(self, st: _Setup, reason: str, warn: bool = True) -> None:
@@ -775,12 +366,7 @@ class FastVelocity:
 
     def _moments(self, n: int, W: np.ndarray) -> np.ndarray:
         r = num_terms(n, self.d)
-        if self.backend == "numba":
-            with _numba_threads(self.threads):
-                mom_local = self._kernels[0](self._pts, W, n, self.chunk, *self._rt)
-        else:
-            C = self._C_local
-            mom_local = np.matmul(self._psi.psi[:, :r, :], W.reshape(C, self.chunk, W.shape[1]))
+        mom_local = self._backend.moments(n, W)
         if self.comm.size > 1:
             k = r * W.shape[1]
             allm = np.empty((self.C, r, W.shape[1]))
@@ -795,11 +381,7 @@ class FastVelocity:
     def _fast(self, st: _Setup, n: int, ctx: dict):
         """Velocity ``X̃``, scaled denominator ``D̃`` and ``q = |Ñ|/D̃`` at degree ``n``."""
         mom = self._moments(n, ctx["W"])
-        if self.backend == "numba":
-            with _numba_threads(self.threads):
-                out = self._kernels[1](st.uh, st.bw, mom, n, *self._rt)
-        else:
-            out = st.phi[:, : num_terms(n, self.d)] @ mom
+        out = self._backend.targets(st, mom, n)
         D = out[:, 0]
         good = D > 0
         num = np.zeros((len(D), self.d))
@@ -878,9 +460,8 @@ class FastVelocity:
             B = self._bounds(st, n, D, q, ctx)[0]
             fail = B > thr
             nfail = int(self._allsum(int(fail.sum())))
-        if first and st.phi is not None and st.n_phi > st.n_use + 2:  # drop unused columns
-            st.phi = np.asfortranarray(st.phi[:, : num_terms(st.n_use + 2, d)])
-            st.n_phi = st.n_use + 2
+        if first:  # drop unused tabulated columns
+            self._backend.trim(st, st.n_use)
         if np.any(fail):
             X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)
         st.direct_targets += nfail
@@ -927,23 +508,6 @@ class FastVelocity:
             )
             return False
         return True
-
-
-class _numba_threads:
-    """Run numba kernels with ``k`` threads, restoring the caller's setting afterwards (nothing
-    to do for ``k = 1``: the serial kernels do not touch the thread pool)."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def __enter__(self):
-        if self.k > 1:
-            self.old = _nb.get_num_threads()
-            _nb.set_num_threads(self.k)
-
-    def __exit__(self, *exc):
-        if self.k > 1:
-            _nb.set_num_threads(self.old)
 
 
 def _mpi_op(name: str):

@@ -1,0 +1,284 @@
+"""The scenes that draw a run: S^2 in PyVista, S^1 in matplotlib, both updated per saved time.
+
+A scene is built once for a run and then, for each saved time ``k``, ``show_time(k, clim)``
+updates its fields and ``screenshot(path=None)`` writes a PNG or returns the RGB image;
+``close()`` frees it. :class:`SphereScene` shows the densities on the sphere (optionally
+warped radially), :class:`CircleScene` polar plots; the base and the perturbed flow side by
+side with one colour scale.
+
+PyVista (the ``viz`` extra) is imported only when an S^2 scene is made (:func:`pyvista`).
+Without a display, rendering is off-screen (EGL, else OSMesa).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+
+import numpy as np
+
+from ._data import Run, vtk_arrays
+
+__all__ = [
+    "CMAP",
+    "WINDOW",
+    "FRAME",
+    "LABELS",
+    "SphereScene",
+    "CircleScene",
+    "has_display",
+    "pyvista",
+    "pyvista_grid",
+]
+
+#: Colour map of densities (perceptually uniform, readable in grey and by colour-blind eyes).
+CMAP = "viridis"
+#: Pixels of a PNG (two panels side by side) and of an animation frame.
+WINDOW = (1400, 640)
+FRAME = (960, 448)  # multiples of 16: MP4 codecs need them
+LABELS = ("base μ", "LoRA-perturbed ν")
+# VTK's bundled fonts have no Greek letters: plain names in rendered text.
+VTK_LABELS = ("base flow", "LoRA-perturbed flow")
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
+    """Round tick values inside ``[lo, hi]``, ends included."""
+    from matplotlib.ticker import MaxNLocator
+
+    t = MaxNLocator(n).tick_values(lo, hi)
+    t = t[(t >= lo - 1e-12 * hi) & (t <= hi * (1 + 1e-12))]
+    return t
+
+
+def _tick_format(ticks) -> str:
+    """printf format that shows every tick exactly, with as few digits as possible."""
+    for digits in range(0, 8):
+        if np.allclose(np.round(ticks, digits), ticks, rtol=0, atol=1e-9 * max(ticks.max(), 1)):
+            return f"%.{digits}f"
+    return "%.3g"
+
+
+def _fmt_time(t: float) -> str:
+    return f"{t:.4g}"
+
+
+def has_display() -> bool:
+    """Whether an interactive window can be opened."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pyvista(off_screen: bool = True):
+    """Import PyVista set up for off-screen pictures when there is no display."""
+    if not has_display() and "VTK_DEFAULT_OPENGL_WINDOW" not in os.environ:
+        if ctypes.util.find_library("EGL"):  # skip VTK's X attempt and its warning
+            os.environ["VTK_DEFAULT_OPENGL_WINDOW"] = "vtkEGLRenderWindow"
+    try:
+        import pyvista as pv
+    except ImportError:
+        raise ImportError(
+            "pictures of S^2 need PyVista: pip install 'meanfield-lora-solver[viz]'"
+        ) from None
+    if off_screen or not has_display():
+        pv.OFF_SCREEN = True
+    return pv
+
+
+def _panel_window(window, n: int) -> tuple[int, int]:
+    """Pixels for ``n`` panels and a colour bar: ``window`` is sized for two panels."""
+    w, h = window
+    return (int(round(w * (n + 0.3) / 2.3 / 16)) * 16, int(h))
+
+
+def _view_direction(run: Run) -> np.ndarray:
+    """Where to look from: the mean direction of the mass (both flows, all saved times)."""
+    w = sum(f.sum(axis=0) for f in run.fields) * run.areas
+    m = w @ run.centroids
+    if np.linalg.norm(m) < 0.05 * w.sum():
+        return np.array([1.0, 0.6, 0.5]) / np.linalg.norm([1.0, 0.6, 0.5])
+    d = m / np.linalg.norm(m)
+    up = np.array([0.0, 0.0, 1.0])
+    # tilt a little towards the north pole, so that the sphere is seen from slightly above
+    d = d + 0.35 * (up - (up @ d) * d)
+    return d / np.linalg.norm(d)
+
+
+# --------------------------------------------------------------------------------------------
+# S^2: coloured spheres (PyVista)
+
+
+def pyvista_grid(pv, run: Run, mesh=None):
+    """``(grid, order)``: the run's cells as a ``pyvista.UnstructuredGrid`` (no fields); VTK
+    cell ``i`` is saved cell ``order[i]``."""
+    cells, points, order = vtk_arrays(run, mesh)
+    nv = cells.shape[1]
+    ctype = pv.CellType.TRIANGLE if nv == 3 else pv.CellType.LINE
+    conn = np.column_stack([np.full(len(cells), nv), cells]).ravel()
+    grid = pv.UnstructuredGrid(conn, np.full(len(cells), ctype, dtype=np.uint8), points)
+    return grid, order
+
+
+class SphereScene:
+    """Two linked PyVista panels (base, perturbed) whose fields are updated per saved time."""
+
+    def __init__(self, pv, run: Run, window, *, warp: float, off_screen: bool, mesh=None):
+        self.pv, self.run, self.warp = pv, run, float(warp)
+        grid, self.order = pyvista_grid(pv, run, mesh)
+        self.unit = np.asarray(grid.points).copy()
+        n = len(run.fields)
+        window = _panel_window(window, n)
+        # one column per flow and a narrow one for the shared colour bar
+        self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.3],
+                             window_size=list(window), off_screen=off_screen,
+                             border=False)  # fmt: skip
+        self.pl.set_background("white")
+        self.meshes, self.titles, self.actors = [], [], []
+        font = max(8, round(window[1] / 48))
+        for i in range(n):
+            self.pl.subplot(0, i)
+            g = grid.copy()
+            g.cell_data["density"] = run.fields[i][0][self.order]
+            self.meshes.append(g)
+            actor = self.pl.add_mesh(
+                g, scalars="density", cmap=CMAP, clim=run.clim(0), show_scalar_bar=False,
+                lighting=True, ambient=0.3, diffuse=0.75, specular=0.1,
+            )  # fmt: skip
+            self.actors.append(actor)
+            self.titles.append(self.pl.add_text("", position="upper_edge", font_size=font,
+                                                color="black"))  # fmt: skip
+        self.pl.subplot(0, n)
+        self.pl.add_scalar_bar(
+            title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.12,
+            position_y=0.15, width=0.5, height=0.7, color="black", title_font_size=2 * font,
+            label_font_size=round(1.6 * font), n_labels=5,
+        )  # fmt: skip
+        self.bar = self.pl.scalar_bars["density"]
+        self.bar.SetUseCustomLabels(True)  # round tick values (set per time)
+        self.bar.SetBarRatio(0.3)
+        self.radius = 1.0 + 0.5 * self.warp
+        self.pl.subplot(0, 0)
+        self.pl.add_axes(color="black", line_width=2)
+        d = _view_direction(run)
+        up = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        aspect = window[0] / (n + 0.3) / window[1]  # of one panel
+        dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
+        self.pl.camera_position = [tuple(dist * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
+        self.pl.camera.view_angle = 30.0
+        if n > 1:
+            self.pl.link_views(list(range(n)))
+
+    def show_time(self, k: int, clim) -> None:
+        run = self.run
+        lo, hi = clim if clim is not None else run.clim(k)
+        for i, g in enumerate(self.meshes):
+            vals = run.fields[i][k][self.order]
+            g.cell_data["density"][:] = vals  # in place: the mapper keeps this array
+            if self.warp:
+                nodal = np.asarray(g.cell_data_to_point_data()["density"])
+                g.points[:] = self.unit * (1.0 + self.warp * nodal / hi)[:, None]
+                g.GetPoints().Modified()
+            name = VTK_LABELS[i] if len(self.meshes) > 1 else "density"
+            self.titles[i].set_text("upper_edge", f"{name}    t = {_fmt_time(run.times[k])}")
+        for actor in self.actors:
+            actor.mapper.scalar_range = (lo, hi)
+        self.pl.update_scalar_bar_range([lo, hi])
+        ticks = _nice_ticks(lo, hi)
+        self.bar.SetLabelFormat(_tick_format(ticks))
+        self.bar.SetCustomLabels(self.pv.convert_array(np.asarray(ticks, dtype=float)))
+        for g in self.meshes:
+            g.Modified()
+        self.pl.render()
+
+    def screenshot(self, path=None):
+        return self.pl.screenshot(str(path) if path is not None else None, return_img=True)
+
+    def close(self):
+        self.pl.close()
+
+
+# --------------------------------------------------------------------------------------------
+# S^1: polar plots (matplotlib)
+
+
+class CircleScene:
+    """Polar plots of both flows on S^1 (one coloured wedge per cell), updated per time."""
+
+    def __init__(self, run: Run, size):
+        import matplotlib as mpl
+        import matplotlib.pyplot as plt
+        from matplotlib.collections import PolyCollection
+
+        self.run, self.plt = run, plt
+        n = len(run.fields)
+        size = _panel_window(size, n)
+        dpi = 100
+        self.fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
+                                      figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
+                                      squeeze=False)  # fmt: skip
+        self.axes = list(axes[0])
+        self.fig.subplots_adjust(left=0.05, right=0.86, top=0.88, bottom=0.05, wspace=0.3)
+        theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
+        half = np.arcsin(np.clip(run.areas / 2, 0, 1))  # half the arc of a chord of length |K|
+        # each wedge: from the centre out to ρ between the cell's end angles (arcs are drawn
+        # by the polar transform, which interpolates lines of constant r)
+        self.t0, self.t1 = theta - half, theta + half
+        srt = np.argsort(theta)
+        self.norm = mpl.colors.Normalize(0.0, 1.0)
+        self.locator = mpl.ticker.MaxNLocator(4)
+        self.cmap = mpl.colormaps[CMAP]
+        self.polys, self.titles = [], []
+        for i, ax in enumerate(self.axes):
+            pc = PolyCollection(self._verts(run.fields[i][0]), array=run.fields[i][0],
+                                cmap=self.cmap, norm=self.norm, edgecolors="face",
+                                linewidths=0.3)  # fmt: skip
+            ax.add_collection(pc)
+            self.polys.append(pc)
+            r0 = run.fields[i][0][srt]
+            th = theta[srt]
+            ax.plot(np.append(th, th[0] + 2 * np.pi), np.append(r0, r0[0]), color="0.4",
+                    lw=1.0, ls="--", label="t = 0", zorder=3)  # fmt: skip
+            ax.set_rlabel_position(112.5)
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.5)
+            self.titles.append(ax.set_title("", fontsize=12, pad=14))
+        self.axes[0].legend(loc="lower left", bbox_to_anchor=(-0.05, -0.04), fontsize=9,
+                            frameon=False)  # fmt: skip
+        cax = self.fig.add_axes((0.9, 0.15, 0.018, 0.68))
+        self.cbar = self.fig.colorbar(self.polys[0], cax=cax)
+        self.cbar.set_label("density", fontsize=11)
+
+    def _verts(self, rho):
+        z = np.zeros_like(rho)
+        return np.stack(
+            [
+                np.column_stack(c)
+                for c in ((self.t0, z), (self.t0, rho), (self.t1, rho), (self.t1, z))
+            ],
+            axis=1,
+        )
+
+    def show_time(self, k: int, clim) -> None:
+        run = self.run
+        lo, hi = clim if clim is not None else run.clim(k)
+        self.norm.vmin, self.norm.vmax = lo, hi
+        for i, ax in enumerate(self.axes):
+            rho = run.fields[i][k]
+            self.polys[i].set_verts(self._verts(rho))
+            self.polys[i].set_array(rho)
+            ax.set_ylim(0, hi * 1.05)
+            ax.yaxis.set_major_locator(self.locator)
+            name = LABELS[i] if len(self.axes) > 1 else "density"
+            self.titles[i].set_text(f"{name}    t = {_fmt_time(run.times[k])}")
+        self.cbar.update_normal(self.polys[0])
+
+    def screenshot(self, path=None):
+        if path is not None:
+            self.fig.savefig(path, dpi=self.fig.dpi, facecolor="white")
+            return None
+        self.fig.canvas.draw()
+        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
+
+    def close(self):
+        self.plt.close(self.fig)
