@@ -11,9 +11,9 @@ and output handlers called with a cadence, as Dedalus's evaluator calls its file
 * :class:`Snapshots` — every saved time: the densities gathered on rank 0 and ``W2(μ_t, ν_t)``
   computed at once (``result.npz``, ``w2.csv``);
 * :class:`~solver.io.FieldWriter` — every saved time: the VTX (``density.bp``) series;
-* :class:`Checkpoint` — every saved time: the states, the diagnostic rows and the saved data
-  so far, so that ``resume=True`` continues exactly (each save appends one snapshot file: the
-  I/O is linear in the output).
+* :class:`Checkpoint` — every saved time: the states, the diagnostic rows, the fast velocity's
+  chosen degrees and the saved data so far, so that ``resume=True`` continues bit for bit
+  (each save appends one snapshot file: the I/O is linear in the output).
 
 The output folder (:class:`~solver.io.RunFolder`) is checked before the run starts (writable,
 not holding another run unless ``overwrite``) and gets ``manifest.json`` last, listing the
@@ -22,6 +22,7 @@ files of a complete run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,8 +164,8 @@ class Checkpoint:
     saves in ``checkpoint.npz`` (rewritten: its size does not grow with the saves), and the new
     snapshot in ``snapshots/NNNNNN.npz`` (appended: the I/O is linear in the output)."""
 
-    def __init__(self, folder: RunFolder, fp: dict):
-        self.folder, self.fp = folder, fp
+    def __init__(self, folder: RunFolder, fp: dict, fields: list):
+        self.folder, self.fp, self.fields = folder, fp, fields
 
     def __call__(self, k: int, gathered, rows, snaps: Snapshots) -> None:
         i = len(snaps.fields[0]) - 1
@@ -172,6 +173,7 @@ class Checkpoint:
         self.folder.write_snapshot(i, [f[i] for f in snaps.fields], **extra)
         self.folder.write_checkpoint(
             step=k, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
+            velocity_state=np.array(json.dumps([f.get_state() for f in self.fields])),
             **{f"state{j}": g for j, g in enumerate(gathered)},
         )  # fmt: skip
 
@@ -179,6 +181,8 @@ class Checkpoint:
         """``(step, states)`` from the checkpoint (snapshots and rows restored in place)."""
         z = self.folder.read_checkpoint(self.fp)
         diag.rows = z["diagnostics"].tolist()
+        for f, st in zip(self.fields, json.loads(str(z["velocity_state"])), strict=True):
+            f.set_state(st)  # the fast method's degrees: the velocity as before, bit for bit
         if sm.comm.rank == 0:
             for i in range(int(z["saves"])):
                 s = self.folder.read_snapshot(i)
@@ -300,7 +304,7 @@ def evolve(
         )  # fmt: skip
         folder = RunFolder(comm, output)
         folder.prepare(fp, resume=resume, overwrite=overwrite)
-        ckpt = Checkpoint(folder, fp)
+        ckpt = Checkpoint(folder, fp, fields)
         if resume and folder.has_checkpoint():
             start, flows.states = ckpt.restore(sm, snaps, diag, len(fields))
         if config is not None:

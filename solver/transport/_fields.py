@@ -51,6 +51,12 @@ class NonlocalField:
     def speed(self, T: float) -> float:
         return self.model.speed_bound(T)
 
+    def get_state(self) -> list[dict]:
+        return self.eval.get_state()
+
+    def set_state(self, state: list[dict]) -> None:
+        self.eval.set_state(state)
+
 
 class PrescribedField:
     """A given velocity ``u(x, t)`` (projected onto the tangent space at the nodes)."""
@@ -63,6 +69,12 @@ class PrescribedField:
 
     def speed(self, T: float) -> float:
         return self._speed
+
+    def get_state(self) -> list[dict]:
+        return []
+
+    def set_state(self, state: list[dict]) -> None:
+        pass
 
 
 class Transport:

@@ -294,6 +294,26 @@ class FastVelocity:
 
     # ------------------------------------------------------------------ set-up per A
 
+    def get_state(self) -> list[dict]:
+        """The degree chosen for each ``A`` so far (JSON-able): with :meth:`set_state` a
+        resumed run evaluates exactly as the uninterrupted one (the degree is chosen from the
+        density at the first call with each ``A``)."""
+        return [{"A": st.A.tolist(), "mode": st.mode, "n_use": st.n_use}
+                for st in self._setups.values() if not st.new]  # fmt: skip
+
+    def set_state(self, state: list[dict]) -> None:
+        """Restore the degrees of :meth:`get_state` (before the first call)."""
+        for s in state:
+            st = self._setup(np.array(s["A"], dtype=float))
+            st.new = False
+            if s["mode"] == "direct":
+                if st.mode != "direct":
+                    self._to_direct(st, "as before the restart", warn=False)
+            else:
+                st.n_use = int(s["n_use"])
+                if st.n_use > st.n_phi:
+                    self._prepare(st, st.n_use)
+
     def _setup(self, A: np.ndarray) -> _Setup:
         key = A.tobytes()
         st = self._setups.get(key)

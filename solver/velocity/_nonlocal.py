@@ -110,6 +110,14 @@ class NonlocalVelocity:
                 stacklevel=2,
             )
 
+    def get_state(self) -> list[dict]:
+        """What a resumed run needs to evaluate exactly as before (the fast method's degrees)."""
+        return self._fast.get_state() if self._fast is not None else []
+
+    def set_state(self, state: list[dict]) -> None:
+        if self._fast is not None:
+            self._fast.set_state(state)
+
     def _gather(self, a: np.ndarray) -> np.ndarray:
         a = np.ascontiguousarray(a)
         if self.comm.size == 1:
