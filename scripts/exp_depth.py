@@ -23,18 +23,7 @@ n, kappa, theta0_deg, eps_min, eps_max, n_eps, seeds, delta, dt, t_factor). Reru
 import sys
 
 from solver.experiments import cli, run_depth
-
-PRESETS = {
-    "tiny": {"dims": [2], "n": 20, "kappa": 20.0, "theta0_deg": [45.0], "eps_min": 0.05,
-             "eps_max": 0.3, "n_eps": 3, "seeds": 1, "delta": 0.1, "dt": 0.1,
-             "t_factor": 1.3},
-    "small": {"dims": [2, 3], "n": 50, "kappa": 20.0, "theta0_deg": [20.0, 45.0],
-              "eps_min": 0.003, "eps_max": 0.3, "n_eps": 7, "seeds": 2, "delta": 0.1,
-              "dt": 0.1, "t_factor": 1.3},
-    "paper": {"dims": [2, 3, 8], "n": 100, "kappa": 20.0, "theta0_deg": [10.0, 20.0, 45.0],
-              "eps_min": 0.002, "eps_max": 0.3, "n_eps": 9, "seeds": 3, "delta": 0.1,
-              "dt": 0.1, "t_factor": 1.3},
-}  # fmt: skip
+from solver.experiments.depth import PRESETS
 
 
 def main(argv=None) -> int:

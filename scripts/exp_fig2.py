@@ -25,15 +25,7 @@ continues from its last checkpoint.
 import sys
 
 from solver.experiments import cli, run_fig2
-
-PRESETS = {
-    "tiny": {"n": 20, "seed": 0, "eps": 0.01, "T": 2.0, "dt": 0.1, "save_every": 0.5,
-             "cells": 48, "kappa": 30.0, "cfl": 0.9},
-    "small": {"n": 20, "seed": 0, "eps": 0.01, "T": 60.0, "dt": 0.1, "save_every": 0.5,
-              "cells": 200, "kappa": 150.0, "cfl": 0.9},
-    "paper": {"n": 20, "seed": 0, "eps": 0.01, "T": 200.0, "dt": 0.05, "save_every": 1.0,
-              "cells": 300, "kappa": 250.0, "cfl": 0.9},
-}  # fmt: skip
+from solver.experiments.fig2 import PRESETS
 
 
 def main(argv=None) -> int:

@@ -24,19 +24,7 @@ layer_length, rank, kinds). Rerunning resumes.
 import sys
 
 from solver.experiments import cli, run_lora_kinds
-
-KINDS = ["tied", "random", "orthogonal", "aligned"]
-PRESETS = {
-    "tiny": {"V_diag": [1.0, 0.8, 0.3], "n": 12, "kappa": 2.0, "x0_seed": 0, "T": 10.0,
-             "dt": 0.1, "save_every": 2.0, "eps": [0.1], "seeds": 1, "layer_length": 1.0,
-             "rank": 1, "kinds": KINDS},
-    "small": {"V_diag": [1.0, 0.8, 0.3], "n": 32, "kappa": 2.0, "x0_seed": 0, "T": 40.0,
-              "dt": 0.05, "save_every": 1.0, "eps": [0.05, 0.1, 0.2], "seeds": 3,
-              "layer_length": 1.0, "rank": 1, "kinds": KINDS},
-    "paper": {"V_diag": [1.0, 0.8, 0.3], "n": 128, "kappa": 2.0, "x0_seed": 0, "T": 80.0,
-              "dt": 0.05, "save_every": 1.0, "eps": [0.02, 0.05, 0.1, 0.2], "seeds": 8,
-              "layer_length": 1.0, "rank": 1, "kinds": KINDS},
-}  # fmt: skip
+from solver.experiments.lora_kinds import PRESETS
 
 
 def main(argv=None) -> int:

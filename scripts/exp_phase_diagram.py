@@ -22,15 +22,7 @@ T = 400); paper ~10 min (24 eps, T = 1000, dt = 0.05). TOML keys override the pr
 import sys
 
 from solver.experiments import cli, run_phase_diagram
-
-PRESETS = {
-    "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.01, "eps_max": 0.04,
-             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1},
-    "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1},
-    "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1},
-}  # fmt: skip
+from solver.experiments.phase_diagram import PRESETS
 
 
 def main(argv=None) -> int:

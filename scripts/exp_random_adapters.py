@@ -22,23 +22,11 @@ linear_max). Rerunning resumes.
 import sys
 
 from solver.experiments import cli, run_random_adapters
-
-PRESETS = {
-    "tiny": {"d": 3, "n": 16, "x0_seed": 0, "T": 4.0, "dt": 0.05, "Ls": [2, 8],
-             "ratio_min": 0.01, "ratio_max": 0.1, "n_ratio": 2, "seeds": 2, "s": [1.0],
-             "linear_max": 0.5},
-    "small": {"d": 3, "n": 32, "x0_seed": 0, "T": 10.0, "dt": 0.05, "Ls": [4, 16, 64],
-              "ratio_min": 0.001, "ratio_max": 1.0, "n_ratio": 7, "seeds": 4, "s": [1.0],
-              "linear_max": 0.5},
-    "paper": {"d": 3, "n": 64, "x0_seed": 0, "T": 10.0, "dt": 0.025,
-              "Ls": [1, 4, 16, 64, 256], "ratio_min": 0.001, "ratio_max": 3.0, "n_ratio": 13,
-              "seeds": 16, "s": [1.0], "linear_max": 0.5},
-}  # fmt: skip
+from solver.experiments.random_adapters import PRESETS
 
 
 def main(argv=None) -> int:
-    return cli(argv, name="random_adapters", doc=__doc__, presets=PRESETS,
-               run=run_random_adapters)  # fmt: skip
+    return cli(argv, name="random_adapters", doc=__doc__, presets=PRESETS, run=run_random_adapters)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,7 @@ the preset (n, seeds, T, dt, save_every, betas, radius, plot_seed). Rerunning re
 import sys
 
 from solver.experiments import cli, run_two_clusters
-
-PRESETS = {
-    "tiny": {"n": 20, "seeds": 2, "T": 20.0, "dt": 0.1, "save_every": 1.0, "betas": [4.0],
-             "radius": 0.05, "plot_seed": 0},
-    "small": {"n": 20, "seeds": 8, "T": 100.0, "dt": 0.1, "save_every": 0.5,
-              "betas": [1.0, 4.0], "radius": 0.05, "plot_seed": 0},
-    "paper": {"n": 20, "seeds": 32, "T": 400.0, "dt": 0.1, "save_every": 1.0,
-              "betas": [1.0, 2.0, 4.0, 9.0], "radius": 0.05, "plot_seed": 0},
-}  # fmt: skip
+from solver.experiments.two_clusters import PRESETS
 
 
 def main(argv=None) -> int:

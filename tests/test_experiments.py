@@ -18,14 +18,20 @@ from mpi4py import MPI
 
 from solver.analysis import delta_cluster_state
 from solver.experiments import (
+    EXPERIMENT_NAMES,
     Budget,
     SweepError,
-    _experiments,
     as_columns,
     case_key,
+    delta_distance,
     format_value,
+    load_presets,
+    lora_kinds,
     parse_value,
+    point_mass_depth,
+    random_adapters,
     read_rows,
+    resolve_params,
     run_sweep,
 )
 from solver.io import ConfigError
@@ -112,7 +118,7 @@ def test_random_adapters(tmp_path):
     assert len(rows) == len(p["Ls"]) * p["n_ratio"] * p["seeds"]
     for r in rows:
         assert r["eta"] == pytest.approx(r["ratio"] * math.sqrt(r["L"]))
-    stats = _experiments.random_stats(rows)
+    stats = random_adapters.random_stats(rows)
     for L in p["Ls"]:
         means = [stats[k]["mean"] for k in sorted(stats) if k[0] == L]
         assert np.all(np.diff(means) > 0)  # more drift for larger η_L / √L
@@ -138,7 +144,7 @@ def test_lora_kinds(tmp_path):
     p = script("lora_kinds").PRESETS["tiny"]
     rows = read_rows(tmp_path / "lora_kinds.csv")
     nt = round(p["T"] / p["save_every"]) + 1
-    assert len(rows) == nt * len(_experiments.kinds_cases(p))
+    assert len(rows) == nt * len(lora_kinds.kinds_cases(p))
     table = {r["kind"]: r for r in summary(tmp_path)["table"]}
     # physics (Prop 3.3): dV orthogonal to u1 keeps the cluster, dV = eps u2 u1^T moves it
     assert table["orthogonal"]["w2_mean"] < 0.1 * table["aligned"]["w2_mean"]
@@ -186,7 +192,7 @@ def test_stopped_sweep_resumes_to_the_same_csv(tmp_path, name, capsys):
 
 def test_crash_inside_a_case_leaves_complete_files(tmp_path, monkeypatch):
     assert run_tiny("random_adapters", tmp_path / "ref") == 0
-    real = _experiments.random_adapter_case
+    real = random_adapters.random_adapter_case
     calls = {"n": 0}
 
     def crashing(p, case):
@@ -195,14 +201,14 @@ def test_crash_inside_a_case_leaves_complete_files(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(p, case)
 
-    monkeypatch.setattr(_experiments, "random_adapter_case", crashing)
+    monkeypatch.setattr(random_adapters, "random_adapter_case", crashing)
     job = tmp_path / "job"
     with pytest.raises(KeyboardInterrupt):
         run_tiny("random_adapters", job)
     rows = read_rows(job / "random_adapters.csv")
     assert len(rows) == 2
     assert_clean(job, "random_adapters.csv")
-    monkeypatch.setattr(_experiments, "random_adapter_case", real)
+    monkeypatch.setattr(random_adapters, "random_adapter_case", real)
     assert run_tiny("random_adapters", job) == 0
     assert (job / "random_adapters.csv").read_bytes() == \
         (tmp_path / "ref" / "random_adapters.csv").read_bytes()  # fmt: skip
@@ -248,15 +254,24 @@ def test_config_errors_name_the_field(tmp_path, capsys):
     assert "['T']" in capsys.readouterr().err
 
 
+def test_presets_live_in_the_experiment_modules():
+    for name in EXPERIMENT_NAMES:
+        presets = load_presets(name)
+        assert sorted(presets) == ["paper", "small", "tiny"]
+        assert script(name).PRESETS == presets  # the script runs the module's presets
+    with pytest.raises(ValueError, match="unknown experiment 'fig3'"):
+        load_presets("fig3")
+
+
 def test_resolve_params():
     preset = {"a": 1.0, "n": 2, "xs": [1.0, 2.0], "name": "x"}
-    p = _experiments.resolve_params(preset, {"a": 3, "xs": [1, 5]})
+    p = resolve_params(preset, {"a": 3, "xs": [1, 5]})
     assert p == {"a": 3.0, "n": 2, "xs": [1.0, 5.0], "name": "x"}
     assert isinstance(p["a"], float)
     with pytest.raises(ConfigError, match=r"xs\[1\]"):
-        _experiments.resolve_params(preset, {"xs": [1.0, "b"]})
+        resolve_params(preset, {"xs": [1.0, "b"]})
     with pytest.raises(ConfigError, match="true"):
-        _experiments.resolve_params({"flag": True}, {"flag": 1})
+        resolve_params({"flag": True}, {"flag": 1})
 
 
 # ------------------------------------------------------------------------------------------
@@ -310,8 +325,16 @@ def test_sweep_runner(tmp_path):
         run_sweep(tmp_path / "u.csv", cases, lambda c: {"v": 1.0}, key=["k"],
                   columns=["v", "w"], progress=False)  # fmt: skip
     # "together" mode: every rank computes every case, rank 0's rows are written
-    res = run_sweep(tmp_path / "w.csv", cases[:2], lambda c: {"v": 1.0, "w": 2.0}, key=["k"],
-                    columns=["v", "w"], comm=MPI.COMM_WORLD, mode="together", progress=False)
+    res = run_sweep(
+        tmp_path / "w.csv",
+        cases[:2],
+        lambda c: {"v": 1.0, "w": 2.0},
+        key=["k"],
+        columns=["v", "w"],
+        comm=MPI.COMM_WORLD,
+        mode="together",
+        progress=False,
+    )
     assert res.complete and len(res.rows) == 2
 
 
@@ -320,14 +343,14 @@ def test_helpers_match_the_definitions():
     pos = rng.normal(size=(6, 15, 3))
     pos /= np.linalg.norm(pos, axis=-1, keepdims=True)
     C = pos[-1, :4]
-    D = _experiments.delta_distance(pos, C)
+    D = delta_distance(pos, C)
     for k in range(len(pos)):
         for delta in (0.3, 1.0, 1.5):
             assert (D[k] < delta) == delta_cluster_state(pos[k], C, delta)
     # the point-mass law against the exact solution p(t) = e^{tṼ} p0 / |.|
     eps, th0, dth = 0.05, math.radians(40), 0.1
     p0 = np.array([math.cos(th0), math.sin(th0)])
-    T = _experiments.point_mass_depth(p0, eps, dth)
+    T = point_mass_depth(p0, eps, dth)
     p = np.array([p0[0], p0[1] * math.exp(-eps * T)])
     assert math.atan2(p[1], p[0]) == pytest.approx(th0 - dth, abs=1e-12)
-    assert math.isnan(_experiments.point_mass_depth(p0, 0.0, dth))
+    assert math.isnan(point_mass_depth(p0, 0.0, dth))
