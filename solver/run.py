@@ -41,7 +41,7 @@ from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .mesh import SphereMesh, load_mesh, sphere_mesh
 from .model import Density, Model
 from .parallel import on_root
-from .transport import NonlocalField, PrescribedField, Transport, make_operator, time_grid
+from .transport import Clock, NonlocalField, PrescribedField, Transport, make_operator
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
 
@@ -87,26 +87,71 @@ def mesh_from_config(comm, m: dict) -> SphereMesh:
 class Flows:
     """The base flow μ and, with a perturbation, the perturbed flow ν, stepped together.
 
-    ``states[i]`` is flow ``i``'s state on this rank's owned cells (the operator's layout);
-    :meth:`step` advances all of them by one SSP-RK3 step of the same length.
+    ``states[i]`` is flow ``i``'s state on this rank's owned cells (the operator's layout).
+    Every step has one length for all flows. With ``stepping = "fixed"`` it is the a-priori
+    positivity bound ``cfl · min|K|/|∂K| / sup|X|`` over the whole run, by SSP-RK3. With
+    ``"adaptive"`` it is chosen at every step from the current velocities ``u``
+    (:meth:`plan`):
+
+    * explicit SSP-RK3 with ``Δt = cfl · Δt_+(u)``, the exact forward-Euler positivity limit
+      of ``u`` (``min_K |K| / outflow_K``, from the operator's facet fluxes);
+    * where the operator has a linearly implicit step (DG0), and the cells that hold all but
+      :data:`TAIL_MASS` of the mass allow a step more than :data:`IMPLICIT_GAIN` times longer
+      (``cfl ·`` their own positivity limit: the mass moves at most ``cfl`` of a cell per step),
+      one backward-Euler upwind step of that length, at most ``max_dt``: an M-matrix, so
+      positive and conservative for any step. After clustering the velocity is small where the
+      mass is, and the step grows with the slow dynamics instead of being held by empty cells.
     """
 
-    def __init__(self, op, fields: list, rho0: np.ndarray):
+    #: mass (of 1) left out of the displacement bound of the implicit step: the lightest cells
+    #: together hold at most this much
+    TAIL_MASS = 1e-9
+    #: the implicit step is taken only where it is this many times longer than the explicit one
+    IMPLICIT_GAIN = 2.0
+
+    def __init__(self, op, fields: list, rho0: np.ndarray, *, stepping: str = "adaptive",
+                 cfl: float = 0.5, dt_fixed: float | None = None, max_dt: float = 0.5):  # fmt: skip
+        if stepping not in ("fixed", "adaptive"):
+            raise ValueError(f"time.stepping must be 'fixed' or 'adaptive', got {stepping!r}")
         self.op, self.fields = op, fields
         self.transports = [Transport(op, f) for f in fields]
         self.states = [rho0.copy() for _ in fields]
+        self.stepping, self.cfl, self.dt_fixed, self.max_dt = stepping, cfl, dt_fixed, max_dt
+        self.implicit_steps = 0
 
     @property
     def two(self) -> bool:
         return len(self.fields) == 2
 
-    def step(self, t: float, dt: float) -> None:
-        self.states = [
-            tr.step(s, t, dt) for tr, s in zip(self.transports, self.states, strict=True)
-        ]
-
     def averages(self) -> list[np.ndarray]:
         return [self.op.cell_averages(s) for s in self.states]
+
+    def plan(self, t: float, t_param: float) -> tuple[float, bool, list | None]:
+        """``(wanted Δt, implicit?, velocities at t)`` for the next step."""
+        if self.stepping == "fixed" or not hasattr(self.op, "step_limits"):
+            return self.dt_fixed, False, None
+        us = [f(t_param, t, s) for f, s in zip(self.fields, self.states, strict=True)]
+        lims = [self.op.step_limits(u, s, self.TAIL_MASS) for u, s in zip(us, self.states,
+                                                                          strict=True)]  # fmt: skip
+        dt_exp = self.cfl * min(lim[0] for lim in lims)
+        dt_imp = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)
+        if hasattr(self.op, "implicit_step") and dt_imp > self.IMPLICIT_GAIN * dt_exp:
+            return dt_imp, True, us
+        return min(dt_exp, self.max_dt), False, us
+
+    def step(self, t: float, dt: float, implicit: bool, us: list | None) -> None:
+        us = us if us is not None else [None] * len(self.fields)
+        if implicit:
+            self.implicit_steps += 1
+            self.states = [
+                tr.implicit_step(s, dt, u)
+                for tr, s, u in zip(self.transports, self.states, us, strict=True)
+            ]
+        else:
+            self.states = [
+                tr.step(s, t, dt, u)
+                for tr, s, u in zip(self.transports, self.states, us, strict=True)
+            ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -167,18 +212,18 @@ class Checkpoint:
     def __init__(self, folder: RunFolder, fp: dict, fields: list):
         self.folder, self.fp, self.fields = folder, fp, fields
 
-    def __call__(self, k: int, gathered, rows, snaps: Snapshots) -> None:
+    def __call__(self, t: float, gathered, rows, snaps: Snapshots) -> None:
         i = len(snaps.fields[0]) - 1
         extra = {"w2": np.array(snaps.w2[i : i + 1])} if snaps.want_w2 else {}
         self.folder.write_snapshot(i, [f[i] for f in snaps.fields], **extra)
         self.folder.write_checkpoint(
-            step=k, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
+            t=t, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
             velocity_state=np.array(json.dumps([f.get_state() for f in self.fields])),
             **{f"state{j}": g for j, g in enumerate(gathered)},
         )  # fmt: skip
 
     def restore(self, sm: SphereMesh, snaps: Snapshots, diag: Diagnostics, nflows: int):
-        """``(step, states)`` from the checkpoint (snapshots and rows restored in place)."""
+        """The states from the checkpoint (snapshots and rows restored in place)."""
         z = self.folder.read_checkpoint(self.fp)
         diag.rows = z["diagnostics"].tolist()
         for f, st in zip(self.fields, json.loads(str(z["velocity_state"])), strict=True):
@@ -190,7 +235,7 @@ class Checkpoint:
                     snaps.fields[j].append(s[f"field{j}"])
                 if snaps.want_w2:
                     snaps.w2.append(float(s["w2"][0]))
-        return int(z["step"]), [sm.scatter(z[f"state{j}"]) for j in range(nflows)]
+        return [sm.scatter(z[f"state{j}"]) for j in range(nflows)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +263,8 @@ def evolve(
     progress: bool = True,
     config: dict | None = None,
     degree: int = 0,
+    stepping: str = "adaptive",
+    max_dt: float = 0.5,
 ) -> Result:
     """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -254,6 +301,10 @@ def evolve(
         Replace a different run found in ``output`` (otherwise that is an error).
     degree : int
         0: DG0 (finite volumes); 1, 2: DG on curved cells.
+    stepping, max_dt : str, float
+        ``"adaptive"`` (steps from the current velocities, linearly implicit after clustering
+        where the operator allows it; at most ``max_dt``) or ``"fixed"`` (the a-priori bound):
+        see :class:`Flows`.
 
     Examples
     --------
@@ -286,64 +337,69 @@ def evolve(
         rho0 = rho0 / sm.integrate(op.cell_averages(rho0))
     else:
         rho0 = op.initial_state(initial)
-    flows = Flows(op, fields, rho0)
     speed_max = max(f.speed(T) for f in fields)
     jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
-    bps = np.unique(np.concatenate([np.zeros(0), *jumps]))
-    times, saved = time_grid(T, op.max_time_step(speed_max, cfl), save_every, bps)
-    saved_set = set(int(s) for s in saved)
+    clock = Clock(T, save_every, np.concatenate([np.zeros(0), *jumps]))
+    flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
+                  dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
 
     diag = Diagnostics(sm, flows.two)
     snaps = Snapshots(sm, op, len(fields), w2)
     folder = ckpt = writer = None
-    start = 0
+    start = False
     if output is not None:
         fp = fingerprint(
-            sm, op, rho0, (model, perturbed), T=T, times=times, velocity=velocity,
-            method=method, tolerance=tolerance, degree=degree,
+            sm, op, rho0, (model, perturbed), T=T, times=np.r_[clock.events, cfl],
+            velocity=velocity, method=method, tolerance=tolerance, degree=degree,
+            stepping=f"{stepping} max_dt={max_dt!r}",
         )  # fmt: skip
         folder = RunFolder(comm, output)
         folder.prepare(fp, resume=resume, overwrite=overwrite)
         ckpt = Checkpoint(folder, fp, fields)
         if resume and folder.has_checkpoint():
-            start, flows.states = ckpt.restore(sm, snaps, diag, len(fields))
+            flows.states = ckpt.restore(sm, snaps, diag, len(fields))
+            start = True
         if config is not None:
             folder.write_text("config.toml", dump_toml(config))
         folder.write_versions()
         if vtx:
             writer = folder.field_writer(sm, ["density", "density_perturbed"][: len(fields)])
-            if start > 0:  # the series restarts with its file: rewrite the times saved so far
-                for i in range(comm.bcast(len(snaps.fields[0]), root=0)):
-                    arrays = comm.bcast([f[i] for f in snaps.fields], root=0)
-                    writer.write(float(times[saved[i]]), [sm.scatter(a) for a in arrays])
+            if start:  # the series restarts with its file: rewrite the times saved so far
+                for i in range(comm.bcast(len(snaps.fields[0]) if comm.rank == 0 else 0)):
+                    arrays = comm.bcast([f[i] for f in snaps.fields] if comm.rank == 0 else 0)
+                    writer.write(float(clock.saves[i]), [sm.scatter(a) for a in arrays])
 
-    def save(k: int) -> None:
+    def save(t: float) -> None:
         gathered = snaps(flows.states)
         if writer is not None:
-            writer.write(float(times[k]), flows.averages())
+            writer.write(t, flows.averages())
         if ckpt is not None:
-            ckpt(k, gathered, diag.rows, snaps)
+            ckpt(t, gathered, diag.rows, snaps)
 
-    if start == 0:
-        diag(float(times[0]), flows.averages())
-        save(0)
-    nsteps = len(times) - 1
+    if not start:
+        diag(0.0, flows.averages())
+        save(0.0)
+    t = diag.rows[-1][0]
     bar = tqdm(
-        total=nsteps, initial=start, disable=(not progress) or comm.rank != 0, delay=2.0,
-        unit="step", desc="evolve", dynamic_ncols=True,
+        total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
+        unit="t", desc="evolve", dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]",
     )  # fmt: skip
-    for k in range(start, nsteps):
-        t, dt = float(times[k]), float(times[k + 1] - times[k])
-        flows.step(t, dt)
-        diag(float(times[k + 1]), flows.averages())
-        if k + 1 in saved_set:
-            save(k + 1)
-        bar.update(1)
+    while t < T:
+        wanted, implicit, us = flows.plan(t, 0.5 * (t + clock.next_event(t)))
+        dt, t_next = clock.land(t, wanted)
+        flows.step(t, dt, implicit, us)
+        t = t_next
+        diag(t, flows.averages())
+        if clock.is_save(t):
+            save(t)
+        bar.update(dt)
     bar.close()
     if writer is not None:
         writer.close()
 
-    res = Result(times=times[saved], step_times=times, columns=diag.columns,
+    step_times = np.array([r[0] for r in diag.rows])
+    res = Result(times=clock.saves, step_times=step_times, columns=diag.columns,
                  diagnostics=np.array(diag.rows))  # fmt: skip
     mesh_arrays = sm.gather_mesh()
     if comm.rank == 0:
@@ -384,6 +440,7 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, over
     t = cfg["time"]
     return evolve(
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
+        stepping=t["stepping"], max_dt=t["max_dt"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
         w2=cfg["output"]["w2"], resume=resume, overwrite=overwrite, progress=progress,

@@ -73,7 +73,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "components": _NONE,
         "weights": _NONE,
     },
-    "time": {"T": _NONE, "cfl": 0.5, "save_every": _NONE},
+    "time": {"T": _NONE, "cfl": 0.5, "save_every": _NONE, "stepping": "adaptive", "max_dt": 0.5},
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
@@ -226,6 +226,9 @@ def resolve_config(raw: dict) -> dict:
     if t["cfl"] > 1:
         raise ConfigError(f"time.cfl must be <= 1 (positivity of the scheme), got {t['cfl']}")
     t["save_every"] = _num("time.save_every", t.get("save_every", t["T"]), positive=True)
+    if t["stepping"] not in ("adaptive", "fixed"):
+        raise ConfigError(f"time.stepping must be 'adaptive' or 'fixed', got {t['stepping']!r}")
+    t["max_dt"] = _num("time.max_dt", t["max_dt"], positive=True)
 
     deg = _num("scheme.degree", cfg["scheme"]["degree"], integer=True)
     if deg not in (0, 1, 2):

@@ -58,7 +58,8 @@ def _model_digest(m, T: float) -> str:
     return _digest(*(np.concatenate([a.ravel() for a in m.parameters(t)]) for t in mids))
 
 
-def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, degree) -> dict:
+def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, degree,
+                stepping="") -> dict:  # fmt: skip
     """Digests of the settings that change a run's answer (identical on every rank)."""
     cents = sm.gather(sm.centroids)
     state = sm.gather(op.cell_averages(rho0))
@@ -69,6 +70,7 @@ def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, 
         "base": _model_digest(models[0], T),
         "perturbed": _model_digest(models[1], T),
         "time_grid": _digest(np.asarray(times)),
+        "stepping": stepping,
         "velocity": (
             f"prescribed {getattr(velocity, '__qualname__', type(velocity).__name__)}"
             if velocity is not None

@@ -1,6 +1,7 @@
 """Transport of a density by a velocity field: upwind DG operators and time stepping.
 
-* :func:`time_grid`, :func:`ssp_rk3_step` — step times landing on saves and parameter jumps,
+* :func:`time_grid`, :class:`Clock`, :func:`ssp_rk3_step` — step times landing on saves and
+  parameter jumps (all at once, or one adaptive step at a time),
   the Shu-Osher SSP-RK3 step (pure NumPy, shared with the particles);
 * :class:`NonlocalField`, :class:`PrescribedField`, :class:`Transport`, :func:`advance` —
   a density's velocity and its SSP-RK3 step under an operator;
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 from ._fields import NonlocalField, PrescribedField, Transport, advance
-from ._stepping import ssp_rk3_step, time_grid
+from ._stepping import Clock, ssp_rk3_step, time_grid
 
 _DOLFINX = {
     "DG0Upwind": "._dg0",
@@ -25,6 +26,7 @@ _DOLFINX = {
 
 __all__ = [
     "time_grid",
+    "Clock",
     "ssp_rk3_step",
     "NonlocalField",
     "PrescribedField",

@@ -86,13 +86,20 @@ class Transport:
     def __init__(self, op, field):
         self.op, self.field = op, field
 
-    def step(self, rho: np.ndarray, t: float, dt: float) -> np.ndarray:
+    def step(self, rho: np.ndarray, t: float, dt: float, u0: np.ndarray | None = None):
+        """One SSP-RK3 step (``u0``: the velocity of ``rho`` at ``t``, when known)."""
         tp = t + 0.5 * dt  # parameters frozen over the step
 
         def rhs(s, r):
             return self.op.rhs(self.field(tp, s, r), r)
 
-        return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit)
+        f0 = None if u0 is None else self.op.rhs(u0, rho)
+        return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit, f0=f0)
+
+    def implicit_step(self, rho: np.ndarray, dt: float, u0: np.ndarray) -> np.ndarray:
+        """One linearly implicit (backward Euler, velocity frozen at ``u0``) upwind step:
+        positive and conservative for any ``dt`` (see the operator's ``implicit_step``)."""
+        return self.op.implicit_step(u0, rho, dt)
 
 
 def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[np.ndarray, dict]:

@@ -3,6 +3,9 @@
 * :func:`time_grid` builds the step times: the interval ``[0, T]`` is cut at every save time
   and every parameter jump (layer boundary of random adapters), and each piece is split
   into equal steps no longer than the given bound, so steps land on saves and jumps exactly.
+* :class:`Clock` does the same one step at a time, for steps chosen as the run goes
+  (adaptive stepping): a step never crosses an event, and the steps left before the next
+  event are made equal, so there is no sliver of a last step.
 * :func:`ssp_rk3_step` is the Shu-Osher SSP-RK3 (SSP coefficient 1): a convex combination
   of forward-Euler steps, so it keeps the positivity of the upwind scheme under the same CFL.
 """
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["time_grid", "ssp_rk3_step"]
+__all__ = ["time_grid", "ssp_rk3_step", "Clock"]
 
 
 def time_grid(
@@ -24,17 +27,9 @@ def time_grid(
     Every save time ``k * save_every`` and every breakpoint in ``(0, T)`` is a step time;
     between two of them the steps are equal and ``<= dt_max``. Index 0 and N are saved.
     """
-    if not (np.isfinite(T) and T > 0):
-        raise ValueError(f"time.T must be > 0, got {T}")
+    saves = _save_times(T, save_every)
     if not (np.isfinite(dt_max) and dt_max > 0):
         raise ValueError(f"time step bound must be > 0, got {dt_max}")
-    saves = [0.0, T]
-    if save_every is not None:
-        if not (np.isfinite(save_every) and save_every > 0):
-            raise ValueError(f"time.save_every must be > 0, got {save_every}")
-        n = int(np.floor(T / save_every + 1e-9))
-        saves += [k * save_every for k in range(1, n + 1)]
-    saves = np.unique(np.clip(np.round(np.asarray(saves, float), 12), 0, T))
     bps = np.asarray(breakpoints, dtype=float)
     events = np.unique(np.concatenate([saves, bps[(bps > 0) & (bps < T)]]))
     times = [np.zeros(1)]
@@ -47,11 +42,60 @@ def time_grid(
     return times, saved
 
 
+def _save_times(T: float, save_every: float | None) -> np.ndarray:
+    if not (np.isfinite(T) and T > 0):
+        raise ValueError(f"time.T must be > 0, got {T}")
+    saves = [0.0, T]
+    if save_every is not None:
+        if not (np.isfinite(save_every) and save_every > 0):
+            raise ValueError(f"time.save_every must be > 0, got {save_every}")
+        n = int(np.floor(T / save_every + 1e-9))
+        saves += [k * save_every for k in range(1, n + 1)]
+    return np.unique(np.clip(np.round(np.asarray(saves, float), 12), 0, T))
+
+
+class Clock:
+    """Step times from 0 to ``T``, one step at a time, landing on every save time and every
+    breakpoint (parameter jump) exactly.
+
+    ``land(t, dt)`` returns the step actually taken from ``t`` for a wanted length ``dt``: the
+    time ``r`` to the next event is cut into ``n = ceil(r / dt)`` equal steps, and the last of
+    them ends on the event itself (no accumulated round-off in the event times).
+    """
+
+    def __init__(self, T: float, save_every: float | None = None, breakpoints=()):
+        self.T = float(T)
+        self.saves = _save_times(T, save_every)
+        bps = np.asarray(breakpoints, dtype=float)
+        self.events = np.unique(np.concatenate([self.saves, bps[(bps > 0) & (bps < T)]]))
+        self._save_set = set(self.saves.tolist())
+
+    def next_event(self, t: float) -> float:
+        return float(self.events[np.searchsorted(self.events, t, side="right")])
+
+    def land(self, t: float, dt: float) -> tuple[float, float]:
+        """``(step length, time after the step)`` for a wanted step ``dt > 0`` from ``t < T``."""
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"time step must be > 0, got {dt}")
+        e = self.next_event(t)
+        n = max(1, int(np.ceil((e - t) / dt - 1e-9)))
+        return ((e - t), e) if n == 1 else ((e - t) / n, t + (e - t) / n)
+
+    def is_save(self, t: float) -> bool:
+        return t in self._save_set
+
+
 def ssp_rk3_step(
-    rhs: Callable, rho: np.ndarray, t: float, dt: float, limiter: Callable | None = None
+    rhs: Callable,
+    rho: np.ndarray,
+    t: float,
+    dt: float,
+    limiter: Callable | None = None,
+    f0: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``, ``limiter`` after each stage."""
+    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``, ``limiter`` after each stage
+    (``f0``: ``rhs(t, ρ)`` when the caller has it already)."""
     lim = limiter if limiter is not None else (lambda r: r)
-    r1 = lim(rho + dt * rhs(t, rho))
+    r1 = lim(rho + dt * (rhs(t, rho) if f0 is None else f0))
     r2 = lim(0.75 * rho + 0.25 * (r1 + dt * rhs(t + dt, r1)))
     return lim(rho / 3.0 + (2.0 / 3.0) * (r2 + dt * rhs(t + 0.5 * dt, r2)))
