@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 
 from ..analysis import (
     cluster_direction,
-    cluster_times,
+    crossing_times,
     find_clusters,
     spectral_criterion,
     wasserstein,
@@ -294,28 +294,6 @@ def delta_distance(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     nt, n, d = positions.shape
     dist, _ = cKDTree(centres).query(positions.reshape(-1, d), k=1)
     return dist.reshape(nt, n).max(axis=1)
-
-
-def _interp_crossing(times, f, k: int, level: float) -> float:
-    """Time where ``f`` crosses ``level`` between samples ``k − 1`` and ``k`` (linear)."""
-    if k <= 0:
-        return float(times[0])
-    f0, f1 = float(f[k - 1]), float(f[k])
-    if f1 == f0:
-        return float(times[k])
-    s = min(1.0, max(0.0, (level - f0) / (f1 - f0)))
-    return float(times[k - 1] + s * (times[k] - times[k - 1]))
-
-
-def _enter_exit(times, D, delta: float) -> tuple[float, float]:
-    """δ-state entry and exit times (:func:`cluster_times` on ``D < δ``), refined by linear
-    interpolation of ``D`` between the saved times."""
-    te, tx = cluster_times(times, D < delta)
-    if math.isfinite(te):
-        te = _interp_crossing(times, D, int(np.searchsorted(times, te)), delta)
-    if math.isfinite(tx):
-        tx = _interp_crossing(times, D, int(np.searchsorted(times, tx)), delta)
-    return te, tx
 
 
 def _directions(positions: np.ndarray) -> np.ndarray:
@@ -648,7 +626,7 @@ def phase_case(p: dict, case: dict) -> dict:
         model = _identity_model(d).perturbed(e2_perturbation(d, eps))
         r = simulate_particles(model, x0, p["T"], dt=p["dt"], save_every=p["dt"])
     D = delta_distance(r.positions, C)
-    te, tx = _enter_exit(r.times, D, p["delta"])
+    te, tx = crossing_times(r.times, D, p["delta"], strict=True)
     u = cluster_direction(C)
     dtheta = 2 * math.asin(p["delta"] / 2)
     return {
@@ -973,10 +951,9 @@ def depth_case(p: dict, case: dict) -> dict:
     rb = simulate_particles(base, x0, T, dt=dt, save_every=dt)
     rp = simulate_particles(base.perturbed(e2_perturbation(d, eps)), x0, T, dt=dt, save_every=dt)
     ang = _angle(_directions(rb.positions), _directions(rp.positions))
-    k = np.flatnonzero(ang >= dtheta)
-    t_dir = _interp_crossing(rp.times, ang, int(k[0]), dtheta) if k.size else float("nan")
+    _, t_dir = crossing_times(rp.times, ang, dtheta, strict=True)
     D = delta_distance(rp.positions, rb.positions[-1])
-    _, t_delta = _enter_exit(rp.times, D, p["delta"])
+    _, t_delta = crossing_times(rp.times, D, p["delta"], strict=True)
     u = cluster_direction(rb.positions[-1])
     return {"T": T, "T_star_direction": t_dir, "T_star_delta": t_delta,
             "T_star_pointmass": point_mass_depth(u, eps, dtheta),
