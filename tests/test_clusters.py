@@ -469,3 +469,17 @@ def test_density_clusters_on_the_circle_and_validation():
         solver.density_clusters(x, w, areas, cells=np.zeros((3, 2), dtype=int))
     with pytest.raises(ValueError, match="neighbours"):
         solver.density_clusters(x, w, areas, neighbours=0)
+
+
+def test_density_clusters_do_not_depend_on_the_cell_order():
+    m1, m2 = unit([0.2, -0.4, 0.9]), unit([1, 0.5, 0.1])
+    bumps = (solver.VonMisesFisher(tuple(m1), 8.0), solver.VonMisesFisher(tuple(m2), 20.0))
+    mix = solver.Mixture(bumps, (0.7, 0.3))
+    _, cells, cen, areas, masses, _ = mesh_masses(mix, 3)
+    ref = solver.density_clusters(cen, masses, areas, cells=cells)
+    assert len(ref) == 2
+    perm = np.random.default_rng(4).permutation(len(cen))
+    cl = solver.density_clusters(cen[perm], masses[perm], areas[perm], cells=cells[perm])
+    np.testing.assert_allclose(cl.centres, ref.centres, atol=1e-14)
+    np.testing.assert_allclose(cl.masses, ref.masses, atol=1e-14)
+    np.testing.assert_array_equal(cl.labels, ref.labels[perm])

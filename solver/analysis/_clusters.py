@@ -9,8 +9,9 @@ measure-level version :func:`cluster_mass_outside`.
 - :func:`find_clusters`: quick shift on the mass within geodesic radius ``r`` (each point
   links to its nearest heavier neighbour within ``r``; a cluster is a tree of links); centres
   are normalised weighted means, masses fractions of the total. For particles.
-- :func:`density_clusters`: the same trees for a density on a mesh, by steepest ascent of the
-  cell density over the cell adjacency (modes and their basins). For cell averages.
+- :func:`density_clusters`: modes of a density on a mesh (local maxima of the cell density
+  over the cell adjacency) and their basins (gradient paths of a least-squares cell
+  gradient); same output. For cell averages.
 - :func:`delta_cluster_state`: ``max_i min_c |x_i - c| < δ`` (particles).
 - :func:`cluster_mass_outside`: ``μ({y: min_c |y - c| >= δ}) / μ(S)``; the measure-level
   δ-cluster state is ``mass outside <= tol`` (a density or particles alike; for ``n`` equal
