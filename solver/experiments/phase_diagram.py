@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import cluster_direction
+from ..analysis import cluster_direction, crossing_times
 from ..model import Uniform
 from ..particles import sample_particles, simulate_particles
 from ._common import e2_perturbation, identity_model, memo, point_mass_depth
 from ._experiment import Experiment, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
-from ._stats import delta_distance, enter_exit, loglog_fit, nanmedian, rows_where
+from ._stats import delta_distance, loglog_fit, nanmedian, rows_where
 from ._sweep import as_columns
 
 __all__ = ["PRESETS", "EXPERIMENT", "run_phase_diagram", "phase_case", "plot_phase_diagram"]
@@ -74,7 +74,7 @@ def phase_case(p: dict, case: dict) -> dict:
         model = identity_model(d).perturbed(e2_perturbation(d, eps))
         r = simulate_particles(model, x0, p["T"], dt=p["dt"], save_every=p["dt"])
     D = delta_distance(r.positions, C)
-    te, tx = enter_exit(r.times, D, p["delta"])
+    te, tx = crossing_times(r.times, D, p["delta"], strict=True)
     u = cluster_direction(C)
     dtheta = 2 * math.asin(p["delta"] / 2)
     return {
