@@ -32,9 +32,12 @@ from tqdm.auto import tqdm
 
 from .analysis import (
     check_state,
+    cluster_mass_outside,
+    density_clusters,
     density_diagnostics,
     diagnostic_columns,
     drift_diagnostics,
+    measure_cluster_times,
     wasserstein,
 )
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
@@ -52,7 +55,9 @@ class Result:
 
     ``times`` (nt,), ``density`` / ``density_perturbed`` (nt, ncells) in original cell order,
     ``centroids`` (ncells, d), ``areas`` (ncells,), ``diagnostics`` (nsteps+1, ncols) with
-    ``columns``; ``step_times`` (nsteps+1,) are the times of the diagnostics rows.
+    ``columns``; ``step_times`` (nsteps+1,) are the times of the diagnostics rows;
+    ``t_enter`` / ``t_exit``: the perturbed flow's measure-level δ-cluster state
+    (:class:`ClusterState`; ``nan`` when it does not happen or without a perturbation).
     """
 
     times: np.ndarray
@@ -64,6 +69,8 @@ class Result:
     centroids: np.ndarray | None = None
     areas: np.ndarray | None = None
     w2: np.ndarray | None = None
+    t_enter: float = float("nan")
+    t_exit: float = float("nan")
 
     def column(self, name: str) -> np.ndarray:
         return self.diagnostics[:, self.columns.index(name)]
@@ -162,9 +169,11 @@ class Diagnostics:
     """Every step: one row of ``diagnostics.csv``; stops the run on a NaN, a negative cell
     average or a lost mass (the initial state has unit mass)."""
 
-    def __init__(self, sm: SphereMesh, two: bool):
-        self.sm, self.two = sm, two
+    def __init__(self, sm: SphereMesh, two: bool, clusters: ClusterState | None = None):
+        self.sm, self.two, self.clusters = sm, two, clusters
         self.columns = diagnostic_columns(sm.gdim, two)
+        if clusters is not None:
+            self.columns += ClusterState.columns
         self.rows: list[list[float]] = []
 
     def __call__(self, t: float, avgs: list[np.ndarray]) -> None:
@@ -174,7 +183,51 @@ class Diagnostics:
         row = [t] + diags[0]
         if self.two:
             row += diags[1] + drift_diagnostics(self.sm, diags[0], diags[1], *avgs)
+        if self.clusters is not None:
+            row += self.clusters(avgs)
         self.rows.append(row)
+
+
+class ClusterState:
+    """The measure-level δ-cluster state of the perturbed flow (two flows only).
+
+    At every saved time the base clusters are found from μ_t itself
+    (:func:`solver.analysis.density_clusters`: modes of the density on the mesh, their basins'
+    centres); at every step ``mass_outside`` (ν) and ``mass_outside_base`` (μ) are the masses
+    farther than ``delta`` (chordal) from those centres
+    (:func:`solver.analysis.cluster_mass_outside`, summed over the ranks), and ``clusters``
+    their number. ν is in the δ-cluster state while ``mass_outside <= tol``; ``t_enter`` /
+    ``t_exit`` (:func:`solver.analysis.measure_cluster_times`) are reported by the run.
+    """
+
+    columns = ["clusters", "mass_outside_base", "mass_outside"]
+
+    def __init__(self, sm: SphereMesh, delta: float, tol: float, snaps: Snapshots):
+        self.sm, self.delta, self.tol, self.snaps = sm, delta, tol, snaps
+        mesh = sm.gather_mesh()
+        self.cells = mesh[1] if mesh is not None else None
+        self.centres = np.zeros((0, sm.gdim))
+
+    def update(self, base_gathered: np.ndarray | None) -> None:
+        """New base centres from μ at a saved time (its gathered averages on rank 0)."""
+        c = None
+        if self.sm.comm.rank == 0:
+            w = self.snaps.areas
+            c = density_clusters(self.snaps.centroids, base_gathered * w, w, cells=self.cells)
+            c = c.centres
+        self.centres = self.sm.comm.bcast(c, root=0)
+
+    def _outside(self, avg: np.ndarray) -> float:
+        w = avg * self.sm.areas
+        loc = float(w.sum())
+        far = 0.0
+        if loc > 0 and len(self.centres):
+            far = loc * cluster_mass_outside(self.sm.centroids, w, self.centres, self.delta)
+        tot = self.sm.comm.allreduce(loc)
+        return self.sm.comm.allreduce(far) / tot if len(self.centres) else 1.0
+
+    def __call__(self, avgs: list[np.ndarray]) -> list[float]:
+        return [float(len(self.centres)), self._outside(avgs[0]), self._outside(avgs[1])]
 
 
 class Snapshots:
@@ -265,6 +318,8 @@ def evolve(
     degree: int = 0,
     stepping: str = "adaptive",
     max_dt: float = 0.5,
+    cluster_delta: float | None = 0.1,
+    cluster_tol: float = 1e-2,
 ) -> Result:
     """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -305,6 +360,10 @@ def evolve(
         ``"adaptive"`` (steps from the current velocities, linearly implicit after clustering
         where the operator allows it; at most ``max_dt``) or ``"fixed"`` (the a-priori bound):
         see :class:`Flows`.
+    cluster_delta, cluster_tol : float
+        With a perturbation: the measure-level δ-cluster state of ν against the clusters of μ
+        (:class:`ClusterState`: diagnostics columns ``clusters``, ``mass_outside_base``,
+        ``mass_outside``; ``Result.t_enter``, ``Result.t_exit``). ``None``: not computed.
 
     Examples
     --------
@@ -343,8 +402,10 @@ def evolve(
     flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
                   dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
 
-    diag = Diagnostics(sm, flows.two)
     snaps = Snapshots(sm, op, len(fields), w2)
+    clusters = (ClusterState(sm, cluster_delta, cluster_tol, snaps)
+                if flows.two and cluster_delta is not None else None)  # fmt: skip
+    diag = Diagnostics(sm, flows.two, clusters)
     folder = ckpt = writer = None
     start = False
     if output is not None:
@@ -369,16 +430,27 @@ def evolve(
                     arrays = comm.bcast([f[i] for f in snaps.fields] if comm.rank == 0 else 0)
                     writer.write(float(clock.saves[i]), [sm.scatter(a) for a in arrays])
 
-    def save(t: float) -> None:
-        gathered = snaps(flows.states)
+    def save(t: float) -> None:  # after the diagnostics row of t
         if writer is not None:
             writer.write(t, flows.averages())
         if ckpt is not None:
             ckpt(t, gathered, diag.rows, snaps)
 
+    def record(t: float) -> None:
+        nonlocal gathered
+        if clock.is_save(t):
+            gathered = snaps(flows.states)
+            if clusters is not None:  # the base clusters of μ_t, before the row of t
+                clusters.update(snaps.fields[0][-1] if comm.rank == 0 else None)
+        diag(t, flows.averages())
+        if clock.is_save(t):
+            save(t)
+
+    gathered = None
     if not start:
-        diag(0.0, flows.averages())
-        save(0.0)
+        record(0.0)
+    elif clusters is not None:
+        clusters.update(snaps.fields[0][-1] if comm.rank == 0 else None)
     t = diag.rows[-1][0]
     bar = tqdm(
         total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
@@ -390,9 +462,7 @@ def evolve(
         dt, t_next = clock.land(t, wanted)
         flows.step(t, dt, implicit, us)
         t = t_next
-        diag(t, flows.averages())
-        if clock.is_save(t):
-            save(t)
+        record(t)
         bar.update(dt)
     bar.close()
     if writer is not None:
@@ -401,6 +471,10 @@ def evolve(
     step_times = np.array([r[0] for r in diag.rows])
     res = Result(times=clock.saves, step_times=step_times, columns=diag.columns,
                  diagnostics=np.array(diag.rows))  # fmt: skip
+    if clusters is not None:
+        res.t_enter, res.t_exit = measure_cluster_times(
+            step_times, np.clip(res.column("mass_outside"), 0, 1), cluster_tol
+        )
     mesh_arrays = sm.gather_mesh()
     if comm.rank == 0:
         res.density = np.array(snaps.fields[0])
@@ -419,6 +493,8 @@ def _write_results(folder: RunFolder, res: Result, mesh_arrays) -> None:
                   density=res.density, points=points, cells=cells)  # fmt: skip
     if res.density_perturbed is not None:
         arrays["density_perturbed"] = res.density_perturbed
+    if "mass_outside" in res.columns:
+        arrays["t_enter_exit"] = np.array([res.t_enter, res.t_exit])
     if res.w2 is not None:
         arrays["w2"] = res.w2
         folder.write_csv_local("w2.csv", ["t", "w2"], np.column_stack([res.times, res.w2]))
@@ -440,7 +516,8 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, over
     t = cfg["time"]
     return evolve(
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
-        stepping=t["stepping"], max_dt=t["max_dt"],
+        stepping=t["stepping"], max_dt=t["max_dt"], cluster_delta=cfg["clusters"]["delta"],
+        cluster_tol=cfg["clusters"]["tol"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
         w2=cfg["output"]["w2"], resume=resume, overwrite=overwrite, progress=progress,

@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
+    "clusters": {"delta": 0.1, "tol": 1e-2},
     "validation": {  # read by `python -m solver validate` only
         "levels": _NONE,
         "sizes": [100, 400, 1600],
@@ -241,6 +242,11 @@ def resolve_config(raw: dict) -> dict:
     if v["method"] not in ("direct", "fast", "auto"):
         raise ConfigError(f"velocity.method must be direct, fast or auto, got {v['method']!r}")
     v["tolerance"] = _num("velocity.tolerance", v["tolerance"], positive=True)
+    c = cfg["clusters"]
+    c["delta"] = _num("clusters.delta", c["delta"], positive=True)
+    c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
+    if c["tol"] >= 1:
+        raise ConfigError(f"clusters.tol must be < 1 (a fraction of the mass), got {c['tol']}")
     for k in ("vtx", "w2"):
         if not isinstance(cfg["output"][k], bool):
             raise ConfigError(f"output.{k} must be true or false")
