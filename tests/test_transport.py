@@ -20,7 +20,7 @@ def test_facet_flux_equals_dolfinx_assembly(sphere, kw):
     assert op._fv is not None  # affine mesh: the facet path is the one in use
     rng = np.random.default_rng(5)
     for _ in range(3):  # both signs of u_n on many facets, densities with jumps
-        u = rng.normal(size=(op.num_targets, sm.gdim))
+        u = rng.normal(size=(op.num_targets, sm.gdim))  # one vector per cell
         rho = rng.random(sm.num_owned) * (rng.random(sm.num_owned) < 0.7)
         ref = op.assemble_rhs(u, rho)
         got = op.rhs(u, rho)
