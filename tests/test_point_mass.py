@@ -130,3 +130,42 @@ def test_positivity_time_step_is_exact(sphere, kw, flux):
     for _ in range(5):
         rho = rng.random(sm.num_owned) * (rng.random(sm.num_owned) < 0.5)
         assert (rho + dt * op.rhs(u, rho)).min() >= -1e-14
+
+
+MPI_SCRIPT = """
+import sys
+import numpy as np
+from mpi4py import MPI
+import solver
+from solver.transport import DG0Upwind, NonlocalField, advance
+
+comm = MPI.COMM_WORLD
+out = {}
+for sphere, kw in ((1, {"cells": 61}), (2, {"refinement": 2})):
+    op = DG0Upwind(solver.sphere_mesh(comm, sphere, **kw), "donor")
+    d = op.sm.gdim
+    rng = np.random.default_rng(0)
+    m = solver.Model(2 * np.eye(d), np.eye(d), np.eye(d) + 0.3 * rng.normal(size=(d, d)))
+    x0 = np.eye(d)[0]
+    s0 = op.initial_state(lambda x: np.exp(30 * (x @ x0 - 1)))
+    s, _ = advance(op, NonlocalField(op, m), s0, 1.0)
+    out[f"s{sphere}"] = op.sm.gather(s)
+    out[f"dt{sphere}"] = np.array([op.positivity_time_step(NonlocalField(op, m)(0, 0, s))])
+if comm.rank == 0:
+    np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.mpi
+def test_donor_flux_one_and_two_ranks_agree(tmp_path, run):
+    """The donor flux and its positivity step do not depend on the partition."""
+    if COMM.size > 1:
+        pytest.skip("launches mpiexec itself: run it from a single-rank pytest")
+    script = tmp_path / "donor.py"
+    script.write_text(MPI_SCRIPT)
+    for n in (1, 2):
+        p = run([str(script), str(tmp_path / f"r{n}.npz")], n)
+        assert p.returncode == 0, p.stderr
+    a, b = np.load(tmp_path / "r1.npz"), np.load(tmp_path / "r2.npz")
+    for k in a.files:
+        assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(a[k]).max(), k
