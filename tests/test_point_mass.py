@@ -20,6 +20,9 @@ Measured (relative error = angle(PDE mean, ODE point) / angle(ODE point, start))
 * ``flux="facet"`` (the vertex-velocity upwind scheme) pins the cluster: on S^1 it moves by
   5.5 % of the displacement in the issue's case and lags by 41 % in the first case below, so
   these tests fail for it (checked below).
+
+DG1 (:class:`~solver.transport.DGUpwind`) is not covered: it still pins (94.5 % short in the
+issue's case, ``scripts/point_mass_drift.py dg1``).
 """
 
 import numpy as np
