@@ -95,26 +95,20 @@ class Flows:
     """The base flow μ and, with a perturbation, the perturbed flow ν, stepped together.
 
     ``states[i]`` is flow ``i``'s state on this rank's owned cells (the operator's layout).
-    Every step has one length for all flows. With ``stepping = "fixed"`` it is the a-priori
-    positivity bound ``cfl · min|K|/|∂K| / sup|X|`` over the whole run, by SSP-RK3. With
+    Every step has one length for all flows, by SSP-RK3. With ``stepping = "fixed"`` it is the
+    a-priori positivity bound ``cfl · min|K|/|∂K| / sup|X|`` of the whole run. With
     ``"adaptive"`` it is chosen at every step from the current velocities ``u``
-    (:meth:`plan`):
-
-    * explicit SSP-RK3 with ``Δt = cfl · Δt_+(u)``, the exact forward-Euler positivity limit
-      of ``u`` (``min_K |K| / outflow_K``, from the operator's facet fluxes);
-    * where the operator has a linearly implicit step (DG0), and the cells that hold all but
-      :data:`TAIL_MASS` of the mass allow a step more than :data:`IMPLICIT_GAIN` times longer
-      (``cfl ·`` their own positivity limit: the mass moves at most ``cfl`` of a cell per step),
-      one backward-Euler upwind step of that length, at most ``max_dt``: an M-matrix, so
-      positive and conservative for any step. After clustering the velocity is small where the
-      mass is, and the step grows with the slow dynamics instead of being held by empty cells.
+    (:meth:`plan`): ``cfl`` times the positivity limit ``min_K |K| / outflow_K(u)`` of the
+    cells that hold all but :data:`TAIL_MASS` of the mass (the mass moves at most ``cfl`` of a
+    cell per step), at most ``max_dt``. Where that exceeds the limit of the light cells, their
+    outflow is capped at their content (the operator's ``euler_step``: positive and
+    conservative for any step). After clustering the velocity is small where the mass is, and
+    the step grows with the slow dynamics instead of being held by nearly empty cells. An
+    operator without ``step_limits`` (DG1, DG2) takes the exact positivity limit of all cells.
     """
 
-    #: mass (of 1) left out of the displacement bound of the implicit step: the lightest cells
-    #: together hold at most this much
+    #: the lightest cells, together at most this much of the (unit) mass, do not limit the step
     TAIL_MASS = 1e-9
-    #: the implicit step is taken only where it is this many times longer than the explicit one
-    IMPLICIT_GAIN = 2.0
 
     def __init__(self, op, fields: list, rho0: np.ndarray, *, stepping: str = "adaptive",
                  cfl: float = 0.5, dt_fixed: float | None = None, max_dt: float = 0.5):  # fmt: skip
@@ -124,7 +118,7 @@ class Flows:
         self.transports = [Transport(op, f) for f in fields]
         self.states = [rho0.copy() for _ in fields]
         self.stepping, self.cfl, self.dt_fixed, self.max_dt = stepping, cfl, dt_fixed, max_dt
-        self.implicit_steps = 0
+        self.capped_steps = 0
 
     @property
     def two(self) -> bool:
@@ -134,31 +128,25 @@ class Flows:
         return [self.op.cell_averages(s) for s in self.states]
 
     def plan(self, t: float, t_param: float) -> tuple[float, bool, list | None]:
-        """``(wanted Δt, implicit?, velocities at t)`` for the next step."""
-        if self.stepping == "fixed" or not hasattr(self.op, "step_limits"):
+        """``(wanted Δt, capped?, velocities at t)`` for the next step."""
+        if self.stepping == "fixed":
             return self.dt_fixed, False, None
-        us = [f(t_param, t, s) for f, s in zip(self.fields, self.states, strict=True)]
-        lims = [self.op.step_limits(u, s, self.TAIL_MASS) for u, s in zip(us, self.states,
-                                                                          strict=True)]  # fmt: skip
-        dt_exp = self.cfl * min(lim[0] for lim in lims)
-        dt_imp = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)
-        if hasattr(self.op, "implicit_step") and dt_imp > self.IMPLICIT_GAIN * dt_exp:
-            return dt_imp, True, us
-        return min(dt_exp, self.max_dt), False, us
+        states = self.states
+        us = [f(t_param, t, s) for f, s in zip(self.fields, states, strict=True)]
+        if not hasattr(self.op, "step_limits"):
+            dt = min(self.op.positivity_time_step(u) for u in us)
+            return min(self.cfl * dt, self.max_dt), False, us
+        lims = [self.op.step_limits(u, s, self.TAIL_MASS) for u, s in zip(us, states, strict=True)]
+        dt = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)
+        return dt, dt > self.cfl * min(lim[0] for lim in lims), us
 
-    def step(self, t: float, dt: float, implicit: bool, us: list | None) -> None:
+    def step(self, t: float, dt: float, capped: bool, us: list | None) -> None:
         us = us if us is not None else [None] * len(self.fields)
-        if implicit:
-            self.implicit_steps += 1
-            self.states = [
-                tr.implicit_step(s, dt, u)
-                for tr, s, u in zip(self.transports, self.states, us, strict=True)
-            ]
-        else:
-            self.states = [
-                tr.step(s, t, dt, u)
-                for tr, s, u in zip(self.transports, self.states, us, strict=True)
-            ]
+        self.capped_steps += capped
+        self.states = [
+            tr.step(s, t, dt, u, capped=capped)
+            for tr, s, u in zip(self.transports, self.states, us, strict=True)
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,8 +345,8 @@ def evolve(
     degree : int
         0: DG0 (finite volumes); 1, 2: DG on curved cells.
     stepping, max_dt : str, float
-        ``"adaptive"`` (steps from the current velocities, linearly implicit after clustering
-        where the operator allows it; at most ``max_dt``) or ``"fixed"`` (the a-priori bound):
+        ``"adaptive"`` (steps from the current velocities where the mass is, at most
+        ``max_dt``) or ``"fixed"`` (the a-priori bound of the whole run):
         see :class:`Flows`.
     cluster_delta, cluster_tol : float
         With a perturbation: the measure-level δ-cluster state of ν against the clusters of μ
@@ -458,9 +446,9 @@ def evolve(
         bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]",
     )  # fmt: skip
     while t < T:
-        wanted, implicit, us = flows.plan(t, 0.5 * (t + clock.next_event(t)))
+        wanted, capped, us = flows.plan(t, 0.5 * (t + clock.next_event(t)))
         dt, t_next = clock.land(t, wanted)
-        flows.step(t, dt, implicit, us)
+        flows.step(t, dt, capped, us)
         t = t_next
         record(t)
         bar.update(dt)

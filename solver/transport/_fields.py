@@ -86,20 +86,26 @@ class Transport:
     def __init__(self, op, field):
         self.op, self.field = op, field
 
-    def step(self, rho: np.ndarray, t: float, dt: float, u0: np.ndarray | None = None):
-        """One SSP-RK3 step (``u0``: the velocity of ``rho`` at ``t``, when known)."""
+    def step(self, rho: np.ndarray, t: float, dt: float, u0: np.ndarray | None = None,
+             capped: bool = False) -> np.ndarray:  # fmt: skip
+        """One SSP-RK3 step (``u0``: the velocity of ``rho`` at ``t``, when known).
+
+        ``capped``: every stage is the operator's ``euler_step`` (outflows capped at each
+        cell's content: positive for any ``dt``) instead of ``ρ + dt · rhs``.
+        """
         tp = t + 0.5 * dt  # parameters frozen over the step
+        if capped:
+
+            def euler(s, r, u=None):
+                return self.op.euler_step(self.field(tp, s, r) if u is None else u, r, dt)
+
+            return ssp_rk3_step(None, rho, t, dt, limiter=self.op.limit, euler=euler, u0=u0)
 
         def rhs(s, r):
             return self.op.rhs(self.field(tp, s, r), r)
 
         f0 = None if u0 is None else self.op.rhs(u0, rho)
         return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit, f0=f0)
-
-    def implicit_step(self, rho: np.ndarray, dt: float, u0: np.ndarray) -> np.ndarray:
-        """One linearly implicit (backward Euler, velocity frozen at ``u0``) upwind step:
-        positive and conservative for any ``dt`` (see the operator's ``implicit_step``)."""
-        return self.op.implicit_step(u0, rho, dt)
 
 
 def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[np.ndarray, dict]:

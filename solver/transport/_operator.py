@@ -8,7 +8,7 @@ from ._dg0 import DG0Upwind
 __all__ = ["make_operator"]
 
 
-def make_operator(sm: SphereMesh, degree: int = 0, *, flux: str = "facet"):
+def make_operator(sm: SphereMesh, degree: int = 0, *, flux: str = "donor"):
     """:class:`DG0Upwind` (with the given ``flux``, ``"facet"`` or ``"donor"``) for
     ``degree = 0``, else :class:`DGUpwind` on the curved (P2) mesh."""
     if degree == 0:

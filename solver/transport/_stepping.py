@@ -86,16 +86,25 @@ class Clock:
 
 
 def ssp_rk3_step(
-    rhs: Callable,
-    rho: np.ndarray,
-    t: float,
-    dt: float,
-    limiter: Callable | None = None,
-    f0: np.ndarray | None = None,
-) -> np.ndarray:
-    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``, ``limiter`` after each stage
-    (``f0``: ``rhs(t, ρ)`` when the caller has it already)."""
+    rhs: Callable | None, rho: np.ndarray, t: float, dt: float,
+    limiter: Callable | None = None, f0: np.ndarray | None = None,
+    euler: Callable | None = None, u0=None,
+) -> np.ndarray:  # fmt: skip
+    """One Shu-Osher SSP-RK3 step of ``dρ/dt = rhs(t, ρ)``, ``limiter`` after each stage.
+
+    The stages are forward-Euler steps ``E(s, r) = r + dt · rhs(s, r)`` combined convexly:
+    ``r1 = E(t, ρ)``, ``r2 = ¾ ρ + ¼ E(t + dt, r1)``, ``r3 = ⅓ ρ + ⅔ E(t + dt/2, r2)``.
+    ``f0``: ``rhs(t, ρ)`` when the caller has it already. ``euler(s, r[, u])``: a forward-Euler
+    step of its own (e.g. one that keeps positivity for any ``dt``), called with ``u0`` for
+    the first stage.
+    """
     lim = limiter if limiter is not None else (lambda r: r)
-    r1 = lim(rho + dt * (rhs(t, rho) if f0 is None else f0))
-    r2 = lim(0.75 * rho + 0.25 * (r1 + dt * rhs(t + dt, r1)))
-    return lim(rho / 3.0 + (2.0 / 3.0) * (r2 + dt * rhs(t + 0.5 * dt, r2)))
+    if euler is None:
+
+        def euler(s, r, f=None):
+            return r + dt * (rhs(s, r) if f is None else f)
+
+        u0 = f0
+    r1 = lim(euler(t, rho, u0))
+    r2 = lim(0.75 * rho + 0.25 * euler(t + dt, r1))
+    return lim(rho / 3.0 + (2.0 / 3.0) * euler(t + 0.5 * dt, r2))
