@@ -6,7 +6,9 @@ the expected order in the L1 norm of cell averages, and the test must be able to
 ``Aᵀ``: evolving with Q and K swapped (``KᵀQ -> QᵀK = Aᵀ``) gives an error many times larger.
 Run with ``-s`` to see the tables.
 
-Cost: about 30 s on one core (3 meshes x 2 degrees + 2 swapped runs, the reference once).
+Cost: about 15 s on one core, 30 s on 2 ranks (3 meshes x 2 degrees + 2 swapped runs, the
+reference once). Measured (1 and 2 ranks alike): DG0 L1 3.50e-2, 1.86e-2, 9.59e-3 (rate 0.93),
+swapped 21x; DG1 1.40e-3, 3.63e-4, 9.30e-5 (rate 1.95), swapped 2100x.
 """
 
 from __future__ import annotations
