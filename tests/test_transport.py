@@ -63,9 +63,13 @@ class TestExactS1:
     """Uniform attention on S^1: the Poisson-kernel family is invariant (model.md)."""
 
     expected_rate = 0.9  # first-order upwind: L1 error O(h)
+    #: the donor-cell flux (the default) reaches its asymptotic rate later than the facet flux
+    #: near the attractor of this solution: successive rates 0.61, 0.87, 0.96 from 128 cells
+    #: (transport/_dg0.py), so the fit starts at 256 cells
+    cells = (256, 512, 1024, 2048)
 
     def test_l1_convergence_order(self):
-        errs, hs = zip(*(s1_exact_error(n) for n in (128, 256, 512, 1024)), strict=True)
+        errs, hs = zip(*(s1_exact_error(n) for n in self.cells), strict=True)
         rate = np.polyfit(np.log(hs), np.log(errs), 1)[0]
         print(f"S^1 exact solution, L1 errors {errs}, fitted order {rate:.3f}")
         assert rate >= self.expected_rate
