@@ -149,8 +149,7 @@ def test_lora_kinds(tmp_path):
     # physics (Prop 3.3): dV orthogonal to u1 keeps the cluster, dV = eps u2 u1^T moves it
     assert table["orthogonal"]["w2_mean"] < 0.1 * table["aligned"]["w2_mean"]
     assert table["aligned"]["drift_mean"] == pytest.approx(
-        table["aligned"]["predicted_drift"], rel=0.25
-    )
+        table["aligned"]["predicted_drift"], rel=0.25)
     assert table["orthogonal"]["predicted_drift"] == pytest.approx(0, abs=1e-12)
 
 
