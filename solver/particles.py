@@ -18,6 +18,14 @@ tokens ``z_i ∈ R^d`` (no projection, no normalisation),
 
 integrated by the same RK4 with the plain update ``z + v`` in place of the retraction.
 
+``geometry="euclidean-rescaled"``: the same with ``Q(t) = Q e^{tV}``, ``K(t) = K e^{tV}``,
+i.e. ``P_ij ∝ exp(<Q e^{tV} z_i, K e^{tV} z_j>)``: ``z_i = e^{−tV} x_i`` for the unnormalised
+``ẋ_i = Σ_j P_ij V x_j``, which is what the authors' public code (``Time_bifurcation.py``)
+integrates. Needs a model without parameter jumps (``e^{tV}`` is the propagator of constant
+``V``). The logits grow like ``e^{2 c t}`` (``c`` = largest real part of an eigenvalue of
+``V``); that factor is applied after the row maxima are subtracted and capped at ``e^{700}``
+(the softmax is a hardmax to round-off long before).
+
 With ``comm`` the particles are split into contiguous blocks over the ranks; each rank
 evaluates its block against all particles (gathered in global order, so the result does not
 depend on the number of ranks).
@@ -25,9 +33,11 @@ depend on the number of ranks).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import expm
 from tqdm.auto import tqdm
 
 from .model import Density, Model
@@ -39,7 +49,7 @@ __all__ = [
     "euclidean_velocity",
 ]  # fmt: skip
 
-GEOMETRIES = ("sphere", "euclidean")
+GEOMETRIES = ("sphere", "euclidean", "euclidean-rescaled")
 BLOCK_BYTES = 1 << 24
 
 
@@ -49,9 +59,11 @@ def retract(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     return y / np.linalg.norm(y, axis=1, keepdims=True)
 
 
-def euclidean_velocity(z: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """Velocity of the time-rescaled Euclidean model at the targets ``z`` (m, d) for the
-    equally weighted sources ``y`` (n, d): ``Σ_j P_ij V (y_j − z_i)``, ``P_ij ∝ e^{y_jᵀ A z_i}``
+def euclidean_velocity(
+    z: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.ndarray, scale: float = 1.0
+) -> np.ndarray:
+    """Velocity of the Euclidean model at the targets ``z`` (m, d) for the equally weighted
+    sources ``y`` (n, d): ``Σ_j P_ij V (y_j − z_i)``, ``P_ij ∝ e^{scale · y_jᵀ A z_i}``
     (the softmax sums to one, so this is ``V (Σ_j P_ij y_j − z_i)``)."""
     out = np.empty_like(z)
     Ay = y @ A  # row j: y_jᵀ A
@@ -60,6 +72,7 @@ def euclidean_velocity(z: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.ndarra
         zb = z[s : s + block]
         logits = zb @ Ay.T
         logits -= logits.max(axis=1, keepdims=True)
+        logits *= scale
         np.exp(logits, out=logits)
         mean = (logits @ y) / logits.sum(axis=1, keepdims=True)
         out[s : s + block] = (mean - zb) @ V.T
@@ -106,6 +119,7 @@ def simulate_particles(
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
     sphere = geometry == "sphere"
+    rescaled = geometry == "euclidean-rescaled"
     x0 = np.asarray(x0, dtype=float)
     if x0.ndim != 2 or x0.shape[1] != model.d:
         raise ValueError(f"x0 must be (n, {model.d}) for this model, got shape {x0.shape}")
@@ -117,6 +131,8 @@ def simulate_particles(
             "pass geometry='euclidean' for tokens in R^d"
         )
     n = len(x0)
+    if rescaled and len(model.breakpoints(T)):
+        raise ValueError("geometry='euclidean-rescaled' needs parameters without jumps (e^{tV})")
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
     bounds = np.linspace(0, n, size + 1).astype(int)
     counts = np.diff(bounds) * model.d
@@ -130,10 +146,14 @@ def simulate_particles(
         comm.Allgatherv(np.ascontiguousarray(xl), [out, counts])
         return out
 
-    def vel(xl, A, V):
+    def vel(xl, A, V, t):
         if sphere:
             return attention_velocity(xl, gather(xl), w, A, V)
-        return euclidean_velocity(xl, gather(xl), A, V)
+        if not rescaled:
+            return euclidean_velocity(xl, gather(xl), A, V)
+        c = float(np.linalg.eigvals(V).real.max())
+        E = expm(t * (V - c * np.eye(model.d)))  # e^{tV} = e^{ct} E
+        return euclidean_velocity(xl, gather(xl), E.T @ A @ E, V, math.exp(min(2 * c * t, 700)))
 
     step = retract if sphere else np.add
 
@@ -146,10 +166,10 @@ def simulate_particles(
     for k in range(len(times) - 1):
         t, h = times[k], times[k + 1] - times[k]
         A, V = model.parameters(t + 0.5 * h)
-        k1 = vel(x, A, V)
-        k2 = vel(step(x, 0.5 * h * k1), A, V)
-        k3 = vel(step(x, 0.5 * h * k2), A, V)
-        k4 = vel(step(x, h * k3), A, V)
+        k1 = vel(x, A, V, t)
+        k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
+        k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
+        k4 = vel(step(x, h * k3), A, V, t + h)
         x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
         if k + 1 in saved_set:
             snaps.append(gather(x).copy())
