@@ -400,3 +400,24 @@ def test_saddle_rate_separates_the_two_betas():
     assert 1 / saddle_growth_rate(1.0) < 5 and 1 / saddle_growth_rate(4.0) > 1000
     with pytest.raises(ValueError, match="mass"):
         saddle_growth_rate(1.0, mass=1.0)
+
+
+@pytest.mark.parametrize("geometry", ["euclidean", "euclidean-rescaled"])
+def test_phase_diagram_euclidean_geometries(tmp_path, geometry):
+    """The authors' setting (x0 uniform in [−1, 1]², Ṽ = diag(1, 1 − ε)). Static attention
+    (geometry='euclidean'): the tokens collapse to one point at rest and the perturbed point
+    stays within δ of it (no exit). Their code's rescaled attention Q e^{tṼ}: t_exit ≈ 1/ε."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'geometry = "{geometry}"\nspheres = [1]\neps_min = 0.02\neps_max = 0.08\n')
+    assert run_tiny("phase_diagram", tmp_path / "out", "--config", str(cfg)) == 0
+    rows = read_rows(tmp_path / "out" / "phase.csv")
+    base = [r for r in rows if r["eps"] == 0][0]
+    assert 0 < base["t_enter"] < 10 and math.isnan(base["t_exit"])
+    pert = [r for r in rows if r["eps"] > 0]
+    tx = np.array([r["t_exit"] for r in pert])
+    if geometry == "euclidean":
+        assert np.all(np.isnan(tx)) and max(r["final_distance"] for r in pert) < 1e-3
+    else:
+        eps = np.array([r["eps"] for r in pert])
+        assert np.all(np.isfinite(tx)) and np.all(np.diff(tx) < 0)
+        assert np.all(np.abs(tx * eps - 1) < 0.3), tx * eps  # t_exit ≈ 1.05/ε (small preset)

@@ -180,6 +180,8 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
     """W2 (top) and cluster drift (bottom) over time per kind; mean and min–max band over
     the seeds. Bottom, per kind: dotted the eigenvector prediction ``|u_1 − ũ_1|``, dashed
     the Prop 3.3 bound ``(2‖b‖ + ‖E‖)/(gap + a)`` (where finite and below 2)."""
+    from matplotlib.lines import Line2D
+
     eps_list = p["eps"]
     fig = figure(4.8 * len(eps_list), 6.4)
     axs = np.array(fig.subplots(2, len(eps_list), sharex=True)).reshape(2, -1)
@@ -203,9 +205,11 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
         axs[0, j].set_title(f"‖ΔV‖ = ε = {e:g}", fontsize=10)
         axs[0, j].set_ylabel("W2(μ_t, ν_t) (chordal; band: min–max)")
         axs[1, j].set_ylabel("cluster drift |u(t) − ũ(t)| (chordal)")
-        axs[1, j].text(0.02, 0.97, "dotted: |u₁ − ũ₁|, ũ₁ = top eigenvector of V + ΔV\n"
-                       "dashed: Prop 3.3 bound (2‖b‖ + ‖E‖)/(gap + a)", fontsize=6,
-                       va="top", transform=axs[1, j].transAxes)  # fmt: skip
+        proxies = [Line2D([], [], color="k", ls=":", lw=1,
+                          label="|u₁ − ũ₁|, ũ₁ = top eigenvector of V + ΔV"),
+                   Line2D([], [], color="k", ls="--", lw=0.8,
+                          label="Prop 3.3 bound (2‖b‖ + ‖E‖)/(gap + a)")]  # fmt: skip
+        axs[1, j].legend(handles=proxies, fontsize=7, loc="center right")
         axs[1, j].set_xlabel("t (depth)")
         axs[0, j].legend(fontsize=8)
     return save_png(fig, path)
