@@ -1,6 +1,6 @@
-r"""Tied, per-layer random, orthogonal (``P_⊥ ΔV P_⊥``) and aligned (``u_2 u_1ᵀ``, the
-smallest gap) LoRA of one norm (Prop 3.3 of arXiv 2402.15415): ``W2`` and cluster drift over
-time.
+r"""Tied, per-layer random, orthogonal (``P_⊥ ΔV P_⊥``), aligned (``u_2 u_1ᵀ``, the
+smallest gap) and worst-case (:func:`~solver.analysis.worst_rank_one_drift`) LoRA of one norm
+(Prop 3.3 of arXiv 2402.15415): ``W2`` and cluster drift over time.
 
 Sweep: ``lora_kinds.csv`` (rows per kind, ε, seed and saved time); figure ``lora_kinds.png``.
 Command line: ``scripts/exp_lora_kinds.py``.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import spectral_criterion
+from ..analysis import spectral_criterion, worst_rank_one_drift
 from ..model import Model, ScheduledLoRA, TiedLoRA, VonMisesFisher
 from ..particles import sample_particles, simulate_particles
 from ._common import memo
@@ -27,7 +27,7 @@ __all__ = [
     "lora_kind_perturbation", "kinds_table", "plot_lora_kinds",
 ]  # fmt: skip
 
-KINDS = ("tied", "random", "orthogonal", "aligned")
+KINDS = ("tied", "random", "orthogonal", "aligned", "worst")
 
 PRESETS = {
     "tiny": {"V_diag": [1.0, 0.8, 0.3], "n": 12, "kappa": 2.0, "x0_seed": 0, "T": 10.0,
@@ -53,9 +53,9 @@ def kinds_check(p: dict) -> None:
 
 
 def kinds_cases(p: dict) -> list[dict]:
-    """Every kind, norm and seed (``aligned`` is deterministic: seed 0 only)."""
+    """Every kind, norm and seed (``aligned`` and ``worst`` are deterministic: seed 0)."""
     return [{"kind": k, "eps": e, "seed": s} for k in p["kinds"] for e in p["eps"]
-            for s in range(1 if k == "aligned" else p["seeds"])]  # fmt: skip
+            for s in range(1 if k in ("aligned", "worst") else p["seeds"])]  # fmt: skip
 
 
 def _scaled(M: np.ndarray, eps: float) -> np.ndarray:
@@ -69,7 +69,9 @@ def lora_kind_perturbation(p: dict, kind: str, eps: float, seed: int):
     i.i.d. N(0, 1) entries from ``default_rng([seed, ...])``:
     tied ``B Aᵀ``; random: a new ``B_ℓ A_ℓᵀ`` on every layer of length ``layer_length``;
     orthogonal ``P_⊥ B Aᵀ P_⊥`` (``P_⊥ = I − u_1u_1ᵀ``); aligned ``u_2 u_1ᵀ`` (the pair with
-    the smallest gap ``λ1 − λ2``); each scaled to norm ``ε``.
+    the smallest gap ``λ1 − λ2``); worst: the rank-one ``ε u vᵀ`` that turns the dominant
+    eigenvector furthest (:func:`~solver.analysis.worst_rank_one_drift`, ``u ⟂ v``); each of
+    norm ``ε``.
     """
     d, r = len(p["V_diag"]), p["rank"]
     zero = np.zeros((d, d))
@@ -85,6 +87,11 @@ def lora_kind_perturbation(p: dict, kind: str, eps: float, seed: int):
         return TiedLoRA(zero, _scaled(P @ draw(0) @ P, eps))
     if kind == "aligned":
         return TiedLoRA(zero, eps * np.outer(np.eye(d)[1], np.eye(d)[0]))
+    if kind == "worst":
+        V = np.diag(p["V_diag"])
+        w = memo(("worst-rank-one", tuple(p["V_diag"]), eps),
+                 lambda: worst_rank_one_drift(V, eps))  # fmt: skip
+        return TiedLoRA(zero, w.dV)
     h = p["layer_length"]
     cache: dict = {}
 
