@@ -113,8 +113,9 @@ def simulate_particles(
 
     Parameters are frozen over each step at the step's midpoint (steps land on the model's
     parameter jumps), as in the PDE solver. ``geometry``: ``"sphere"`` (tokens on S^{d-1},
-    ``x0`` of unit rows) or ``"euclidean"`` (``ż_i = Σ_j P_ij V (z_j − z_i)`` in ``R^d``, any
-    finite ``x0``); see the module docstring.
+    ``x0`` of unit rows), ``"euclidean"`` (``ż_i = Σ_j P_ij V (z_j − z_i)`` in ``R^d``, any
+    finite ``x0``) or ``"euclidean-rescaled"`` (the same with ``Q e^{tV}``, ``K e^{tV}``: the
+    authors' code); see the module docstring.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
