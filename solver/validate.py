@@ -92,6 +92,8 @@ def _plot_w2_vs_n(rows, path, title, names):
     ax.plot(ns, ref, "k--", lw=1, label=r"$\propto n^{-1/2}$")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(ns, [f"{int(n):,}" for n in ns])  # the sizes run, no crowded minor labels
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("particles n")
     ax.set_ylabel(r"$W_2$(PDE, particles) at final time")
     ax.set_title(title)
@@ -181,7 +183,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
         arr = np.array(rows)
         fin = arr[np.isclose(arr[:, 3], T)]
         _plot_w2_vs_n(fin[:, [0, 1, 2, 4]].tolist(), out / "w2_vs_n.png",
-                      f"S^{d - 1}: PDE vs particles, t = {T:g}", names)  # fmt: skip
+                      f"$S^{d - 1}$: PDE vs particles, t = {T:g}", names)  # fmt: skip
         table = {}
         for lev in np.unique(fin[:, 0]):
             for n in np.unique(fin[:, 1]):
