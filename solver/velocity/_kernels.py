@@ -234,17 +234,16 @@ _announced = False
 
 def _announce_compilation(funcs) -> None:
     """One line on rank 0 (stderr) when the kernels are about to be compiled: neither compiled
-    in this process nor in numba's on-disk cache (the first run after installing or editing)."""
+    in this process nor fresh in numba's on-disk cache (the first run after installing, or
+    after editing this file: numba's cache index is then stale, and empty when loaded)."""
     global _announced
-    import os
     import sys
 
     if _announced:
         return
     try:
-        ready = all(f.signatures or os.path.exists(f._cache._cache_file._index_path)
-                    for f in funcs)  # fmt: skip
-    except AttributeError:  # another numba's internals: say nothing
+        ready = all(f.signatures or f._cache._cache_file._load_index() for f in funcs)
+    except Exception:  # another numba's internals, an unreadable cache: say nothing
         return
     if ready:
         return
