@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.integrate import quad
 from scipy.optimize import brentq
+from scipy.spatial.transform import Rotation
 
+import solver
 import solver.analysis._clusters as C
 from solver.model import VonMisesFisher
 
@@ -200,3 +203,283 @@ def test_cluster_direction_and_drift():
         C.cluster_direction(np.array([[1.0, 0, 0], [-1.0, 0, 0]]))
     with pytest.raises(ValueError, match="equal shape"):
         C.direction_drift([1.0, 0.0], [1.0, 0.0, 0.0])
+
+
+# --- the measure-level δ-cluster state and mode finding on a mesh --------------------------
+
+
+def particle_trajectory(rng, nt=41, n=60):
+    """Particles contracting onto two centres, then a drift of speed 0.004 carries them off:
+    ``x_i(t) = (c_i + e^{-t} a_i + 0.004 t b) / |…|`` (positions (nt, n, 3), centres (2, 3))."""
+    centres = np.array([unit([0, 0, 1]), unit([1, 0.2, 0])])
+    a = rng.standard_normal((n, 3))
+    b = unit([0, 1, 0.3])
+    times = np.linspace(0, 40, nt)
+    pos = centres[np.arange(n) % 2][None] + np.exp(-times)[:, None, None] * a[None]
+    pos = pos + 0.004 * times[:, None, None] * b
+    return times, pos / np.linalg.norm(pos, axis=2, keepdims=True), centres
+
+
+def max_min_distance(pos, centres):
+    return np.max(np.min(np.linalg.norm(pos[..., None, :] - centres, axis=-1), axis=-1), axis=-1)
+
+
+def test_mass_outside_is_the_particle_criterion():
+    rng = np.random.default_rng(3)
+    times, pos, centres = particle_trajectory(rng)
+    n = pos.shape[1]
+    D = max_min_distance(pos, centres)
+    dist = np.min(np.linalg.norm(pos[..., None, :] - centres, axis=-1), axis=-1)
+    for delta in (0.05, 0.1, 0.3, D[-1], float(np.median(D))):
+        m = solver.cluster_mass_outside(pos, None, centres, delta)
+        # the fraction of particles at distance >= δ, exactly
+        np.testing.assert_array_equal(m * n, np.sum(dist >= delta, axis=1))
+        for k, x in enumerate(pos):
+            state = solver.delta_cluster_state(x, centres, delta)
+            assert solver.cluster_mass_outside(x, None, centres, delta) == m[k]
+            for tol in (0.0, 0.5 / n, (1 - 1e-9) / n):
+                assert (m[k] <= tol) == state
+            # equal weights of any normalisation
+            assert solver.cluster_mass_outside(x, np.full(n, 7.0), centres, delta) == m[k]
+        # entry/exit on the same samples as the particle criterion D < δ
+        for tol in (0.0, 0.5 / n):
+            te, tx = solver.measure_cluster_times(times, m, tol)
+            ke, kx = solver.cluster_times(times, D < delta)
+            for t, tk in ((te, ke), (tx, kx)):
+                if np.isnan(tk):
+                    assert np.isnan(t)
+                else:  # interpolated within the sample interval that ends at the change
+                    k = int(np.searchsorted(times, tk))
+                    assert times[max(k - 1, 0)] <= t <= tk
+    # δ = 0.1: enters (e^{-t}|a_i| < 0.1 - 0.004 t), then the drift takes it out (t ~ 25)
+    te, tx = solver.measure_cluster_times(
+        times, solver.cluster_mass_outside(pos, None, centres, 0.1)
+    )
+    assert 0 < te < tx < times[-1]
+
+
+def test_mass_outside_weights_and_times():
+    x = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    c = np.array([[1.0, 0, 0]])
+    # chordal distances 0, √2, √2
+    assert solver.cluster_mass_outside(x, [2.0, 1.0, 1.0], c, 1.0) == 0.5
+    assert solver.cluster_mass_outside(x, [2.0, 1.0, 1.0], c, np.sqrt(2) + 1e-12) == 0.0
+    # closed complement: a point at distance exactly δ is outside (particle state: < δ)
+    y = np.array([[1.0, 0.5]])
+    assert solver.cluster_mass_outside(y, None, [[1.0, 0.0]], 0.5) == 1.0
+    # a time axis on the weights (fixed centroids, changing density)
+    w = np.array([[1.0, 0, 0], [1.0, 1.0, 2.0], [0.0, 3.0, 1.0]])
+    np.testing.assert_array_equal(solver.cluster_mass_outside(x, w, c, 1.0), [0.0, 0.75, 1.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        solver.cluster_mass_outside(x, [1.0, -1.0, 1.0], c, 1.0)
+    with pytest.raises(ValueError, match="positive total"):
+        solver.cluster_mass_outside(x, [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], c, 1.0)
+    with pytest.raises(ValueError, match="centres"):
+        solver.cluster_mass_outside(x, None, np.zeros((1, 2)), 1.0)
+    with pytest.raises(ValueError, match="delta"):
+        solver.cluster_mass_outside(x, None, c, 0.0)
+    with pytest.raises(ValueError, match="weights must be"):
+        solver.cluster_mass_outside(x, np.ones(2), c, 1.0)
+
+
+def test_crossing_times_interpolate():
+    t = np.linspace(0.0, 4.0, 5)
+    f = np.array([1.0, 0.6, 0.2, 0.4, 0.8])  # <= 0.5 on [1.25, 3.25] (piecewise linear)
+    assert solver.crossing_times(t, f, 0.5) == pytest.approx((1.25, 3.25), abs=1e-15)
+    assert solver.measure_cluster_times(t, f, 0.5) == pytest.approx((1.25, 3.25), abs=1e-15)
+    # the state at the first sample: t_0; no exit: nan; never: nan, nan
+    te, tx = solver.crossing_times(t, [0.1, 0.2, 0.2, 0.3, 0.4], 0.5)
+    assert te == 0.0 and np.isnan(tx)
+    assert np.all(np.isnan(solver.crossing_times(t, np.ones(5), 0.5)))
+    # strict: f < level (the particle criterion D < δ); f = level counts as outside
+    assert solver.crossing_times(t, [1.0, 0.5, 0.5, 0.0, 1.0], 0.5) == (1.0, 3.5)
+    assert solver.crossing_times(t, [1.0, 0.5, 0.5, 0.0, 1.0], 0.5, strict=True) == (2.0, 3.5)
+    with pytest.raises(ValueError, match="fractions"):
+        solver.measure_cluster_times(t, f + 1.0, 0.5)
+    with pytest.raises(ValueError, match="tol"):
+        solver.measure_cluster_times(t, f, 1.0)
+
+
+# Cell masses of a density on a rotated icosphere: the flat triangle is mapped onto the sphere
+# by y = p/|p| (area element |n·p|/|p|^3 dA_flat), integrated by Dunavant's 7-point rule of
+# degree 5 (barycentric points, weights summing to 1).
+_A1, _B1, _A2, _B2 = 0.059715871789770, 0.470142064105115, 0.797426985353087, 0.101286507323456
+_BARY = np.array([[1 / 3] * 3, [_A1, _B1, _B1], [_B1, _A1, _B1], [_B1, _B1, _A1],
+                  [_A2, _B2, _B2], [_B2, _A2, _B2], [_B2, _B2, _A2]])  # fmt: skip
+_WQ = np.array([0.225] + [0.132394152788506] * 3 + [0.125939180544827] * 3)
+_ROT = Rotation.from_euler("zyx", [0.3, 0.5, 0.7])  # no mesh symmetry plane is a basin boundary
+
+
+def mesh_masses(f, level):
+    """(vertices, cells, centroids, areas, masses, h) of ``f`` on the rotated icosphere; the
+    centroid is the normalised mean of the cell's vertices, ``h`` the largest geodesic
+    distance from a centroid to its cell's vertices."""
+    pts, cells = solver.icosphere(level)
+    pts = _ROT.apply(pts)
+    v = pts[cells]
+    cen = solver.normalize(v.mean(axis=1))
+    nrm = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    flat = 0.5 * np.linalg.norm(nrm, axis=1)
+    nrm /= 2 * flat[:, None]
+    q = np.einsum("kv,cvd->ckd", _BARY, v)
+    r = np.linalg.norm(q, axis=2)
+    jac = np.abs(np.einsum("ckd,cd->ck", q, nrm)) / r**3
+    vals = f((q / r[..., None]).reshape(-1, 3)).reshape(r.shape)
+    h = np.max(np.arccos(np.clip(np.einsum("cvd,cd->cv", v, cen), -1, 1)))
+    return pts, cells, cen, flat * (jac @ _WQ), flat * ((jac * vals) @ _WQ), h
+
+
+def vmf_cap(mu, kappa, c, alpha):
+    """Mass and first moment of the vMF law (mean ``mu``, concentration ``kappa``) on S^2 over
+    the cap ``{y: y·c >= cos α}``. With ``θ`` the angle from ``mu``, ``β`` that of ``c``,
+    the cap meets the circle ``θ`` in the arc ``|φ| <= φ_0``, ``cos φ_0 = (cos α − cos θ cos
+    β)/(sin θ sin β)``, so mass = ∫ g 2φ_0 sin θ dθ and moment = μ ∫ g 2φ_0 sin θ cos θ dθ
+    + e ∫ g 2 sin φ_0 sin²θ dθ (``e`` the unit tangent towards ``c``), with the density
+    ``g(θ) = κ e^{κ(cos θ − 1)} / (2π (1 − e^{−2κ}))``."""
+    mu, c = unit(mu), unit(c)
+    cb = float(np.clip(mu @ c, -1, 1))
+    sb = np.sqrt(max(0.0, 1 - cb * cb))
+    e = (c - cb * mu) / sb if sb > 0 else np.zeros(3)  # β = 0: no tangential part
+
+    def g(t):
+        return kappa * np.exp(kappa * (np.cos(t) - 1)) / (2 * np.pi * (1 - np.exp(-2 * kappa)))
+
+    def phi0(t):
+        q = (np.cos(alpha) - np.cos(t) * cb) / max(np.sin(t) * sb, 1e-300)
+        return np.arccos(np.clip(q, -1, 1))
+
+    beta = np.arccos(cb)
+    kw = dict(points=[abs(beta - alpha), min(beta + alpha, 2 * np.pi - beta - alpha)],
+              limit=200, epsabs=1e-14, epsrel=1e-13)  # fmt: skip
+    m = quad(lambda t: g(t) * np.sin(t) * 2 * phi0(t), 0, np.pi, **kw)[0]
+    a = quad(lambda t: g(t) * np.sin(t) * np.cos(t) * 2 * phi0(t), 0, np.pi, **kw)[0]
+    b = quad(lambda t: g(t) * np.sin(t) ** 2 * 2 * np.sin(phi0(t)), 0, np.pi, **kw)[0]
+    return m, a * mu + b * e
+
+
+def test_vmf_cap_is_the_closed_form():
+    # the cap centred on the mean: (1 − e^{κ(cos α − 1)}) / (1 − e^{−2κ}); the half-space
+    # through the mean: 1/2; the whole sphere: 1 with moment (coth κ − 1/κ) μ
+    mu, k = unit([0, 0, 1]), 10.0
+    m, _ = vmf_cap(mu, k, unit([1e-9, 0, 1]), 0.5)
+    assert m == pytest.approx((1 - np.exp(k * (np.cos(0.5) - 1))) / (1 - np.exp(-2 * k)), abs=1e-9)
+    assert vmf_cap(mu, k, [1, 0, 0], np.pi / 2)[0] == pytest.approx(0.5, abs=1e-12)
+    m, mom = vmf_cap(mu, k, [1, 1, 1], np.pi)
+    assert m == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(mom, (1 / np.tanh(k) - 1 / k) * mu, atol=1e-12)
+
+
+def test_mass_outside_converges_under_refinement():
+    # two vMF bumps 100° apart, δ-balls (chordal δ = 0.6, angle α = 2 arcsin(δ/2)) around
+    # their means; the balls are disjoint (2α < 100°), so the exact mass outside is
+    # 1 − Σ_i p_i Σ_c P_i(cap_c) (vmf_cap)
+    m1 = unit([0.2, -0.4, 0.9])
+    m2 = np.cos(np.deg2rad(100)) * m1 + np.sin(np.deg2rad(100)) * unit(np.cross(m1, [1, 0, 0]))
+    p, kappa, centres, delta = (0.65, 0.35), (15.0, 25.0), np.array([m1, m2]), 0.6
+    alpha = 2 * np.arcsin(delta / 2)
+    mix = solver.Mixture(
+        tuple(solver.VonMisesFisher(tuple(m), k) for m, k in zip(centres, kappa, strict=True)), p
+    )
+    comps = zip(p, centres, kappa, strict=True)
+    exact = 1 - sum(pi * vmf_cap(m, k, c, alpha)[0] for pi, m, k in comps for c in centres)
+    hs, errs, bands = [], [], []
+    for level in range(2, 6):
+        _, _, cen, areas, masses, h = mesh_masses(mix, level)
+        out = solver.cluster_mass_outside(cen, masses, centres, delta)
+        # the midpoint rule errs only on cells the sphere |y − c| = δ may cross: those whose
+        # centroid is within h of angle α from a centre (a cell lies in the ball of radius h
+        # about its centroid); plus the quadrature error of the masses (~ |1 − Σ m|)
+        theta = np.arccos(np.clip(cen @ centres.T, -1, 1))
+        band = masses[np.any(np.abs(theta - alpha) <= h, axis=1)].sum() / masses.sum()
+        assert abs(out - exact) <= band + 2 * abs(1 - masses.sum())
+        hs.append(h)
+        errs.append(abs(out - exact))
+        bands.append(band)
+    # the band is first order in h (a strip of width 2h along the two circles) ...
+    band_rate = np.polyfit(np.log(hs), np.log(bands), 1)[0]
+    assert 0.8 <= band_rate <= 1.2  # measured 1.12
+    # ... and the errors cancel within it: measured order 1.8 (errors 7.1e-3, 6.7e-4,
+    # 1.1e-3, 9.3e-5 on levels 2..5); assert at least first order
+    rate = np.polyfit(np.log(hs), np.log(errs), 1)[0]
+    assert rate >= 1.0
+    assert errs[-1] < 2e-4
+
+
+def test_density_clusters_converge_under_refinement():
+    # two equal vMF bumps 90° apart: by the mirror symmetry the basins are the two
+    # half-spheres y·n >< 0, n = (μ_1 − μ_2)/|μ_1 − μ_2|, of mass 1/2 each; the exact centre
+    # of a basin is its normalised first moment (vmf_cap with α = π/2)
+    k = 10.0
+    m1 = unit([0.2, -0.4, 0.9])
+    m2 = unit(np.cross(m1, [1, 0.3, 0]))
+    mix = solver.Mixture((solver.VonMisesFisher(tuple(m1), k), solver.VonMisesFisher(tuple(m2), k)),
+                         (0.5, 0.5))  # fmt: skip
+    n = unit(m1 - m2)
+    moment = [0.5 * (vmf_cap(m1, k, s * n, np.pi / 2)[1] + vmf_cap(m2, k, s * n, np.pi / 2)[1])
+              for s in (1, -1)]  # fmt: skip
+    exact = np.array([unit(s) for s in moment])
+    hs, cerr, merr = [], [], []
+    for level in range(2, 6):
+        pts, cells, cen, areas, masses, h = mesh_masses(mix, level)
+        cl = solver.density_clusters(cen, masses, areas, cells=cells, min_mass=0.01)
+        assert len(cl) == 2
+        order = np.argsort(-(cl.centres @ m1))
+        centres, cm = cl.centres[order], cl.masses[order]
+        np.testing.assert_allclose(cm.sum(), 1.0, atol=1e-15)  # every cell in a basin
+        # a basin boundary within h of the true one moves at most the mass of the strip
+        # |y·n| <= sin h; the centre (|Σ_B m y| = |moment|) moves by at most twice that
+        # mass plus the O(h²) of the midpoint rule for the first moment, over |moment|
+        strip = masses[np.abs(cen @ n) <= np.sin(h)].sum() / masses.sum()
+        assert np.all(np.abs(cm - 0.5) <= strip)
+        bound = 2 * (strip + h**2) / np.linalg.norm(moment[0])
+        assert np.all(np.linalg.norm(centres - exact, axis=1) <= bound)
+        # the k-nearest-neighbour graph of the centroids gives the same answer here
+        knn = solver.density_clusters(cen, masses, areas, min_mass=0.01)
+        np.testing.assert_allclose(knn.masses, cl.masses, atol=1e-6)
+        hs.append(h)
+        cerr.append(np.max(np.linalg.norm(centres - exact, axis=1)))
+        merr.append(abs(cm[0] - 0.5))
+    # measured (levels 2..5): centre errors 1.4e-3, 6.8e-4, 4.6e-4, 2.3e-4 (order 0.85),
+    # mass errors 7.0e-4, 1.2e-4, 2.4e-4, 1.0e-4 (order 0.75): first order up to the
+    # cancellations along the boundary; assert order >= 0.5
+    assert np.polyfit(np.log(hs), np.log(cerr), 1)[0] >= 0.5
+    assert np.polyfit(np.log(hs), np.log(merr), 1)[0] >= 0.5
+    assert cerr[-1] < 1e-3 and merr[-1] < 5e-4
+
+
+def test_density_clusters_on_the_circle_and_validation():
+    # S^1: two bumps at ±1 rad on 400 equal arcs, adjacency from neighbours=2 (the default)
+    t = (np.arange(400) + 0.5) * 2 * np.pi / 400
+    x = np.column_stack((np.cos(t), np.sin(t)))
+    rho = np.exp(8 * (np.cos(t - 1) - 1)) + 0.5 * np.exp(8 * (np.cos(t + 1) - 1))
+    areas = np.full(400, 2 * np.pi / 400)
+    cl = solver.density_clusters(x, rho * areas, areas)
+    assert len(cl) == 2
+    # basins split at the minima of rho between the bumps (the only critical points)
+    assert cl.masses[0] > cl.masses[1]
+    for c, a in zip(cl.centres, (1.0, -1.0), strict=True):
+        assert abs(np.arctan2(c[1], c[0]) - a) < 0.1
+    # zero-mass cells belong to no cluster
+    w = rho * areas
+    w[:10] = 0.0
+    assert np.all(solver.density_clusters(x, w, areas).labels[:10] == -1)
+    with pytest.raises(ValueError, match="areas"):
+        solver.density_clusters(x, w, -areas)
+    with pytest.raises(ValueError, match="cells"):
+        solver.density_clusters(x, w, areas, cells=np.zeros((3, 2), dtype=int))
+    with pytest.raises(ValueError, match="neighbours"):
+        solver.density_clusters(x, w, areas, neighbours=0)
+
+
+def test_density_clusters_do_not_depend_on_the_cell_order():
+    m1, m2 = unit([0.2, -0.4, 0.9]), unit([1, 0.5, 0.1])
+    bumps = (solver.VonMisesFisher(tuple(m1), 8.0), solver.VonMisesFisher(tuple(m2), 20.0))
+    mix = solver.Mixture(bumps, (0.7, 0.3))
+    _, cells, cen, areas, masses, _ = mesh_masses(mix, 3)
+    ref = solver.density_clusters(cen, masses, areas, cells=cells)
+    assert len(ref) == 2
+    perm = np.random.default_rng(4).permutation(len(cen))
+    cl = solver.density_clusters(cen[perm], masses[perm], areas[perm], cells=cells[perm])
+    np.testing.assert_allclose(cl.centres, ref.centres, atol=1e-14)
+    np.testing.assert_allclose(cl.masses, ref.masses, atol=1e-14)
+    np.testing.assert_array_equal(cl.labels, ref.labels[perm])

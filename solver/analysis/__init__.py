@@ -9,10 +9,14 @@ from ..parallel import normalised_errors
 from ._clusters import (
     Clusters,
     cluster_direction,
+    cluster_mass_outside,
     cluster_times,
+    crossing_times,
     delta_cluster_state,
+    density_clusters,
     direction_drift,
     find_clusters,
+    measure_cluster_times,
 )
 from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
 from ._exact import poisson_kernel, poisson_radius
@@ -50,6 +54,10 @@ __all__ = [
     "find_clusters",
     "delta_cluster_state",
     "cluster_times",
+    "cluster_mass_outside",
+    "crossing_times",
+    "measure_cluster_times",
+    "density_clusters",
     "cluster_direction",
     "direction_drift",
     "diagnostic_columns",

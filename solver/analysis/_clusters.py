@@ -2,14 +2,23 @@ r"""Cluster diagnostics for weighted points on the sphere ``S^{d-1}``.
 
 The points are mesh cell centroids with their masses (the PDE) or particles with weights
 ``1/n``. Distances: geodesic (``arccos(x·y)``, radians) for grouping mass in
-:func:`find_clusters`; Euclidean (chordal, ``|x - c|``) in the δ-cluster state of the paper,
-:func:`delta_cluster_state`.
+:func:`find_clusters`; Euclidean (chordal, ``|x - c|``; ``= 2 sin(θ/2)`` for unit vectors at
+angle ``θ``) in the δ-cluster state of the paper, :func:`delta_cluster_state`, and in its
+measure-level version :func:`cluster_mass_outside`.
 
 - :func:`find_clusters`: quick shift on the mass within geodesic radius ``r`` (each point
   links to its nearest heavier neighbour within ``r``; a cluster is a tree of links); centres
-  are normalised weighted means, masses fractions of the total.
-- :func:`delta_cluster_state`: ``max_i min_c |x_i - c| < δ``.
+  are normalised weighted means, masses fractions of the total. For particles.
+- :func:`density_clusters`: modes of a density on a mesh (local maxima of the cell density
+  over the cell adjacency) and their basins (gradient paths of a least-squares cell
+  gradient); same output. For cell averages.
+- :func:`delta_cluster_state`: ``max_i min_c |x_i - c| < δ`` (particles).
+- :func:`cluster_mass_outside`: ``μ({y: min_c |y - c| >= δ}) / μ(S)``; the measure-level
+  δ-cluster state is ``mass outside <= tol`` (a density or particles alike; for ``n`` equal
+  weights and ``tol < 1/n`` it is exactly :func:`delta_cluster_state`).
 - :func:`cluster_times`: first time a state holds, first later time it fails.
+- :func:`crossing_times`, :func:`measure_cluster_times`: the same for ``f <= level`` (or
+  ``f < level``), with the crossings interpolated linearly between the samples.
 - :func:`cluster_direction`, :func:`direction_drift`: ``u = Σ w_i x_i / |Σ w_i x_i|`` and
   ``|u - v|``.
 """
@@ -19,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.sparse import csr_matrix, triu
 from scipy.spatial import cKDTree
 
 from ._wasserstein import check_points, check_weights
@@ -26,8 +36,12 @@ from ._wasserstein import check_points, check_weights
 __all__ = [
     "Clusters",
     "find_clusters",
+    "density_clusters",
     "delta_cluster_state",
+    "cluster_mass_outside",
     "cluster_times",
+    "crossing_times",
+    "measure_cluster_times",
     "cluster_direction",
     "direction_drift",
 ]
@@ -118,31 +132,54 @@ def find_clusters(x, w=None, radius: float = 0.1, min_mass: float = 1e-3) -> Clu
         + np.bincount(j, weights=wk[i], minlength=nk)
     )
 
-    # 2. link to the nearest higher-ranked neighbour (rank 0 = heaviest)
-    order = np.lexsort(tuple(xk[:, c] for c in range(d - 1, -1, -1)) + (-local,))
-    rank = np.empty(nk, dtype=np.int64)
-    rank[order] = np.arange(nk)
+    # 2.-3. trees of links to the nearest higher-ranked neighbour
+    root = _ascend(xk, local, i, j, nearest=True)
+    centres, masses, labels[keep] = _gather(xk, wk, root, min_mass)
+    return Clusters(centres=centres, masses=masses, labels=labels)
+
+
+def _ascend(x, height, i, j, *, nearest: bool) -> np.ndarray:
+    """Root (local maximum) reached from every point by uphill links on a graph.
+
+    ``x`` (n, d) unit vectors, ``height`` (n,) the function climbed, ``(i[e], j[e])`` the
+    undirected edges. Rank 0 is the highest point (ties: lexicographic coordinates). Every
+    point links to a neighbour of lower rank: the nearest one (``nearest``, quick shift) or
+    the lowest-ranked one (discrete steepest ascent); roots are the local maxima. Returns
+    the index of the root of each point.
+    """
+    n, d = x.shape
+    order = np.lexsort(tuple(x[:, c] for c in range(d - 1, -1, -1)) + (-height,))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
     child = np.where(rank[i] > rank[j], i, j)
     cand = np.where(rank[i] > rank[j], j, i)
-    dist = np.linalg.norm(xk[i] - xk[j], axis=1)
-    s = np.lexsort((rank[cand], dist, child))
+    if nearest:
+        dist = np.linalg.norm(x[i] - x[j], axis=1)
+        s = np.lexsort((rank[cand], dist, child))
+    else:
+        s = np.lexsort((rank[cand], child))
     child, cand = child[s], cand[s]
     first = np.ones(child.size, dtype=bool)
     first[1:] = child[1:] != child[:-1]
-    parent = np.arange(nk)
+    parent = np.arange(n)
     parent[child[first]] = cand[first]
     while True:  # pointer jumping to the roots
         grand = parent[parent]
         if np.array_equal(grand, parent):
-            break
+            return parent
         parent = grand
-    roots, group = np.unique(parent, return_inverse=True)
-    ngroups = roots.size
 
-    # 3. centres and masses
-    masses = np.bincount(group, weights=wk, minlength=ngroups)
+
+def _gather(x, w, root, min_mass: float):
+    """``(centres, masses, labels)`` of :class:`Clusters` from the root of every point:
+    a cluster is the set of points with one root; labels ``-1`` for clusters lighter than
+    ``min_mass`` (``w``: fractions of the total)."""
+    d = x.shape[1]
+    roots, group = np.unique(root, return_inverse=True)
+    ngroups = roots.size
+    masses = np.bincount(group, weights=w, minlength=ngroups)
     sums = np.zeros((ngroups, d))
-    np.add.at(sums, group, wk[:, None] * xk)
+    np.add.at(sums, group, w[:, None] * x)
     norms = np.linalg.norm(sums, axis=1)
     heavy = np.flatnonzero(masses >= min_mass)
     centres = np.empty((heavy.size, d))
@@ -150,13 +187,170 @@ def find_clusters(x, w=None, radius: float = 0.1, min_mass: float = 1e-3) -> Clu
         if norms[g] > 1e-12 * masses[g]:
             centres[c] = sums[g] / norms[g]
         else:  # members spread symmetrically about the origin: use the root
-            centres[c] = xk[roots[g]]
+            centres[c] = x[roots[g]]
     hm = masses[heavy]
     out = np.lexsort(tuple(centres[:, c] for c in range(d - 1, -1, -1)) + (-hm,))
     relabel = np.full(ngroups, -1, dtype=np.int64)
     relabel[heavy[out]] = np.arange(out.size)
-    labels[keep] = relabel[group]
-    return Clusters(centres=centres[out], masses=hm[out], labels=labels)
+    return centres[out], hm[out], relabel[group]
+
+
+def density_clusters(
+    centroids, masses, areas, cells=None, neighbours: int | None = None, min_mass: float = 1e-3
+) -> Clusters:
+    r"""Modes of a density on a mesh and the mass of their basins of attraction.
+
+    The density of cell ``j`` is ``ρ_j = m_j / A_j`` (cell mass over cell area). Two cells are
+    neighbours when they share a vertex (``cells`` given) or when either is among the
+    ``neighbours`` nearest centroids of the other (no connectivity given).
+
+    1. Modes: the local maxima of ``ρ`` over the adjacency (ties broken by the lexicographic
+       order of the centroids). Linking every cell to its highest neighbour, when that is
+       higher than itself (discrete steepest ascent), gives every cell a provisional mode.
+    2. Basins: the basin of a mode is the set of points whose gradient flow
+       ``ẏ = ∇ρ / |∇ρ|`` ends there. From every cell centroid ``y`` a path
+       ``y ← (y + h_c g_c/|g_c|) / |…|`` is followed, where ``c`` is the cell with the
+       nearest centroid, ``h_c = A_c^{1/(d-1)}`` its size and ``g_c`` the least-squares
+       tangential gradient of ``ρ`` over its neighbours, until it reaches a cell within two
+       links of a mode (which it then joins; provisional mode of that cell). A cell of zero
+       gradient, or a path not done after ``4π / min h`` steps, keeps the provisional mode
+       of the cell where it stands. (The discrete steepest ascent alone misplaces the basin
+       boundaries by a distance that does not shrink with ``h``: its step directions are
+       off the gradient by up to the angle between neighbours.)
+    3. A cluster is a basin: centre ``c = Σ_{j∈B} m_j y_j / |Σ_{j∈B} m_j y_j|``, mass
+       ``Σ_{j∈B} m_j / Σ_j m_j``. Basins lighter than ``min_mass`` are not reported (noise in
+       a flat background makes many light modes).
+
+    For a smooth density with non-degenerate maxima on a quasi-uniform mesh of size ``h``
+    the modes are found to ``O(h)`` and the Euler paths move the basin boundaries by
+    ``O(h)``, so centres and masses converge at first order under refinement (measured in
+    ``tests/test_clusters.py``). Cost ``O(n^{3/2} log n)`` on a surface (``n`` paths of
+    ``O(n^{1/2})`` steps). Cells of zero mass belong to no cluster (label ``-1``), as in
+    :func:`find_clusters`, the particle counterpart with the same :class:`Clusters` output
+    (particles have no cell density).
+
+    Parameters
+    ----------
+    centroids : (n, d) array
+        Cell centroids; non-zero, normalised here (flat-cell centroids may lie inside).
+    masses : (n,) array
+        Cell masses ``∫_cell ρ`` (e.g. ``density * areas`` of ``result.npz``), non-negative
+        with positive total; any normalisation.
+    areas : (n,) array
+        Positive cell areas (lengths on ``S^1``), the same order as ``centroids``.
+    cells : (n, nv) int array or None
+        Vertex indices of each cell (``cells`` of ``result.npz``, same cell order). Preferred.
+    neighbours : int or None
+        Without ``cells``: number ``k >= 1`` of nearest centroids taken as neighbours;
+        ``None`` = 2 on ``S^1``, 12 otherwise (the vertex-sharing ring of a regular
+        triangulation). Ignored with ``cells``.
+    min_mass : float
+        Smallest reported cluster mass, as a fraction of the total, in ``[0, 1)``.
+
+    Returns
+    -------
+    Clusters
+    """
+    x = check_points(centroids, "centroids", unit=False)
+    n, d = x.shape
+    w = check_weights(masses, n, "masses")
+    areas = np.asarray(areas, dtype=float)
+    if areas.shape != (n,) or not np.all(np.isfinite(areas)) or np.any(areas <= 0):
+        raise ValueError(f"areas must be a positive finite array of shape ({n},), one per cell")
+    if not (np.isfinite(min_mass) and 0 <= min_mass < 1):
+        raise ValueError(f"min_mass must be in [0, 1), got {min_mass}")
+    if cells is not None:
+        i, j = _vertex_sharing_pairs(cells, n)
+    else:
+        if neighbours is None:
+            k = 2 if d == 2 else 12
+        elif int(neighbours) == neighbours and neighbours >= 1:
+            k = int(neighbours)
+        else:
+            raise ValueError(f"neighbours must be a positive integer, got {neighbours}")
+        k = min(k, n - 1)
+        pairs = np.zeros((0, 2), dtype=np.int64)
+        if k > 0:
+            _, nb = cKDTree(x).query(x, k=k + 1)
+            pairs = np.column_stack((np.repeat(np.arange(n), k), nb[:, 1:].ravel()))
+        i, j = np.unique(np.sort(pairs, axis=1), axis=0).T
+    keep = w > 0
+    both = keep[i] & keep[j]
+    index = np.cumsum(keep) - 1
+    i, j = index[i[both]], index[j[both]]
+    xk, wk, ak = x[keep], w[keep], areas[keep]
+    rho = wk / ak
+    root = _ascend(xk, rho, i, j, nearest=False)
+    root = _gradient_paths(xk, rho, ak ** (1.0 / (d - 1)), i, j, root)
+    labels = np.full(n, -1, dtype=np.int64)
+    centres, cm, labels[keep] = _gather(xk, wk, root, min_mass)
+    return Clusters(centres=centres, masses=cm, labels=labels)
+
+
+def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
+    """Mode reached by the gradient path from every centroid (step 2 of
+    :func:`density_clusters`); ``root`` is the provisional mode of every cell."""
+    n, d = x.shape
+    a, b = np.concatenate((i, j)), np.concatenate((j, i))
+    # least-squares tangential gradient: min_g Σ_b (ρ_b - ρ_a - g·t_ab)², t_ab the tangential
+    # part of y_b - y_a; the normal direction is pinned by adding y_a y_aᵀ to the matrix
+    t = x[b] - x[a]
+    t -= np.sum(t * x[a], axis=1)[:, None] * x[a]
+    lhs = x[:, :, None] * x[:, None, :]
+    np.add.at(lhs, a, t[:, :, None] * t[:, None, :])
+    rhs = np.zeros((n, d))
+    np.add.at(rhs, a, t * (rho[b] - rho[a])[:, None])
+    g = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    g -= np.sum(g * x, axis=1)[:, None] * x
+    gnorm = np.linalg.norm(g, axis=1)
+    # cells within two links of a mode: paths end there
+    modes = np.flatnonzero(root == np.arange(n))
+    adjacency = csr_matrix((np.ones(a.size), (a, b)), shape=(n, n))
+    near = np.zeros(n)
+    near[modes] = 1.0
+    for _ in range(2):
+        near += adjacency @ near
+    done = (near > 0) | (gnorm == 0)
+    out = root.copy()
+    tree = cKDTree(x)
+    y = x.copy()
+    cell = np.arange(n)
+    active = np.flatnonzero(~done)
+    for _ in range(int(np.ceil(4 * np.pi / size.min())) if active.size else 0):
+        c = cell[active]
+        step = y[active] + (size[c] / gnorm[c])[:, None] * g[c]
+        y[active] = step / np.linalg.norm(step, axis=1)[:, None]
+        _, cell[active] = tree.query(y[active])
+        c = cell[active]
+        out[active] = root[c]
+        active = active[~done[c]]
+        if active.size == 0:
+            break
+    return out
+
+
+def _vertex_sharing_pairs(cells, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i < j``, of cells sharing at least one vertex."""
+    cells = np.asarray(cells)
+    if (
+        cells.ndim != 2
+        or cells.shape[0] != n
+        or not np.issubdtype(cells.dtype, np.integer)
+        or cells.size == 0
+        or cells.min() < 0
+    ):
+        raise ValueError(
+            f"cells must be an (n, nv) array of non-negative vertex indices with n = {n} "
+            f"(one row per cell, as 'cells' in result.npz), got shape {cells.shape}, "
+            f"dtype {cells.dtype}"
+        )
+    nv = cells.shape[1]
+    incidence = csr_matrix(
+        (np.ones(cells.size), (np.repeat(np.arange(n), nv), cells.ravel())),
+        shape=(n, int(cells.max()) + 1),
+    )
+    adj = triu(incidence @ incidence.T, k=1).tocoo()
+    return adj.row.astype(np.int64), adj.col.astype(np.int64)
 
 
 def delta_cluster_state(x, centres, delta: float = 0.1, w=None, mass_tol: float = 0.0) -> bool:
@@ -208,6 +402,71 @@ def delta_cluster_state(x, centres, delta: float = 0.1, w=None, mass_tol: float 
     return bool(np.max(dist) < delta)
 
 
+def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.ndarray:
+    r"""Fraction of the mass farther than ``δ`` from the cluster centres.
+
+    For the measure ``μ = Σ_j w_j δ_{y_j}`` (cell masses at centroids, or particles)
+
+    .. math::
+
+        m_δ(μ) = \frac{\sum_j w_j \, 1[\min_{c∈C} |y_j - c| \ge δ]}{\sum_j w_j},
+
+    with the Euclidean (chordal) distance of :func:`delta_cluster_state`
+    (``|y - c| = 2 sin(θ/2)`` for unit vectors at geodesic angle ``θ``). The measure-level
+    δ-cluster state is ``m_δ(μ) <= tol``. With ``n`` equal weights ``m_δ`` is a multiple of
+    ``1/n``, so for ``0 <= tol < 1/n`` the state is exactly
+    ``max_j min_c |y_j - c| < δ``, the particle criterion. For cell masses it is the
+    midpoint-rule value of ``μ(S \ ∪_c B_δ(c))``, which converges under mesh refinement.
+
+    Parameters
+    ----------
+    points : (n, d) or (nt, n, d) array
+        Atoms: particles (``positions`` of a run), or cell centroids. Used as given (pass
+        unit vectors: :func:`delta_cluster_state` does not normalise either).
+    weights : None, (n,) or (nt, n) array
+        Non-negative, positive total per time (any normalisation, e.g. ``density * areas``);
+        ``None`` = equal weights.
+    centres : (k, d) array
+        The base cluster centres ``C`` (e.g. the final particles of the unperturbed run, or
+        :attr:`Clusters.centres`).
+    delta : float, > 0
+        Chordal radius ``δ``.
+
+    Returns
+    -------
+    float, or (nt,) array when ``points`` or ``weights`` has a time axis.
+    """
+    y = np.asarray(points, dtype=float)
+    centres = np.asarray(centres, dtype=float)
+    if y.ndim not in (2, 3) or y.shape[-2] == 0:
+        raise ValueError(f"points must be a non-empty (n, d) or (nt, n, d) array, got {y.shape}")
+    n, d = y.shape[-2:]
+    if centres.ndim != 2 or centres.shape[1] != d or centres.shape[0] == 0:
+        raise ValueError(f"centres must be a non-empty (k, {d}) array, got shape {centres.shape}")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(centres))):
+        raise ValueError("points and centres must be finite")
+    if not (np.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be positive, got {delta}")
+    if weights is None:
+        w = np.ones(n)
+    else:
+        w = np.asarray(weights, dtype=float)
+        if w.ndim not in (1, 2) or w.shape[-1] != n or not np.all(np.isfinite(w)):
+            raise ValueError(
+                f"weights must be a finite (n,) or (nt, n) array with n = {n}, got {w.shape}"
+            )
+        if np.any(w < 0):
+            raise ValueError(f"weights must be non-negative (min {w.min():.3g}); clip them")
+        if not np.all(w.sum(axis=-1) > 0):
+            raise ValueError("weights must have a positive total (at every time)")
+    if y.ndim == 3 and w.ndim == 2 and y.shape[0] != w.shape[0]:
+        raise ValueError(f"points and weights have {y.shape[0]} and {w.shape[0]} times")
+    dist, _ = cKDTree(centres).query(y.reshape(-1, d), k=1)
+    outside = dist.reshape(y.shape[:-1]) >= delta
+    frac = np.sum(w * outside, axis=-1) / np.sum(w, axis=-1)
+    return float(frac) if np.ndim(frac) == 0 else frac
+
+
 def cluster_times(times, states) -> tuple[float, float]:
     """Entry and exit times of a state along a time series.
 
@@ -241,6 +500,79 @@ def cluster_times(times, states) -> tuple[float, float]:
     off = np.flatnonzero(~states[i + 1 :])
     t_exit = float(times[i + 1 + off[0]]) if off.size else float("nan")
     return float(times[i]), t_exit
+
+
+def crossing_times(times, f, level: float, strict: bool = False) -> tuple[float, float]:
+    """Entry and exit times of the state ``f <= level`` (``f < level`` when ``strict``).
+
+    The sample indices are those of :func:`cluster_times` on the state; each crossing is then
+    placed by linear interpolation of ``f`` between the sample before and the sample at the
+    change: ``t = t_{k-1} + s (t_k - t_{k-1})``, ``s = (level - f_{k-1}) / (f_k - f_{k-1})``
+    clipped to ``[0, 1]`` (``t_k`` when ``f_k = f_{k-1}``; ``t_0`` when the state holds at the
+    first sample). ``nan`` when it does not happen.
+
+    Parameters
+    ----------
+    times : (N,) array
+        Non-decreasing, finite.
+    f : (N,) array
+        Finite values (a distance, a mass outside, an angle).
+    level : float
+    strict : bool
+
+    Returns
+    -------
+    (float, float)
+    """
+    f = np.asarray(f, dtype=float)
+    if not np.all(np.isfinite(f)) or not np.isfinite(level):
+        raise ValueError("f and level must be finite")
+    te, tx = cluster_times(times, f < level if strict else f <= level)
+    times = np.asarray(times, dtype=float)
+
+    def crossing(t: float) -> float:
+        if not np.isfinite(t):
+            return t
+        k = int(np.searchsorted(times, t))
+        if k == 0:
+            return float(times[0])
+        f0, f1 = float(f[k - 1]), float(f[k])
+        if f1 == f0:
+            return float(times[k])
+        s = min(1.0, max(0.0, (level - f0) / (f1 - f0)))
+        return float(times[k - 1] + s * (times[k] - times[k - 1]))
+
+    return crossing(te), crossing(tx)
+
+
+def measure_cluster_times(times, masses_outside, tol: float = 0.0) -> tuple[float, float]:
+    """Entry and exit times of the measure-level δ-cluster state ``m_δ(μ_t) <= tol``.
+
+    :func:`crossing_times` of the series of :func:`cluster_mass_outside`: ``t_enter`` is the
+    first time the state holds, ``t_exit`` the first later time it fails, each interpolated
+    linearly between the saved times; ``nan`` when it does not happen. For ``n`` equal-weight
+    particles and ``0 <= tol < 1/n`` the state holds at the same samples as
+    ``max_i min_c |x_i - c| < δ``.
+
+    Parameters
+    ----------
+    times : (N,) array
+        Non-decreasing, finite.
+    masses_outside : (N,) array
+        Fractions in ``[0, 1]``.
+    tol : float
+        In ``[0, 1)``.
+
+    Returns
+    -------
+    (float, float)
+    """
+    m = np.asarray(masses_outside, dtype=float)
+    if not np.all(np.isfinite(m)) or np.any(m < 0) or np.any(m > 1):
+        raise ValueError("masses_outside must be fractions in [0, 1]")
+    if not (np.isfinite(tol) and 0 <= tol < 1):
+        raise ValueError(f"tol must be in [0, 1), got {tol}")
+    return crossing_times(times, m, tol)
 
 
 def cluster_direction(x, w=None) -> np.ndarray:

@@ -12,13 +12,12 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..analysis import cluster_direction, cluster_times, wasserstein
+from ..analysis import cluster_direction, wasserstein
 
 __all__ = [
     "angle",
     "delta_distance",
     "directions",
-    "enter_exit",
     "interp_crossing",
     "loglog_fit",
     "nanmax",
@@ -48,17 +47,6 @@ def interp_crossing(times, f, k: int, level: float) -> float:
         return float(times[k])
     s = min(1.0, max(0.0, (level - f0) / (f1 - f0)))
     return float(times[k - 1] + s * (times[k] - times[k - 1]))
-
-
-def enter_exit(times, D, delta: float) -> tuple[float, float]:
-    """δ-state entry and exit times (:func:`solver.analysis.cluster_times` on ``D < δ``),
-    refined by linear interpolation of ``D`` between the saved times."""
-    te, tx = cluster_times(times, D < delta)
-    if math.isfinite(te):
-        te = interp_crossing(times, D, int(np.searchsorted(times, te)), delta)
-    if math.isfinite(tx):
-        tx = interp_crossing(times, D, int(np.searchsorted(times, tx)), delta)
-    return te, tx
 
 
 def directions(positions: np.ndarray) -> np.ndarray:

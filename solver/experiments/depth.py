@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import cluster_direction
+from ..analysis import cluster_direction, crossing_times
 from ..model import VonMisesFisher
 from ..particles import sample_particles, simulate_particles
 from ._common import e2_perturbation, identity_model, point_mass_depth
@@ -23,7 +23,6 @@ from ._stats import (
     angle,
     delta_distance,
     directions,
-    enter_exit,
     interp_crossing,
     loglog_fit,
     nanmax,
@@ -99,7 +98,7 @@ def depth_case(p: dict, case: dict) -> dict:
     k = np.flatnonzero(ang >= dtheta)
     t_dir = interp_crossing(rp.times, ang, int(k[0]), dtheta) if k.size else float("nan")
     D = delta_distance(rp.positions, rb.positions[-1])
-    _, t_delta = enter_exit(rp.times, D, p["delta"])
+    _, t_delta = crossing_times(rp.times, D, p["delta"], strict=True)
     u = cluster_direction(rb.positions[-1])
     return {"T": T, "T_star_direction": t_dir, "T_star_delta": t_delta,
             "T_star_pointmass": point_mass_depth(u, eps, dtheta),

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import cluster_direction
+from ..analysis import cluster_direction, crossing_times
 from ..model import Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
 from ._common import e2_perturbation, identity_model, memo, point_mass_depth
 from ._experiment import Experiment, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
-from ._stats import delta_distance, enter_exit, loglog_fit, nanmedian, rows_where
+from ._stats import delta_distance, loglog_fit, nanmedian, rows_where
 from ._sweep import as_columns
 
 __all__ = ["PRESETS", "EXPERIMENT", "run_phase_diagram", "phase_case", "plot_phase_diagram"]
@@ -93,7 +93,7 @@ def phase_case(p: dict, case: dict) -> dict:
         model = identity_model(d).perturbed(e2_perturbation(d, eps))
         r = _phase_run(p, model, x0)
     D = delta_distance(r.positions, C)
-    te, tx = enter_exit(r.times, D, p["delta"])
+    te, tx = crossing_times(r.times, D, p["delta"], strict=True)
     nan = float("nan")
     if p["geometry"] != "sphere":
         return {"t_enter": te, "t_exit": tx, "t_exit_pointmass": nan, "phi0": nan,

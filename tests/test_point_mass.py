@@ -1,0 +1,174 @@
+"""A cluster far narrower than a cell must drift as a point mass does (model.md, "A point mass").
+
+Q = K = V = I and a tied perturbation Ṽ = I - ε e eᵀ: a point mass stays a point,
+``p(t) = e^{tṼ} p0 / |e^{tṼ} p0|``, and for V = I it does not move (``X[δ_p](p) = P_p(p) = 0``).
+The initial density is ``exp(κ(<x0, x> - 1))`` with ``1/√κ`` far below the cell size; the
+mean direction (normalised first moment ``Σ_K ρ_K |K| c_K``) of the PDE is compared with the
+point-mass ODE started from the initial mean direction.
+
+Measured (relative error = angle(PDE mean, ODE point) / angle(ODE point, start)):
+
+* ``flux="donor"`` on S^1, 120 cells: 0.11 % - 0.25 % of displacements of 8 - 9 cells;
+  the issue's case (200 cells, ε = 0.01, T = 60, x0 at 45°): 0.034 % (9.6e-5 rad of 0.283).
+  On S^1 the donor flux moves the first moment exactly with ``Σ_K ρ_K |K| u_K`` (1-D
+  flux-vector splitting), so what is left is the spread of the cluster over a few cells
+  (the velocity is evaluated at the centroids, not at the point): tolerance 1 %.
+* ``flux="donor"`` on S^2 (icosphere level 3, 1280 cells, h ≈ 0.1): 5.8 % and 1.2 % for two
+  directions. On triangles the first moment moves with ``Σ_F |F| (u·ñ_F)^+ (c_L - c_K)``,
+  which is ``|K| u`` only on average over cell orientations (between 2/3 and 4/3 of it on one
+  equilateral cell): Wasserstein order 1/2 for Dirac data. Tolerance 10 %.
+* ``flux="facet"`` (the vertex-velocity upwind scheme) pins the cluster: on S^1 it moves by
+  5.5 % of the displacement in the issue's case and lags by 41 % in the first case below, so
+  these tests fail for it (checked below).
+
+DG1 (:class:`~solver.transport.DGUpwind`) is not covered: it still pins (94.5 % short in the
+issue's case, ``scripts/point_mass_drift.py dg1``).
+"""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from scipy.linalg import expm
+
+import solver
+from solver.transport import DG0Upwind, NonlocalField, advance
+
+COMM = MPI.COMM_WORLD
+
+
+def angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two vectors, accurate for tiny angles."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return 2.0 * float(np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
+
+
+def mean_direction(op, rho: np.ndarray) -> np.ndarray:
+    sm = op.sm
+    m = COMM.allreduce((op.cell_averages(rho) * sm.areas) @ sm.centroids, op=MPI.SUM)
+    return m / np.linalg.norm(m)
+
+
+def drift(op, eps, T, e, x0, kappa, cfl=0.5):
+    """``(ODE displacement, PDE error, base-flow displacement)`` in radians."""
+    d = op.sm.gdim
+    eye = np.eye(d)
+    e = np.asarray(e, float) / np.linalg.norm(e)
+    x0 = np.asarray(x0, float) / np.linalg.norm(x0)
+    Vt = eye - eps * np.outer(e, e)
+    rho0 = op.initial_state(lambda x: np.exp(kappa * (x @ x0 - 1.0)))
+    m0 = mean_direction(op, rho0)
+    out = []
+    for V in (eye, Vt):
+        rho, info = advance(op, NonlocalField(op, solver.Model(eye, eye, V)), rho0, T, cfl)
+        assert info["mass_drift"] <= 1e-12 and info["min_average"] >= 0.0, info
+        out.append(mean_direction(op, rho))
+    p = expm(T * Vt) @ m0
+    disp = angle(p, m0)
+    err, base = angle(out[1], p), angle(out[0], m0)
+    if COMM.rank == 0:
+        print(f"\n{op.flux} S^{d - 1} ({op.sm.num_cells} cells) eps={eps} T={T}: point mass "
+              f"moves {disp:.4f} rad, PDE error {err:.2e} ({100 * err / disp:.3f} %), "
+              f"base flow moved {base:.1e}")  # fmt: skip
+    return disp, err, base
+
+
+CASES_S1 = [  # (eps, T, e, x0): displacements of 7-9 cells at 120 cells
+    (0.1, 10.0, (0.0, 1.0), (1.0, 1.0)),
+    (0.3, 4.0, (np.cos(0.3), np.sin(0.3)), (np.cos(1.2), np.sin(1.2))),
+]
+
+
+@pytest.mark.parametrize("eps,T,e,x0", CASES_S1)
+def test_point_mass_drift_s1(eps, T, e, x0):
+    op = DG0Upwind(solver.sphere_mesh(COMM, 1, cells=120), "donor")
+    h = 2 * np.pi / 120
+    disp, err, base = drift(op, eps, T, e, x0, kappa=1e5)  # width 0.003 << h = 0.052
+    assert disp > 5 * h
+    assert err <= 0.01 * disp
+    assert base <= 1e-3 * disp
+
+
+def test_point_mass_drift_s2():
+    op = DG0Upwind(solver.sphere_mesh(COMM, 2, refinement=3), "donor")
+    h = np.sqrt(4 * np.pi / op.sm.num_cells)
+    disp, err, base = drift(op, 0.3, 4.0, (0.0, 0.0, 1.0), (1.0, 0.3, 1.0), kappa=1e4)
+    assert disp > 4 * h
+    assert err <= 0.1 * disp
+    assert base <= 1e-2 * disp
+
+
+def test_facet_flux_pins_the_cluster():
+    """The vertex-velocity scheme is why the donor flux exists: here the cluster lags by 41 %
+    of its displacement (40 times the tolerance above); in the issue's case (ε = 0.01, the
+    drift below the attraction at the facets) it moves by 5.5 % of it."""
+    op = DG0Upwind(solver.sphere_mesh(COMM, 1, cells=120), "facet")
+    disp, err, _ = drift(op, *CASES_S1[0], kappa=1e5)
+    assert err >= 0.2 * disp
+
+
+@pytest.mark.parametrize("flux", ["facet", "donor"])
+@pytest.mark.parametrize("sphere,kw", [(1, {"cells": 45}), (2, {"refinement": 1})])
+def test_positivity_time_step_is_exact(sphere, kw, flux):
+    """``positivity_time_step`` is ``min_K |K| / o_K``, with the outflow rate ``o_K`` read off
+    the right-hand side of a density concentrated in ``K`` (``dρ_K/dt = -o_K ρ_K / |K|``)."""
+    if COMM.size > 1:
+        pytest.skip("one cell at a time: serial")
+    sm = solver.sphere_mesh(COMM, sphere, **kw)
+    op = DG0Upwind(sm, flux)
+    rng = np.random.default_rng(2)
+    u = solver.velocity.tangent_project(op.targets, rng.normal(size=(op.num_targets, sm.gdim)))
+    rate = np.empty(sm.num_owned)
+    for k in range(sm.num_owned):
+        e = np.zeros(sm.num_owned)
+        e[k] = 1.0
+        rate[k] = -op.rhs(u, e)[k]  # o_K / |K|
+    dt = op.positivity_time_step(u)
+    assert abs(dt - 1.0 / rate.max()) <= 1e-12 * dt
+    k = int(np.argmax(rate))
+    e = np.zeros(sm.num_owned)
+    e[k] = 1.0
+    assert (e + dt * op.rhs(u, e)).min() >= -1e-14  # just positive at the limit
+    assert (e + 1.01 * dt * op.rhs(u, e)).min() < 0  # and not beyond it
+    # and forward Euler at that step keeps random densities >= 0
+    for _ in range(5):
+        rho = rng.random(sm.num_owned) * (rng.random(sm.num_owned) < 0.5)
+        assert (rho + dt * op.rhs(u, rho)).min() >= -1e-14
+
+
+MPI_SCRIPT = """
+import sys
+import numpy as np
+from mpi4py import MPI
+import solver
+from solver.transport import DG0Upwind, NonlocalField, advance
+
+comm = MPI.COMM_WORLD
+out = {}
+for sphere, kw in ((1, {"cells": 61}), (2, {"refinement": 2})):
+    op = DG0Upwind(solver.sphere_mesh(comm, sphere, **kw), "donor")
+    d = op.sm.gdim
+    rng = np.random.default_rng(0)
+    m = solver.Model(2 * np.eye(d), np.eye(d), np.eye(d) + 0.3 * rng.normal(size=(d, d)))
+    x0 = np.eye(d)[0]
+    s0 = op.initial_state(lambda x: np.exp(30 * (x @ x0 - 1)))
+    s, _ = advance(op, NonlocalField(op, m), s0, 1.0)
+    out[f"s{sphere}"] = op.sm.gather(s)
+    out[f"dt{sphere}"] = np.array([op.positivity_time_step(NonlocalField(op, m)(0, 0, s))])
+if comm.rank == 0:
+    np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.mpi
+def test_donor_flux_one_and_two_ranks_agree(tmp_path, run):
+    """The donor flux and its positivity step do not depend on the partition."""
+    if COMM.size > 1:
+        pytest.skip("launches mpiexec itself: run it from a single-rank pytest")
+    script = tmp_path / "donor.py"
+    script.write_text(MPI_SCRIPT)
+    for n in (1, 2):
+        p = run([str(script), str(tmp_path / f"r{n}.npz")], n)
+        assert p.returncode == 0, p.stderr
+    a, b = np.load(tmp_path / "r1.npz"), np.load(tmp_path / "r2.npz")
+    for k in a.files:
+        assert np.abs(a[k] - b[k]).max() <= 1e-12 * np.abs(a[k]).max(), k
