@@ -7,6 +7,10 @@ Command (from the repository root)::
     .venv/bin/python scripts/bench_dg.py --full      # about 30 minutes (the finest meshes:
                                                      # icosphere level 6 for DG0, 5 for DG1)
     .venv/bin/python scripts/bench_dg.py --cases nl w1 --dg2   # DG2 as well (+10%)
+    .venv/bin/python scripts/bench_dg.py --quick --write-table docs/benchmarks/dg.md
+
+``--write-table PATH`` also writes every run's row, with the command, date and machine, as the
+Markdown file the README links to (the committed one comes from ``--quick``).
 
 It also runs under ``.venv/bin/mpiexec -n 2`` (same numbers, wall times of the 2 ranks).
 
@@ -242,6 +246,10 @@ def mass_scale(initial):
     return f
 
 
+#: Rows of the Markdown table (``--write-table``), one per run, in the order printed.
+TABLE: list[list] = []
+
+
 def print_rows(title: str, rows: list[dict]) -> None:
     say(f"\n== {title}")
     say(f"{'scheme':>6} {'mesh':>6} {'dofs':>7} {'steps':>6} {'cpu s':>8} {'wall s':>8} "
@@ -254,6 +262,10 @@ def print_rows(title: str, rows: list[dict]) -> None:
         if p is not None:
             ratio = np.sqrt(r["dofs"] / p["dofs"]) if r["sphere"] == 2 else r["dofs"] / p["dofs"]
             rate = f"{np.log(p['l2'] / r['l2']) / np.log(ratio):5.2f}"
+        TABLE.append([title, f"DG{r['scheme']}", r["size"], f"{r['dofs']:,}", r["steps"],
+                      f"{r['cpu']:.2f}", f"{r['l1']:.2e}", f"{r['l2']:.2e}", f"{r['linf']:.2e}",
+                      f"{r['l1_avg']:.2e}", rate.strip() or "–", f"{r['mass']:.1e}",
+                      f"{r['low']:.1e}"])  # fmt: skip
         say(f"{'DG' + str(r['scheme']):>6} {r['size']:>6} {r['dofs']:>7} {r['steps']:>6} "
             f"{r['cpu']:8.2f} {r['wall']:8.2f} {r['l1']:10.3e} {r['l2']:10.3e} "
             f"{r['linf']:10.3e} {r['l1_avg']:10.3e} {rate:>5} {r['mass']:8.1e} "
@@ -324,6 +336,12 @@ def main(argv=None) -> None:
     cases = ["s1-exact", "s1-nonlocal", "s2-nonlocal", "nl", "w1"]
     ap.add_argument("--cases", nargs="+", default=cases, choices=cases)
     ap.add_argument("--dg2", action="store_true", help="add DG2 runs")
+    ap.add_argument(
+        "--write-table",
+        metavar="PATH",
+        default="",
+        help="also write the table as Markdown (e.g. docs/benchmarks/dg.md)",
+    )
     args = ap.parse_args(argv)
     mode = "quick" if args.quick else ("full" if args.full else "default")
     sizes = {  # (DG0 sizes, DG1 sizes, DG2 sizes) per mode
@@ -358,8 +376,17 @@ def main(argv=None) -> None:
         if case == "s1-exact":
             r0, T = 0.5, 2.0
             model = solver.Model(np.zeros((2, 2)), np.zeros((2, 2)), np.eye(2))
-            problems = [("S^1 exact", 1, lambda op, m=model: NonlocalField(op, m),
-                         poisson_kernel(r0), poisson_kernel(poisson_radius(r0, T)), T, None)]
+            problems = [
+                (
+                    "S^1 exact",
+                    1,
+                    lambda op, m=model: NonlocalField(op, m),
+                    poisson_kernel(r0),
+                    poisson_kernel(poisson_radius(r0, T)),
+                    T,
+                    None,
+                )
+            ]
         elif case == "s1-nonlocal":
             t0 = time.perf_counter()
             ref = lagrangian_reference(512, T_NONLOCAL)
@@ -371,8 +398,17 @@ def main(argv=None) -> None:
                 f" max |ρ_512 - ρ_256| {diff:.1e} ({time.perf_counter() - t0:.1f} s)")  # fmt: skip
             Q = np.sqrt(BETA) * np.eye(2)
             model = solver.Model(Q, Q, np.eye(2))
-            problems = [("S^1 nonlocal", 1, lambda op, m=model: NonlocalField(op, m),
-                         rho0_nonlocal, ref, T_NONLOCAL, None)]
+            problems = [
+                (
+                    "S^1 nonlocal",
+                    1,
+                    lambda op, m=model: NonlocalField(op, m),
+                    rho0_nonlocal,
+                    ref,
+                    T_NONLOCAL,
+                    None,
+                )
+            ]
         else:
             if case == "nl":
                 cases = [nair_lauritzen(T=5.0)]
@@ -380,8 +416,18 @@ def main(argv=None) -> None:
                 # --full: α = π/2 - 0.05 on the finest meshes, the other angles as default
                 alphas = [np.pi / 2 - 0.05] + ([0.0, 0.05, np.pi / 2] if mode == "full" else [])
                 cases = [williamson1(a, T=5.0) for a in alphas]
-            problems = [(c.name, 2, lambda op, c=c: PrescribedField(op, c.velocity, c.speed),
-                         c.initial, c.exact, c.T, mass_scale(c.initial)) for c in cases]
+            problems = [
+                (
+                    c.name,
+                    2,
+                    lambda op, c=c: PrescribedField(op, c.velocity, c.speed),
+                    c.initial,
+                    c.exact,
+                    c.T,
+                    mass_scale(c.initial),
+                )
+                for c in cases
+            ]
         for i, (title, sphere, field, init, exact, T, scale) in enumerate(problems):
             rows = []
             if i > 0:  # the other Williamson angles
@@ -397,6 +443,36 @@ def main(argv=None) -> None:
     say("\n== CPU seconds DG0 needs for the error of each DG1 run")
     for line in report:
         say(line)
+    if args.write_table and COMM.rank == 0:
+        from bench_table import command_line, write_table
+
+        header = [
+            "test",
+            "scheme",
+            "mesh",
+            "dofs",
+            "steps",
+            "CPU s",
+            "l1",
+            "l2",
+            "linf",
+            "l1 of cell averages",
+            "rate (l2)",
+            "mass error",
+            "min cell average",
+        ]
+        notes = [
+            f"mode {mode}, {COMM.size} rank(s), SSP-RK3 at cfl {CFL} of each scheme's stable "
+            "step, Zhang–Shu limiter on for DG1; mesh: icosphere level (S^2) or number of "
+            "cells (S^1); errors are the normalised l1, l2, linf of Williamson et al. (1992) "
+            "(S^2 nonlocal: against DG1 two levels finer, see the script's docstring); rate: "
+            "observed order of l2 between successive meshes of the same scheme.",
+            "CPU seconds DG0 needs for the error of each DG1 run (interpolated log-log between "
+            "DG0 runs; `>t`: not reached by the finest DG0 run, a lower bound):",
+        ] + [f"`{line}`" for line in report]
+        write_table(args.write_table, "Upwind DG0 against DG1: accuracy and cost",
+                    command_line(ranks=COMM.size), header, TABLE, notes)  # fmt: skip
+        say(f"wrote {args.write_table}")
 
 
 if __name__ == "__main__":

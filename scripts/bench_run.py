@@ -13,7 +13,8 @@ The run is :func:`solver.evolve` exactly as ``python -m solver run`` calls it (d
 CFL step gives exactly ``--steps`` steps. No output folder is written (``--output`` to keep
 one); progress is shown on rank 0.
 
-Printed, all measured in this run (rank 0):
+Printed, all measured in this run (rank 0), and with ``--write-table PATH`` also written as
+Markdown with the command, date and machine (``docs/benchmarks/run.md``):
 
 * set-up time (mesh, operator, velocity set-up) and time per step of the evolution, the total
   against the goal (``--goal`` seconds, default 600);
@@ -61,6 +62,12 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=256, help="targets per rank for direct")
     ap.add_argument("--goal", type=float, default=600.0, help="goal for the run, seconds")
     ap.add_argument("--output", default=None, help="keep the run's output folder here")
+    ap.add_argument(
+        "--write-table",
+        metavar="PATH",
+        default="",
+        help="also write the figures as Markdown (e.g. docs/benchmarks/run.md)",
+    )
     a = ap.parse_args()
     if a.steps < 1 or not 0 <= a.level <= 7:
         ap.error("--steps must be >= 1 and --level in 0..7")
@@ -116,16 +123,50 @@ def main() -> None:
         print(f"\nlevel {a.level} ({cells:,} cells), {comm.size} rank(s), {nsteps} steps to "
               f"T = {T:.4g}, velocity {rep.get('method')} degree {rep.get('degree')} "
               f"(tolerance {a.tol:g}, sampled error {err:.1e})")  # fmt: skip
-        print(f"  one stage: velocity fast {1e3 * t_fast:8.1f} ms   direct (est.) "
-              f"{t_direct:8.1f} s    ratio {t_direct / t_fast:,.0f}x")
-        print(f"             DG0 flux facet {1e3 * t_facet:6.1f} ms   DOLFINx assembly "
-              f"{1e3 * t_asm:6.1f} ms ratio {t_asm / t_facet:.1f}x")
-        print(f"  set-up: mesh + operator {t_mesh:.1f} s, first velocity (degree choice) "
-              f"{t_setup:.1f} s")
+        print(
+            f"  one stage: velocity fast {1e3 * t_fast:8.1f} ms   direct (est.) "
+            f"{t_direct:8.1f} s    ratio {t_direct / t_fast:,.0f}x"
+        )
+        print(
+            f"             DG0 flux facet {1e3 * t_facet:6.1f} ms   DOLFINx assembly "
+            f"{1e3 * t_asm:6.1f} ms ratio {t_asm / t_facet:.1f}x"
+        )
+        print(
+            f"  set-up: mesh + operator {t_mesh:.1f} s, first velocity (degree choice) "
+            f"{t_setup:.1f} s"
+        )
         total = t_mesh + t_setup + t_run
-        print(f"  evolution: {t_run:.1f} s = {t_run / nsteps:.3f} s/step "
-              f"(2 flows x 3 stages); {nsteps} steps + set-up = {total:.0f} s "
-              f"= {total / a.goal:.2f} x the goal of {a.goal:.0f} s")
+        print(
+            f"  evolution: {t_run:.1f} s = {t_run / nsteps:.3f} s/step "
+            f"(2 flows x 3 stages); {nsteps} steps + set-up = {total:.0f} s "
+            f"= {total / a.goal:.2f} x the goal of {a.goal:.0f} s"
+        )
+        if a.write_table:
+            import sys
+
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_table import command_line, write_table
+
+            rows = [
+                ["mesh", f"icosphere level {a.level} ({cells:,} cells)"],
+                ["ranks", comm.size],
+                ["time steps (base and perturbed flow, SSP-RK3)", f"{nsteps:,} to T = {T:.4g}"],
+                ["velocity", f"{rep.get('method')}, degree {rep.get('degree')}, tolerance "
+                             f"{a.tol:g}, sampled error {err:.1e}"],
+                ["set-up (mesh, operator, first velocity)", f"{t_mesh + t_setup:.1f} s"],
+                ["evolution", f"{t_run:.1f} s ({t_run / nsteps:.3f} s per step)"],
+                ["total", f"{total:.0f} s ({total / a.goal:.2f} × the goal of {a.goal:.0f} s)"],
+                ["one velocity evaluation: fast", f"{1e3 * t_fast:.1f} ms"],
+                ["one velocity evaluation: direct sum (estimated from "
+                 f"{a.sample} targets per rank)", f"{t_direct:.2f} s (estimated)"],
+                ["fast vs direct sum, per evaluation",
+                 f"~{t_direct / t_fast:,.0f}× (estimated)"],
+                ["one DG0 flux evaluation: facets / DOLFINx assembly",
+                 f"{1e3 * t_facet:.1f} ms / {1e3 * t_asm:.1f} ms"],
+            ]  # fmt: skip
+            write_table(a.write_table, "A whole run: DG0 steps of the default job",
+                        command_line(ranks=comm.size), ["", "measured"], rows)  # fmt: skip
+            print(f"wrote {a.write_table}")
 
 
 if __name__ == "__main__":

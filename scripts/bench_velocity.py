@@ -4,6 +4,10 @@ Exact command (from the repository root; it launches the MPI runs itself)::
 
     .venv/bin/python scripts/bench_velocity.py --levels 3 4 5 6 7 --ranks 1 2
 
+(``--write-table docs/benchmarks/velocity.md`` also writes the table, with the command, date
+and machine, as the Markdown file the README links to; the committed one comes from the cheap
+``--levels 3 4 --ranks 1 2``),
+
 which runs, for each rank count ``P``,
 ``.venv/bin/mpiexec -n P .venv/bin/python scripts/bench_velocity.py --worker ...`` with one
 BLAS/OpenMP thread per rank (pure MPI: the 1-vs-2-rank ratios are strong scaling on the
@@ -65,18 +69,43 @@ def icosphere(level: int):
     t = (1 + 5**0.5) / 2
     v = np.array(
         [
-            [-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0],
-            [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
-            [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1],
+            [-1, t, 0],
+            [1, t, 0],
+            [-1, -t, 0],
+            [1, -t, 0],
+            [0, -1, t],
+            [0, 1, t],
+            [0, -1, -t],
+            [0, 1, -t],
+            [t, 0, -1],
+            [t, 0, 1],
+            [-t, 0, -1],
+            [-t, 0, 1],
         ],
         dtype=float,
     )
     f = np.array(
         [
-            [0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11],
-            [1, 5, 9], [5, 11, 4], [11, 10, 2], [10, 7, 6], [7, 1, 8],
-            [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8], [3, 8, 9],
-            [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1],
+            [0, 11, 5],
+            [0, 5, 1],
+            [0, 1, 7],
+            [0, 7, 10],
+            [0, 10, 11],
+            [1, 5, 9],
+            [5, 11, 4],
+            [11, 10, 2],
+            [10, 7, 6],
+            [7, 1, 8],
+            [3, 9, 4],
+            [3, 4, 2],
+            [3, 2, 6],
+            [3, 6, 8],
+            [3, 8, 9],
+            [4, 9, 5],
+            [2, 4, 11],
+            [6, 2, 10],
+            [8, 6, 7],
+            [9, 8, 1],
         ]
     )
     v /= np.linalg.norm(v, axis=1)[:, None]
@@ -180,9 +209,7 @@ def worker(args) -> None:
         # --- fast
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fast = NonlocalVelocity(
-                comm, x, y, srows, method="fast", tolerance=args.tol
-            )
+            fast = NonlocalVelocity(comm, x, y, srows, method="fast", tolerance=args.tol)
             _, t_setup, _ = timed(fast, w0[srows], A, V)
             ts, cs = [], []
             for wk in weights:
@@ -226,8 +253,12 @@ def worker(args) -> None:
                 _, dt, dc = timed(direct, weights[-1][srows], A, V)
                 t_dir, c_dir = min(t_dir, dt), min(c_dir, dc)
             pairs_per_s_direct, cpu_rate = pairs / t_dir, pairs / c_dir
-            rec["direct"] = {"eval_s": t_dir, "cpu_s": c_dir, "pairs_per_s": pairs_per_s_direct,
-                             "pairs_per_cpu_s": cpu_rate}
+            rec["direct"] = {
+                "eval_s": t_dir,
+                "cpu_s": c_dir,
+                "pairs_per_s": pairs_per_s_direct,
+                "pairs_per_cpu_s": cpu_rate,
+            }
             Xd_full = gather_rows(Xd, trows, N)
             if p == 0:
                 scale = np.linalg.norm(Xd_full, axis=1).max()
@@ -244,8 +275,11 @@ def worker(args) -> None:
                 ts.append(dt)
                 cs.append(dc)
             del K
-            rec["dense"] = {"setup_s": t_build, "eval_s": float(np.min(ts)),
-                            "cpu_s": float(np.min(cs))}
+            rec["dense"] = {
+                "setup_s": t_build,
+                "eval_s": float(np.min(ts)),
+                "cpu_s": float(np.min(cs)),
+            }
             Xn_full = gather_rows(Xn, trows, N)
             if p == 0 and "eval_s" in rec["direct"]:
                 scale = np.linalg.norm(Xd_full, axis=1).max()
@@ -269,8 +303,13 @@ def fmt_t(t):
 def driver(args) -> None:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     mpiexec = str(mpiexec) if mpiexec.exists() else "mpiexec"
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+    )
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     runs = {P: {} for P in args.ranks}
     rate = {P: 0.0 for P in args.ranks}
@@ -281,13 +320,36 @@ def driver(args) -> None:
         for level in args.levels:
             for P in args.ranks:
                 out = Path(tmp) / f"P{P}_l{level}.json"
-                cmd = [mpiexec, "-n", str(P), sys.executable, __file__, "--worker",
-                       "--out", str(out), "--save", tmp, "--levels", str(level),
-                       "--norm", str(args.norm), "--tol", str(args.tol),
-                       "--evals", str(args.evals), "--direct-budget", str(args.direct_budget),
-                       "--direct-rate", str(rate[P]), "--direct-cpu-rate", str(crate[P]),
-                       "--dense-mem", str(args.dense_mem),
-                       "--sample", str(args.sample)]
+                cmd = [
+                    mpiexec,
+                    "-n",
+                    str(P),
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--out",
+                    str(out),
+                    "--save",
+                    tmp,
+                    "--levels",
+                    str(level),
+                    "--norm",
+                    str(args.norm),
+                    "--tol",
+                    str(args.tol),
+                    "--evals",
+                    str(args.evals),
+                    "--direct-budget",
+                    str(args.direct_budget),
+                    "--direct-rate",
+                    str(rate[P]),
+                    "--direct-cpu-rate",
+                    str(crate[P]),
+                    "--dense-mem",
+                    str(args.dense_mem),
+                    "--sample",
+                    str(args.sample),
+                ]
                 print("$", " ".join(cmd), flush=True)
                 loads.append(os.getloadavg()[0])
                 subprocess.run(cmd, env=env, check=True)
@@ -308,13 +370,19 @@ def driver(args) -> None:
                     indep[level] = max(np.abs(b - a[0]).max() / scale for b in a[1:])
 
     load = f"1-min load average before the runs: {min(loads):.1f} to {max(loads):.1f}"
-    print(f"\nS^2 icosphere, ‖A‖₂ = {args.norm:g} (non-symmetric), ‖V‖₂ = 1, "
-          f"tolerance {args.tol:g}, 1 thread per rank, best of the timed evaluations; {load}.")
-    print("wall: elapsed time per evaluation; cpu: process CPU time per evaluation (maximum "
-          "over the ranks), the wall time an idle machine would give; ratios on both.")
-    head = (f"{'lvl':>3} {'N':>7} {'M':>7} {'P':>2} {'method':>7} {'setup':>10} "
-            f"{'wall/eval':>10} {'cpu/eval':>10} {'pairs/s':>8} {'error':>8} "
-            f"{'vs direct':>11} {'vs dense':>11} {'P2/P1':>10}  notes")
+    print(
+        f"\nS^2 icosphere, ‖A‖₂ = {args.norm:g} (non-symmetric), ‖V‖₂ = 1, "
+        f"tolerance {args.tol:g}, 1 thread per rank, best of the timed evaluations; {load}."
+    )
+    print(
+        "wall: elapsed time per evaluation; cpu: process CPU time per evaluation (maximum "
+        "over the ranks), the wall time an idle machine would give; ratios on both."
+    )
+    head = (
+        f"{'lvl':>3} {'N':>7} {'M':>7} {'P':>2} {'method':>7} {'setup':>10} "
+        f"{'wall/eval':>10} {'cpu/eval':>10} {'pairs/s':>8} {'error':>8} "
+        f"{'vs direct':>11} {'vs dense':>11} {'P2/P1':>10}  notes"
+    )
     print(head)
     print("-" * len(head))
     base = args.ranks[0]
@@ -334,8 +402,10 @@ def driver(args) -> None:
             for name in ("direct", "dense", "fast"):
                 m = r[name]
                 if m.get("skipped") and name == "dense":
-                    print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {'':>10} {'skipped':>10}"
-                          f"{'':>64}  kernel matrix {m['bytes'] / 2**30:.1f} GiB")
+                    print(
+                        f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {'':>10} {'skipped':>10}"
+                        f"{'':>64}  kernel matrix {m['bytes'] / 2**30:.1f} GiB"
+                    )
                     continue
                 tw, tc = t_of(m, "eval_s"), t_of(m, "cpu_s")
                 setup = fmt_t(m["setup_s"]) if "setup_s" in m else ""
@@ -355,28 +425,105 @@ def driver(args) -> None:
                 if name == "fast":
                     rep = m["report"]
                     if rep.get("method") == "fast":
-                        notes.append(f"degree {rep['degree']} ({rep['terms']} terms), bound "
-                                     f"{rep['bound']:.1e}, sampled error "
-                                     f"{rep['sampled_error']:.1e}, {rep['direct_targets']} "
-                                     "targets direct")
+                        notes.append(
+                            f"degree {rep['degree']} ({rep['terms']} terms), bound "
+                            f"{rep['bound']:.1e}, sampled error "
+                            f"{rep['sampled_error']:.1e}, {rep['direct_targets']} "
+                            "targets direct"
+                        )
                     else:
                         notes.append("fell back to direct")
                     if m.get("error_on", "all targets") != "all targets":
                         notes.append(f"error on {m['error_on']}")
-                print(f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {setup:>10} {fmt_t(tw):>10} "
-                      f"{fmt_t(tc):>10} {N * M / tw:8.1e} {err_s} {vs_d} {vs_n} {sc}  "
-                      f"{'; '.join(notes)}")
+                print(
+                    f"{level:>3} {N:>7} {M:>7} {P:>2} {name:>7} {setup:>10} {fmt_t(tw):>10} "
+                    f"{fmt_t(tc):>10} {N * M / tw:8.1e} {err_s} {vs_d} {vs_n} {sc}  "
+                    f"{'; '.join(notes)}"
+                )
         print()
     print("ratios are wall/cpu; P2/P1 = time on 1 rank / time on 2 ranks")
     for level, e in indep.items():
-        print(f"rank independence (fast), level {level}: max relative difference "
-              f"{args.ranks[0]} vs other rank counts = {e:.1e}")
+        print(
+            f"rank independence (fast), level {level}: max relative difference "
+            f"{args.ranks[0]} vs other rank counts = {e:.1e}"
+        )
+    if args.write_table:
+        write_velocity_table(args, runs, indep, load)
     last = max(args.levels)
     for P in args.ranks:
         r = runs[P][last]["fast"]
-        print(f"level {last}, {P} rank(s): 1000 SSP-RK3 steps = 3000 fast evaluations "
-              f"= {3000 * r['eval_s']:.0f} s wall, {3000 * r['cpu_s']:.0f} s cpu "
-              f"(+ setup {r['setup_s']:.1f} s per A)")
+        print(
+            f"level {last}, {P} rank(s): 1000 SSP-RK3 steps = 3000 fast evaluations "
+            f"= {3000 * r['eval_s']:.0f} s wall, {3000 * r['cpu_s']:.0f} s cpu "
+            f"(+ setup {r['setup_s']:.1f} s per A)"
+        )
+
+
+def write_velocity_table(args, runs, indep, load) -> None:
+    """The measured table as Markdown (``--write-table``): one row per level and rank count;
+    a direct sum that was not run is shown with its estimated time, labelled so."""
+    from bench_table import command_line, write_table
+
+    def ms(t):
+        return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+    rows = []
+    for level in args.levels:
+        for P in args.ranks:
+            r = runs[P][level]
+            d, n, f = r["direct"], r["dense"], r["fast"]
+            if d.get("skipped"):
+                direct = f"not run (estimated {ms(d['eval_s_est'])})"
+                ratio = f"~{d['eval_s_est'] / f['eval_s']:,.0f}× (estimated)"
+            else:
+                direct = ms(d["eval_s"])
+                ratio = f"{d['eval_s'] / f['eval_s']:,.0f}×"
+            dense = (f"not formed ({n['bytes'] / 2**30:.1f} GiB)" if n.get("skipped")
+                     else ms(n["eval_s"]))  # fmt: skip
+            err = f.get("error")
+            err_s = "–" if err is None else f"{err:.1e}"
+            if err is not None and f.get("error_on", "all targets") != "all targets":
+                err_s += f" ({f['error_on']})"
+            rep = f["report"]
+            how = (
+                f"degree {rep['degree']}, {rep['direct_targets']} targets direct"
+                if rep.get("method") == "fast"
+                else "fell back to the direct sum"
+            )
+            scale = "–"
+            if P != args.ranks[0]:
+                scale = f"{runs[args.ranks[0]][level]['fast']['eval_s'] / f['eval_s']:.1f}×"
+            rows.append([level, f"{r['N']:,} / {r['M']:,}", P, direct, dense,
+                         f"{ms(f['eval_s'])} (set-up {ms(f['setup_s'])})", ratio, err_s,
+                         scale, how])  # fmt: skip
+    notes = [
+        f"S^2 icosphere points (targets: vertices, sources: cell centroids), ‖A‖₂ = "
+        f"{args.norm:g} (non-symmetric), ‖V‖₂ = 1, fast-method tolerance {args.tol:g}; "
+        "1 thread per rank; wall time per evaluation, best of the timed evaluations; "
+        f"{load}.",
+        "error: max-norm relative error of the fast method against the direct sum "
+        "(`max_i |X_i − X_i^direct| / max_i |X_i^direct|`).",
+        "A direct sum above `--direct-budget` seconds is not run: its time is estimated from "
+        "the pairs per second measured at the smaller levels, and so is its ratio.",
+    ]
+    for level, e in indep.items():
+        notes.append(f"level {level}: the fast velocity on {' vs '.join(map(str, args.ranks))} "
+                     f"ranks differs by {e:.1e} (relative, max norm).")  # fmt: skip
+    header = [
+        "icosphere level",
+        "targets / sources",
+        "ranks",
+        "direct",
+        "dense kernel",
+        "fast",
+        "fast vs direct",
+        "error",
+        f"fast, vs {args.ranks[0]} rank(s)",
+        "fast method",
+    ]
+    write_table(args.write_table, "Nonlocal velocity: direct sum, dense kernel, fast expansion",
+                command_line(), header, rows, notes)  # fmt: skip
+    print(f"wrote {args.write_table}")
 
 
 def main(argv=None) -> None:
@@ -386,15 +533,37 @@ def main(argv=None) -> None:
     ap.add_argument("--norm", type=float, default=10.0, help="‖A‖₂")
     ap.add_argument("--tol", type=float, default=1e-8, help="fast-method tolerance")
     ap.add_argument("--evals", type=int, default=5, help="timed fast/dense evaluations")
-    ap.add_argument("--direct-budget", type=float, default=120.0,
-                    help="skip the direct sum when its estimated time exceeds this (s)")
-    ap.add_argument("--dense-mem", type=float, default=3 * 2**30,
-                    help="largest per-rank kernel matrix materialised (bytes)")
-    ap.add_argument("--direct-rate", type=float, default=0.0,
-                    help="pairs/s of the direct sum, to skip it at large sizes (internal)")
+    ap.add_argument(
+        "--direct-budget",
+        type=float,
+        default=120.0,
+        help="skip the direct sum when its estimated time exceeds this (s)",
+    )
+    ap.add_argument(
+        "--dense-mem",
+        type=float,
+        default=3 * 2**30,
+        help="largest per-rank kernel matrix materialised (bytes)",
+    )
+    ap.add_argument(
+        "--direct-rate",
+        type=float,
+        default=0.0,
+        help="pairs/s of the direct sum, to skip it at large sizes (internal)",
+    )
     ap.add_argument("--direct-cpu-rate", type=float, default=0.0, help=argparse.SUPPRESS)
-    ap.add_argument("--sample", type=int, default=256,
-                    help="targets checked against the direct sum where it is skipped")
+    ap.add_argument(
+        "--sample",
+        type=int,
+        default=256,
+        help="targets checked against the direct sum where it is skipped",
+    )
+    ap.add_argument(
+        "--write-table",
+        metavar="PATH",
+        default="",
+        help="also write the table as Markdown (e.g. docs/benchmarks/velocity.md)",
+    )
     ap.add_argument("--worker", action="store_true", help="run under mpiexec (internal)")
     ap.add_argument("--out", default="bench_velocity.json")
     ap.add_argument("--save", default="")

@@ -1,10 +1,30 @@
-"""The finite particle system on S^{d-1}, any ``d``, with the same model and velocity kernel.
+r"""The finite particle system, any ``d``, with the same model and attention weights.
 
+``geometry="sphere"`` (default): tokens on S^{d-1},
 ``dx_i/dt = X[μ^n](x_i)`` with ``μ^n = (1/n) Σ_j δ_{x_j}`` and ``X`` from
 :func:`solver.attention_velocity`. The integrator is the classical RK4 written with the
 projection retraction ``R_x(v) = (x + v) / |x + v|`` for every stage point and for the
 update, so particles stay on the sphere to round-off while the scheme keeps order 4
 (the retraction agrees with the exponential map to second order).
+
+``geometry="euclidean"``: the time-rescaled Euclidean model of the authors' public code,
+tokens ``z_i ∈ R^d`` (no projection, no normalisation),
+
+.. math::
+
+    \dot z_i = \sum_j P_{ij} V (z_j - z_i), \qquad
+    P_{ij} = \frac{e^{\langle Q z_i, K z_j\rangle}}{\sum_k e^{\langle Q z_i, K z_k\rangle}}
+    \quad (\langle Q z_i, K z_j\rangle = z_j^T A z_i,\ A = K^T Q),
+
+integrated by the same RK4 with the plain update ``z + v`` in place of the retraction.
+
+``geometry="euclidean-rescaled"``: the same with ``Q(t) = Q e^{tV}``, ``K(t) = K e^{tV}``,
+i.e. ``P_ij ∝ exp(<Q e^{tV} z_i, K e^{tV} z_j>)``: ``z_i = e^{−tV} x_i`` for the unnormalised
+``ẋ_i = Σ_j P_ij V x_j``, which is what the authors' public code (``Time_bifurcation.py``)
+integrates. Needs a model without parameter jumps (``e^{tV}`` is the propagator of constant
+``V``). The logits grow like ``e^{2 c t}`` (``c`` = largest real part of an eigenvalue of
+``V``); that factor is applied after the row maxima are subtracted and capped at ``e^{700}``
+(the softmax is a hardmax to round-off long before).
 
 With ``comm`` the particles are split into contiguous blocks over the ranks; each rank
 evaluates its block against all particles (gathered in global order, so the result does not
@@ -13,22 +33,50 @@ depend on the number of ranks).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import expm
 from tqdm.auto import tqdm
 
 from .model import Density, Model
 from .transport import time_grid
 from .velocity import attention_velocity
 
-__all__ = ["ParticleResult", "simulate_particles", "sample_particles", "retract"]
+__all__ = [
+    "GEOMETRIES", "ParticleResult", "simulate_particles", "sample_particles", "retract",
+    "euclidean_velocity",
+]  # fmt: skip
+
+GEOMETRIES = ("sphere", "euclidean", "euclidean-rescaled")
+BLOCK_BYTES = 1 << 24
 
 
 def retract(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Projection retraction ``(x + v) / |x + v|`` (row by row)."""
     y = x + v
     return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+def euclidean_velocity(
+    z: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.ndarray, scale: float = 1.0
+) -> np.ndarray:
+    """Velocity of the Euclidean model at the targets ``z`` (m, d) for the equally weighted
+    sources ``y`` (n, d): ``Σ_j P_ij V (y_j − z_i)``, ``P_ij ∝ e^{scale · y_jᵀ A z_i}``
+    (the softmax sums to one, so this is ``V (Σ_j P_ij y_j − z_i)``)."""
+    out = np.empty_like(z)
+    Ay = y @ A  # row j: y_jᵀ A
+    block = max(1, int(BLOCK_BYTES // (8 * max(1, len(y)))))
+    for s in range(0, len(z), block):
+        zb = z[s : s + block]
+        logits = zb @ Ay.T
+        logits -= logits.max(axis=1, keepdims=True)
+        logits *= scale
+        np.exp(logits, out=logits)
+        mean = (logits @ y) / logits.sum(axis=1, keepdims=True)
+        out[s : s + block] = (mean - zb) @ V.T
+    return out
 
 
 def sample_particles(density: Density, n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -59,20 +107,33 @@ def simulate_particles(
     save_every: float | None = None,
     comm=None,
     progress: bool = False,
+    geometry: str = "sphere",
 ) -> ParticleResult:
     """Integrate the particle system from ``x0`` (n, d) to time ``T``.
 
     Parameters are frozen over each step at the step's midpoint (steps land on the model's
-    parameter jumps), as in the PDE solver.
+    parameter jumps), as in the PDE solver. ``geometry``: ``"sphere"`` (tokens on S^{d-1},
+    ``x0`` of unit rows), ``"euclidean"`` (``ż_i = Σ_j P_ij V (z_j − z_i)`` in ``R^d``, any
+    finite ``x0``) or ``"euclidean-rescaled"`` (the same with ``Q e^{tV}``, ``K e^{tV}``: the
+    authors' code); see the module docstring.
     """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    sphere = geometry == "sphere"
+    rescaled = geometry == "euclidean-rescaled"
     x0 = np.asarray(x0, dtype=float)
     if x0.ndim != 2 or x0.shape[1] != model.d:
         raise ValueError(f"x0 must be (n, {model.d}) for this model, got shape {x0.shape}")
     if not np.all(np.isfinite(x0)):
         raise ValueError("x0 contains NaN or infinite entries")
-    if np.abs(np.linalg.norm(x0, axis=1) - 1).max() > 1e-8:
-        raise ValueError("x0: every particle must lie on the unit sphere (|x| = 1)")
+    if sphere and np.abs(np.linalg.norm(x0, axis=1) - 1).max() > 1e-8:
+        raise ValueError(
+            "x0: every particle must lie on the unit sphere (|x| = 1); "
+            "pass geometry='euclidean' for tokens in R^d"
+        )
     n = len(x0)
+    if rescaled and len(model.breakpoints(T)):
+        raise ValueError("geometry='euclidean-rescaled' needs parameters without jumps (e^{tV})")
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
     bounds = np.linspace(0, n, size + 1).astype(int)
     counts = np.diff(bounds) * model.d
@@ -86,8 +147,16 @@ def simulate_particles(
         comm.Allgatherv(np.ascontiguousarray(xl), [out, counts])
         return out
 
-    def vel(xl, A, V):
-        return attention_velocity(xl, gather(xl), w, A, V)
+    def vel(xl, A, V, t):
+        if sphere:
+            return attention_velocity(xl, gather(xl), w, A, V)
+        if not rescaled:
+            return euclidean_velocity(xl, gather(xl), A, V)
+        c = float(np.linalg.eigvals(V).real.max())
+        E = expm(t * (V - c * np.eye(model.d)))  # e^{tV} = e^{ct} E
+        return euclidean_velocity(xl, gather(xl), E.T @ A @ E, V, math.exp(min(2 * c * t, 700)))
+
+    step = retract if sphere else np.add
 
     times, saved = time_grid(T, dt, save_every, model.breakpoints(T))
     x = x0[lo:hi].copy()
@@ -98,11 +167,11 @@ def simulate_particles(
     for k in range(len(times) - 1):
         t, h = times[k], times[k + 1] - times[k]
         A, V = model.parameters(t + 0.5 * h)
-        k1 = vel(x, A, V)
-        k2 = vel(retract(x, 0.5 * h * k1), A, V)
-        k3 = vel(retract(x, 0.5 * h * k2), A, V)
-        k4 = vel(retract(x, h * k3), A, V)
-        x = retract(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
+        k1 = vel(x, A, V, t)
+        k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
+        k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
+        k4 = vel(step(x, h * k3), A, V, t + h)
+        x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
         if k + 1 in saved_set:
             snaps.append(gather(x).copy())
         bar.update(1)

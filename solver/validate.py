@@ -66,7 +66,15 @@ def _coupling(x: np.ndarray, y: np.ndarray, *, geodesic: bool) -> np.ndarray:
     return np.sqrt(np.mean(dist**2, axis=-1))
 
 
-def _plot_w2_vs_n(rows, path, title):
+def _mesh_name(mesh_kw: dict, num_cells: int) -> str:
+    """Legend name of a mesh: "icosphere level k" on generated S^2 meshes, else "n cells"."""
+    if "refinement" in mesh_kw:
+        return f"icosphere level {mesh_kw['refinement']}"
+    return f"{num_cells:,} cells"
+
+
+def _plot_w2_vs_n(rows, path, title, names):
+    """W2(PDE, particles) at the final time against n, one curve per mesh (``names[level]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,12 +86,14 @@ def _plot_w2_vs_n(rows, path, title):
         ns = np.unique(sel[:, 1])
         mean = [sel[sel[:, 1] == n, 3].mean() for n in ns]
         std = [sel[sel[:, 1] == n, 3].std() for n in ns]
-        ax.errorbar(ns, mean, yerr=std, marker="o", capsize=3, label=f"mesh {int(lev)}")
+        ax.errorbar(ns, mean, yerr=std, marker="o", capsize=3, label=names[int(lev)])
     ns = np.unique(np.array(rows)[:, 1])
     ref = np.array(rows)[:, 3].max() * np.sqrt(ns[0] / ns)
     ax.plot(ns, ref, "k--", lw=1, label=r"$\propto n^{-1/2}$")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(ns, [f"{int(n):,}" for n in ns])  # the sizes run, no crowded minor labels
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("particles n")
     ax.set_ylabel(r"$W_2$(PDE, particles) at final time")
     ax.set_title(title)
@@ -93,18 +103,31 @@ def _plot_w2_vs_n(rows, path, title):
     plt.close(fig)
 
 
-def _plot_bound(times, pde, coupling, bound, path):
+def _plot_bound(times, pde, coupling, bound, path, title):
+    """The measured distances and the Prop 3.1 bound on a log axis. Zero distances (t = 0:
+    both flows start from the same density) have no place on it and are left out; the axis
+    starts at a third of the smallest positive value shown."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = [(pde, "o-", r"$W_2(\mu_t,\nu_t)$ PDE (geodesic)"),
+              (coupling, "s-", "particles, coupling distance (geodesic)"),
+              (bound, "k--", "Prop 3.1 bound, geodesic (docs/stability.md)")]  # fmt: skip
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    ax.semilogy(times, np.maximum(pde, 1e-16), "o-", label=r"$W_2(\mu_t,\nu_t)$ PDE")
-    ax.semilogy(times, np.maximum(coupling, 1e-16), "s-", label="particles, coupling (geodesic)")
-    ax.semilogy(times, bound, "k--", label="Prop 3.1 bound, geodesic (docs/stability.md)")
+    positive = []
+    for y, style, label in series:
+        y = np.asarray(y, dtype=float)
+        ok = y > 0
+        ax.semilogy(np.asarray(times)[ok], y[ok], style, label=label)
+        positive.extend(y[ok])
+    if positive:
+        ax.set_ylim(bottom=min(positive) / 3)
+    ax.set_xlim(left=float(np.min(times)))
     ax.set_xlabel("t (depth)")
-    ax.set_ylabel("distance")
+    ax.set_ylabel("distance between the base and the perturbed flow")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -134,6 +157,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
             parts[n, s] = simulate_particles(base, x0, T, dt=v["particle_dt"], save_every=save,
                                              comm=comm)  # fmt: skip
     rows = []
+    names: dict[int, str] = {}  # legend name of each mesh
     finest = None
     levels = _mesh_levels(cfg)
     for li, mesh_kw in enumerate(levels):
@@ -144,6 +168,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
                      method=cfg["velocity"]["method"],
                      tolerance=cfg["velocity"]["tolerance"])  # fmt: skip
         lev = mesh_kw.get("cells", mesh_kw.get("refinement", sm.num_cells))
+        names[int(lev)] = _mesh_name(mesh_kw, sm.num_cells)
         if rank0:
             for (n, s), pr in parts.items():
                 for k, t in enumerate(res.times):
@@ -158,7 +183,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
         arr = np.array(rows)
         fin = arr[np.isclose(arr[:, 3], T)]
         _plot_w2_vs_n(fin[:, [0, 1, 2, 4]].tolist(), out / "w2_vs_n.png",
-                      f"S^{d - 1}: PDE vs particles, t = {T:g}")  # fmt: skip
+                      f"$S^{d - 1}$: PDE vs particles, t = {T:g}", names)  # fmt: skip
         table = {}
         for lev in np.unique(fin[:, 0]):
             for n in np.unique(fin[:, 1]):
@@ -192,7 +217,8 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
                       ["t", "w2_pde_geodesic", "coupling_particles_chordal",
                        "coupling_particles_geodesic", "bound_chordal", "bound_geodesic"],
                       np.column_stack([times, pde, coupling, arc, bound, bound_geo]))  # fmt: skip
-            _plot_bound(times, pde, arc, bound_geo, out / "stability.png")
+            title = f"$S^{d - 1}$, {names[int(lev)]}: base vs LoRA-perturbed flow"
+            _plot_bound(times, pde, arc, bound_geo, out / "stability.png", title)
             # W2 = sqrt(optimal cost): a cost exact to round-off u gives W2 to ~sqrt(u) only
             tol = np.sqrt(np.finfo(float).eps)
             viol_p = bool(np.any(coupling > bound * (1 + 1e-12) + 1e-14))

@@ -1,4 +1,5 @@
-"""The benchmark scripts run and print their ratios (smallest settings; no timing asserted)."""
+"""The benchmark scripts run, print their ratios and write their Markdown tables (smallest
+settings; no timing asserted)."""
 
 import re
 
@@ -7,9 +8,15 @@ import pytest
 pytestmark = pytest.mark.mpi
 
 
-def test_bench_run_two_ranks(run):
-    p = run(["scripts/bench_run.py", "--level", "3", "--steps", "5", "--goal", "60"], 2)
+def test_bench_run_two_ranks(run, tmp_path):
+    table = tmp_path / "run.md"
+    p = run(["scripts/bench_run.py", "--level", "3", "--steps", "5", "--goal", "60",
+             "--write-table", str(table)], 2)  # fmt: skip
     assert p.returncode == 0, p.stderr
+    text = table.read_text()
+    assert "`.venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_run.py --level 3" in text
+    assert "| mesh | icosphere level 3 (1,280 cells) |" in text, text
+    assert "| ranks | 2 |" in text, text
     out = p.stdout
     assert "level 3 (1,280 cells), 2 rank(s), 5 steps" in out, out
     for pattern in (r"ratio [\d,]+x", r"ratio \d+\.\dx", r"= \d+\.\d\d x the goal of 60 s"):
@@ -22,14 +29,23 @@ def test_bench_run_rejects_bad_options(run):
     assert p.returncode == 2 and "--steps must be >= 1" in p.stderr
 
 
-def test_bench_velocity_one_level(run):
-    p = run(["scripts/bench_velocity.py", "--levels", "3", "--ranks", "1", "2", "--evals", "2"], 1)
+def test_bench_velocity_one_level(run, tmp_path):
+    table = tmp_path / "velocity.md"
+    args = ["--levels", "3", "--ranks", "1", "2", "--evals", "2", "--write-table", str(table)]
+    p = run(["scripts/bench_velocity.py", *args], 1)
     assert p.returncode == 0, p.stderr
     out = p.stdout
     for method in ("direct", "dense", "fast"):
         assert re.search(rf"^\s*3\s+642\s+1280\s+2\s+{method}\b", out, re.M), (method, out)
     m = re.search(r"rank independence \(fast\), level 3: max relative difference .* = (\S+)", out)
     assert m and float(m.group(1)) <= 1e-12, out
+    # the Markdown table: the command that made it, date and machine, one row per rank count
+    text = table.read_text()
+    assert f"`.venv/bin/python scripts/bench_velocity.py {' '.join(args)}`" in text, text
+    assert re.search(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", text) and "Machine: " in text, text
+    rows = [ln for ln in text.splitlines() if ln.startswith("| 3 | 642 / 1,280 |")]
+    assert [r.split(" | ")[2] for r in rows] == ["1", "2"], text
+    assert "estimated" not in rows[0] + rows[1]  # level 3: the direct sum is measured
 
 
 def test_bench_dg_s2_nonlocal_quick(run):

@@ -354,3 +354,85 @@ def test_helpers_match_the_definitions():
     p = np.array([p0[0], p0[1] * math.exp(-eps * T)])
     assert math.atan2(p[1], p[0]) == pytest.approx(th0 - dth, abs=1e-12)
     assert math.isnan(point_mass_depth(p0, 0.0, dth))
+
+
+# ------------------------------------------------------------------------------------------
+# Fig 4: the antipodal two-cluster state is a saddle with rate λ(β) = 2 / (1 + e^{2β})
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "beta,d,n_a,T",
+    [(1.0, 2, 1, 20.0), (4.0, 2, 1, 100.0), (1.0, 3, 2, 20.0), (4.0, 3, 1, 100.0)],
+)
+def test_two_cluster_saddle_rate_matches_point_masses(beta, d, n_a, T):
+    """Point masses m_a = n_a/(n_a + 1) at x_a (turned by δ0 from e1 towards e_d) and m_b at
+    −e1, simulated as n_a + 1 particles. The antipodality defect Δ (angle between x_a and −x_b)
+    obeys Δ' = ρ Δ with |ρ/λ − 1| ≤ (2β + 1) Δ_max² (the weights w move by ≤ 3β/2 max angle²
+    relative, sin Δ/Δ by Δ²/6); RK4 on this 1-D linear mode adds (λ dt)^4/120 relative."""
+    from solver.experiments.two_clusters import saddle_growth_rate
+    from solver.model import Model
+    from solver.particles import simulate_particles
+
+    lam = saddle_growth_rate(beta, mass=n_a / (n_a + 1))
+    delta0 = 1e-3 * math.exp(-lam * T)  # Δ(T) ≈ 1e-3
+    xa = np.zeros(d)
+    xa[0], xa[-1] = math.cos(delta0), math.sin(delta0)
+    xb = -np.eye(d)[0]
+    x0 = np.array([xa] * n_a + [xb])
+    M = np.diag([math.sqrt(beta)] + [0.0] * (d - 1))
+    dt = 0.05
+    r = simulate_particles(Model(M, M, np.eye(d)), x0, T, dt=dt, save_every=T)
+    x = r.positions[-1]
+    defect = math.acos(min(1.0, float(-x[0] @ x[-1])))
+    rate = math.log(defect / delta0) / T
+    tol = (2 * beta + 1) * defect**2 + (lam * dt) ** 4 / 120 + 1e-12 / (lam * T)
+    assert abs(rate / lam - 1) <= tol, (rate, lam, tol)
+    assert defect > 1.5 * delta0 or lam * T < 0.5  # the defect grew (β = 1)
+
+
+def test_saddle_rate_separates_the_two_betas():
+    """λ(1) = 2/(1+e²) = 0.238 (e-folding 4.2 ≪ T = 100: the clusters merge), λ(4) =
+    2/(1+e⁸) = 6.7e-4 (e-folding 1490 ≫ T: they survive)."""
+    from solver.experiments.two_clusters import saddle_growth_rate
+
+    assert saddle_growth_rate(1.0) == pytest.approx(2 / (1 + math.e**2), rel=1e-14)
+    assert 1 / saddle_growth_rate(1.0) < 5 and 1 / saddle_growth_rate(4.0) > 1000
+    with pytest.raises(ValueError, match="mass"):
+        saddle_growth_rate(1.0, mass=1.0)
+
+
+@pytest.mark.parametrize("geometry", ["euclidean", "euclidean-rescaled"])
+def test_phase_diagram_euclidean_geometries(tmp_path, geometry):
+    """The authors' setting (x0 uniform in [−1, 1]², Ṽ = diag(1, 1 − ε)). Static attention
+    (geometry='euclidean'): the tokens collapse to one point at rest and the perturbed point
+    stays within δ of it (no exit). Their code's rescaled attention Q e^{tṼ}: t_exit ≈ 1/ε."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(f'geometry = "{geometry}"\nspheres = [1]\neps_min = 0.02\neps_max = 0.08\n')
+    assert run_tiny("phase_diagram", tmp_path / "out", "--config", str(cfg)) == 0
+    rows = read_rows(tmp_path / "out" / "phase.csv")
+    base = [r for r in rows if r["eps"] == 0][0]
+    assert 0 < base["t_enter"] < 10 and math.isnan(base["t_exit"])
+    pert = [r for r in rows if r["eps"] > 0]
+    tx = np.array([r["t_exit"] for r in pert])
+    if geometry == "euclidean":
+        assert np.all(np.isnan(tx)) and max(r["final_distance"] for r in pert) < 1e-3
+    else:
+        eps = np.array([r["eps"] for r in pert])
+        assert np.all(np.isfinite(tx)) and np.all(np.diff(tx) < 0)
+        assert np.all(np.abs(tx * eps - 1) < 0.3), tx * eps  # t_exit ≈ 1.05/ε (small preset)
+
+
+def test_lora_kinds_worst_adapter_beats_aligned(tmp_path):
+    """ε = 0.05 < gap/2: the worst rank-one adapter (u ⟂ v, sin 2θ = 2ε/gap) moves the final
+    cluster by 2 sin(θ/2) = 0.2611 against 0.2444 for u2 u1ᵀ. The cluster reaches ũ1 at the rate
+    λ̃1 − λ̃2 ≈ 0.17, so by T = 40 it is within e^{−6.9} ≈ 1e-3 of it (relative)."""
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('eps = [0.05]\nkinds = ["aligned", "worst"]\nT = 40.0\nsave_every = 10.0\n')
+    assert run_tiny("lora_kinds", tmp_path / "out", "--config", str(cfg)) == 0
+    table = {r["kind"]: r for r in summary(tmp_path / "out")["table"]}
+    theta = 0.5 * math.asin(2 * 0.05 / 0.2)
+    assert table["worst"]["predicted_drift"] == pytest.approx(2 * math.sin(theta / 2), abs=1e-8)
+    assert table["worst"]["drift_mean"] == pytest.approx(table["worst"]["predicted_drift"],
+                                                         rel=0.01)  # fmt: skip
+    assert table["worst"]["drift_mean"] > 1.05 * table["aligned"]["drift_mean"]

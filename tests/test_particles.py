@@ -43,3 +43,106 @@ def test_particle_mean_matches_pde_moment(sphere, kw, Q, V, n):
     assert np.all(err <= 4 * se)
     # the moment really moved (the test is not comparing two constants)
     assert np.linalg.norm(m_pde[-1] - m_pde[0]) > 10 * se[-1]
+
+
+# ------------------------------------------------------------------------------------------
+# geometry="euclidean": z_i' = Σ_j P_ij V (z_j − z_i), P_ij = softmax_j(z_jᵀ A z_i)
+# ------------------------------------------------------------------------------------------
+
+
+def test_euclidean_two_particles_uniform_attention_closed_form():
+    """Q = K = 0: P_ij = 1/2, so z1' = V (z2 − z1)/2 = −z2'. The mean m is constant and
+    w = z1 − z2 obeys w' = −V w: z_{1,2}(t) = m ± e^{−tV} w0 / 2 (V non-normal here)."""
+    from scipy.linalg import expm
+
+    V = np.array([[1.0, 0.7], [-0.2, 0.4]])
+    z0 = np.array([[1.5, -0.3], [-0.2, 0.9]])
+    model = solver.Model(np.zeros((2, 2)), np.zeros((2, 2)), V)
+    T, dt = 3.0, 0.01
+    r = solver.simulate_particles(model, z0, T, dt=dt, save_every=1.0, geometry="euclidean")
+    m, w0 = z0.mean(0), z0[0] - z0[1]
+    for t, z in zip(r.times, r.positions, strict=True):
+        half = 0.5 * expm(-t * V) @ w0
+        exact = np.array([m + half, m - half])
+        # RK4 on a linear system: one-step error ≤ (h‖V‖)^5 e^{h‖V‖}/120 |w|, propagated by
+        # at most e^{t‖V‖}: global ≤ (t/h) (h‖V‖)^5/120 e^{(t+h)‖V‖} |w0|/2 (+ round-off)
+        v = np.linalg.norm(V, 2)
+        tol = t / dt * (dt * v) ** 5 / 120 * np.exp((t + dt) * v) * np.linalg.norm(w0) / 2
+        tol += 1e-14
+        assert np.abs(z - exact).max() <= tol, (t, np.abs(z - exact).max(), tol)
+    assert np.linalg.norm(r.positions[-1, 0] - z0[0]) > 0.5  # it moved
+
+
+def test_euclidean_three_particles_match_solve_ivp():
+    """Softmax attention, n = 3, d = 2, non-symmetric A and V: RK4 (dt = 0.005) against
+    scipy's DOP853 at rtol = atol = 1e-12 with the velocity written out independently."""
+    from scipy.integrate import solve_ivp
+
+    Q = np.array([[1.2, 0.3], [-0.4, 0.8]])
+    K = np.array([[0.9, 0.0], [0.5, 1.1]])
+    V = np.array([[1.0, 0.2], [0.0, 0.6]])
+    z0 = np.array([[0.8, -0.5], [-0.6, 0.3], [0.1, 0.9]])
+
+    def rhs(_t, flat):
+        z = flat.reshape(3, 2)
+        out = np.zeros_like(z)
+        for i in range(3):
+            s = np.array([(Q @ z[i]) @ (K @ z[j]) for j in range(3)])
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            out[i] = sum(p[j] * V @ (z[j] - z[i]) for j in range(3))
+        return out.ravel()
+
+    T = 4.0
+    ref = solve_ivp(rhs, (0, T), z0.ravel(), method="DOP853", rtol=1e-12, atol=1e-12,
+                    t_eval=[1.0, 2.0, 3.0, 4.0])  # fmt: skip
+    r = solver.simulate_particles(solver.Model(Q, K, V), z0, T, dt=0.005, save_every=1.0,
+                                  geometry="euclidean")  # fmt: skip
+    err = np.abs(r.positions[1:].reshape(4, -1) - ref.y.T).max()
+    # RK4 global error ~ C dt^4 with C = O(T L^5) and L ≈ ‖V‖(1 + 2‖A‖ diam) < 5: ≤ 1e-6 here
+    assert err < 1e-6, err
+    assert np.abs(ref.y[:, -1] - z0.ravel()).max() > 0.1  # it moved
+
+
+def test_geometry_is_checked_and_sphere_is_the_default():
+    model = solver.Model(np.eye(2), np.eye(2), np.eye(2))
+    off = np.array([[2.0, 0.0], [0.0, 0.5]])
+    with pytest.raises(ValueError, match="geometry='euclidean'"):
+        solver.simulate_particles(model, off, 0.1)
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        solver.simulate_particles(model, off, 0.1, geometry="flat")
+    r = solver.simulate_particles(model, off, 0.1, dt=0.05, geometry="euclidean")
+    assert np.all(np.isfinite(r.positions))
+
+
+def test_euclidean_rescaled_matches_solve_ivp():
+    """geometry='euclidean-rescaled' (the authors' code): P_ij ∝ exp(<Q e^{tV} z_i, K e^{tV} z_j>),
+    n = 3, d = 2, against DOP853 (rtol = atol = 1e-12) with expm written out; T = 3 keeps the
+    softmax smooth (logits ≤ e^{2t} |z|²), RK4 with dt = 0.002 is then ≤ 1e-6 off."""
+    from scipy.integrate import solve_ivp
+    from scipy.linalg import expm
+
+    Q, K, V = np.eye(2), np.array([[1.0, 0.2], [0.0, 0.8]]), np.diag([1.0, 0.9])
+    z0 = np.array([[0.3, -0.2], [-0.25, 0.1], [0.05, 0.3]])
+
+    def rhs(t, flat):
+        z = flat.reshape(3, 2)
+        E = expm(t * V)
+        out = np.zeros_like(z)
+        for i in range(3):
+            s = np.array([(Q @ E @ z[i]) @ (K @ E @ z[j]) for j in range(3)])
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            out[i] = sum(p[j] * V @ (z[j] - z[i]) for j in range(3))
+        return out.ravel()
+
+    T = 3.0
+    ref = solve_ivp(rhs, (0, T), z0.ravel(), method="DOP853", rtol=1e-12, atol=1e-12,
+                    t_eval=[1.0, 2.0, 3.0])  # fmt: skip
+    r = solver.simulate_particles(solver.Model(Q, K, V), z0, T, dt=0.002, save_every=1.0,
+                                  geometry="euclidean-rescaled")  # fmt: skip
+    err = np.abs(r.positions[1:].reshape(3, -1) - ref.y.T).max()
+    assert err < 1e-6, err
+    static = solver.simulate_particles(solver.Model(Q, K, V), z0, T, dt=0.002, save_every=1.0,
+                                       geometry="euclidean")  # fmt: skip
+    assert np.abs(static.positions[-1] - r.positions[-1]).max() > 1e-3  # the rescaling matters

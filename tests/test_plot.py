@@ -260,3 +260,66 @@ def test_vtx_series_has_fields_and_times(s2_run):
     assert set(near) == set(range(len(r["areas"])))
     for name in ("density", "density_perturbed"):
         np.testing.assert_allclose(v["fields"][name], r[name][:, near], rtol=0, atol=1e-14)
+
+
+def _bar_strip_spread(frames, panels: int) -> float:
+    """Largest mean pixel difference, between any frame and the first, of the colour-bar
+    strip (the narrow column right of the panels: the bar and its tick labels)."""
+    w = frames[0].shape[1]
+    x0 = int(w * panels / (panels + 0.3)) + 4
+    return max(np.abs(f[:, x0:] - frames[0][:, x0:]).mean() for f in frames)
+
+
+def test_animation_has_one_colour_range(s1_run, tmp_path):
+    """By default every frame of an animation uses one colour range (the colour bar and its
+    labels are the same pixels in every frame); ``clim="time"`` rescales per frame."""
+    fixed = _frames(_plot.animate_run(s1_run, tmp_path / "global.gif"))
+    per_time = _frames(_plot.animate_run(s1_run, tmp_path / "time.gif", clim="time"))
+    r = np.load(s1_run / "result.npz")
+    # the largest density changes over the run, so one range per time would show it
+    peaks = np.max([r["density"].max(axis=1), r["density_perturbed"].max(axis=1)], axis=0)
+    assert peaks.max() > 1.2 * peaks.min()
+    spread = _bar_strip_spread(fixed, 2), _bar_strip_spread(per_time, 2)
+    print("colour-bar strip, mean pixel change over the frames (global, per time):", spread)
+    assert spread[1] > 1.0  # per time the labels move: the check can fail
+    assert spread[0] < 0.05 * spread[1]  # measured: exactly 0
+
+
+SINGLE = """
+[mesh]
+sphere = 2
+refinement = 3
+[model]
+Q = [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]]
+V = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+[perturbation]
+kind = "tied"
+B = [[0.03], [-0.08], [-0.05]]
+A = [[0.3], [-0.8], [-0.5]]
+[initial]
+kind = "vmf"
+centre = [0.3, -0.8, -0.5]
+kappa = 6.0
+[time]
+T = 0.3
+save_every = 0.15
+"""
+
+
+def test_view_faces_the_mass(tmp_path_factory):
+    """A von Mises-Fisher blob around c under A = 2I, V = I and ΔV = 0.1 c cᵀ |c|², all
+    invariant under the rotations about c: the densities stay symmetric about c up to the
+    mesh, so the camera must look from c, face-on; its far hemisphere holds about
+    1/(e^κ + 1) of a vMF(c, κ)'s mass, and the attraction towards c only lowers that."""
+    out = _run(tmp_path_factory, "single", SINGLE)
+    c = np.array([0.3, -0.8, -0.5]) / np.linalg.norm([0.3, -0.8, -0.5])
+    v, hidden = _plot.view_direction(out)
+    r = np.load(out / "result.npz")
+    h = np.sqrt(4 * np.pi / len(r["areas"]))  # typical cell diameter
+    assert np.isclose(np.linalg.norm(v), 1.0, rtol=0, atol=1e-12)
+    angle = np.arccos(np.clip(v @ c, -1, 1))
+    print("view angle from the centre (rad):", angle, "cell size", h, "hidden", hidden)
+    assert angle < h**2  # the centroid quadrature of a smooth density: O(h²)
+    kappa = 6.0
+    assert hidden.shape == (2, len(r["times"]))
+    assert hidden.max() < 2 / (np.exp(kappa) + 1)

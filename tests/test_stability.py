@@ -461,3 +461,46 @@ def test_perturbed_cluster_is_eigenvector_of_V_tilde_not_of_its_symmetric_part()
     assert spread < 1e-4
     assert np.linalg.norm(up - c.u1_tilde) < 1e-4
     assert min(np.linalg.norm(up - sym), np.linalg.norm(up + sym)) > 0.15
+
+
+# ------------------------------------------------------------------------------------------
+# worst rank-one drift of the cluster direction
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("V", [np.diag([1.0, 0.8]), np.diag([1.0, 0.8, 0.3])])
+def test_worst_rank_one_drift_closed_forms(V):
+    """gap = 0.2, ε = 0.05 (< gap/2). Aligned u2 u1ᵀ: tan θ = ε/gap. Best u for v = u1:
+    tan θ = ε/√(gap² − ε²). Best u, v: sin 2θ = 2ε/gap. Proof of the last (docs/experiments.md):
+    an eigenvector x of V + ΔV has |P_x^⊥ V x| = |P_x^⊥ ΔV x| ≤ ε, and
+    |P_x^⊥ V x|² = Var_{x_j²}(λ_j) ≥ cos²θ sin²θ gap², with equality at ΔV = ε x^⊥ xᵀ in the
+    (u1, u2) plane. The optimiser is converged to ~1e-12 in the angle; tolerance 1e-8."""
+    from solver.analysis import spectral_criterion, worst_rank_one_drift
+
+    eps, gap, d = 0.05, 0.2, len(V)
+    e = np.eye(d)
+    aligned = spectral_criterion(V, eps * np.outer(e[1], e[0]))
+    th_aligned = 2 * np.arcsin(aligned.predicted_drift / 2)
+    assert np.tan(th_aligned) == pytest.approx(eps / gap, rel=1e-12)
+    read_u1 = worst_rank_one_drift(V, eps, v=e[0], restarts=2)
+    assert np.tan(read_u1.angle) == pytest.approx(eps / np.sqrt(gap**2 - eps**2), abs=1e-8)
+    assert read_u1.u @ e[0] == pytest.approx(-eps / gap, abs=1e-4)  # cos φ = −ε/gap
+    free = worst_rank_one_drift(V, eps, restarts=2)
+    assert free.angle == pytest.approx(0.5 * np.arcsin(2 * eps / gap), abs=1e-8)
+    assert abs(free.u @ free.v) < 1e-4  # the worst adapter is nilpotent: u ⟂ v
+    assert free.angle > read_u1.angle > th_aligned  # both beat the aligned adapter
+    # consistent with spectral_criterion's eigenvector of V + ΔV
+    crit = spectral_criterion(V, free.dV)
+    assert crit.predicted_drift == pytest.approx(free.drift, abs=1e-10)
+    assert np.linalg.norm(free.dV, 2) == pytest.approx(eps, rel=1e-12)
+
+
+def test_worst_rank_one_drift_bad_input():
+    from solver.analysis import worst_rank_one_drift
+
+    with pytest.raises(ValueError, match="symmetric"):
+        worst_rank_one_drift([[1.0, 0.5], [0.0, 1.0]], 0.1)
+    with pytest.raises(ValueError, match="simple"):
+        worst_rank_one_drift(np.eye(2), 0.1)
+    with pytest.raises(ValueError, match="eps"):
+        worst_rank_one_drift(np.diag([1.0, 0.5]), -1.0)

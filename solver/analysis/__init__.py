@@ -22,12 +22,14 @@ from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, 
 from ._exact import poisson_kernel, poisson_radius
 from ._stability import (
     SpectralCriterion,
+    WorstRankOne,
     growth_rate,
     lipschitz_constants,
     perturbation_speed,
     spectral_criterion,
     w2_bound,
     w2_bound_constant,
+    worst_rank_one_drift,
 )
 from ._standard_tests import (
     StandardTest,
@@ -71,6 +73,8 @@ __all__ = [
     "spectral_criterion",
     "w2_bound",
     "w2_bound_constant",
+    "WorstRankOne",
+    "worst_rank_one_drift",
     "StandardTest",
     "nair_lauritzen",
     "williamson1",

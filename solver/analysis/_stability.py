@@ -39,6 +39,8 @@ __all__ = [
     "w2_bound_constant",
     "SpectralCriterion",
     "spectral_criterion",
+    "WorstRankOne",
+    "worst_rank_one_drift",
 ]
 
 
@@ -398,3 +400,126 @@ def spectral_criterion(V, dV, *, tol: float = 1e-8) -> SpectralCriterion:
         predicted_drift=pdrift,
         first_order_drift=fo,
     )
+
+
+@dataclass(frozen=True)
+class WorstRankOne:
+    """The rank-one perturbation ``ΔV = ε u vᵀ`` (``|u| = |v| = 1``) that turns the dominant
+    eigenvector of ``V`` furthest (:func:`worst_rank_one_drift`).
+
+    Attributes
+    ----------
+    angle : float
+        Angle (radians, in ``[0, π/2]``) between ``u1`` and the dominant eigenvector ``ũ1`` of
+        ``V + ΔV``; ``drift = |u1 − ũ1| = 2 sin(angle / 2)`` (the chordal cluster drift).
+    u, v : (d,) ndarray
+        The unit factors; ``dV = ε u vᵀ``.
+    u1, u1_tilde : (d,) ndarray
+        The two dominant eigenvectors (``<u1_tilde, u1> ≥ 0``).
+    """
+
+    angle: float
+    drift: float
+    u: np.ndarray
+    v: np.ndarray
+    dV: np.ndarray
+    u1: np.ndarray
+    u1_tilde: np.ndarray
+
+
+def worst_rank_one_drift(
+    V, eps: float, *, v=None, restarts: int = 4, seed: int = 0
+) -> WorstRankOne:
+    """Numerical worst case of the cluster drift over rank-one perturbations of norm ``ε``.
+
+    .. math::
+
+        \\max_{|u| = |v| = 1} \\angle\\big(u_1(V),\\ ũ_1(V + ε u v^T)\\big)
+
+    where ``ũ_1`` is the eigenvector of the eigenvalue of largest real part (the direction a
+    single cluster of the perturbed flow sits at); perturbations whose dominant eigenvalue is
+    not real score 0. ``v`` given: maximise over ``u`` only (adapters reading a fixed
+    direction, e.g. ``v = u1``). Nelder–Mead over the unnormalised factors from ``restarts``
+    Gaussian starts (``default_rng(seed)``) plus the aligned adapter ``u2 u1ᵀ``.
+
+    Closed forms (``docs/experiments.md``), ``gap = λ1 − λ2``, ``2ε ≤ gap``: with ``v = u1``,
+    ``tan θ = ε / √(gap² − ε²)`` at ``u = cos φ u1 + sin φ u2``, ``cos φ = −ε/gap``; over all
+    ``u, v`` (indeed over all ``‖ΔV‖ ≤ ε``), ``sin 2θ = 2ε / gap`` at ``u ⟂ v``
+    (``ΔV = ε x^⊥ xᵀ``, ``x = cos θ u1 + sin θ u2``, ``x^⊥ = −sin θ u1 + cos θ u2``).
+
+    Parameters
+    ----------
+    V : (d, d) array_like
+        Symmetric value matrix with a simple top eigenvalue.
+    eps : float
+        ``‖ΔV‖_op = ε > 0``.
+    v : (d,) array_like, optional
+        Fixed read direction (normalised here).
+    restarts, seed : int
+        Random starts of the optimiser.
+
+    Returns
+    -------
+    WorstRankOne
+    """
+    from scipy.optimize import minimize
+
+    V = as_matrix("V", V)
+    d = V.shape[0]
+    if d < 2:
+        raise ValueError("worst_rank_one_drift needs d >= 2")
+    if not np.allclose(V, V.T, atol=1e-12 * max(1.0, _op(V))):
+        raise ValueError("V must be symmetric")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive number, got {eps}")
+    if restarts < 0:
+        raise ValueError(f"restarts must be >= 0, got {restarts}")
+    lam, U = np.linalg.eigh(V)
+    if lam[-1] - lam[-2] <= 1e-12 * max(1.0, abs(lam[-1])):
+        raise ValueError("the top eigenvalue of V must be simple (gap > 0)")
+    u1, u2 = U[:, -1], U[:, -2]
+    fixed = None
+    if v is not None:
+        fixed = np.asarray(v, dtype=float).reshape(-1)
+        if fixed.shape != (d,) or not np.linalg.norm(fixed) > 0:
+            raise ValueError(f"v must be a non-zero vector of length {d}")
+        fixed = fixed / np.linalg.norm(fixed)
+
+    def factors(z):
+        u = z[:d] / np.linalg.norm(z[:d])
+        w = fixed if fixed is not None else z[d:] / np.linalg.norm(z[d:])
+        return u, w
+
+    def turned(z):
+        u, w = factors(z)
+        mu, W = np.linalg.eig(V + eps * np.outer(u, w))
+        k = int(np.argmax(mu.real))
+        if abs(mu[k].imag) > 1e-12 * max(1.0, abs(mu[k])):
+            return 0.0, None
+        x = np.real(W[:, k])
+        c = float(x @ u1)
+        x = x * (1.0 if c >= 0 else -1.0) / np.linalg.norm(x)
+        return float(np.arctan2(np.linalg.norm(x - (x @ u1) * u1), abs(x @ u1))), x
+
+    def cost(z):
+        if np.linalg.norm(z[:d]) == 0 or (fixed is None and np.linalg.norm(z[d:]) == 0):
+            return 0.0
+        # the angle does not depend on the factors' lengths; the penalty (zero at unit
+        # length) removes that flat direction, which would stall the simplex
+        return -turned(z)[0] + 0.1 * float(np.sum(((z.reshape(-1, d) ** 2).sum(1) - 1) ** 2))
+
+    g = np.random.default_rng(seed)
+    starts = [np.concatenate([u2, u1][: 1 if fixed is not None else 2])]
+    starts += [g.normal(size=d if fixed is not None else 2 * d) for _ in range(restarts)]
+    best = None
+    for z0 in starts:
+        r = minimize(cost, z0, method="Nelder-Mead",
+                     options={"xatol": 1e-7, "fatol": 1e-14, "maxiter": 2000 * d})  # fmt: skip
+        if best is None or r.fun < best.fun:
+            best = r
+    angle, x = turned(best.x)
+    u, w = factors(best.x)
+    if x is None:
+        x = u1.copy()
+    return WorstRankOne(angle=angle, drift=float(2 * np.sin(angle / 2)), u=u, v=w,
+                        dV=eps * np.outer(u, w), u1=u1, u1_tilde=x)  # fmt: skip

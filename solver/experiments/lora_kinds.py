@@ -1,6 +1,6 @@
-r"""Tied, per-layer random, orthogonal (``P_⊥ ΔV P_⊥``) and aligned (``u_2 u_1ᵀ``, the
-smallest gap) LoRA of one norm (Prop 3.3 of arXiv 2402.15415): ``W2`` and cluster drift over
-time.
+r"""Tied, per-layer random, orthogonal (``P_⊥ ΔV P_⊥``), aligned (``u_2 u_1ᵀ``, the
+smallest gap) and worst-case (:func:`~solver.analysis.worst_rank_one_drift`) LoRA of one norm
+(Prop 3.3 of arXiv 2402.15415): ``W2`` and cluster drift over time.
 
 Sweep: ``lora_kinds.csv`` (rows per kind, ε, seed and saved time); figure ``lora_kinds.png``.
 Command line: ``scripts/exp_lora_kinds.py``.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import spectral_criterion
+from ..analysis import spectral_criterion, worst_rank_one_drift
 from ..model import Model, ScheduledLoRA, TiedLoRA, VonMisesFisher
 from ..particles import sample_particles, simulate_particles
 from ._common import memo
@@ -27,7 +27,7 @@ __all__ = [
     "lora_kind_perturbation", "kinds_table", "plot_lora_kinds",
 ]  # fmt: skip
 
-KINDS = ("tied", "random", "orthogonal", "aligned")
+KINDS = ("tied", "random", "orthogonal", "aligned", "worst")
 
 PRESETS = {
     "tiny": {"V_diag": [1.0, 0.8, 0.3], "n": 12, "kappa": 2.0, "x0_seed": 0, "T": 10.0,
@@ -53,9 +53,9 @@ def kinds_check(p: dict) -> None:
 
 
 def kinds_cases(p: dict) -> list[dict]:
-    """Every kind, norm and seed (``aligned`` is deterministic: seed 0 only)."""
+    """Every kind, norm and seed (``aligned`` and ``worst`` are deterministic: seed 0)."""
     return [{"kind": k, "eps": e, "seed": s} for k in p["kinds"] for e in p["eps"]
-            for s in range(1 if k == "aligned" else p["seeds"])]  # fmt: skip
+            for s in range(1 if k in ("aligned", "worst") else p["seeds"])]  # fmt: skip
 
 
 def _scaled(M: np.ndarray, eps: float) -> np.ndarray:
@@ -69,7 +69,9 @@ def lora_kind_perturbation(p: dict, kind: str, eps: float, seed: int):
     i.i.d. N(0, 1) entries from ``default_rng([seed, ...])``:
     tied ``B Aᵀ``; random: a new ``B_ℓ A_ℓᵀ`` on every layer of length ``layer_length``;
     orthogonal ``P_⊥ B Aᵀ P_⊥`` (``P_⊥ = I − u_1u_1ᵀ``); aligned ``u_2 u_1ᵀ`` (the pair with
-    the smallest gap ``λ1 − λ2``); each scaled to norm ``ε``.
+    the smallest gap ``λ1 − λ2``); worst: the rank-one ``ε u vᵀ`` that turns the dominant
+    eigenvector furthest (:func:`~solver.analysis.worst_rank_one_drift`, ``u ⟂ v``); each of
+    norm ``ε``.
     """
     d, r = len(p["V_diag"]), p["rank"]
     zero = np.zeros((d, d))
@@ -85,6 +87,11 @@ def lora_kind_perturbation(p: dict, kind: str, eps: float, seed: int):
         return TiedLoRA(zero, _scaled(P @ draw(0) @ P, eps))
     if kind == "aligned":
         return TiedLoRA(zero, eps * np.outer(np.eye(d)[1], np.eye(d)[0]))
+    if kind == "worst":
+        V = np.diag(p["V_diag"])
+        w = memo(("worst-rank-one", tuple(p["V_diag"]), eps),
+                 lambda: worst_rank_one_drift(V, eps))  # fmt: skip
+        return TiedLoRA(zero, w.dV)
     h = p["layer_length"]
     cache: dict = {}
 
@@ -130,8 +137,10 @@ def lora_kind_case(p: dict, case: dict) -> list[dict]:
 
 
 def kinds_table(p: dict, rows) -> list[dict]:
-    """Final W2 and drift per (kind, ε): mean, min, max over seeds, with the Prop 3.3
-    prediction ``|u_1 − ũ_1|`` (mean over seeds; not for ``random``)."""
+    """Final W2 and drift per (kind, ε): mean, min, max over seeds, with (means over seeds;
+    not for ``random``) the eigenvector prediction ``|u_1 − ũ_1|`` (``ũ_1`` the dominant
+    eigenvector of ``V + ΔV``, where a single cluster of the perturbed flow sits) and the
+    Prop 3.3 bound ``(2‖b‖ + ‖E‖) / (gap + a)`` (``inf`` when ``gap + a ≤ 0``)."""
     T = max(r["t"] for r in rows)
     table = []
     for k in p["kinds"]:
@@ -139,17 +148,18 @@ def kinds_table(p: dict, rows) -> list[dict]:
             fin = [r for r in rows if r["kind"] == k and r["eps"] == e and r["t"] == T]
             w = np.array([r["w2"] for r in fin])
             dr = np.array([r["direction_drift"] for r in fin])
-            pred, stable = float("nan"), None
+            pred, bound, stable = float("nan"), float("nan"), None
             if k != "random":
                 crit = [spectral_criterion(np.diag(p["V_diag"]),
                                            lora_kind_perturbation(p, k, e, int(r["seed"])).dV)
                         for r in fin]  # fmt: skip
                 pred = nanmean([c.predicted_drift for c in crit])
+                bound = float(np.mean([c.drift_bound for c in crit]))
                 stable = all(c.stable for c in crit)
             table.append({"kind": k, "eps": e, "w2_mean": float(w.mean()),
                           "w2_min": float(w.min()), "w2_max": float(w.max()),
                           "drift_mean": float(dr.mean()), "predicted_drift": pred,
-                          "prop33_stable": stable})  # fmt: skip
+                          "prop33_bound": bound, "prop33_stable": stable})  # fmt: skip
     return table
 
 
@@ -160,20 +170,25 @@ def kinds_summary(p: dict, rows: dict) -> dict:
     report = [
         f"LoRA kinds (V = A = diag{tuple(lam)}, gap = {lam[0] - lam[1]:g}, n = {p['n']}, "
         f"T = {p['T']}): final W2 and cluster drift |u1 - u1~|, same norm ||dV|| = eps",
-        "  kind        eps     W2 mean [min, max]         drift   Prop 3.3: drift stable",
+        "  kind        eps     W2 mean [min, max]         drift   |u1 - u1~|  "
+        "Prop 3.3 bound  stable",
     ]
     for r in table:
         st = {None: "-", True: "yes", False: "no"}[r["prop33_stable"]]
         report.append(
             f"  {r['kind']:<11} {r['eps']:<7g} {r['w2_mean']:.4f} [{r['w2_min']:.4f}, "
-            f"{r['w2_max']:.4f}]  {r['drift_mean']:.4f}  {r['predicted_drift']:.4f}"
-            f"  {st}"
+            f"{r['w2_max']:.4f}]  {r['drift_mean']:.4f}  {r['predicted_drift']:.4f}      "
+            f"{r['prop33_bound']:.4f}          {st}"
         )
     return {"table": table, "report": report}
 
 
 def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
-    """W2 (top) and cluster drift (bottom) over time per kind; mean and min-max band."""
+    """W2 (top) and cluster drift (bottom) over time per kind; mean and min–max band over
+    the seeds. Bottom, per kind: dotted the eigenvector prediction ``|u_1 − ũ_1|``, dashed
+    the Prop 3.3 bound ``(2‖b‖ + ‖E‖)/(gap + a)`` (where finite and below 2)."""
+    from matplotlib.lines import Line2D
+
     eps_list = p["eps"]
     fig = figure(4.8 * len(eps_list), 6.4)
     axs = np.array(fig.subplots(2, len(eps_list), sharex=True)).reshape(2, -1)
@@ -189,12 +204,19 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
                 if len(seeds) > 1:
                     ax.fill_between(t, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2,
                                     lw=0)  # fmt: skip
-                pred = [r["predicted_drift"] for r in table if r["kind"] == k and r["eps"] == e]
-                if i == 1 and pred and np.isfinite(pred[0]):
-                    ax.axhline(pred[0], color=line.get_color(), ls=":", lw=1)
+                tab = [r for r in table if r["kind"] == k and r["eps"] == e]
+                if i == 1 and tab and np.isfinite(tab[0]["predicted_drift"]):
+                    ax.axhline(tab[0]["predicted_drift"], color=line.get_color(), ls=":", lw=1)
+                if i == 1 and tab and tab[0]["prop33_bound"] < 2:
+                    ax.axhline(tab[0]["prop33_bound"], color=line.get_color(), ls="--", lw=0.8)
         axs[0, j].set_title(f"‖ΔV‖ = ε = {e:g}", fontsize=10)
-        axs[0, j].set_ylabel("W2(μ_t, ν_t)")
-        axs[1, j].set_ylabel("|u(t) − ũ(t)|  (dotted: Prop 3.3)")
+        axs[0, j].set_ylabel("W2(μ_t, ν_t) (chordal; band: min–max)")
+        axs[1, j].set_ylabel("cluster drift |u(t) − ũ(t)| (chordal)")
+        proxies = [Line2D([], [], color="k", ls=":", lw=1,
+                          label="|u₁ − ũ₁|, ũ₁ = top eigenvector of V + ΔV"),
+                   Line2D([], [], color="k", ls="--", lw=0.8,
+                          label="Prop 3.3 bound (2‖b‖ + ‖E‖)/(gap + a)")]  # fmt: skip
+        axs[1, j].legend(handles=proxies, fontsize=7, loc="center right")
         axs[1, j].set_xlabel("t (depth)")
         axs[0, j].legend(fontsize=8)
     return save_png(fig, path)

@@ -3,6 +3,13 @@ curve ``t_exit(ε)`` and its exponent.
 
 Sweep: ``phase.csv`` (one row per sphere and ε; ε = 0 is the base flow); figure
 ``phase_diagram.png``. Command line: ``scripts/exp_phase_diagram.py``.
+
+``geometry = "euclidean"`` runs the particle part in the authors' setting instead: the
+time-rescaled Euclidean model ``ż_i = Σ_j P_ij Ṽ (z_j − z_i)`` (:func:`simulate_particles`
+with ``geometry="euclidean"``), ``x_0`` uniform in ``[−1, 1]^d`` (``d = sphere + 1``),
+``Q = K = I``, ``Ṽ = diag(1, 1 − ε, 1, ...)``; the δ-criterion is the same (final base
+positions). The point-mass law is a sphere law (in R^d a collapsed cluster is at rest for any
+``Ṽ``): ``nan`` there.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import numpy as np
 
 from ..analysis import cluster_direction, crossing_times
 from ..model import Uniform
-from ..particles import sample_particles, simulate_particles
+from ..particles import GEOMETRIES, sample_particles, simulate_particles
 from ._common import e2_perturbation, identity_model, memo, point_mass_depth
 from ._experiment import Experiment, Sweep, run_experiment
 from ._figures import figure, save_png
@@ -26,11 +33,11 @@ __all__ = ["PRESETS", "EXPERIMENT", "run_phase_diagram", "phase_case", "plot_pha
 
 PRESETS = {
     "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.01, "eps_max": 0.04,
-             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1},
+             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere"},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1},
+              "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere"},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1},
+              "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere"},
 }  # fmt: skip
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
@@ -40,6 +47,7 @@ def phase_check(p: dict) -> None:
     positive(p, "n", "T", "dt", "delta", "eps_min", "eps_max", "n_eps")
     require(p, "spheres", all(s in (1, 2, 3) for s in p["spheres"]), "a list of 1, 2 or 3")
     require(p, "eps_max", p["eps_max"] >= p["eps_min"], ">= eps_min")
+    require(p, "geometry", p["geometry"] in GEOMETRIES, f"one of {GEOMETRIES}")
 
 
 def phase_eps(p: dict) -> list[float]:
@@ -51,11 +59,22 @@ def phase_cases(p: dict) -> list[dict]:
     return [{"sphere": s, "eps": e} for s in p["spheres"] for e in [0.0] + phase_eps(p)]
 
 
+def _phase_x0(p: dict, d: int) -> np.ndarray:
+    """Uniform on S^{d-1} (sphere) or in ``[−1, 1]^d`` (euclidean), seed ``p["seed"]``."""
+    if p["geometry"] == "sphere":
+        return sample_particles(Uniform(), p["n"], d, seed=p["seed"])
+    return np.random.default_rng(p["seed"]).uniform(-1.0, 1.0, size=(p["n"], d))
+
+
+def _phase_run(p: dict, model, x0: np.ndarray):
+    return simulate_particles(model, x0, p["T"], dt=p["dt"], save_every=p["dt"],
+                              geometry=p["geometry"])  # fmt: skip
+
+
 def _phase_base(p: dict, d: int):
-    x0 = sample_particles(Uniform(), p["n"], d, seed=p["seed"])
-    key = ("phase-base", d, p["n"], p["seed"], p["T"], p["dt"])
-    return x0, memo(key, lambda: simulate_particles(identity_model(d), x0, p["T"], dt=p["dt"],
-                                                    save_every=p["dt"]))  # fmt: skip
+    x0 = _phase_x0(p, d)
+    key = ("phase-base", p["geometry"], d, p["n"], p["seed"], p["T"], p["dt"])
+    return x0, memo(key, lambda: _phase_run(p, identity_model(d), x0))
 
 
 def phase_case(p: dict, case: dict) -> dict:
@@ -72,15 +91,19 @@ def phase_case(p: dict, case: dict) -> dict:
         r = rb
     else:
         model = identity_model(d).perturbed(e2_perturbation(d, eps))
-        r = simulate_particles(model, x0, p["T"], dt=p["dt"], save_every=p["dt"])
+        r = _phase_run(p, model, x0)
     D = delta_distance(r.positions, C)
     te, tx = crossing_times(r.times, D, p["delta"], strict=True)
+    nan = float("nan")
+    if p["geometry"] != "sphere":
+        return {"t_enter": te, "t_exit": tx, "t_exit_pointmass": nan, "phi0": nan,
+                "final_distance": float(D[-1])}  # fmt: skip
     u = cluster_direction(C)
     dtheta = 2 * math.asin(p["delta"] / 2)
     return {
         "t_enter": te,
         "t_exit": tx,
-        "t_exit_pointmass": point_mass_depth(u, eps, dtheta) if eps > 0 else float("nan"),
+        "t_exit_pointmass": point_mass_depth(u, eps, dtheta) if eps > 0 else nan,
         "phi0": math.asin(min(1.0, abs(u[1]))),
         "final_distance": float(D[-1]),
     }
@@ -109,8 +132,8 @@ def phase_fit(rows, sphere) -> dict:
 def phase_summary(p: dict, rows: dict) -> dict:
     """The fit per sphere and the table of entry/exit times."""
     fits = {f"S{s}": phase_fit(rows["phase"], float(s)) for s in p["spheres"]}
-    report = [f"Phase diagram (delta = {p['delta']}, n = {p['n']}, T = {p['T']}): transition "
-              f"curve t_exit(eps) = c eps^-alpha"]  # fmt: skip
+    report = [f"Phase diagram ({p['geometry']}, delta = {p['delta']}, n = {p['n']}, "
+              f"T = {p['T']}): transition curve t_exit(eps) = c eps^-alpha"]  # fmt: skip
     for name, f in fits.items():
         report.append(f"  {name}: alpha = {f['alpha']:.3f} (point-mass law: "
                       f"{f['pointmass_alpha']:.3f}), c = {f['prefactor']:.3g}, "
@@ -157,7 +180,8 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path) -> Path:
         ax.set_yscale("log")
         ax.plot(eps, tx, "ko", ms=3, label="t_exit (measured)")
         ax.plot(eps, te, "k^", ms=3, label="t_enter (measured)")
-        ax.plot(eps, c["t_exit_pointmass"], "k--", lw=1, label="point-mass law")
+        if np.isfinite(c["t_exit_pointmass"]).any():
+            ax.plot(eps, c["t_exit_pointmass"], "k--", lw=1, label="point-mass law")
         if np.isfinite(f["alpha"]):
             ax.plot(eps, f["prefactor"] * eps ** (-f["alpha"]), "k:", lw=1.5,
                     label=f"fit ε^(−{f['alpha']:.2f})")  # fmt: skip
@@ -168,7 +192,8 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path) -> Path:
         ax.set_xlim(edges[0], edges[-1])
         ax.set_xlabel("perturbation norm ε")
         ax.set_ylabel("time (depth) t")
-        ax.set_title(f"S^{s} (d = {s + 1}), n = {p['n']}, δ = {p['delta']}", fontsize=10)
+        where = f"S^{s}" if p["geometry"] == "sphere" else f"R^{s + 1} (Euclidean, rescaled)"
+        ax.set_title(f"{where}, d = {s + 1}, n = {p['n']}, δ = {p['delta']}", fontsize=10)
         handles, _ = ax.get_legend_handles_labels()
         patches = [Patch(color=col, label=nm) for col, nm in zip(PHASE_COLOURS, PHASE_NAMES,
                                                                   strict=True)]  # fmt: skip

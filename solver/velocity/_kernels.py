@@ -224,9 +224,34 @@ def kernels(threads: int):
     kernels, so that numba's thread pool is never started (its idle workers spin and, with
     one rank per core, halve the speed of every rank).
     """
-    if threads == 1:
-        return _nb_moments_serial, _nb_targets_serial
-    return _nb_moments, _nb_targets
+    pair = (_nb_moments_serial, _nb_targets_serial) if threads == 1 else (_nb_moments, _nb_targets)
+    _announce_compilation(pair)
+    return pair
+
+
+_announced = False
+
+
+def _announce_compilation(funcs) -> None:
+    """One line on rank 0 (stderr) when the kernels are about to be compiled: neither compiled
+    in this process nor fresh in numba's on-disk cache (the first run after installing, or
+    after editing this file: numba's cache index is then stale, and empty when loaded)."""
+    global _announced
+    import sys
+
+    if _announced:
+        return
+    try:
+        ready = all(f.signatures or f._cache._cache_file._load_index() for f in funcs)
+    except Exception:  # another numba's internals, an unreadable cache: say nothing
+        return
+    if ready:
+        return
+    _announced = True
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or mpi.COMM_WORLD.rank == 0:
+        print("solver: compiling the fast-velocity kernels (numba; first run only, then cached)"
+              " ...", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def max_threads() -> int:

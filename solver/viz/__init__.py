@@ -7,7 +7,7 @@ pictures (``_plots``) and ``python -m solver plot`` (``_cli``).
 
 from ._cli import add_plot_parser, plot_main
 from ._data import read_vtx
-from ._plots import animate_run, plot_diagnostics, plot_run, show, to_pyvista
+from ._plots import animate_run, plot_diagnostics, plot_run, show, to_pyvista, view_direction
 
 __all__ = [
     "plot_run",
@@ -16,6 +16,7 @@ __all__ = [
     "to_pyvista",
     "read_vtx",
     "show",
+    "view_direction",
     "add_plot_parser",
     "plot_main",
 ]

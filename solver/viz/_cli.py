@@ -37,8 +37,9 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--clim",
         choices=("time", "global"),
-        default="time",
-        help="one colour range per time (default) or for all times",
+        default=None,
+        help="one colour range per time or for all times (default: per time for the PNGs, "
+        "global for the animation)",
     )
     p.add_argument(
         "--animation",
@@ -72,12 +73,12 @@ def plot_main(args: argparse.Namespace) -> int:
                 raise ValueError(f"--times: numbers or 'all', got {' '.join(times)}") from None
         elif times == ["all"]:
             times = "all"
-        written = plot_run(args.folder, times, warp=args.warp, out=args.out, clim=args.clim,
-                           show=args.show)  # fmt: skip
+        written = plot_run(args.folder, times, warp=args.warp, out=args.out,
+                           clim=args.clim or "time", show=args.show)  # fmt: skip
         if args.animation != "none":
             target = (args.out or args.folder / "plots") / f"density.{args.animation}"
             written.append(animate_run(args.folder, target, fps=args.fps, warp=args.warp,
-                                       clim=args.clim))  # fmt: skip
+                                       clim=args.clim or "global"))  # fmt: skip
         if not args.no_diagnostics:
             written.append(plot_diagnostics(args.folder, args.out))
     except (FileNotFoundError, ValueError) as e:

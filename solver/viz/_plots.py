@@ -32,12 +32,14 @@ from ._scenes import (
     WINDOW,
     CircleScene,
     SphereScene,
+    face_on_direction,
     has_display,
+    hidden_fraction,
     pyvista,
     pyvista_grid,
 )
 
-__all__ = ["plot_run", "animate_run", "plot_diagnostics", "to_pyvista", "show"]
+__all__ = ["plot_run", "animate_run", "plot_diagnostics", "to_pyvista", "show", "view_direction"]
 
 
 def _out_dir(run: Run, out) -> Path:
@@ -131,14 +133,16 @@ def animate_run(
     *,
     fps: float = 3.0,
     warp: bool | float = False,
-    clim: str = "time",
+    clim: str = "global",
     window_size=FRAME,
     mesh=None,
 ) -> Path:
     """An animation over all saved times, one frame per saved time.
 
     ``out``: the file (``.gif``, or ``.mp4`` with ``imageio-ffmpeg``) or a folder for
-    ``density.gif`` (default ``folder/plots/density.gif``). Other arguments as in
+    ``density.gif`` (default ``folder/plots/density.gif``). ``clim``: ``"global"`` (default:
+    one colour range, 0 to the largest density of both flows over all saved times, for every
+    frame, so that frames compare) or ``"time"`` (rescaled per frame). Other arguments as in
     :func:`plot_run`. Returns the path written.
     """
     if clim not in ("time", "global"):
@@ -277,6 +281,22 @@ def to_pyvista(folder: str | os.PathLike, time_index: int = -1, *, mesh=None):
         grid.cell_data[name] = f[k][order]
     grid.field_data["time"] = np.array([run.times[k]])
     return grid
+
+
+def view_direction(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(v, hidden)``: where the S^2 pictures look from, and the mass they cannot show.
+
+    ``v`` (unit, R^3) maximises the face-on visible final mass ``Σ_j w_j max(<x_j, v>, 0)``
+    (``w_j`` the final cell masses of both flows); ``hidden[f, k]`` is the fraction of flow
+    ``f``'s mass at saved time ``k`` with ``<x, v> < 0`` (the far hemisphere), the figure's
+    "far side (hidden)" label.
+    """
+    run = Run(folder)
+    if run.sphere_dim != 2:
+        raise ValueError(f"{folder}: a view direction is for S^2 runs; this run is on S^1")
+    v = face_on_direction(run)
+    hidden = np.array([hidden_fraction(run, v, k) for k in range(len(run.times))]).T
+    return v, hidden
 
 
 def show(path) -> None:

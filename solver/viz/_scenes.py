@@ -4,7 +4,9 @@ A scene is built once for a run and then, for each saved time ``k``, ``show_time
 updates its fields and ``screenshot(path=None)`` writes a PNG or returns the RGB image;
 ``close()`` frees it. :class:`SphereScene` shows the densities on the sphere (optionally
 warped radially), :class:`CircleScene` polar plots; the base and the perturbed flow side by
-side with one colour scale.
+side with one colour scale. The S^2 camera looks face-on at where the final mass is
+(:func:`face_on_direction`), and each panel says how much of its mass is on the hidden side
+(:func:`hidden_fraction`).
 
 PyVista (the ``viz`` extra) is imported only when an S^2 scene is made (:func:`pyvista`).
 Without a display, rendering is off-screen (EGL, else OSMesa).
@@ -28,6 +30,8 @@ __all__ = [
     "SphereScene",
     "CircleScene",
     "has_display",
+    "hidden_fraction",
+    "face_on_direction",
     "pyvista",
     "pyvista_grid",
 ]
@@ -92,17 +96,49 @@ def _panel_window(window, n: int) -> tuple[int, int]:
     return (int(round(w * (n + 0.3) / 2.3 / 16)) * 16, int(h))
 
 
-def _view_direction(run: Run) -> np.ndarray:
-    """Where to look from: the mean direction of the mass (both flows, all saved times)."""
-    w = sum(f.sum(axis=0) for f in run.fields) * run.areas
-    m = w @ run.centroids
-    if np.linalg.norm(m) < 0.05 * w.sum():
-        return np.array([1.0, 0.6, 0.5]) / np.linalg.norm([1.0, 0.6, 0.5])
-    d = m / np.linalg.norm(m)
-    up = np.array([0.0, 0.0, 1.0])
-    # tilt a little towards the north pole, so that the sphere is seen from slightly above
-    d = d + 0.35 * (up - (up @ d) * d)
-    return d / np.linalg.norm(d)
+def face_on_direction(run: Run) -> np.ndarray:
+    """Unit vector the S^2 camera looks from: face-on to where the final mass is.
+
+    With ``w_j`` the final masses of both flows (``ρ_j |K_j|``, base plus perturbed) at the
+    cell centres ``x_j``, the direction maximises the face-on visible mass
+    ``F(v) = Σ_j w_j max(<x_j, v>, 0)`` (a point mass at ``e`` gives ``v = e``; two clusters
+    give their bisector, both in view). ``F`` is maximised from the best of a few hundred
+    starting directions (spread over the sphere, plus the first moment) by the fixed-point
+    iteration ``v ← Σ_{<x_j,v> > 0} w_j x_j / |·|``, which never decreases ``F``.
+    """
+    x = run.centroids
+    w = sum(f[-1] for f in run.fields) * run.areas
+    w = np.where(w > 0, w, 0.0)
+    k = np.arange(256) + 0.5  # Fibonacci points: evenly spread starting directions
+    z = 1 - 2 * k / len(k)
+    phi = np.pi * (3 - np.sqrt(5)) * k
+    s = np.sqrt(1 - z**2)
+    starts = np.column_stack([s * np.cos(phi), s * np.sin(phi), z])
+    m = w @ x
+    if np.linalg.norm(m) > 0:
+        starts = np.vstack([m / np.linalg.norm(m), starts])
+    big = np.argsort(w)[-4096:]  # the heaviest cells pick the start; all cells refine it
+    v = starts[np.argmax(np.maximum(starts @ x[big].T, 0.0) @ w[big])]
+    for _ in range(100):
+        s = (w * (x @ v > 0)) @ x
+        if not np.linalg.norm(s) > 0:
+            break
+        new = s / np.linalg.norm(s)
+        if np.allclose(new, v, rtol=0, atol=1e-12):
+            break
+        v = new
+    return v
+
+
+def hidden_fraction(run: Run, direction, k: int) -> list[float]:
+    """Fraction of each flow's mass at saved time ``k`` on the far side of the camera:
+    ``Σ_{<x_j, v> < 0} ρ_j |K_j| / Σ_j ρ_j |K_j|``."""
+    back = run.centroids @ np.asarray(direction, dtype=float) < 0
+    out = []
+    for f in run.fields:
+        w = f[k] * run.areas
+        out.append(float(w[back].sum() / w.sum()) if w.sum() > 0 else 0.0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +170,7 @@ class SphereScene:
                              window_size=list(window), off_screen=off_screen,
                              border=False)  # fmt: skip
         self.pl.set_background("white")
-        self.meshes, self.titles, self.actors = [], [], []
+        self.meshes, self.titles, self.actors, self.hidden = [], [], [], []
         font = max(8, round(window[1] / 48))
         for i in range(n):
             self.pl.subplot(0, i)
@@ -148,6 +184,9 @@ class SphereScene:
             self.actors.append(actor)
             self.titles.append(self.pl.add_text("", position="upper_edge", font_size=font,
                                                 color="black"))  # fmt: skip
+            self.hidden.append(self.pl.add_text("", position="lower_edge",
+                                                font_size=round(0.8 * font),
+                                                color="black"))  # fmt: skip
         self.pl.subplot(0, n)
         self.pl.add_scalar_bar(
             title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.12,
@@ -160,7 +199,7 @@ class SphereScene:
         self.radius = 1.0 + 0.5 * self.warp
         self.pl.subplot(0, 0)
         self.pl.add_axes(color="black", line_width=2)
-        d = _view_direction(run)
+        self.view = d = face_on_direction(run)
         up = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
         aspect = window[0] / (n + 0.3) / window[1]  # of one panel
         dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
@@ -181,6 +220,8 @@ class SphereScene:
                 g.GetPoints().Modified()
             name = VTK_LABELS[i] if len(self.meshes) > 1 else "density"
             self.titles[i].set_text("upper_edge", f"{name}    t = {_fmt_time(run.times[k])}")
+        for i, h in enumerate(hidden_fraction(run, self.view, k)):
+            self.hidden[i].set_text("lower_edge", f"far side (hidden): {100 * h:.1f}% of the mass")
         for actor in self.actors:
             actor.mapper.scalar_range = (lo, hi)
         self.pl.update_scalar_bar_range([lo, hi])
