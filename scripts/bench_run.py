@@ -9,8 +9,10 @@ and the perturbed flow of ``solver/io/default.toml`` are both evolved, so each s
 velocity evaluations and 6 flux evaluations). ``--steps 50`` gives the rate in a minute.
 
 The run is :func:`solver.evolve` exactly as ``python -m solver run`` calls it (default config,
-``mesh.refinement`` and ``velocity.tolerance`` from the options), with ``T`` chosen so that the
-CFL step gives exactly ``--steps`` steps. No output folder is written (``--output`` to keep
+``mesh.refinement`` and ``velocity.tolerance`` from the options), with fixed steps
+(``stepping="fixed"``: this measures the cost of a step) and ``T`` chosen so that the CFL step
+gives exactly ``--steps`` steps. ``scripts/bench_forgetting.py`` measures whole runs with the
+default adaptive steps. No output folder is written (``--output`` to keep
 one); progress is shown on rank 0.
 
 Printed, all measured in this run (rank 0), and with ``--write-table PATH`` also written as
@@ -113,7 +115,7 @@ def main() -> None:
     res = solver.evolve(
         sm, base, build_initial(cfg["initial"]), T, perturbed=pert, cfl=cfl,
         method="fast", tolerance=a.tol, output=a.output, vtx=False, w2=False,
-        progress=True, config=cfg,
+        progress=True, config=cfg, stepping="fixed", cluster_delta=None,
     )  # fmt: skip
     t_run = time.perf_counter() - t1
     nsteps = len(res.step_times) - 1

@@ -105,8 +105,8 @@ class Flows:
     cell per step), at most ``max_dt``. Where that exceeds the limit of the light cells, their
     outflow is capped at their content (the operator's ``euler_step``: positive and
     conservative for any step). After clustering the velocity is small where the mass is, and
-    the step grows with the slow dynamics instead of being held by nearly empty cells. An
-    operator without ``step_limits`` (DG1, DG2) takes the exact positivity limit of all cells.
+    the step grows with the slow dynamics instead of being held by nearly empty cells. DG1 and
+    DG2 (no positivity limit of their own) take the a-priori step in both modes.
     """
 
     #: the lightest cells, together at most this much of the (unit) mass, do not limit the step
@@ -131,8 +131,8 @@ class Flows:
 
     def plan(self, t: float, t_param: float) -> tuple[float, bool, list | None]:
         """``(wanted Δt, capped?, velocities at t)`` for the next step."""
-        if self.stepping == "fixed":
-            return self.dt_fixed, False, None
+        if self.stepping == "fixed" or not hasattr(self.op, "positivity_time_step"):
+            return self.dt_fixed, False, None  # DG1/DG2: the a-priori step
         states = self.states
         us = [f(t_param, t, s) for f, s in zip(self.fields, states, strict=True)]
         if not hasattr(self.op, "step_limits"):
@@ -267,11 +267,13 @@ class Checkpoint:
         self.folder, self.fp, self.fields = folder, fp, fields
 
     def __call__(self, t: float, gathered, rows, snaps: Snapshots) -> None:
-        i = len(snaps.fields[0]) - 1
-        extra = {}
-        if snaps.want_w2:
-            extra = {"w2": np.array([snaps.w2[i], snaps.w2_error[i]])}
-        self.folder.write_snapshot(i, [f[i] for f in snaps.fields], **extra)
+        i = len(snaps.fields[0]) - 1  # rank 0 holds the saved data; the writes happen there
+        fields, extra = [], {}
+        if i >= 0:
+            fields = [f[i] for f in snaps.fields]
+            if snaps.want_w2:
+                extra = {"w2": np.array([snaps.w2[i], snaps.w2_error[i]])}
+        self.folder.write_snapshot(i, fields, **extra)
         self.folder.write_checkpoint(
             t=t, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
             velocity_state=np.array(json.dumps([f.get_state() for f in self.fields])),
