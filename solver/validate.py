@@ -26,18 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import cluster_direction, spectral_criterion, w2_bound, wasserstein
-from .io import atomic_write_text, build_initial, build_model, write_csv
+from .io import atomic_write_text, build_initial, build_model, defaults, write_csv
 from .particles import sample_particles, simulate_particles
 
-__all__ = ["validate", "w2_between_runs", "VALIDATION_DEFAULTS"]
-
-VALIDATION_DEFAULTS = {
-    "levels": None,  # S^1: cell counts, S^2: icosphere levels (default: around the config's)
-    "sizes": [100, 400, 1600],
-    "seeds": 3,
-    "particle_dt": 0.02,
-    "w2_method": "auto",
-}
+__all__ = ["validate", "w2_between_runs"]
 
 
 def _mesh_levels(cfg: dict) -> list[dict]:
@@ -142,7 +134,7 @@ def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> d
     rank0 = comm.rank == 0
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
-    v = {**VALIDATION_DEFAULTS, **cfg.get("validation", {})}
+    v = {"levels": None, **defaults("validation"), **cfg.get("validation", {})}
     base, pert = build_model(cfg)
     init = build_initial(cfg["initial"])
     T, save = cfg["time"]["T"], cfg["time"]["save_every"]

@@ -14,6 +14,7 @@ from ._config import (
     build_model,
     check_config,
     default_config_text,
+    defaults,
     dump_toml,
     estimate_resources,
     load_config,
@@ -36,6 +37,7 @@ _DOLFINX = {"FieldWriter": "._vtx"}
 
 __all__ = [
     "ConfigError",
+    "defaults",
     "load_config",
     "resolve_config",
     "default_config_text",

@@ -30,6 +30,7 @@ from ..model import (
 )
 
 __all__ = [
+    "defaults",
     "ConfigError",
     "load_config",
     "resolve_config",
@@ -90,6 +91,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
 
 #: the keys that belong to each kind of a table (besides ``kind``); a table without ``kind``
 #: takes the one kind its keys belong to (written into the resolved config)
+def defaults(section: str) -> dict:
+    """The defaults of one config section (keys without a default left out): the schema is
+    their only home."""
+    return {k: v for k, v in SCHEMA[section].items() if v is not _NONE}
+
+
 PERTURBATION_KINDS = {
     "none": set(),
     "tied": {"dV", "B", "A", "dA"},

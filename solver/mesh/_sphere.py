@@ -23,7 +23,7 @@ import ufl
 from dolfinx import fem, io, la, mesh
 from mpi4py import MPI
 
-from ..parallel import share_cores
+from ..parallel import gather_ordered, share_cores
 from ._geometry import circle_mesh, icosphere, normalize
 
 __all__ = ["SphereMesh", "sphere_mesh", "load_mesh", "partitioner", "ON_SPHERE_TOL"]
@@ -115,13 +115,7 @@ class SphereMesh:
 
     def gather(self, values: np.ndarray, root: int = 0) -> np.ndarray | None:
         """Owned per-cell ``values`` of all ranks on ``root``, in original cell order."""
-        keys = self.comm.gather(self.keys, root=root)
-        vals = self.comm.gather(np.ascontiguousarray(values), root=root)
-        if self.comm.rank != root:
-            return None
-        out = np.empty((self.num_cells,) + values.shape[1:], dtype=values.dtype)
-        out[np.concatenate(keys)] = np.concatenate(vals)
-        return out
+        return gather_ordered(self.comm, self.keys, values, self.num_cells, root)
 
     def gather_mesh(self, root: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
         """``(points (np, gdim), cells (ncells, nv))`` of the whole mesh on ``root``, cells in
