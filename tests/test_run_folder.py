@@ -161,3 +161,27 @@ def test_an_error_on_one_rank_ends_every_rank(tmp_path, run):
     p = run([str(script)], 2, timeout=120)
     assert p.returncode == 3, (p.returncode, p.stderr)
     assert "[rank 0] error: rank 0 alone failed" in p.stderr
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize(
+    "bad,phrase", [(np.nan, "NaN"), (-1.0, "negative cell average"), (None, "mass drifted")]
+)
+def test_a_run_that_breaks_down_exits_1(tmp_path, monkeypatch, capsys, bad, phrase):
+    """The README's promise: a density that becomes NaN, negative or loses mass stops the run with
+    exit code 1 (the state is corrupted after the first step, as a broken scheme would)."""
+    real = _transport.Transport.step
+
+    def broken(self, rho, t, dt, *args, **kwargs):
+        out = real(self, rho, t, dt, *args, **kwargs)
+        if bad is None:
+            return 0.9 * out  # lost mass
+        out[0] = bad
+        return out
+
+    monkeypatch.setattr(_transport.Transport, "step", broken)
+    code = main(["run", str(config(tmp_path)), "--output", str(tmp_path / "o"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "run stopped" in err and phrase in err
+    assert not (tmp_path / "o" / "manifest.json").exists()  # not a complete run
