@@ -65,6 +65,7 @@ from dolfinx import fem, la
 
 from ..mesh import GEOMETRY_DEGREE, SphereMesh, curve, normalize
 from ..parallel import normalised_errors
+from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
 __all__ = ["DGUpwind", "MAX_DEGREE", "CFL_FACTOR"]
 
@@ -181,10 +182,8 @@ class DGUpwind:
         self.rho = fem.Function(self.V, name="density")
 
         q = ufl.TestFunction(self.V)
-        nrm = ufl.FacetNormal(msh)
         u, rho = self.u, self.rho
-        un = 0.5 * (ufl.dot(u("+"), nrm("+")) - ufl.dot(u("-"), nrm("-")))
-        flux = un * ufl.conditional(ufl.gt(un, 0), rho("+"), rho("-"))
+        flux = upwind_flux(rho, upwind_outflows(u, msh))
         qd = {"quadrature_degree": 2 * k + vdeg}  # exact for the polynomial parts
         self.form = fem.form(
             rho * ufl.dot(u, ufl.grad(q)) * ufl.dx(metadata=qd)
@@ -262,22 +261,16 @@ class DGUpwind:
         vals = np.asarray(f(normalize(x).reshape(-1, self.sm.gdim)), dtype=float)
         vals = vals.reshape(detj.shape)
         if not np.all(np.isfinite(vals)):
-            raise ValueError("initial density must be finite on every cell")
+            raise ValueError("initial density must be finite and >= 0 on every cell")
         rhs = np.einsum("cq,qi->ci", vals * detj * wts, self._tab(pts))
         state = self.from_nodal(np.einsum("cij,cj->ci", self._minv, rhs))
         state[:, 0] = rhs.sum(axis=1) / self.sm.areas  # exact mean of the quadrature
-        if np.any(state[:, 0] < 0):
-            raise ValueError("initial density must be >= 0 on every cell")
-        mass = self.sm.integrate(state[:, 0])
-        if not mass > 0:
-            raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
-        return self.limit(state / mass)
+        return self.limit(state / unit_mass(self.sm, state[:, 0]))
 
     def max_time_step(self, speed: float, cfl: float) -> float:
         """``cfl * CFL_FACTOR[tdim][k] * min_K |K| / |∂K| / speed`` (stable and positive for
         cfl <= 1)."""
-        if not (np.isfinite(cfl) and 0 < cfl <= 1):
-            raise ValueError(f"time.cfl must be in (0, 1] (positivity of the scheme), got {cfl}")
+        check_cfl(cfl)
         fac = CFL_FACTOR[self.sm.gdim - 1][self.degree]
         return cfl * fac * self.sm.min_area_per_perimeter() / max(speed, 1e-300)
 

@@ -70,6 +70,7 @@ from dolfinx import fem, la
 from scipy import sparse
 
 from ..mesh import SphereMesh, normalize
+from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
 __all__ = ["DG0Upwind", "FLUXES"]
 
@@ -105,8 +106,6 @@ class DG0Upwind:
         self.sm, self.flux = sm, flux
         msh, gdim = sm.mesh, sm.gdim
         self._nown = nown = sm.num_owned
-        n = ufl.FacetNormal(msh)
-        nt = 0.5 * (n("+") - n("-"))  # antisymmetric co-normal, from '+' to '-'
         if flux == "donor":
             self.Vu = fem.functionspace(msh, ("DG", 0, (gdim,)))
             if not np.array_equal(self.Vu.dofmap.list[:nown, 0], np.arange(nown)):
@@ -115,8 +114,6 @@ class DG0Upwind:
             self.targets = sm.centroids
             self.target_keys = sm.keys
             self.u = fem.Function(self.Vu, name="velocity")
-            out_p = ufl.max_value(ufl.dot(self.u("+"), nt), 0.0)  # outflow speed of '+'
-            out_m = ufl.max_value(-ufl.dot(self.u("-"), nt), 0.0)  # outflow speed of '-'
             qdeg = 1  # constant on a flat facet
         else:
             self.Vu = fem.functionspace(msh, ("Lagrange", 1, (gdim,)))
@@ -126,12 +123,11 @@ class DG0Upwind:
                 np.arange(self.num_targets, dtype=np.int32)
             )
             self.u = fem.Function(self.Vu, name="velocity")
-            un = 0.5 * (ufl.dot(self.u("+"), n("+")) - ufl.dot(self.u("-"), n("-")))
-            out_p, out_m = ufl.max_value(un, 0.0), ufl.max_value(-un, 0.0)
             qdeg = 2  # P1 velocity along the facet: two Gauss points on S^2
         self.rho = fem.Function(sm.V0, name="density")
         q = ufl.TestFunction(sm.V0)
-        flux_form = self.rho("+") * out_p - self.rho("-") * out_m
+        out_p, out_m = upwind_outflows(self.u, msh, donor=flux == "donor")
+        flux_form = upwind_flux(self.rho, (out_p, out_m))
         dS = ufl.dS(metadata={"quadrature_degree": qdeg})
         self.form = fem.form(-(q("+") - q("-")) * flux_form * dS)
         self._outflow_form = fem.form((q("+") * out_p + q("-") * out_m) * dS)
@@ -160,17 +156,11 @@ class DG0Upwind:
     def initial_state(self, f, degree: int = 4) -> np.ndarray:
         """Cell averages of ``f`` (quadrature of the given degree), normalised to unit mass."""
         rho = self.sm.cell_averages(f, degree)
-        if not np.all(np.isfinite(rho)) or np.any(rho < 0):
-            raise ValueError("initial density must be finite and >= 0 on every cell")
-        mass = self.sm.integrate(rho)
-        if not mass > 0:
-            raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
-        return rho / mass
+        return rho / unit_mass(self.sm, rho)
 
     def max_time_step(self, speed: float, cfl: float) -> float:
         """``cfl * min_K |K| / |∂K| / speed``: forward Euler keeps ``ρ >= 0`` for cfl <= 1."""
-        if not (np.isfinite(cfl) and 0 < cfl <= 1):
-            raise ValueError(f"time.cfl must be in (0, 1] (positivity of the scheme), got {cfl}")
+        check_cfl(cfl)
         return cfl * self.sm.min_area_per_perimeter() / max(speed, 1e-300)
 
     def _outflow(self, velocity: np.ndarray) -> np.ndarray:
