@@ -24,6 +24,7 @@ __all__ = [
     "share_cores",
     "normalised_errors",
     "gather_ordered",
+    "allgather_rows",
     "on_root",
     "RootError",
     "all_failed",
@@ -103,6 +104,19 @@ def gather_ordered(comm, keys: np.ndarray, values: np.ndarray, n: int, root: int
         return None
     out = np.empty((n,) + values.shape[1:], dtype=values.dtype)
     out[np.concatenate(keys)] = np.concatenate(vals)
+    return out
+
+
+def allgather_rows(comm, local: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The rows of every rank, rank by rank, on every rank (``counts[r]`` rows on rank ``r``;
+    one ``Allgatherv``). A copy on one rank."""
+    local = np.ascontiguousarray(local)
+    if comm is None or comm.size == 1:
+        return local.copy()
+    counts = np.asarray(counts)
+    out = np.empty((int(counts.sum()),) + local.shape[1:], dtype=local.dtype)
+    row = int(np.prod(local.shape[1:], dtype=int))
+    comm.Allgatherv(local, [out, counts * row])
     return out
 
 

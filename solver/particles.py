@@ -41,6 +41,7 @@ from scipy.linalg import expm
 from tqdm.auto import tqdm
 
 from .model import Density, Model
+from .parallel import allgather_rows
 from .transport import time_grid
 from .velocity import attention_velocity
 
@@ -136,16 +137,12 @@ def simulate_particles(
         raise ValueError("geometry='euclidean-rescaled' needs parameters without jumps (e^{tV})")
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
     bounds = np.linspace(0, n, size + 1).astype(int)
-    counts = np.diff(bounds) * model.d
+    counts = np.diff(bounds)
     lo, hi = bounds[rank], bounds[rank + 1]
     w = np.full(n, 1.0 / n)
 
     def gather(xl: np.ndarray) -> np.ndarray:
-        if comm is None or size == 1:
-            return xl
-        out = np.empty((n, model.d))
-        comm.Allgatherv(np.ascontiguousarray(xl), [out, counts])
-        return out
+        return xl if comm is None or size == 1 else allgather_rows(comm, xl, counts)
 
     def vel(xl, A, V, t):
         if sphere:

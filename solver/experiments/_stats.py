@@ -18,7 +18,6 @@ __all__ = [
     "angle",
     "delta_distance",
     "directions",
-    "interp_crossing",
     "loglog_fit",
     "nanmax",
     "nanmean",
@@ -36,17 +35,6 @@ def delta_distance(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     nt, n, d = positions.shape
     dist, _ = cKDTree(centres).query(positions.reshape(-1, d), k=1)
     return dist.reshape(nt, n).max(axis=1)
-
-
-def interp_crossing(times, f, k: int, level: float) -> float:
-    """Time where ``f`` crosses ``level`` between samples ``k − 1`` and ``k`` (linear)."""
-    if k <= 0:
-        return float(times[0])
-    f0, f1 = float(f[k - 1]), float(f[k])
-    if f1 == f0:
-        return float(times[k])
-    s = min(1.0, max(0.0, (level - f0) / (f1 - f0)))
-    return float(times[k - 1] + s * (times[k] - times[k - 1]))
 
 
 def directions(positions: np.ndarray) -> np.ndarray:

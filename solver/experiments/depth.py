@@ -23,7 +23,6 @@ from ._stats import (
     angle,
     delta_distance,
     directions,
-    interp_crossing,
     loglog_fit,
     nanmax,
     nanmedian,
@@ -95,8 +94,7 @@ def depth_case(p: dict, case: dict) -> dict:
     rb = simulate_particles(base, x0, T, dt=dt, save_every=dt)
     rp = simulate_particles(base.perturbed(e2_perturbation(d, eps)), x0, T, dt=dt, save_every=dt)
     ang = angle(directions(rb.positions), directions(rp.positions))
-    k = np.flatnonzero(ang >= dtheta)
-    t_dir = interp_crossing(rp.times, ang, int(k[0]), dtheta) if k.size else float("nan")
+    t_dir = crossing_times(rp.times, -ang, -dtheta)[0]  # first time ang >= dtheta
     D = delta_distance(rp.positions, rb.positions[-1])
     _, t_delta = crossing_times(rp.times, D, p["delta"], strict=True)
     u = cluster_direction(rb.positions[-1])

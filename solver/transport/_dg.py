@@ -2,13 +2,8 @@
 
 Geometry
 --------
-:class:`CurvedSphereMesh` is a :class:`~solver.mesh.SphereMesh` whose cells are second-order:
-3-node intervals (S^1) or 6-node triangles (S^2) whose edge-midpoint nodes are projected onto
-the sphere, so the discrete surface is ``O(h^3)`` close to the sphere instead of ``O(h^2)``.
-Cell measures, centroids and quadrature use the P2 map (numerical quadrature of degree
-:data:`GEOMETRY_DEGREE` of ``|det J|``), and the cells keep the input order of the P1 mesh
-they were built from (:attr:`keys` are the same), so results gathered in original cell order
-line up with the DG0 ones. Build one with :func:`curved_sphere_mesh` or :func:`curve`.
+The cells are those of :class:`~solver.mesh.CurvedSphereMesh` (P2 cells with edge midpoints on
+the sphere, in the input order of the P1 mesh).
 
 Scheme
 ------

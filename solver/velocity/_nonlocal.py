@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel import share_cores
+from ..parallel import allgather_rows, share_cores
 from ._direct import attention_velocity
 from ._fast import FastVelocity
 
@@ -119,14 +119,7 @@ class NonlocalVelocity:
             self._fast.set_state(state)
 
     def _gather(self, a: np.ndarray) -> np.ndarray:
-        a = np.ascontiguousarray(a)
-        if self.comm.size == 1:
-            return a.copy()
-        shape = (int(self._counts.sum()),) + a.shape[1:]
-        out = np.empty(shape, dtype=a.dtype)
-        row = int(np.prod(a.shape[1:], dtype=int))
-        self.comm.Allgatherv(a, [out, self._counts * row])
-        return out
+        return allgather_rows(self.comm, a, self._counts)
 
     def gather(self, local: np.ndarray) -> np.ndarray:
         """Gather a per-source array from all ranks in global-key order."""
