@@ -93,13 +93,9 @@ for k in np.unique(np.linspace(0, len(c["t"]) - 1, 6).round().astype(int)):
         f"   {base:.4f} / {pert:.4f}"
     )
 print(f"one PDE cell: {2 * math.pi / p['cells']:.4f} rad")
-pinned = summary["cluster_drift_speed"] < summary["pde_cell_half_width"]
-print(
-    f"drift speed {summary['cluster_drift_speed']:.4g} vs cell half-width "
-    f"{summary['pde_cell_half_width']:.4g}: " + ("PDE cluster pinned" if pinned else "can move")
-)
-# look for: the particles' drift grows steadily once they have clustered; the PDE drift stalls
-# near one cell when the drift speed is below the half-width (the pinned regime).
+# look for: once the tokens have clustered, the PDE drift grows with the particles' drift
+# (the donor-cell flux moves a collapsed cluster as a point mass, far below one cell per unit
+# of depth; the vertex-velocity flux kept it pinned to its cell).
 
 # %% [markdown]
 # ## The point-mass rate
@@ -120,4 +116,4 @@ late = times >= times[-1] / 2
 slope = np.polyfit(times[late], np.log(np.abs(np.tan(theta[late]))), 1)[0]
 print(f"perturbed cluster: θ(T) = {theta[-1]:.4f} rad, cluster radius at T = {radius[-1]:.3g} rad")
 print(f"d ln|tan θ|/dt over t ≥ {times[-1] / 2:g}: {slope:.5f}  (point mass: −ε = {-p['eps']:g})")
-# look for: slope ≈ −ε when the radius is small (small preset); tiny's T = 2 is pre-clustering.
+# look for: slope ≈ −ε when the radius is small (the tokens have clustered).
