@@ -149,7 +149,8 @@ class FastVelocity:
     sources : (n, d) array
         All sources in global key order (identical on every rank; fixed).
     tolerance : float
-        Relative error in the max norm over all targets.
+        Relative error in the max norm over all targets (relative to ``max |X|``; never below
+        a thousand round-offs of the softmax mean ``|V m|``, where the field nearly vanishes).
     auto : bool
         ``True``: also require the expansion to be clearly cheaper than the direct sum.
     memory_bytes : int, optional
@@ -432,8 +433,17 @@ class FastVelocity:
         return min(lo + first + 1, st.n_tail)
 
     def _evaluate(self, st, n, ctx):
+        """``(X, D, q, scale, threshold)``: the error allowed is ``tol · scale / 2`` with
+        ``scale = max(max_i |X_i|, 1000 u max_i q_i / tol)``, ``q_i = |Ñ_i| / D̃_i`` the length
+        of the softmax mean ``V m(x_i)`` that ``X`` projects and ``u`` the unit round-off: the
+        tolerance is relative to ``max |X|``, but never asks for less than a thousand
+        round-offs of ``|V m|``. This changes nothing where ``max |X| >= 2e-3 max |V m|`` (at
+        ``tol = 1e-10``); a field that vanishes by symmetry (a uniform density: ``|X| ~ 1e-7
+        |V m|``) is computed to that floor instead of being declared out of reach."""
         X, D, q = self._fast(st, n, ctx)
-        scale = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
+        xmax = self._allmax(float(np.linalg.norm(X, axis=1).max(initial=0.0)))
+        floor = 1e4 * _U * self._allmax(float(np.max(q, initial=0.0))) / self.tol
+        scale = max(xmax, floor)
         return X, D, q, scale, 0.5 * self.tol * scale
 
     def __call__(self, w: np.ndarray, A: np.ndarray, V: np.ndarray) -> np.ndarray:
