@@ -23,12 +23,11 @@
 # **What this measures.** Both flows for the particle system (RK4) and for the PDE on S¹
 # (DG0 upwind, started from narrow von Mises–Fisher bumps at the particles), and over depth:
 # W2(μ_t, ν_t) between the base and the perturbed flow (particles and PDE) and W2 between the
-# PDE and the particles. Caveat (docs/experiments.md): once a cluster has collapsed into one
-# mesh cell it stays there unless its drift speed ε|sin 2θ|/2 exceeds about half a cell
-# (π / cells), so on coarse meshes the PDE cluster is pinned while the particles drift.
+# PDE and the particles. The DG0 scheme's donor-cell flux moves a cluster narrower than a cell
+# as a point mass does, so the PDE's drift follows the particles' (docs/experiments.md).
 #
 # The notebook is `scripts/exp_fig2.py` from Python. With `SOLVER_NOTEBOOK_PRESET=small`
-# (the tests) it uses the script's `tiny` preset (T = 2: the tokens have not clustered yet),
+# (the tests) it uses the script's `tiny` preset (T = 12: just clustered, drift begun),
 # otherwise its `small` preset (T = 60, about a minute).
 
 # %%
