@@ -79,10 +79,10 @@ PRESETS = {
              **_PDE, "pde_T": 30.0},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_T": 400.0},
+              **_PDE, "pde_T": 300.0},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_cells": 256, "pde_T": 1000.0},
+              **_PDE, "pde_T": 300.0},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
 
