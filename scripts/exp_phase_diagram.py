@@ -27,7 +27,8 @@ Commands (from the repository root):
 
 Presets (wall time, one free core): tiny ~25 s (tests; PDE 3 x ~6 s, 128 cells, T = 30);
 small ~1 min of particles (10 eps in [1e-3, 0.075], T = 400) plus the PDE, 10 runs to T = 300
-of ~1 min each; paper ~10 min of particles (24 eps, T = 1000, dt = 0.05) plus 24 PDE runs.
+(~7 min in all on S^1, measured on 2 shared cores); paper ~10 min of particles (24 eps,
+T = 1000, dt = 0.05) plus 24 PDE runs (~17 min).
 The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
 cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
 eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,

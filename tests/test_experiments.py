@@ -142,9 +142,12 @@ def test_phase_diagram_pde(tmp_path):
     assert np.all((c["t_base_enter"] > 0) & (c["t_base_enter"] < p["pde_T"]))
     assert np.ptp(c["t_base_enter"]) < 1e-3 * c["t_base_enter"][0]
     assert np.all(np.isnan(c["t_base_exit"]))
-    # forgotten before clustering exactly where a point mass would leave before the base clusters
-    never = np.isnan(c["t_enter"])
-    assert np.array_equal(never, c["t_exit_pointmass"] < c["t_base_enter"]) and never.any()
+    # forgotten before clustering where a point mass leaves before the base flow clusters; ν
+    # enters where it leaves well after (ν's own entry trails μ's by up to 0.81 = 10 % here;
+    # near t_pm ≈ t_base_enter the two criteria differ: small preset, ε = 0.029, 8.20 vs 7.81)
+    never, tpm, tb = np.isnan(c["t_enter"]), c["t_exit_pointmass"], c["t_base_enter"]
+    assert np.all((tpm < tb) | (tpm > 1.3 * tb))  # no ε of tiny is near the boundary
+    assert np.array_equal(never, tpm < tb) and never.any()
     assert np.array_equal(c["t_forgotten"][never], c["t_base_enter"][never])
     assert np.all(np.isnan(c["t_forgotten"][~never]))
     # t_exit ∝ 1/ε: the point-mass law, and the fitted exponent over the finite exits
