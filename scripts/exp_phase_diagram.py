@@ -6,17 +6,33 @@ configuration is in the delta-cluster state when max_i min_c |x_i(t) - c| < delt
 t < t_enter (not yet clustered), t_enter <= t < t_exit (no forgetting), t >= t_exit
 (forgetting). The transition curve t_exit(eps) is fitted as c eps^-alpha and compared with the
 point-mass law ln(tan phi0 / tan(phi0 - dtheta)) / eps, dtheta = 2 arcsin(delta / 2).
-Outputs: phase.csv (one row per sphere and eps; eps = 0 is the base flow), phase_diagram.png,
-summary.json (fits), params.toml.
+
+PDE (pde.csv, geometry = "sphere" only): for every sphere of pde_spheres (default [1]) and
+every eps, one solver.evolve of both flows (DG0, adaptive steps; S^1: pde_cells cells, S^2:
+pde_refinement) to pde_T, from rho0 ~ 1 + d <m, x> with m the mean of the particles' draw
+(pde_initial = "mean"; the uniform density itself is stationary) or the authors' cube draw
+projected to the sphere, rho0 ~ 1 / max_i |x_i|^d ("cube"). Measure-level state: at most
+pde_tol of the mass farther than delta from the base flow's current clusters. Four phases:
+not yet clustered, no forgetting, forgetting, and forgotten before clustering (the perturbed
+flow never enters while the base flow is clustered: t >= t_base_enter). The figure shows the
+PDE's phases with the particles' t_enter / t_exit on top.
+
+Outputs: phase.csv (one row per sphere and eps; eps = 0 is the base flow), pde.csv (one row
+per PDE sphere and eps), phase_diagram.png, summary.json (fits), params.toml.
 
 Commands (from the repository root):
 
     mpiexec -n 2 .venv/bin/python scripts/exp_phase_diagram.py --output out/phase
     .venv/bin/python scripts/exp_phase_diagram.py --preset paper --output out/phase-paper
 
-Presets (wall time on 2 cores): tiny ~5 s (tests); small ~1 min (10 eps in [1e-3, 0.075],
-T = 400); paper ~10 min (24 eps, T = 1000, dt = 0.05). TOML keys override the preset
-(spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta). Rerunning resumes.
+Presets (wall time, one free core): tiny ~25 s (tests; PDE 3 x ~6 s, 128 cells, T = 30);
+small ~1 min of particles (10 eps in [1e-3, 0.075], T = 400) plus the PDE, 10 runs to T = 300
+(~7 min in all on S^1, measured on 2 shared cores); paper ~10 min of particles (24 eps,
+T = 1000, dt = 0.05) plus 24 PDE runs (~17 min).
+The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
+cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
+eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,
+pde_tol, pde_save_every, pde_T). Rerunning resumes.
 """
 
 import sys

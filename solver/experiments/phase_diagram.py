@@ -10,6 +10,27 @@ with ``geometry="euclidean"``), ``x_0`` uniform in ``[−1, 1]^d`` (``d = sphere
 ``Q = K = I``, ``Ṽ = diag(1, 1 − ε, 1, ...)``; the δ-criterion is the same (final base
 positions). The point-mass law is a sphere law (in R^d a collapsed cluster is at rest for any
 ``Ṽ``): ``nan`` there.
+
+The PDE sweep (``pde.csv``, ``geometry = "sphere"`` only): for every sphere of
+``pde_spheres`` and every ε, one :func:`solver.evolve` of the base and perturbed flows (DG0,
+adaptive steps) to ``pde_T``, read through the measure-level δ-cluster state
+(:class:`solver.run.ClusterState`, ``delta``, ``tol = pde_tol``). The uniform density, which
+the particles' draw approximates, is a stationary state of the PDE (rotation invariance):
+nothing would cluster. The initial density is instead (``pde_initial``)
+
+* ``"mean"`` (default): ``ρ0(x) ∝ 1 + d ⟨m, x⟩`` with ``m = (1/n) Σ_i x_i(0)`` the mean of the
+  particles' draw: the uniform density plus the draw's first moment (``∫ x ρ0 dσ = m``), the
+  finite-n fluctuation that makes the particles cluster;
+* ``"cube"``: ``ρ0(x) ∝ 1 / max_i |x_i|^d``, the law of ``z/|z|`` for ``z`` uniform in
+  ``[−1, 1]^d`` (the authors' draw): cube-symmetric, so the base flow stays cube-symmetric
+  and clusters only slowly (see docs/experiments.md).
+
+Measure-level phases at time t of the perturbed flow ν (``m_δ``: ``mass_outside``, against the
+clusters of the base flow μ_t; ``m_δ^base``: ``mass_outside_base``), each ``<= tol``:
+not yet clustered (before ν enters), no forgetting (``t_enter <= t < t_exit``), forgetting
+(``t >= t_exit``), and *forgotten before clustering*: ν never enters within ``pde_T`` while μ is
+clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgotten`` is then
+``t_base_enter``.
 """
 
 from __future__ import annotations
@@ -19,28 +40,55 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis import cluster_direction, crossing_times
+from ..analysis import (
+    cluster_direction,
+    crossing_times,
+    density_clusters,
+    measure_cluster_times,
+)
 from ..model import Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
 from ._common import e2_perturbation, identity_model, memo, point_mass_depth
-from ._experiment import Experiment, Sweep, run_experiment
+from ._experiment import Experiment, Run, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
 from ._stats import delta_distance, loglog_fit, nanmedian, rows_where
 from ._sweep import as_columns
 
-__all__ = ["PRESETS", "EXPERIMENT", "run_phase_diagram", "phase_case", "plot_phase_diagram"]
+__all__ = [
+    "PRESETS",
+    "EXPERIMENT",
+    "run_phase_diagram",
+    "phase_case",
+    "phase_pde_case",
+    "phase_pde_initial",
+    "plot_phase_diagram",
+]
 
+_PDE = {
+    "pde_spheres": [1],
+    "pde_cells": 128,
+    "pde_refinement": 3,
+    "pde_initial": "mean",
+    "pde_tol": 0.01,
+    "pde_save_every": 0.5,
+}
 PRESETS = {
     "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.01, "eps_max": 0.04,
-             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere"},
+             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere",
+             **_PDE, "pde_T": 30.0},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere"},
+              "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
+              **_PDE, "pde_T": 300.0},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
-              "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere"},
+              "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
+              **_PDE, "pde_T": 300.0},
 }  # fmt: skip
+PDE_INITIALS = ("mean", "cube")
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
+PDE_COLUMNS = ["t_enter", "t_exit", "t_base_enter", "t_base_exit", "t_forgotten",
+               "t_exit_pointmass", "phi0", "clusters", "mass_outside_final", "cells"]  # fmt: skip
 
 
 def phase_check(p: dict) -> None:
@@ -48,6 +96,10 @@ def phase_check(p: dict) -> None:
     require(p, "spheres", all(s in (1, 2, 3) for s in p["spheres"]), "a list of 1, 2 or 3")
     require(p, "eps_max", p["eps_max"] >= p["eps_min"], ">= eps_min")
     require(p, "geometry", p["geometry"] in GEOMETRIES, f"one of {GEOMETRIES}")
+    positive(p, "pde_T", "pde_cells", "pde_refinement", "pde_save_every")
+    require(p, "pde_spheres", all(s in (1, 2) for s in p["pde_spheres"]), "a list of 1 or 2")
+    require(p, "pde_initial", p["pde_initial"] in PDE_INITIALS, f"one of {PDE_INITIALS}")
+    require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
 
 
 def phase_eps(p: dict) -> list[float]:
@@ -57,6 +109,14 @@ def phase_eps(p: dict) -> list[float]:
 def phase_cases(p: dict) -> list[dict]:
     """One case per sphere and ε (ε = 0: the base flow itself)."""
     return [{"sphere": s, "eps": e} for s in p["spheres"] for e in [0.0] + phase_eps(p)]
+
+
+def phase_pde_cases(p: dict) -> list[dict]:
+    """One PDE case per sphere of ``pde_spheres`` and ε (both flows in one run); none for a
+    Euclidean ``geometry`` (the PDE is the sphere model)."""
+    if p["geometry"] != "sphere":
+        return []
+    return [{"sphere": s, "eps": e} for s in p["pde_spheres"] for e in phase_eps(p)]
 
 
 def _phase_x0(p: dict, d: int) -> np.ndarray:
@@ -109,6 +169,63 @@ def phase_case(p: dict, case: dict) -> dict:
     }
 
 
+def phase_pde_initial(p: dict, d: int):
+    """The PDE's initial density on S^{d−1} (unnormalised, ``f(x)`` for ``x`` (N, d)).
+
+    ``"mean"``: ``1 + d ⟨m, x⟩``, ``m`` the mean of the particles' draw (its first moment is
+    ``m``, since ``∫ x xᵀ dσ = I/d`` for the normalised surface measure σ; positive when
+    ``d|m| < 1``). ``"cube"``: ``1 / max_i |x_i|^d`` (the law of ``z/|z|``, z uniform in the
+    cube: the density of directions is ``∝ ∫_0^{r(x)} r^{d−1} dr``, ``r(x) = 1/max_i |x_i|``).
+    """
+    if p["pde_initial"] == "cube":
+        return lambda x: np.max(np.abs(x), axis=1) ** (-d)
+    m = sample_particles(Uniform(), p["n"], d, seed=p["seed"]).mean(axis=0)
+    if d * np.linalg.norm(m) >= 1:
+        raise ValueError(f"pde_initial = 'mean': d |m| = {d * np.linalg.norm(m):.3g} >= 1 "
+                         "(the density would be negative): choose another seed or n")  # fmt: skip
+    return lambda x: 1.0 + d * (x @ m)
+
+
+def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
+    """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG0, adaptive)."""
+    from ..mesh import sphere_mesh
+    from ..run import evolve
+
+    d = sphere + 1
+    size = {"cells": p["pde_cells"]} if sphere == 1 else {"refinement": p["pde_refinement"]}
+    sm = sphere_mesh(comm, sphere, **size)
+    base = identity_model(d)
+    return evolve(sm, base, phase_pde_initial(p, d), p["pde_T"],
+                  perturbed=base.perturbed(e2_perturbation(d, eps)),
+                  save_every=p["pde_save_every"], w2=False, vtx=False, progress=progress,
+                  cluster_delta=p["delta"], cluster_tol=p["pde_tol"])  # fmt: skip
+
+
+def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
+    """Measure-level entry/exit times of the PDE (all ranks; the row on rank 0).
+
+    ``t_enter``/``t_exit``: ``mass_outside <= pde_tol`` (ν against μ_t's clusters);
+    ``t_base_enter``/``t_base_exit``: ``mass_outside_base <= pde_tol``; ``t_forgotten``:
+    ``t_base_enter`` when ν never enters (forgotten before clustering), else ``nan``;
+    ``t_exit_pointmass``: :func:`point_mass_depth` from the base flow's final cluster
+    direction (the heaviest cluster's centre), ``Δθ = 2 arcsin(δ/2)``."""
+    s, eps = int(case["sphere"]), float(case["eps"])
+    res = phase_pde(p, s, eps, run.comm, progress=run.progress)
+    mb = np.clip(res.column("mass_outside_base"), 0.0, 1.0)
+    tbe, tbx = measure_cluster_times(res.step_times, mb, p["pde_tol"])
+    if run.comm.rank != 0:
+        return None
+    u = density_clusters(res.centroids, res.density[-1] * res.areas, res.areas).centres[0]
+    nan = float("nan")
+    return {
+        "t_enter": res.t_enter, "t_exit": res.t_exit, "t_base_enter": tbe, "t_base_exit": tbx,
+        "t_forgotten": tbe if math.isnan(res.t_enter) else nan,
+        "t_exit_pointmass": point_mass_depth(u, eps, 2 * math.asin(p["delta"] / 2)),
+        "phi0": math.asin(min(1.0, abs(u[1]))), "clusters": int(res.column("clusters")[-1]),
+        "mass_outside_final": float(res.column("mass_outside")[-1]), "cells": len(res.areas),
+    }  # fmt: skip
+
+
 def phase_fit(rows, sphere) -> dict:
     """Transition curve ``t_exit ≈ c ε^{−α}`` fitted over the ε with a finite exit."""
     sel = [r for r in rows if r["sphere"] == sphere and r["eps"] > 0]
@@ -129,9 +246,25 @@ def phase_fit(rows, sphere) -> dict:
     }  # fmt: skip
 
 
+def phase_pde_fit(rows, sphere) -> dict:
+    """The PDE's transition curve ``t_exit ≈ c ε^{−α}`` (finite exits) and ``ε t_exit``."""
+    c = as_columns([r for r in rows if r["sphere"] == sphere])
+    slope, pref = loglog_fit(c["eps"], c["t_exit"])
+    return {
+        "alpha": -slope, "prefactor": pref, "n_points": int(np.isfinite(c["t_exit"]).sum()),
+        "base_t_enter": nanmedian(c["t_base_enter"]),
+        "median_ratio_to_pointmass": nanmedian(c["t_exit"] / c["t_exit_pointmass"]),
+        "eps": c["eps"], "t_enter": c["t_enter"], "t_exit": c["t_exit"],
+        "eps_t_exit": c["eps"] * c["t_exit"], "t_forgotten": c["t_forgotten"],
+        "t_exit_pointmass": c["t_exit_pointmass"],
+    }  # fmt: skip
+
+
 def phase_summary(p: dict, rows: dict) -> dict:
-    """The fit per sphere and the table of entry/exit times."""
+    """The fit per sphere and the table of entry/exit times (particles, then the PDE)."""
     fits = {f"S{s}": phase_fit(rows["phase"], float(s)) for s in p["spheres"]}
+    pde_spheres = sorted({int(r["sphere"]) for r in rows["pde"]})
+    pde_fits = {f"S{s}": phase_pde_fit(rows["pde"], float(s)) for s in pde_spheres}
     report = [f"Phase diagram ({p['geometry']}, delta = {p['delta']}, n = {p['n']}, "
               f"T = {p['T']}): transition curve t_exit(eps) = c eps^-alpha"]  # fmt: skip
     for name, f in fits.items():
@@ -145,59 +278,102 @@ def phase_summary(p: dict, rows: dict) -> dict:
         report.append("    eps       t_enter   t_exit")
         for e, a, b in zip(f["eps"], f["t_enter"], f["t_exit"], strict=True):
             report.append(f"    {e:<9.4g} {a:<9.4g} {b:.4g}")
-    return {"fits": fits, "report": report}
+    for name, f in pde_fits.items():
+        report.append(
+            f"  PDE {name} (initial {p['pde_initial']!r}, tol = {p['pde_tol']}, "
+            f"T = {p['pde_T']}): alpha = {f['alpha']:.3f}, c = {f['prefactor']:.3g}, "
+            f"{f['n_points']} exits; base flow t_enter = {f['base_t_enter']:.3g}; "
+            f"median t_exit / point-mass = {f['median_ratio_to_pointmass']:.3f}"
+        )
+        report.append("    eps       t_enter   t_exit    eps*t_exit  point-mass  t_forgotten")
+        for row in zip(f["eps"], f["t_enter"], f["t_exit"], f["eps_t_exit"],
+                       f["t_exit_pointmass"], f["t_forgotten"], strict=True):  # fmt: skip
+            report.append("    {:<9.4g} {:<9.4g} {:<9.4g} {:<11.4g} {:<11.4g} {:.4g}".format(*row))
+    return {"fits": fits, "pde_fits": pde_fits, "report": report}
 
 
-PHASE_COLOURS = ("#f4a582", "#a6dba0", "#92c5de")
-PHASE_NAMES = ("not yet clustered", "no forgetting (δ-close to base)", "forgetting")
+PHASE_COLOURS = ("#f4a582", "#a6dba0", "#92c5de", "#c2a5cf")
+PHASE_NAMES = ("not yet clustered", "no forgetting (δ-close to base)", "forgetting",
+               "forgotten before clustering")  # fmt: skip
 
 
-def plot_phase_diagram(rows, p: dict, fits: dict, path: Path) -> Path:
-    """Three phases over (ε, t), log-log, one panel per sphere."""
+def _eps_edges(eps: np.ndarray) -> np.ndarray:
+    le = np.log(eps)
+    step = (le[1] - le[0]) if len(le) > 1 else 0.5
+    return np.exp(np.concatenate([[le[0] - step / 2], (le[1:] + le[:-1]) / 2,
+                                  [le[-1] + step / 2]]))  # fmt: skip
+
+
+def phase_map(t: np.ndarray, te, tx, tf=None, t_max: float = np.inf) -> np.ndarray:
+    """Phase index (rows: times ``t``, columns: ε) from the entry/exit times: 0 not yet
+    clustered, 1 no forgetting, 2 forgetting, 3 forgotten before clustering (``t >= tf`` with
+    no entry); masked after ``t_max`` (not computed)."""
+    T, te, tx = t[:, None], np.asarray(te)[None, :], np.asarray(tx)[None, :]
+    with np.errstate(invalid="ignore"):
+        ph = np.where(T >= te, 1, 0)
+        ph = np.where(T >= tx, 2, ph)
+        if tf is not None:
+            tf = np.asarray(tf)[None, :]
+            ph = np.where(np.isnan(te) & (T >= tf), 3, ph)
+    return np.ma.masked_where(np.broadcast_to(T > t_max, ph.shape), ph)
+
+
+def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None) -> Path:
+    """Phases over (ε, t), log-log, one panel per sphere: the PDE's four phases (measure-level
+    state) with the particles' ``t_enter``/``t_exit`` on top where the PDE ran, else the
+    particles' three phases."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
     spheres = p["spheres"]
-    fig = figure(5.0 * len(spheres), 4.4)
+    fig = figure(5.0 * len(spheres), 4.6)
     axs = np.atleast_1d(fig.subplots(1, len(spheres)))
     t_lo = p["dt"]
-    tedges = np.geomspace(t_lo, p["T"], 401)
+    t_hi = max(p["T"], p["pde_T"]) if pde_rows else p["T"]
+    tedges = np.geomspace(t_lo, t_hi, 401)
     t = np.sqrt(tedges[:-1] * tedges[1:])
+    cmap = ListedColormap(PHASE_COLOURS)
     for ax, s in zip(axs, spheres, strict=True):
         f = fits[f"S{s}"]
         c = as_columns([r for r in rows if r["sphere"] == s and r["eps"] > 0])
         eps, te, tx = c["eps"], c["t_enter"], c["t_exit"]
-        le = np.log(eps)
-        step = (le[1] - le[0]) if len(le) > 1 else 0.5
-        edges = np.exp(np.concatenate([[le[0] - step / 2], (le[1:] + le[:-1]) / 2,
-                                       [le[-1] + step / 2]]))  # fmt: skip
-        with np.errstate(invalid="ignore"):
-            ph = np.where(t[:, None] >= te[None, :], 1, 0)
-            ph = np.where(t[:, None] >= tx[None, :], 2, ph)
-        ax.pcolormesh(edges, tedges, ph, cmap=ListedColormap(PHASE_COLOURS), vmin=-0.5,
-                      vmax=2.5, shading="flat")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.plot(eps, tx, "ko", ms=3, label="t_exit (measured)")
-        ax.plot(eps, te, "k^", ms=3, label="t_enter (measured)")
+        edges = _eps_edges(eps)
+        pde = [r for r in (pde_rows or []) if r["sphere"] == s]
+        if pde:
+            q = as_columns(pde)
+            ph = phase_map(t, q["t_enter"], q["t_exit"], q["t_forgotten"], p["pde_T"])
+            ax.pcolormesh(_eps_edges(q["eps"]), tedges, ph, cmap=cmap, vmin=-0.5, vmax=3.5,
+                          shading="flat")  # fmt: skip
+            ax.plot(q["eps"], q["t_exit"], "ks", ms=4, label="PDE t_exit")
+            ax.plot(eps, tx, "o-", color="0.2", mfc="w", ms=4, lw=1, label="particles t_exit")
+            ax.plot(eps, te, "^--", color="0.2", mfc="w", ms=4, lw=1, label="particles t_enter")
+            names = PHASE_NAMES
+        else:
+            ph = phase_map(t, te, tx)
+            ax.pcolormesh(edges, tedges, ph, cmap=cmap, vmin=-0.5, vmax=3.5, shading="flat")
+            ax.plot(eps, tx, "ko", ms=3, label="t_exit (measured)")
+            ax.plot(eps, te, "k^", ms=3, label="t_enter (measured)")
+            names = PHASE_NAMES[:3]
         if np.isfinite(c["t_exit_pointmass"]).any():
             ax.plot(eps, c["t_exit_pointmass"], "k--", lw=1, label="point-mass law")
         if np.isfinite(f["alpha"]):
             ax.plot(eps, f["prefactor"] * eps ** (-f["alpha"]), "k:", lw=1.5,
-                    label=f"fit ε^(−{f['alpha']:.2f})")  # fmt: skip
+                    label=f"particles fit ε^(−{f['alpha']:.2f})")  # fmt: skip
         if np.isfinite(f["base_t_enter"]):
             ax.axhline(f["base_t_enter"], color="0.25", ls="-.", lw=1,
                        label="base flow t_enter")  # fmt: skip
-        ax.set_ylim(t_lo, p["T"])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(t_lo, t_hi)
         ax.set_xlim(edges[0], edges[-1])
         ax.set_xlabel("perturbation norm ε")
         ax.set_ylabel("time (depth) t")
         where = f"S^{s}" if p["geometry"] == "sphere" else f"R^{s + 1} (Euclidean, rescaled)"
-        ax.set_title(f"{where}, d = {s + 1}, n = {p['n']}, δ = {p['delta']}", fontsize=10)
+        what = f"PDE ({pde[0]['cells']} cells) + particles" if pde else "particles"
+        ax.set_title(f"{where}, n = {p['n']}, δ = {p['delta']}: {what}", fontsize=9)
         handles, _ = ax.get_legend_handles_labels()
-        patches = [Patch(color=col, label=nm) for col, nm in zip(PHASE_COLOURS, PHASE_NAMES,
-                                                                  strict=True)]  # fmt: skip
-        ax.legend(handles=patches + handles, fontsize=7, loc="lower left")
+        patches = [Patch(color=c, label=nm) for c, nm in zip(PHASE_COLOURS, names, strict=False)]
+        ax.legend(handles=patches + handles, fontsize=6, loc="lower left")
     return save_png(fig, path)
 
 
@@ -207,14 +383,19 @@ EXPERIMENT = Experiment(
     presets=PRESETS,
     check=phase_check,
     sweeps=(Sweep("phase.csv", phase_cases, "phase_case", key=("sphere", "eps"),
-                  columns=tuple(PHASE_COLUMNS), desc="phase diagram"),),
+                  columns=tuple(PHASE_COLUMNS), desc="phase diagram"),
+            Sweep("pde.csv", phase_pde_cases, "phase_pde_case", key=("sphere", "eps"),
+                  columns=tuple(PDE_COLUMNS), desc="phase diagram (PDE)", mode="together",
+                  needs_run=True)),
     summarize=phase_summary,
     plot=lambda p, rows, s, out: plot_phase_diagram(rows["phase"], p, s["fits"],
-                                                    out / "phase_diagram.png"),
+                                                    out / "phase_diagram.png", rows["pde"]),
+    needs_comm=True,
 )  # fmt: skip
 
 
 def run_phase_diagram(p: dict, out, *, comm=None, progress=True, budget=None):
-    """Fig 3: ``phase.csv`` (one row per sphere and ε), ``phase_diagram.png``; the summary
+    """Fig 3: ``phase.csv`` (one row per sphere and ε), ``pde.csv`` (one PDE run per sphere of
+    ``pde_spheres`` and ε), ``phase_diagram.png``; the summary
     (``None``: stopped by the budget)."""
     return run_experiment(EXPERIMENT, p, out, comm=comm, progress=progress, budget=budget)
