@@ -120,7 +120,6 @@ class Flows:
         self.transports = [Transport(op, f) for f in fields]
         self.states = [rho0.copy() for _ in fields]
         self.stepping, self.cfl, self.dt_fixed, self.max_dt = stepping, cfl, dt_fixed, max_dt
-        self.capped_steps = 0
 
     @property
     def two(self) -> bool:
@@ -144,7 +143,6 @@ class Flows:
 
     def step(self, t: float, dt: float, capped: bool, us: list | None) -> None:
         us = us if us is not None else [None] * len(self.fields)
-        self.capped_steps += capped
         self.states = [
             tr.step(s, t, dt, u, capped=capped)
             for tr, s, u in zip(self.transports, self.states, us, strict=True)
