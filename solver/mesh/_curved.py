@@ -104,16 +104,9 @@ def curve(sm: SphereMesh) -> CurvedSphereMesh:
     dofs = msh.geometry.dofmaps[0][: sm.num_owned]
     ids = np.asarray(msh.geometry.input_global_indices, dtype=np.int64)[dofs]
     x = msh.geometry.x[:, : sm.gdim][dofs]
-    keys = comm.gather(sm.keys, root=0)
-    ids = comm.gather(ids, root=0)
-    x = comm.gather(x, root=0)
+    cells, xc = sm.gather(ids), sm.gather(x)  # original cell order, on rank 0
     nv = dofs.shape[1]
     if comm.rank == 0:
-        keys, ids, x = np.concatenate(keys), np.concatenate(ids), np.concatenate(x)
-        cells = np.empty((sm.num_cells, nv), np.int64)
-        cells[keys] = ids
-        xc = np.empty((sm.num_cells, nv, sm.gdim))
-        xc[keys] = x
         used, cells_c = np.unique(cells, return_inverse=True)  # compact numbering of nodes
         points = np.empty((used.size, sm.gdim))
         points[cells_c.reshape(-1)] = xc.reshape(-1, sm.gdim)

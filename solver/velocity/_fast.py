@@ -99,7 +99,7 @@ from collections import OrderedDict
 import numpy as np
 from scipy.special import ive
 
-from ..parallel import threads_per_rank
+from ..parallel import allgather_rows, threads_per_rank
 from ._backends import NumbaBackend, NumPyBackend
 from ._direct import attention_velocity, tangent_project
 from ._harmonics import num_terms, truncation_tails
@@ -386,14 +386,8 @@ class FastVelocity:
     # ------------------------------------------------------------------ evaluation
 
     def _moments(self, n: int, W: np.ndarray) -> np.ndarray:
-        r = num_terms(n, self.d)
         mom_local = self._backend.moments(n, W)
-        if self.comm.size > 1:
-            k = r * W.shape[1]
-            allm = np.empty((self.C, r, W.shape[1]))
-            self.comm.Allgatherv(np.ascontiguousarray(mom_local), [allm, self._chunk_counts * k])
-        else:
-            allm = mom_local
+        allm = allgather_rows(self.comm, mom_local, self._chunk_counts)  # (C, r, d + 1)
         mom = allm[0].copy()
         for c in range(1, self.C):
             mom += allm[c]
