@@ -24,11 +24,17 @@ measure data, Dirac masses included):
 
 .. math::
 
-    |K| \\frac{dρ_K}{dt} = - \\sum_{F = K ∩ L} |F| \\big( ρ_K (u_K·ñ_{KF})^+
-        - ρ_L (-u_L·ñ_{KF})^+ \\big) ,
+    |K| \\frac{dρ_K}{dt} = - \\sum_{F = K ∩ L} |F| \\big( ρ_K\\, o_{K,F} - ρ_L\\, o_{L,F} \\big) ,
+    \\qquad o_{K,F} = \\max\\big(u_K·ñ_{KF},\\ \\tfrac12 (u_K + u_L)·ñ_{KF},\\ 0\\big) ,
     \\qquad ñ_{KF} = \\tfrac12 (n_K - n_L) ,
 
-with ``n_K`` the outward co-normal of ``K`` on ``F``.
+with ``n_K`` the outward co-normal of ``K`` on ``F`` (``o_{L,F}`` with ``ñ_{LF} = -ñ_{KF}``).
+The donor's own velocity makes a cluster leave its cell when the cluster moves (in a cell
+that attracts its neighbourhood the facet velocity points inwards everywhere); the facet
+velocity ``½ (u_K + u_L)`` makes mass leave a cell that sits on a repelling point (the
+antipode of a cluster, where ``u_K ≈ 0`` but the flow expands): with the donor term alone
+such a cell kept ~1e-6 of the mass for ever (measured on S^1 at t = 59, feeding a stream
+that held adaptive steps at the size of a cell).
 
 Both fluxes: on a sphere made of flat cells the two co-normals of a facet differ
 (``n_K ≠ -n_L``); their antisymmetric average ``ñ`` changes sign when ``K`` and ``L`` swap,
@@ -165,7 +171,7 @@ class DG0Upwind:
 
     def _outflow(self, velocity: np.ndarray) -> np.ndarray:
         """``o_K = Σ_F ∫_F (outflow speed of K) ds`` on the owned cells (``"donor"``:
-        ``Σ_F |F| (u_K·ñ_{KF})^+``; ``"facet"``: ``Σ_F ∫_F (u_n)^+`` outward from K)."""
+        ``Σ_F |F| o_{K,F}``, module doc; ``"facet"``: ``Σ_F ∫_F (u_n)^+`` outward from K)."""
         self._set_velocity(velocity)
         b = self._b
         if self._fv is None:
@@ -206,8 +212,8 @@ class DG0Upwind:
     def euler_step(self, velocity: np.ndarray, rho: np.ndarray, dt: float) -> np.ndarray:
         """Forward Euler ``ρ + Δt dρ/dt`` with every cell's outflow capped at its content:
 
-        .. math:: |K| ρ_K' = |K| ρ_K - Δt \\sum_F |F| \big(θ_K ρ_K (u_K·ñ)^+
-                  - θ_L ρ_L (-u_L·ñ)^+\big), \\qquad θ_K = \\min(1, |K| / (Δt\\, o_K)),
+        .. math:: |K| ρ_K' = |K| ρ_K - Δt \\sum_F |F| \\big(θ_K ρ_K o_{K,F}
+                  - θ_L ρ_L o_{L,F}\\big), \\qquad θ_K = \\min(1, |K| / (Δt\\, o_K)),
 
         ``o_K`` the outflow rate of :meth:`_outflow`. Where ``Δt`` is within the positivity
         limit of ``K`` (``θ_K = 1``) this is the plain upwind step; a cell whose velocity
@@ -311,8 +317,11 @@ class DG0Upwind:
         ``(nq, nf)``, from the local (owned + ghost) velocity dofs."""
         fd = self._fv
         up = (fd["G"][0] @ u).reshape(fd["nq"], -1)
-        um = up if self.flux == "facet" else (fd["G"][1] @ u).reshape(fd["nq"], -1)
-        return np.maximum(up, 0.0), np.maximum(-um, 0.0)
+        if self.flux == "facet":
+            return np.maximum(up, 0.0), np.maximum(-up, 0.0)
+        um = (fd["G"][1] @ u).reshape(fd["nq"], -1)
+        avg = 0.5 * (up + um)  # the facet's velocity, from the two centroids
+        return np.maximum(np.maximum(up, avg), 0.0), np.maximum(np.maximum(-um, -avg), 0.0)
 
     def _facet_rhs(self, u: np.ndarray, rho: np.ndarray, nloc: int) -> np.ndarray:
         """``b_K = -Σ_F ±∫_F (ρ⁺ out⁺ - ρ⁻ out⁻) ds`` on local cells (owned + ghosts)."""

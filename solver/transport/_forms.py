@@ -25,7 +25,10 @@ def upwind_outflows(u, msh, donor: bool = False):
     n = ufl.FacetNormal(msh)
     if donor:
         nt = 0.5 * (n("+") - n("-"))  # antisymmetric co-normal, from '+' to '-'
-        return ufl.max_value(ufl.dot(u("+"), nt), 0.0), ufl.max_value(-ufl.dot(u("-"), nt), 0.0)
+        up, um = ufl.dot(u("+"), nt), ufl.dot(u("-"), nt)
+        avg = 0.5 * (up + um)  # the facet's velocity, from the two cells' own
+        return (ufl.max_value(ufl.max_value(up, avg), 0.0),
+                ufl.max_value(ufl.max_value(-um, -avg), 0.0))  # fmt: skip
     un = 0.5 * (ufl.dot(u("+"), n("+")) - ufl.dot(u("-"), n("-")))
     return ufl.max_value(un, 0.0), ufl.max_value(-un, 0.0)
 
