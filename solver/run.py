@@ -261,8 +261,8 @@ class Checkpoint:
     saves in ``checkpoint.npz`` (rewritten: its size does not grow with the saves), and the new
     snapshot in ``snapshots/NNNNNN.npz`` (appended: the I/O is linear in the output)."""
 
-    def __init__(self, folder: RunFolder, fp: dict, fields: list):
-        self.folder, self.fp, self.fields = folder, fp, fields
+    def __init__(self, folder: RunFolder, fields: list):
+        self.folder, self.fields = folder, fields  # the fingerprint is the folder's
 
     def __call__(self, t: float, gathered, rows, snaps: Snapshots) -> None:
         i = len(snaps.fields[0]) - 1  # rank 0 holds the saved data; the writes happen there
@@ -273,14 +273,14 @@ class Checkpoint:
                 extra = {"w2": np.array([snaps.w2[i], snaps.w2_error[i]])}
         self.folder.write_snapshot(i, fields, **extra)
         self.folder.write_checkpoint(
-            t=t, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.fp,
+            t=t, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.folder.fp,
             velocity_state=np.array(json.dumps([f.get_state() for f in self.fields])),
             **{f"state{j}": g for j, g in enumerate(gathered)},
         )  # fmt: skip
 
     def restore(self, sm: SphereMesh, snaps: Snapshots, diag: Diagnostics, nflows: int):
         """The states from the checkpoint (snapshots and rows restored in place)."""
-        z = self.folder.read_checkpoint(self.fp)
+        z = self.folder.read_checkpoint(self.folder.fp)
         diag.rows = z["diagnostics"].tolist()
         for f, st in zip(self.fields, json.loads(str(z["velocity_state"])), strict=True):
             f.set_state(st)  # the fast method's degrees: the velocity as before, bit for bit
@@ -420,7 +420,7 @@ def evolve(
         )  # fmt: skip
         folder = RunFolder(comm, output)
         folder.prepare(fp, resume=resume, overwrite=overwrite)
-        ckpt = Checkpoint(folder, fp, fields)
+        ckpt = Checkpoint(folder, fields)
         if resume and folder.has_checkpoint():
             flows.states = ckpt.restore(sm, snaps, diag, len(fields))
             start = True

@@ -178,13 +178,17 @@ class DG0Upwind:
             b.array[:] = 0.0
             fem.assemble_vector(b.array, self._outflow_form)
         else:
-            fd, nloc = self._fv, b.array.size
             out_p, out_m = self._outflow_speeds(self.u.x.array)
-            b.array[:] = np.bincount(fd["plus"], out_p.sum(axis=0), nloc) + np.bincount(
-                fd["minus"], out_m.sum(axis=0), nloc
-            )
+            self._cell_outflow(out_p.sum(axis=0), out_m.sum(axis=0))
         b.scatter_reverse(la.InsertMode.add)
         return b.array[: self._nown].copy()
+
+    def _cell_outflow(self, sp: np.ndarray, sm: np.ndarray) -> None:
+        """Each local cell's outflow rate, from the per-facet rates of '+' and '-', into
+        ``self._b`` (before its reverse scatter)."""
+        fd, b = self._fv, self._b
+        nloc = b.array.size
+        b.array[:] = np.bincount(fd["plus"], sp, nloc) + np.bincount(fd["minus"], sm, nloc)
 
     def _min_ratio(self, out: np.ndarray, where: np.ndarray | None = None) -> float:
         pos = out > 0 if where is None else (out > 0) & where
@@ -232,7 +236,7 @@ class DG0Upwind:
         nloc = b.array.size
         out_p, out_m = self._outflow_speeds(self.u.x.array)
         sp, sm = out_p.sum(axis=0), out_m.sum(axis=0)
-        b.array[:] = np.bincount(fd["plus"], sp, nloc) + np.bincount(fd["minus"], sm, nloc)
+        self._cell_outflow(sp, sm)
         b.scatter_reverse(la.InsertMode.add)
         o = b.array[:nown]
         th = self._theta.x.array
