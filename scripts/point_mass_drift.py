@@ -1,23 +1,40 @@
-"""The issue's point-mass case: does a sub-cell cluster drift as a point mass does?
+"""The issue's point-mass cases: does a sub-cell cluster drift as a point mass does?
 
-S^1 with 200 cells, Q = K = V = I, tied perturbation Ṽ = I - ε e2 e2ᵀ (ε = 0.01), initial
-density exp(κ(<x0, x> - 1)) with κ = 1e5 (width 0.003, cells 0.031) at 45°, T = 60. The point
-mass moves by ``angle(e^{TṼ} m0, m0)`` = 0.283 rad (9 cells); prints the PDE's error.
+Q = K = V = I, tied perturbation Ṽ = I - ε e2 e2ᵀ, initial density exp(κ(<x0, x> - 1)) far
+narrower than a cell; the point mass moves by ``angle(e^{TṼ} m0, m0)``; prints the PDE's error
+(angle between the perturbed flow's mean direction and the point mass) and the base flow's
+motion (which should be none). Steps as ``solver.evolve`` takes them (adaptive for DG0).
 
-Measured: DG0 ``flux="facet"`` 94.5 % of the displacement (pinned), ``"donor"`` 0.034 %
-(9.6e-5 rad; ~20 s); DG1 94.5 % (pinned; ~140 s).
+* S^1: 200 cells, ε = 0.01, T = 60, κ = 1e5 (width 0.003, cells 0.031), x0 at 45°: the point
+  mass moves 0.283 rad (9 cells).
+* S^2: icosphere level 4 (h ≈ 0.05), ε = 0.02, T = 60, κ = 1e4 (width 0.01), x0 = (1, 1, 1)/√3:
+  the point mass moves 0.549 rad (11 cells).
 
-    python scripts/point_mass_drift.py [facet|donor|dg1]
+Schemes: ``donor`` (the default DG0 flux with its first-moment correction), ``plain`` (donor
+flux without it), ``facet`` (the vertex-velocity flux), ``dg1``.
+
+    python scripts/point_mass_drift.py [donor|plain|facet|dg1] [--sphere 1|2]
+    mpiexec -n 2 python scripts/point_mass_drift.py donor --sphere 2
+
+Measured (2026-11-29, 2 cores, one rank): see docs/benchmarks/point_mass.md when written by
+``--write-table``; S^1: donor 0.04 %, facet 94.5 % (pinned), dg1 94.5 % (pinned).
 """
 
-import sys
+import argparse
+import time
 
 import numpy as np
 from mpi4py import MPI
 from scipy.linalg import expm
 
 import solver
-from solver.transport import DGUpwind, NonlocalField, advance, make_operator
+from solver.run import Flows
+from solver.transport import DG0Upwind, DGUpwind, NonlocalField
+
+CASES = {
+    1: {"mesh": {"cells": 200}, "eps": 0.01, "T": 60.0, "kappa": 1e5, "x0": (1.0, 1.0)},
+    2: {"mesh": {"refinement": 4}, "eps": 0.02, "T": 60.0, "kappa": 1e4, "x0": (1.0, 1.0, 1.0)},
+}
 
 
 def mean_direction(op, rho):
@@ -30,24 +47,54 @@ def angle(a, b):
     return 2.0 * float(np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))
 
 
-def main(scheme: str = "donor", cells: int = 200, eps: float = 0.01, T: float = 60.0):
-    sm = solver.sphere_mesh(MPI.COMM_WORLD, 1, cells=cells)
-    op = DGUpwind(sm, 1) if scheme == "dg1" else make_operator(sm, 0, flux=scheme)
-    eye = np.eye(2)
-    Vt = eye - eps * np.diag([0.0, 1.0])
-    x0 = np.array([1.0, 1.0]) / np.sqrt(2.0)
-    rho0 = op.initial_state(lambda x: np.exp(1e5 * (x @ x0 - 1.0)))
+def operator(sm, scheme: str):
+    if scheme == "dg1":
+        return DGUpwind(sm, 1)
+    if scheme not in ("donor", "plain", "facet"):
+        raise SystemExit(f"scheme must be donor, plain, facet or dg1, got {scheme!r}")
+    return DG0Upwind(sm, "facet" if scheme == "facet" else "donor",
+                     first_moment=scheme == "donor")  # fmt: skip
+
+
+def drift(scheme: str, sphere: int, comm=MPI.COMM_WORLD) -> dict:
+    c = CASES[sphere]
+    op = operator(solver.sphere_mesh(comm, sphere, **c["mesh"]), scheme)
+    d = sphere + 1
+    eye = np.eye(d)
+    Vt = eye - c["eps"] * np.diag(np.eye(d)[1])
+    x0 = np.asarray(c["x0"]) / np.linalg.norm(c["x0"])
+    rho0 = op.initial_state(lambda x: np.exp(c["kappa"] * (x @ x0 - 1.0)))
+    fields = [NonlocalField(op, solver.Model(eye, eye, V)) for V in (eye, Vt)]
+    flows = Flows(op, fields, rho0, dt_fixed=op.max_time_step(fields[1].speed(c["T"]), 0.5))
+    t, steps, t0 = 0.0, 0, time.perf_counter()
+    while t < c["T"]:
+        dt, capped, us = flows.plan(t, t)
+        dt = min(dt, c["T"] - t)
+        flows.step(t, dt, capped, us)
+        t, steps = t + dt, steps + 1
     m0 = mean_direction(op, rho0)
-    rho, info = advance(op, NonlocalField(op, solver.Model(eye, eye, Vt)), rho0, T, 0.5)
-    p = expm(T * Vt) @ m0
-    disp, err = (
-        angle(p / np.linalg.norm(p), m0),
-        angle(mean_direction(op, rho), p / np.linalg.norm(p)),
-    )
-    if sm.comm.rank == 0:
-        print(f"{scheme}: point mass moves {disp:.5f} rad; PDE error {err:.2e} rad "
-              f"({100 * err / disp:.3f} % of it); {info['steps']} steps")  # fmt: skip
+    p = expm(c["T"] * Vt) @ m0
+    p /= np.linalg.norm(p)
+    base, pert = (mean_direction(op, s) for s in flows.states)
+    disp = angle(p, m0)
+    return {"scheme": scheme, "sphere": sphere, "cells": op.sm.num_cells, "disp": disp,
+            "error": angle(pert, p), "base": angle(base, m0), "steps": steps,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scheme", nargs="?", default="donor")
+    ap.add_argument("--sphere", type=int, choices=(1, 2), default=1)
+    args = ap.parse_args(argv)
+    r = drift(args.scheme, args.sphere)
+    if MPI.COMM_WORLD.rank == 0:
+        print(f"{r['scheme']} S^{r['sphere']} ({r['cells']} cells): point mass moves "
+              f"{r['disp']:.4f} rad; PDE error {r['error']:.2e} rad "
+              f"({100 * r['error'] / r['disp']:.2f} % of it); base flow moved {r['base']:.1e}; "
+              f"{r['steps']} steps, {r['seconds']:.1f} s")  # fmt: skip
+    return r
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main()

@@ -131,7 +131,8 @@ class Flows:
     def plan(self, t: float, t_param: float) -> tuple[float, bool, list | None]:
         """``(wanted Δt, capped?, velocities at t)`` for the next step."""
         if self.stepping == "fixed" or not hasattr(self.op, "positivity_time_step"):
-            return self.dt_fixed, False, None  # DG1/DG2: the a-priori step
+            # the a-priori step; DG0's capped stages keep it positive whatever the correction
+            return self.dt_fixed, hasattr(self.op, "euler_step"), None
         states = self.states
         us = [f(t_param, t, s) for f, s in zip(self.fields, states, strict=True)]
         if not hasattr(self.op, "step_limits"):

@@ -110,18 +110,20 @@ class Transport:
 
 def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[np.ndarray, dict]:
     """Step ``state`` from 0 to ``T`` by SSP-RK3 (limited after each stage) under ``field``
-    (a :class:`PrescribedField` or ``NonlocalField`` of ``op``).
+    (a :class:`PrescribedField` or ``NonlocalField`` of ``op``) with the a-priori step
+    ``op.max_time_step`` (DG0: capped Euler stages, positive for any step).
 
     Returns the final state and ``{"steps", "mass_drift" (max |M(t) - M(0)| / M(0)),
     "min_average" (smallest cell average seen)}`` (global, identical on every rank).
     """
     times, _ = time_grid(T, op.max_time_step(field.speed(T), cfl))
     flow = Transport(op, field)
+    capped = hasattr(op, "euler_step")  # DG0: positive for any step (see DG0Upwind)
     comm, sm = op.sm.comm, op.sm
     mass0 = sm.integrate(op.cell_averages(state))
     drift, low = 0.0, float(np.min(op.cell_averages(state), initial=np.inf))
     for t0, t1 in zip(times[:-1], times[1:], strict=True):
-        state = flow.step(state, float(t0), float(t1 - t0))
+        state = flow.step(state, float(t0), float(t1 - t0), capped=capped)
         drift = max(drift, abs(sm.integrate(op.cell_averages(state)) - mass0))
         low = min(low, float(np.min(op.cell_averages(state), initial=np.inf)))
     low = comm.allreduce(low, op=MPI.MIN)

@@ -14,21 +14,28 @@ import ufl
 __all__ = ["upwind_outflows", "upwind_flux", "check_cfl", "unit_mass"]
 
 
-def upwind_outflows(u, msh, donor: bool = False):
+def upwind_outflows(u, msh, donor: bool = False, correction=None):
     """Outflow speeds ``(o⁺, o⁻)`` of the two cells of an interior facet (UFL expressions).
 
     * ``donor=False`` (one normal velocity per facet point): ``u_n = ½ (u⁺·n⁺ - u⁻·n⁻)``,
       ``o⁺ = (u_n)^+``, ``o⁻ = (-u_n)^+``;
     * ``donor=True`` (each cell's own velocity, flux-vector splitting): ``ñ = ½ (n⁺ - n⁻)``,
-      ``o⁺ = (u⁺·ñ)^+``, ``o⁻ = (-u⁻·ñ)^+``.
+      ``o⁺ = max(u⁺·ñ, ½ (u⁺ + u⁻)·ñ, 0)``, ``o⁻`` the same from '-' (``ñ → -ñ``), plus
+      ``(a⁺·ñ)^+`` and ``(-a⁻·ñ)^+`` for a per-cell ``correction`` field ``a`` (the first-moment
+      correction of :class:`~solver.transport.DG0Upwind`).
     """
     n = ufl.FacetNormal(msh)
     if donor:
         nt = 0.5 * (n("+") - n("-"))  # antisymmetric co-normal, from '+' to '-'
         up, um = ufl.dot(u("+"), nt), ufl.dot(u("-"), nt)
         avg = 0.5 * (up + um)  # the facet's velocity, from the two cells' own
-        return (ufl.max_value(ufl.max_value(up, avg), 0.0),
-                ufl.max_value(ufl.max_value(-um, -avg), 0.0))  # fmt: skip
+        op = ufl.max_value(ufl.max_value(up, avg), 0.0)
+        om = ufl.max_value(ufl.max_value(-um, -avg), 0.0)
+        if correction is not None:
+            a = correction
+            op = op + ufl.max_value(ufl.dot(a("+"), nt), 0.0)
+            om = om + ufl.max_value(-ufl.dot(a("-"), nt), 0.0)
+        return op, om
     un = 0.5 * (ufl.dot(u("+"), n("+")) - ufl.dot(u("-"), n("-")))
     return ufl.max_value(un, 0.0), ufl.max_value(-un, 0.0)
 
