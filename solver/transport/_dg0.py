@@ -75,7 +75,8 @@ fitted rate 0.94, against 0.034, 0.017, 0.009 for ``"facet"`` from 256 cells).
 
 Positivity (both fluxes): without the correction the outflow of ``K`` is at most
 ``ρ_K |∂K| max|u|``, so forward Euler keeps ``ρ >= 0`` for ``Δt <= |K| / (|∂K| max|u|)``
-(:meth:`DG0Upwind.max_time_step`), and exactly for ``Δt <= min_K |K| / (outflow rate of K per unit density)``
+(:meth:`DG0Upwind.max_time_step`), and exactly for
+``Δt <= min_K |K| / (outflow rate of K per unit density)``
 (:meth:`DG0Upwind.positivity_time_step`); SSP-RK3 inherits it. The first-moment correction
 has no clean bound below ``|∂K| max|u|`` (measured: at most 0.61 of it on icospheres of
 levels 2 - 4 and circles with random velocity fields, tests/test_point_mass.py; up to 1.5 of
