@@ -64,8 +64,9 @@ __all__ = [
 GEOMETRIES = ("sphere", "euclidean", "euclidean-rescaled")
 VELOCITY_METHODS = ("direct", "fast", "auto")
 #: ``velocity="auto"``: the fast path from this many particles on (``d`` = 2, 3), the
-#: measured crossover (scripts/bench_particles.py, ``A = I``, tolerance 1e-10, 2 cores).
-FAST_MIN_N = {2: 500, 3: 1000}
+#: measured crossover (scripts/bench_particles.py: ``A = I``, tolerance 1e-10, one thread;
+#: between 250 and 500 particles on S^1 and on S^2).
+FAST_MIN_N = {2: 500, 3: 500}
 BLOCK_BYTES = 1 << 24
 
 
@@ -143,13 +144,14 @@ def simulate_particles(
     ``velocity``: ``"direct"`` (the ``O(n²)`` sum, any ``d``), ``"fast"`` (the expansion,
     ``O(n r)``: sphere, ``d = 2, 3`` only; every evaluation within ``tolerance`` relative to
     ``max_i |X_i|``) or ``"auto"``: fast for ``d = 2, 3`` on the sphere when ``n >=
-    FAST_MIN_N[d]`` (500 on S^1, 1,000 on S^2: below, the direct sum is as fast; measured
-    with ``A = I`` at tolerance 1e-10 on 2 cores, where the fast path is 1.7x / 1.8x faster
-    at n = 2,000 and about 15x / 13x at n = 20,000), and where the expansion would need more terms
-    than the direct sum has pairs (large ``‖A‖``) the direct sum silently; the direct sum
-    otherwise. Positions from the fast path differ from the direct sum's by at most about
-    ``tolerance · ‖V‖ (e^{LT} − 1) / L`` (``L`` the Lipschitz constant of the particle
-    field, see tests/test_particles.py). ``fast_options``: extra keyword arguments of
+    FAST_MIN_N[d]`` (500; measured with ``A = I``, tolerance 1e-10, one thread each: the
+    crossover lies between ``n = 250``, where the direct sum is 1.2x faster, and ``n = 500``,
+    where the fast path is 2.1x (S^1) / 2.6x (S^2) faster; 24x at 2,000 and about 280x at
+    20,000, docs/benchmarks/particles.md) unless the expansion's cost model says it would not
+    pay for this ``‖A‖`` (then the direct sum, silently); the direct sum otherwise. Positions
+    from the fast path differ from the direct sum's by at most about ``tolerance · ‖V‖
+    (e^{LT} − 1) / L`` (``L`` the Lipschitz constant of the particle field, see
+    tests/test_particles.py). ``fast_options``: extra keyword arguments of
     :class:`~solver.velocity.FastVelocity` (``backend``, ``threads``, ``chunk``, ...).
     """
     if geometry not in GEOMETRIES:
