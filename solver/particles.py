@@ -29,12 +29,23 @@ integrates. Needs a model without parameter jumps (``e^{tV}`` is the propagator 
 With ``comm`` the particles are split into contiguous blocks over the ranks; each rank
 evaluates its block against all particles (gathered in global order, so the result does not
 depend on the number of ranks).
+
+Velocity (``geometry="sphere"``): ``velocity="direct"`` is the ``O(n²)`` direct sum
+(:func:`solver.attention_velocity`, the reference, any ``d``); ``velocity="fast"`` the
+error-controlled plane-wave expansion of :class:`solver.velocity.FastVelocity` on ``S^1`` and
+``S^2`` (``d = 2, 3``) with sources = targets = the particles (weights ``1/n``), the bases
+rebuilt at the new points on every Runge-Kutta stage (:meth:`FastVelocity.set_points`):
+``O(n r)`` per evaluation, ``r`` the number of expansion terms, and on every evaluation
+``max_i |X̃_i − X_i| <= tol max_i |X_i|`` (a-posteriori bound; targets that miss it are
+summed directly). ``velocity="auto"`` (default) takes the fast path for ``d = 2, 3`` on the
+sphere from :data:`FAST_MIN_N` particles on (where it is measured to pay), the direct sum
+otherwise. The option names are those of the PDE's ``[velocity] method`` / ``tolerance``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import expm
@@ -43,14 +54,19 @@ from tqdm.auto import tqdm
 from .model import Density, Model
 from .parallel import allgather_rows
 from .transport import time_grid
-from .velocity import attention_velocity
+from .velocity import FastVelocity, attention_velocity
 
 __all__ = [
-    "GEOMETRIES", "ParticleResult", "simulate_particles", "sample_particles", "retract",
-    "euclidean_velocity",
+    "GEOMETRIES", "VELOCITY_METHODS", "FAST_MIN_N", "ParticleResult", "simulate_particles",
+    "sample_particles", "retract", "euclidean_velocity",
 ]  # fmt: skip
 
 GEOMETRIES = ("sphere", "euclidean", "euclidean-rescaled")
+VELOCITY_METHODS = ("direct", "fast", "auto")
+#: ``velocity="auto"``: the fast path from this many particles on (``d`` = 2, 3), the
+#: measured crossover (scripts/bench_particles.py: ``A = I``, tolerance 1e-10, one thread;
+#: between 250 and 500 particles on S^1 and on S^2).
+FAST_MIN_N = {2: 500, 3: 500}
 BLOCK_BYTES = 1 << 24
 
 
@@ -89,10 +105,14 @@ def sample_particles(density: Density, n: int, d: int, seed: int = 0) -> np.ndar
 
 @dataclass
 class ParticleResult:
-    """``times`` (nt,), ``positions`` (nt, n, d) at the saved times."""
+    """``times`` (nt,), ``positions`` (nt, n, d) at the saved times; ``velocity``: how the
+    velocity was evaluated (``method``; for the fast path also ``calls``, ``fast_calls``,
+    ``max_degree``, ``max_bound`` (the largest a-posteriori error bound relative to
+    ``max |X|``), ``direct_targets`` (summed over calls) and ``reason`` of any fall-back)."""
 
     times: np.ndarray
     positions: np.ndarray
+    velocity: dict = field(default_factory=lambda: {"method": "direct"})
 
     def mean(self) -> np.ndarray:
         """Empirical first moment ``(1/n) Σ_i x_i(t)`` at each saved time, shape (nt, d)."""
@@ -109,6 +129,9 @@ def simulate_particles(
     comm=None,
     progress: bool = False,
     geometry: str = "sphere",
+    velocity: str = "auto",
+    tolerance: float = 1e-10,
+    fast_options: dict | None = None,
 ) -> ParticleResult:
     """Integrate the particle system from ``x0`` (n, d) to time ``T``.
 
@@ -117,9 +140,26 @@ def simulate_particles(
     ``x0`` of unit rows), ``"euclidean"`` (``ż_i = Σ_j P_ij V (z_j − z_i)`` in ``R^d``, any
     finite ``x0``) or ``"euclidean-rescaled"`` (the same with ``Q e^{tV}``, ``K e^{tV}``: the
     authors' code); see the module docstring.
+
+    ``velocity``: ``"direct"`` (the ``O(n²)`` sum, any ``d``), ``"fast"`` (the expansion,
+    ``O(n r)``: sphere, ``d = 2, 3`` only; every evaluation within ``tolerance`` relative to
+    ``max_i |X_i|``) or ``"auto"``: fast for ``d = 2, 3`` on the sphere when ``n >=
+    FAST_MIN_N[d]`` (500; measured with ``A = I``, tolerance 1e-10, one thread each: the
+    crossover lies between ``n = 250``, where the direct sum is 1.2x faster, and ``n = 500``,
+    where the fast path is 2.1x (S^1) / 2.6x (S^2) faster; 24x at 2,000 and about 280x at
+    20,000, docs/benchmarks/particles.md) unless the expansion's cost model says it would not
+    pay for this ``‖A‖`` (then the direct sum, silently); the direct sum otherwise. Positions
+    from the fast path differ from the direct sum's by at most about ``tolerance · ‖V‖
+    (e^{LT} − 1) / L`` (``L`` the Lipschitz constant of the particle field, see
+    tests/test_particles.py). ``fast_options``: extra keyword arguments of
+    :class:`~solver.velocity.FastVelocity` (``backend``, ``threads``, ``chunk``, ...).
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    if velocity not in VELOCITY_METHODS:
+        raise ValueError(f"velocity must be one of {VELOCITY_METHODS}, got {velocity!r}")
+    if not (np.isfinite(tolerance) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance (of the fast velocity) must be in (0, 1), got {tolerance}")
     sphere = geometry == "sphere"
     rescaled = geometry == "euclidean-rescaled"
     x0 = np.asarray(x0, dtype=float)
@@ -133,6 +173,13 @@ def simulate_particles(
             "pass geometry='euclidean' for tokens in R^d"
         )
     n = len(x0)
+    expansion = sphere and model.d in (2, 3)  # S^1 / S^2: where the fast path exists
+    if velocity == "fast" and not expansion:
+        raise ValueError(
+            f"velocity='fast' needs geometry='sphere' and d = 2 or 3 (S^1, S^2), got "
+            f"geometry={geometry!r}, d = {model.d}; pass velocity='direct' (or 'auto', which "
+            "takes the direct sum there)"
+        )
     if rescaled and len(model.breakpoints(T)):
         raise ValueError("geometry='euclidean-rescaled' needs parameters without jumps (e^{tV})")
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
@@ -144,7 +191,35 @@ def simulate_particles(
     def gather(xl: np.ndarray) -> np.ndarray:
         return xl if comm is None or size == 1 else allgather_rows(comm, xl, counts)
 
+    fast = None
+    if velocity == "fast" or (velocity == "auto" and expansion and n >= FAST_MIN_N[model.d]):
+        from mpi4py import MPI
+
+        fast = FastVelocity(MPI.COMM_SELF if comm is None else comm, x0[lo:hi], x0,
+                            tolerance=tolerance, auto=velocity == "auto",
+                            **dict(fast_options or {}))  # fmt: skip
+    info = {"method": "direct"} if fast is None else {
+        "method": "fast", "tolerance": float(tolerance), "backend": fast.backend, "calls": 0,
+        "fast_calls": 0, "max_degree": 0, "max_bound": 0.0, "direct_targets": 0,
+    }  # fmt: skip
+
+    def fast_velocity(xl, A, V):
+        fast.set_points(xl, gather(xl))
+        out = fast(w, A, V)
+        rep = fast.report
+        info["calls"] += 1
+        if rep["method"] == "fast":
+            info["fast_calls"] += 1
+            info["max_degree"] = max(info["max_degree"], int(rep["degree"]))
+            info["max_bound"] = max(info["max_bound"], float(rep["bound"]))
+            info["direct_targets"] += int(rep["direct_targets"])
+        elif "reason" in rep:
+            info["reason"] = rep["reason"]
+        return out
+
     def vel(xl, A, V, t):
+        if fast is not None:
+            return fast_velocity(xl, A, V)
         if sphere:
             return attention_velocity(xl, gather(xl), w, A, V)
         if not rescaled:
@@ -173,4 +248,4 @@ def simulate_particles(
             snaps.append(gather(x).copy())
         bar.update(1)
     bar.close()
-    return ParticleResult(times=times[saved], positions=np.array(snaps))
+    return ParticleResult(times=times[saved], positions=np.array(snaps), velocity=info)

@@ -62,3 +62,33 @@ def test_bench_dg_s2_nonlocal_quick(run):
     assert rows[("DG1", 3)]["l1"] < rows[("DG0", 4)]["l1"] / 4
     assert all(r["mass"] <= 1e-12 and r["low"] >= 0 for r in rows.values())
     assert "reference: DG1 level 5" in p.stdout
+
+
+def test_bench_particles_tiny(run, tmp_path):
+    """Direct and fast per-evaluation times on S^2 and S^1, the crossover line, a short real
+    fast run and its scaled estimate, and the Markdown table (tiny sizes)."""
+    table = tmp_path / "particles.md"
+    args = ["--sizes", "60", "120", "--evals", "2", "--direct-evals", "1", "--run-T", "0.2",
+            "--T", "1", "--write-table", str(table)]  # fmt: skip
+    p = run(["scripts/bench_particles.py", *args], 1)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for sphere in ("S^2", "S^1"):
+        for n in (60, 120):
+            m = re.search(rf"^{re.escape(sphere)} \| {n} \| \S+ \(1\) \| \S+ \(2\) \| "
+                          r"(\S+)x \| \d+ \(\d+\) \| (\S+) \| (\S+) \|", out, re.M)  # fmt: skip
+            assert m, (sphere, n, out)
+            assert float(m.group(3)) <= 1e-10  # measured error of the fast path (tol 1e-10)
+        assert re.search(rf"^{re.escape(sphere)}: the fast path is", out, re.M), out
+        assert re.search(rf"^{re.escape(sphere)}, n = 120: simulate_particles\(velocity='fast'\)"
+                         r" to T = 0.2 \(dt = 0.1, 2 steps\) measured .* \(estimated\); "
+                         r"8 of 8 evaluations fast", out, re.M), out  # fmt: skip
+    text = table.read_text()
+    assert f"`.venv/bin/python scripts/bench_particles.py {' '.join(args)}`" in text, text
+    assert re.search(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC", text) and "Machine: " in text, text
+    assert len([ln for ln in text.splitlines() if ln.startswith("| S^")]) == 4, text
+
+
+def test_bench_particles_rejects_bad_options(run):
+    p = run(["scripts/bench_particles.py", "--dims", "4"], 1)
+    assert p.returncode == 2 and "--dims 2 and/or 3" in p.stderr

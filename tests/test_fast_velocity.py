@@ -163,7 +163,12 @@ def test_fast_matches_direct(d, norm, kind, tol, backend):
     x, y, w = problem(d, seed=3)
     A, V = matrix(d, norm, 10, kind), matrix(d, 1.5, 11)
     nv = NonlocalVelocity(
-        SELF, x, y, np.arange(len(y)), method="fast", tolerance=tol,
+        SELF,
+        x,
+        y,
+        np.arange(len(y)),
+        method="fast",
+        tolerance=tol,
         fast_options={"backend": backend},
     )
     assert nv._fast.backend == backend
@@ -212,6 +217,44 @@ def test_weights_change_and_A_cache(d):
     assert [st.calls for st in fv._setups.values()] == [3, 3]
 
 
+@pytest.mark.parametrize("d,backend", [(2, "numpy"), (3, "numpy"), (3, "numba")][: 3 if _nb else 2])
+def test_moving_points_match_direct(d, backend):
+    """Particles: sources = targets, moved between calls (set_points) towards a cluster, with
+    two A values alternating (each cached set-up is rebuilt at the new points): every call
+    within the tolerance of the direct sum and within its own bound."""
+    rng = np.random.default_rng(12)
+    x = problem(d, seed=12)[1]
+    w = np.full(len(x), 1.0 / len(x))
+    As, V = [matrix(d, 4.0, 70), matrix(d, 1.5, 71)], matrix(d, 1.0, 72)
+    tol = 1e-9
+    fv = FastVelocity(SELF, x, x, tolerance=tol, chunk=128, backend=backend)
+    pole = np.eye(d)[0]
+    for k in range(6):
+        if k:
+            x = x + 0.3 * pole + 0.05 * rng.normal(size=x.shape)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            fv.set_points(x, x)
+        A = As[k % 2]
+        X = fv(w, A, V)
+        rep = fv.report
+        assert rep["method"] == "fast", rep
+        err = rel_error(X, attention_velocity(x, x, w, A, V))
+        assert err <= tol and err <= max(rep["bound"], 1e-13), (k, err, rep)
+    assert np.linalg.norm(x.mean(axis=0)) > 0.5  # the points did concentrate (from ~0)
+    with pytest.raises(ValueError, match="set_points: expected targets"):
+        fv.set_points(x[:-1], x)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_truncation_tails_increase_with_r(d):
+    """Moving points bound each target's tail by the tail at the grid value above r_i: this
+    needs τ_m(r) non-decreasing in r (Bessel ratios I_{ν+1}/I_ν increase with r)."""
+    r = np.geomspace(1e-4, 60.0, 3000)
+    t = truncation_tails(r, 60, d)
+    assert np.all(np.diff(t, axis=1) >= -1e-15 * t[:, 1:])
+    assert np.all(t[:, -1] > t[:, 0])  # not a constant
+
+
 def test_concentrated_density_uses_direct_for_a_few_targets():
     """A peaked density leaves some targets with tiny denominators: those go direct."""
     x, y, _ = problem(3, seed=5)
@@ -235,7 +278,12 @@ def test_peaked_kernel_falls_back_to_direct(method, d):
     A, V = matrix(d, 2e4 if d == 2 else 3000.0, 40), matrix(d, 1.0, 41)
     mem = 8 * 2**20  # small budget for the NumPy tables (S^1): the degree does not fit
     nv = NonlocalVelocity(
-        SELF, x, y, np.arange(len(y)), method=method, tolerance=1e-10,
+        SELF,
+        x,
+        y,
+        np.arange(len(y)),
+        method=method,
+        tolerance=1e-10,
         fast_options={"memory_bytes": mem},
     )
     with pytest.warns(RuntimeWarning, match="too peaked"):
@@ -321,7 +369,12 @@ def run_partitioned(comm) -> dict:
         spart = rng.integers(0, P, len(y))
         mine_t, mine_s = np.nonzero(tpart == p)[0], np.nonzero(spart == p)[0]
         nv = NonlocalVelocity(
-            comm, x[mine_t], y[mine_s], mine_s, method="fast", tolerance=1e-9,
+            comm,
+            x[mine_t],
+            y[mine_s],
+            mine_s,
+            method="fast",
+            tolerance=1e-9,
             fast_options={"chunk": 64, "backend": backend},
         )
         V = matrix(d, 1.0, 9)
@@ -362,7 +415,10 @@ def test_rank_independence():
         env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
         res = subprocess.run(
             [mpiexec, "-n", "2", sys.executable, str(script), str(Path(tmp) / "out.npz")],
-            capture_output=True, text=True, timeout=300, env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
         )
         assert res.returncode == 0, res.stdout + res.stderr
         got = dict(np.load(Path(tmp) / "out.npz"))

@@ -146,3 +146,118 @@ def test_euclidean_rescaled_matches_solve_ivp():
     static = solver.simulate_particles(solver.Model(Q, K, V), z0, T, dt=0.002, save_every=1.0,
                                        geometry="euclidean")  # fmt: skip
     assert np.abs(static.positions[-1] - r.positions[-1]).max() > 1e-3  # the rescaling matters
+
+
+# ------------------------------------------------------------------------------------------
+# velocity="fast": the error-controlled expansion (S^1, S^2) against the direct sum
+# ------------------------------------------------------------------------------------------
+
+
+def fast_model(d: int) -> solver.Model:
+    """General (non-symmetric) A = Kᵀ Q and non-normal V."""
+    Q = np.array([[1.2, 0.3, 0.0], [-0.2, 0.9, 0.4], [0.1, 0.0, 1.1]])[:d, :d]
+    V = np.array([[1.0, 0.3, 0.0], [0.0, 0.7, 0.2], [0.1, 0.0, 0.5]])[:d, :d]
+    return solver.Model(Q, np.eye(d), V)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_fast_and_direct_trajectories_agree(d):
+    """Positions after T from the fast and the direct velocity differ by at most the
+    propagated velocity tolerance.
+
+    Every fast evaluation meets ``|X̃_i − X_i| <= tol · scale / 2`` with ``scale <= ‖V‖``
+    (``|X| <= |V m| <= ‖V‖``; the round-off floor of the scale is below ``‖V‖`` for ``tol >=
+    1e-11``), so each RK stage is off by ``ε = tol ‖V‖ / 2``. The particle field ``F_i =
+    P_{x_i} m_i``, ``m_i = Σ_j p_ij V x_j``, ``p_ij ∝ e^{x_jᵀ A x_i}``, is Lipschitz in
+    ``max_k |x_k|`` with ``L = ‖V‖ (3 + 3‖A‖)``: ``2‖V‖`` from the projection, ``‖V‖ ‖A‖``
+    from the logits' dependence on ``x_i`` (a covariance of ``V x_j`` and ``Aᵀ x_j`` under
+    ``p_i.``), ``Σ_k p_ik ‖V‖ (1 + 2‖A‖)`` from the sources ``x_k``. One RK4 step is then
+    Lipschitz with ``e^{hL}`` and its increment is off by at most ``ε (e^{hL} − 1)/(hL)``, the
+    retraction onto the sphere is 1-Lipschitz (radial projection of points outside the ball,
+    up to ``O(h³)``), so by the discrete Gronwall lemma the positions differ by at most
+    ``ε' (e^{L'T} − 1) / L'`` with ``ε' = ε c``, ``L' = L c``, ``c = (e^{hL} − 1)/(hL)``;
+    a factor 2 covers the ``O(h³)`` of the retraction."""
+    model = fast_model(d)
+    A, V = model.parameters(0.0)
+    x0 = solver.sample_particles(solver.Uniform(), 300, d, seed=5)
+    T, dt, tol = 1.0, 0.05, 1e-8
+    kw = {"dt": dt, "save_every": 0.5}
+    rf = solver.simulate_particles(model, x0, T, velocity="fast", tolerance=tol, **kw)
+    rd = solver.simulate_particles(model, x0, T, velocity="direct", **kw)
+    info = rf.velocity
+    steps = round(T / dt)
+    assert info["method"] == "fast" and info["fast_calls"] == info["calls"] == 4 * steps, info
+    assert info["max_bound"] <= tol, info
+    assert rd.velocity == {"method": "direct"}
+    nV, nA = np.linalg.norm(V, 2), np.linalg.norm(A, 2)
+    L = nV * (3 + 3 * nA)
+    c = np.expm1(dt * L) / (dt * L)
+    eps = tol * nV / 2
+    bound = 2 * eps * c * np.expm1(c * L * T) / (c * L)
+    diff = np.linalg.norm(rf.positions - rd.positions, axis=-1).max()
+    print(f"S^{d - 1}: |x_fast - x_direct| = {diff:.2e} <= {bound:.2e}; {info}")
+    assert diff <= bound
+    moved = np.linalg.norm(rd.positions[-1] - x0, axis=1).max()
+    assert moved > 100 * bound  # the test compares trajectories that moved
+    assert np.abs(np.linalg.norm(rf.positions, axis=-1) - 1).max() < 1e-14
+
+
+FAST_RANKS = """
+import numpy as np, sys
+from mpi4py import MPI
+import solver
+from test_particles import fast_model
+d = int(sys.argv[2])
+x0 = solver.sample_particles(solver.Uniform(), 301, d, seed=1)
+r = solver.simulate_particles(fast_model(d), x0, 0.5, dt=0.05, comm=MPI.COMM_WORLD,
+                              velocity="fast")
+assert r.velocity["method"] == "fast" and r.velocity["fast_calls"] == 40, r.velocity
+if MPI.COMM_WORLD.rank == 0:
+    np.save(sys.argv[1], r.positions)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("d", [2, 3])
+def test_fast_particles_rank_independent(tmp_path, run, d):
+    """301 particles in uneven blocks over 2 ranks: the expansion's moments are summed in
+    fixed chunks (rank-independent order), every target is evaluated alone: the same
+    positions as on one rank to round-off of the per-target products."""
+    from pathlib import Path
+
+    script = tmp_path / "p.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                      + FAST_RANKS)  # fmt: skip
+    for n in (1, 2):
+        p = run([str(script), str(tmp_path / f"x{n}.npy"), str(d)], n)
+        assert p.returncode == 0, p.stderr
+    a, b = np.load(tmp_path / "x1.npy"), np.load(tmp_path / "x2.npy")
+    assert np.abs(a - b).max() <= 1e-12
+    assert np.abs(a[-1] - a[0]).max() > 1e-2  # it moved
+
+
+def test_velocity_option_is_checked_and_auto_picks_by_size():
+    m2 = fast_model(2)
+    x = solver.sample_particles(solver.Uniform(), 10, 2, seed=0)
+    with pytest.raises(ValueError, match="velocity must be one of"):
+        solver.simulate_particles(m2, x, 0.1, velocity="fmm")
+    with pytest.raises(ValueError, match="tolerance"):
+        solver.simulate_particles(m2, x, 0.1, velocity="fast", tolerance=0.0)
+    with pytest.raises(ValueError, match="velocity='fast' needs geometry='sphere'"):
+        solver.simulate_particles(m2, x, 0.1, velocity="fast", geometry="euclidean")
+    m4 = solver.Model(np.eye(4), np.eye(4), np.eye(4))
+    x4 = solver.sample_particles(solver.Uniform(), 10, 4, seed=0)
+    with pytest.raises(ValueError, match="velocity='fast' needs .* d = 2 or 3.*d = 4"):
+        solver.simulate_particles(m4, x4, 0.1, velocity="fast")
+    assert solver.simulate_particles(m4, x4, 0.1).velocity["method"] == "direct"  # auto
+    # auto: the direct sum below FAST_MIN_N (bit for bit), the expansion from it on
+    from solver.particles import FAST_MIN_N
+
+    n = FAST_MIN_N[2]
+    for size, method in ((n - 1, "direct"), (n, "fast")):
+        x = solver.sample_particles(solver.Uniform(), size, 2, seed=0)
+        r = solver.simulate_particles(m2, x, 0.1, dt=0.1)
+        assert r.velocity["method"] == method
+        if method == "direct":
+            rd = solver.simulate_particles(m2, x, 0.1, dt=0.1, velocity="direct")
+            np.testing.assert_array_equal(r.positions, rd.positions)

@@ -2,7 +2,8 @@
 
 * :func:`attention_velocity` — the direct sum (the reference), any dimension;
 * :class:`FastVelocity` — the error-controlled Fourier (S^1) / spherical-harmonic (S^2)
-  expansion for fixed sources;
+  expansion, for fixed sources or, through :meth:`FastVelocity.set_points`, moving ones
+  (the particles of :func:`solver.simulate_particles`);
 * :class:`NonlocalVelocity` — targets of this rank against the sources of all ranks, in a
   rank-independent order, by either method.
 

@@ -10,7 +10,8 @@ asks again which it has:
   the key-ordered sources, shape ``(C_local, r_n, W.shape[1])``;
 * ``targets(st, mom, n)`` — ``out_i = Σ_k b_{l(k)}(r_i) ψ_k(û_i) mom_k`` at this rank's
   targets;
-* ``trim(st, n)`` — drop target-side factors above degree ``n + 2``.
+* ``trim(st, n)`` — drop target-side factors above degree ``n + 2``;
+* ``set_sources(points)`` — new positions of the same sources (moving particles).
 
 :class:`NumbaBackend` (``S^2``): the harmonics generated on the fly by the compiled kernels of
 :mod:`solver.velocity._kernels` (compute-bound, no tables). :class:`NumPyBackend`: ``ψ``
@@ -48,13 +49,17 @@ class NumbaBackend:
 
     def __init__(self, points: np.ndarray, lo: int, hi: int, chunk: int, threads: int):
         self._pts = _own_sources(points, lo, hi, chunk)
-        self.chunk = chunk
+        self.chunk, self._rows = chunk, (lo, hi)
         self._rt = recurrence_tables(0)
         self.threads = int(min(max(1, threads), max_threads()))
         self.kernels = kernels(self.threads)
 
     def table_bytes(self, terms: int, rows: int) -> int:
         return 0
+
+    def set_sources(self, points: np.ndarray) -> None:
+        """This rank's chunks of the moved sources (the harmonics are generated per call)."""
+        self._pts = _own_sources(points, *self._rows, self.chunk)
 
     def prepare(self, st, n: int) -> None:
         """Degree weights ``st.bw = b_l(r_i)``; recurrence tables grown to degree ``n``."""
@@ -81,7 +86,7 @@ class NumPyBackend:
     name = "numpy"
 
     def __init__(self, points: np.ndarray, P: int, p: int, lo: int, hi: int, chunk: int):
-        self.d, self.chunk, self.count = points.shape[1], chunk, hi - lo
+        self.d, self.chunk, self.count, self._rows = points.shape[1], chunk, hi - lo, (lo, hi)
         key = (P, p, chunk, points.shape, hashlib.sha1(points.tobytes()).hexdigest())
         basis = _SHARED.get(key)
         if basis is None:
@@ -91,6 +96,11 @@ class NumPyBackend:
 
     def table_bytes(self, terms: int, rows: int) -> int:
         return 8 * terms * rows
+
+    def set_sources(self, points: np.ndarray) -> None:
+        """A private source basis of the moved sources (tabulated again by ``prepare``)."""
+        lo, hi = self._rows
+        self._psi = _SourceBasis(_own_sources(points, lo, hi, self.chunk), hi - lo, self.chunk)
 
     def prepare(self, st, n: int) -> None:
         """The table ``st.phi = φ_k(x_i)`` (Fortran order) and ``ψ`` up to degree ``n``."""

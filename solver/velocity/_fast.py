@@ -1,4 +1,4 @@
-"""Fast, error-controlled attention velocity on fixed points: a truncated plane-wave expansion.
+"""Fast, error-controlled attention velocity: a truncated plane-wave expansion.
 
 The kernel of :func:`solver.attention_velocity` is ``k(x, y) = e^{yᵀ A x} = e^{<u, y>}`` with
 ``u = A x``, ``r = |u| <= ‖A‖₂``. On the unit sphere it has the classical expansions
@@ -23,7 +23,10 @@ denominator of the softmax become
 
 ``O((N + M) r_n)`` per evaluation instead of ``O(N M)``. Sources (cell centroids) and
 targets (mesh vertices) are fixed and only the weights change between calls; ``A`` enters
-only the target side (``u_i = A x_i``), so a new ``A`` costs ``O(N n)`` set-up.
+only the target side (``u_i = A x_i``), so a new ``A`` costs ``O(N n)`` set-up. Moving
+points (particles: sources = targets, every Runge-Kutta stage) are passed to
+:meth:`FastVelocity.set_points`, which rebuilds only what depends on them, ``O((N + M) n)``
+(plus ``O((N + M) r_n)`` for the NumPy tables), so a call stays ``O((N + M) r_n)``.
 
 For large ``‖A‖`` the degree needed grows like ``sqrt(‖A‖ log(1/tol))`` (``i_l(r) e^{-r}``
 decays like ``e^{-l²/2r}``); on the icosphere, ``‖A‖₂ = 10`` and ``tol = 1e-8`` take degree
@@ -110,6 +113,13 @@ __all__ = ["FastVelocity"]
 _U = np.finfo(float).eps / 2
 #: Highest expansion degree ever used (S^2 / S^1).
 MAX_DEGREE = {3: 160, 2: 20000}
+#: Moving points: the truncation tails are tabulated once per ``A`` at ``r = ‖A‖₂ · g`` for
+#: these ``g`` (geometric, 0.45 % apart, the top one above ``‖A‖₂`` by a round-off margin)
+#: and each target takes the grid value at or above ``r_i = |A x_i| <= ‖A‖₂``: an upper
+#: bound, since ``τ_m(r)`` increases with ``r`` (the weights ``g_l(r)`` of the expansion have
+#: ratios ``g_l / g_{l-1} ∝ I_{ν+1}(r) / I_ν(r)``, increasing in ``r``: the distribution of
+#: the degree grows stochastically with ``r``), about ``1.0045^{m+1}`` above the exact tail.
+_TAIL_GRID = np.geomspace(1e-4, 1.0, 2048) * (1.0 + 1e-12)
 
 
 def _memory_default() -> int:
@@ -132,22 +142,25 @@ class _Setup:
         self.n_use = -1  # degree used for evaluation
         self.phi = None  # NumPy backend: (N_local, r_{n_phi}) table, Fortran order
         self.bw = None  # numba backend: degree weights b_l(r_i), (n_phi + 1, N_local)
-        self.tails = None  # (n_tail + 1, N_local)
+        self.tails = None  # (n_tail + 1, N_local), or (n_tail + 1, grid) for moving points
+        self.tail_idx = None  # moving points: the grid value of the tails of each target
         self.calls = 0
         self.direct_targets = 0
         self.report: dict = {}
+        self.epoch = 0  # the evaluator's points epoch the target side was built for
 
 
 class FastVelocity:
-    """Error-controlled fast evaluation of :func:`attention_velocity` on fixed points.
+    """Error-controlled fast evaluation of :func:`attention_velocity`.
 
     Parameters
     ----------
     comm : mpi4py communicator
     targets : (m_local, d) array
-        This rank's targets (fixed).
+        This rank's targets (fixed, or moved by :meth:`set_points`).
     sources : (n, d) array
-        All sources in global key order (identical on every rank; fixed).
+        All sources in global key order (identical on every rank; fixed, or moved by
+        :meth:`set_points`).
     tolerance : float
         Relative error in the max norm over all targets (relative to ``max |X|``; never below
         a thousand round-offs of the softmax mean ``|V m|``, where the field nearly vanishes).
@@ -234,6 +247,7 @@ class FastVelocity:
         self._C_local = hi - lo
         self._setups: OrderedDict = OrderedDict()
         self._vcache: tuple | None = None
+        self._epoch = 0  # incremented by set_points
         self.n_cap_mem = self._n_cap(cost=False)
         self.n_cap = self._n_cap(cost=self.auto)
         self.report: dict = {"method": "fast"}
@@ -293,6 +307,32 @@ class FastVelocity:
             self._vcache = (key, Vy, np.linalg.norm(Vy, axis=1))
         return self._vcache[1], self._vcache[2]
 
+    def set_points(self, targets: np.ndarray, sources: np.ndarray) -> None:
+        """Move the targets and sources (same counts, same order): particles, every RK stage.
+
+        Everything that depends on the points is rebuilt, nothing else: the source side (the
+        numba back-end copies this rank's chunks, ``O(M)``; the NumPy back-end tabulates
+        ``ψ`` again, ``O(M r_n)``), ``V y_j``, and, lazily at the next call with each cached
+        ``A``, the target side ``u_i = A x_i``, ``b_l(|u_i|)``, the truncation tails
+        ``τ_m(|u_i|)`` (``O(N n)``) and, NumPy back-end, the table ``φ`` (``O(N r_n)``). The
+        degree chosen for each ``A`` (and a fall-back to the direct sum) is kept: the bound
+        ``B_i`` is computed on every call with the new points and raises the degree where
+        they need it, and targets that miss it still go to the direct sum, so every call
+        meets the tolerance as for fixed points. The check against the direct sum on
+        sampled targets is done for a new ``A`` only.
+        """
+        x = np.ascontiguousarray(targets, dtype=float)
+        y = np.ascontiguousarray(sources, dtype=float)
+        if x.shape != self.x.shape or y.shape != self.y.shape:
+            raise ValueError(
+                f"set_points: expected targets {self.x.shape} and sources {self.y.shape} "
+                f"(the counts are fixed), got {x.shape} and {y.shape}"
+            )
+        self.x, self.y = x, y
+        self._backend.set_sources(y)
+        self._vcache = None
+        self._epoch += 1
+
     # ------------------------------------------------------------------ set-up per A
 
     def get_state(self) -> list[dict]:
@@ -320,6 +360,8 @@ class FastVelocity:
         st = self._setups.get(key)
         if st is not None:
             self._setups.move_to_end(key)
+            if st.epoch != self._epoch and st.mode == "fast":  # the points moved
+                self._place(st, st.n_phi if st.new else st.n_use)
             return st
         d, tol, n_cap = self.d, self.tol, self.n_cap
         R = float(np.linalg.norm(A, 2))
@@ -353,18 +395,30 @@ class FastVelocity:
             # start generous (denominators 1000x below uniform), allow growth up to ~1.5x
             n0 = min(n_cap, degree_for(tol * rho * 1e-3 / 4))
             st.n_tail = min(n_cap, max(n0 + 8, (3 * n0) // 2))
-            u = self.x @ A.T  # row i: A x_i
-            st.ri = np.linalg.norm(u, axis=1)
-            st.uh = np.zeros_like(u)
-            st.uh[:, -1] = 1.0
-            pos = st.ri > 0
-            st.uh[pos] = u[pos] / st.ri[pos, None]
-            st.tails = truncation_tails(st.ri, st.n_tail, d)
-            self._prepare(st, n0)
+            self._place(st, n0)
         self._setups[key] = st
         while len(self._setups) > self.cache:
             self._setups.popitem(last=False)
         return st
+
+    def _place(self, st: _Setup, n: int) -> None:
+        """The per-point part of a set-up at the current targets: ``u_i = A x_i``, ``r_i``,
+        ``û_i``, the tails ``τ_m(r_i)`` (``m <= n_tail``) and the target side to degree ``n``."""
+        u = self.x @ st.A.T  # row i: A x_i
+        st.ri = np.linalg.norm(u, axis=1)
+        st.uh = np.zeros_like(u)
+        st.uh[:, -1] = 1.0
+        pos = st.ri > 0
+        st.uh[pos] = u[pos] / st.ri[pos, None]
+        if self._epoch == 0:  # fixed points: the tails at each r_i
+            st.tails = truncation_tails(st.ri, st.n_tail, self.d)
+        else:  # moving points: at the grid value above r_i (once per A; τ_m grows with r)
+            if st.tail_idx is None:
+                st.tails = truncation_tails(st.R * _TAIL_GRID, st.n_tail, self.d)
+            st.tail_idx = np.minimum(np.searchsorted(st.R * _TAIL_GRID, st.ri), _TAIL_GRID.size - 1)
+        st.n_phi = -1
+        self._prepare(st, n)
+        st.epoch = self._epoch
 
     def _prepare(self, st: _Setup, n: int) -> None:
         """Make the target side ready for degree ``n`` (weights ``b_l(r_i)``, or the table
@@ -406,7 +460,8 @@ class FastVelocity:
     def _bounds(self, st: _Setup, n, D, q, ctx) -> np.ndarray:
         """``B_i = η_i (S_wV + q_i Σw) / (D̃_i - η_i Σw)`` for each degree in ``n`` (rows)."""
         n = np.atleast_1d(n)
-        eta = st.tails[n] + np.array([self._roundoff(int(k)) for k in n])[:, None]
+        tails = st.tails[n] if st.tail_idx is None else st.tails[n][:, st.tail_idx]
+        eta = tails + np.array([self._roundoff(int(k)) for k in n])[:, None]
         mass = ctx["mass"]
         den = D[None, :] - eta * mass
         with np.errstate(divide="ignore", invalid="ignore"):

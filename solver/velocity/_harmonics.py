@@ -123,17 +123,22 @@ def _scaled_bessel(r: np.ndarray, L: int, d: int) -> np.ndarray:
     rmax = float(r.max()) if r.size else 0.0
     top = L + 40 + int(math.ceil(rmax + 10 * math.sqrt(rmax)))
     rho = np.zeros_like(r)
+    tmp = np.empty_like(r)
     tail = np.zeros_like(r)  # T_l = ρ_l (w_l + T_{l+1}) = Σ_{k>=l} w_k f_k / f_{l-1}
-    ratios = np.empty((L + 1, r.size))
+    f = np.empty((L + 1, r.size))  # the ratios ρ_l, then f_l / f_0 (in place, row by row)
     for l in range(top, 0, -1):
         c = (2 * l + 1) if d == 3 else 2 * l
-        rho = r / (c + r * rho)
+        np.multiply(r, rho, out=tmp)
+        tmp += c
+        np.divide(r, tmp, out=rho)
         if l <= L:
-            ratios[l] = rho
+            f[l] = rho
         else:
-            tail = rho * (((2 * l + 1) if d == 3 else 2.0) + tail)
-    ratios[0] = 1.0
-    f = np.cumprod(ratios, axis=0)  # f_l / f_0
+            tail += (2 * l + 1) if d == 3 else 2.0
+            tail *= rho
+    f[0] = 1.0
+    for l in range(1, L + 1):  # the cumulative product over l (as np.cumprod, faster)
+        f[l] *= f[l - 1]
     l = np.arange(L + 1)[:, None]
     wts = (2 * l + 1.0) if d == 3 else np.where(l == 0, 1.0, 2.0)
     f0 = 1.0 / ((wts * f).sum(axis=0) + f[L] * tail)
@@ -159,14 +164,19 @@ def truncation_tails(r: np.ndarray, n: int, d: int, extra: int = 30) -> np.ndarr
     r = np.atleast_1d(np.asarray(r, dtype=float))
     rmax = float(r.max()) if r.size else 0.0
     L = max(n, int(math.ceil(rmax))) + extra
-    f = _scaled_bessel(r, L, d)
-    l = np.arange(L + 1)[:, None]
-    g = (2 * l + 1) * f if d == 3 else np.where(l == 0, 1.0, 2.0) * f
+    g = _scaled_bessel(r, L, d)
+    if d == 3:
+        g *= (2 * np.arange(L + 1) + 1.0)[:, None]
+    else:
+        g[1:] *= 2.0
     q = r / (2 * L + 1)
     rest = g[L] * q / (1 - q)  # q <= 1/2 since L >= r + extra
-    tails = np.cumsum(g[::-1], axis=0)[::-1]  # tails[m] = Σ_{l>=m}
     out = np.empty((n + 1, r.size))
-    out[:] = tails[1 : n + 2] + rest
+    acc = g[L].copy()  # Σ_{l>=m} g_l, summed from the top, row by row
+    for m in range(L - 1, 0, -1):
+        acc += g[m]
+        if m <= n + 1:
+            np.add(acc, rest, out=out[m - 1])
     return out
 
 
