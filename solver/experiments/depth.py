@@ -160,11 +160,11 @@ def plot_depth(rows, p: dict, path: Path) -> Path:
                      color=line.get_color())  # fmt: skip
         top.set_xscale("log")
         top.set_yscale("log")
-        top.set_ylabel("critical depth T*")
+        top.set_ylabel("critical depth T* (one marker per seed)")
         top.set_title(f"d = {d}, Ṽ = I − ε e₂e₂ᵀ, Δθ = 2 arcsin(δ/2)", fontsize=10)
         top.legend(fontsize=7)
         bot.axhline(1.0, color="k", lw=0.8)
-        bot.set_ylabel("T* / law")
+        bot.set_ylabel("T* / law (one marker per seed)")
         bot.set_xlabel("perturbation norm ε")
     return save_png(fig, path)
 

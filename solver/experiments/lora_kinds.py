@@ -210,7 +210,7 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
                 if i == 1 and tab and tab[0]["prop33_bound"] < 2:
                     ax.axhline(tab[0]["prop33_bound"], color=line.get_color(), ls="--", lw=0.8)
         axs[0, j].set_title(f"‖ΔV‖ = ε = {e:g}", fontsize=10)
-        axs[0, j].set_ylabel("W2(μ_t, ν_t) (chordal; band: min–max)")
+        axs[0, j].set_ylabel("W2(μ_t, ν_t) (chordal)")
         axs[1, j].set_ylabel("cluster drift |u(t) − ũ(t)| (chordal)")
         proxies = [Line2D([], [], color="k", ls=":", lw=1,
                           label="|u₁ − ũ₁|, ũ₁ = top eigenvector of V + ΔV"),
@@ -219,6 +219,10 @@ def plot_lora_kinds(rows, p: dict, table, path: Path) -> Path:
         axs[1, j].legend(handles=proxies, fontsize=7, loc="center right")
         axs[1, j].set_xlabel("t (depth)")
         axs[0, j].legend(fontsize=8)
+    fig.suptitle(f"particles only (no mesh): n = {p['n']} tokens (one draw, seed "
+                 f"{p['x0_seed']}), T = {p['T']:g}, dt = {p['dt']:g}; lines: mean, bands: "
+                 f"min–max over {p['seeds']} adapter seeds; distances chordal on the unit "
+                 "sphere", fontsize=10)  # fmt: skip
     return save_png(fig, path)
 
 

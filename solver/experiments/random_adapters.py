@@ -171,7 +171,7 @@ def plot_random_adapters(stats: dict, p: dict, col: dict, path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xl)
-        ax.set_ylabel("W2(μ_T, ν_T) (rad)")
+        ax.set_ylabel("W2(μ_T, ν_T) (rad; band: mean ± 1 s.d. over seeds)")
         ax.legend(fontsize=8)
     axs[0].set_title("against the adapter norm", fontsize=10)
     axs[1].set_title(f"collapse: spread {col['spread_vs_ratio']:.2f}× (vs "

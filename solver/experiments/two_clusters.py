@@ -220,6 +220,8 @@ def plot_two_clusters(crows, trows, p: dict, path: Path) -> Path:
     ax.set_xlabel("t (depth)")
     ax.set_ylabel("number of clusters")
     ax.legend(fontsize=8)
+    fig.suptitle(f"particles only (no mesh): n = {p['n']} tokens, {p['seeds']} uniform draws "
+                 f"per d, T = {p['T']:g}, dt = {p['dt']:g}", fontsize=10)  # fmt: skip
     return save_png(fig, path)
 
 
