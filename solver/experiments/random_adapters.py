@@ -39,9 +39,9 @@ PRESETS = {
     "tiny": {"d": 2, "n": 32, "x0_seed": 0, "T": 6.0, "dt": 0.05, "Ls": [4, 64],
              "ratio_min": 0.02, "ratio_max": 0.02, "n_ratio": 1, "seeds": 48, "s": [1.0],
              "linear_max": 0.5, "pde_cells": 64, "pde_seeds": 8},
-    "small": {"d": 2, "n": 32, "x0_seed": 0, "T": 10.0, "dt": 0.05, "Ls": [1, 4, 16, 64],
-              "ratio_min": 0.01, "ratio_max": 1.0, "n_ratio": 3, "seeds": 32, "s": [1.0],
-              "linear_max": 0.5, "pde_cells": 128, "pde_seeds": 8},
+    "small": {"d": 2, "n": 32, "x0_seed": 0, "T": 10.0, "dt": 0.05, "Ls": [1, 8, 64],
+              "ratio_min": 0.01, "ratio_max": 1.0, "n_ratio": 3, "seeds": 24, "s": [1.0],
+              "linear_max": 0.5, "pde_cells": 64, "pde_seeds": 6},
     "paper": {"d": 2, "n": 64, "x0_seed": 0, "T": 10.0, "dt": 0.025,
               "Ls": [1, 4, 16, 64, 256], "ratio_min": 0.001, "ratio_max": 3.0, "n_ratio": 13,
               "seeds": 64, "s": [1.0], "linear_max": 0.5, "pde_cells": 256, "pde_seeds": 16},
@@ -58,8 +58,12 @@ SUB = 32
 def random_check(p: dict) -> None:
     positive(p, "d", "n", "T", "dt", "Ls", "ratio_min", "ratio_max", "n_ratio", "seeds",
              "linear_max", "pde_cells", "pde_seeds")  # fmt: skip
-    require(p, "pde_seeds", p["pde_seeds"] <= p["seeds"], "<= seeds (the PDE runs seeds "
-            "0..pde_seeds-1 of the particles)")
+    require(
+        p,
+        "pde_seeds",
+        p["pde_seeds"] <= p["seeds"],
+        "<= seeds (the PDE runs seeds 0..pde_seeds-1 of the particles)",
+    )
     require(p, "d", p["d"] >= 2, ">= 2")
     require(p, "ratio_max", p["ratio_max"] >= p["ratio_min"], ">= ratio_min")
 
@@ -210,9 +214,11 @@ def random_summary(p: dict, rows: dict) -> dict:
     fits = {k: random_fit(p, v) for k, v in solvers.items()}
     stats = {k: random_stats(v) for k, v in solvers.items()}
     pct = f"{100 * LEVEL:g}%"
-    report = [f"Random adapters (d = {p['d']}, n = {p['n']}, T = {p['T']}; seeds over draw and "
-              f"adapters: {p['seeds']} particles, {p['pde_seeds']} PDE): RMS final W2 = "
-              f"c_L eta_L/sqrt(L), c_L ~ L^gamma"]
+    report = [
+        f"Random adapters (d = {p['d']}, n = {p['n']}, T = {p['T']}; seeds over draw and "
+        f"adapters: {p['seeds']} particles, {p['pde_seeds']} PDE): RMS final W2 = "
+        f"c_L eta_L/sqrt(L), c_L ~ L^gamma"
+    ]
     for k, f in fits.items():
         report.append(
             f"  {k} ({f['seeds']} seeds): gamma = {f['gamma']:.3f}, {pct} CI [{f['gamma_lo']:.3f}, "
@@ -225,15 +231,21 @@ def random_summary(p: dict, rows: dict) -> dict:
     if "pde" in stats:
         # the same seeds (adapters, and the draw the PDE's density comes from) on both
         same = random_stats([r for r in rows["random_adapters"] if r["seed"] < p["pde_seeds"]])
-        q = np.array([stats["pde"][k]["rms"] / same[k]["rms"]
-                      for k in stats["pde"] if stats["pde"][k]["mean"] < p["linear_max"]])
+        q = np.array(
+            [
+                stats["pde"][k]["rms"] / same[k]["rms"]
+                for k in stats["pde"]
+                if stats["pde"][k]["mean"] < p["linear_max"]
+            ]
+        )
         out["pde_over_particles"] = {"median": float(np.median(q)), "min": float(q.min()),
                                      "max": float(q.max()), "n": len(q)}  # fmt: skip
         steps = [r["steps"] for r in rows["pde"]]
         out["pde_steps"] = {"median": float(np.median(steps)), "max": int(max(steps))}
         report.append(f"  PDE ({p['pde_cells']} cells, DG0, adaptive; median "
                       f"{out['pde_steps']['median']:.0f} steps/run) over particles (same "
-                      f"{p['pde_seeds']} seeds), RMS W2 in the linear regime: median {out['pde_over_particles']['median']:.3f}, "
+                      f"{p['pde_seeds']} seeds), RMS W2 in the linear regime: median "
+                      f"{out['pde_over_particles']['median']:.3f}, "
                       f"range {q.min():.3f}..{q.max():.3f}")  # fmt: skip
     report.append(f"  point-mass random-walk prediction c = {out['prediction_c']:.3g}")
     out["report"] = report
@@ -292,8 +304,10 @@ def plot_random_adapters(p: dict, s: dict, path: Path) -> Path:
     ax.set_title(f"c_L ∝ L^γ, {100 * LEVEL:g}% bootstrap CI over seeds", fontsize=9)
     cost = ""
     if "pde_steps" in s:
-        cost = (f"; PDE: S^1, {p['pde_cells']} cells, DG0, adaptive, median "
-                f"{s['pde_steps']['median']:.0f} steps/run")
+        cost = (
+            f"; PDE: S^1, {p['pde_cells']} cells, DG0, adaptive, median "
+            f"{s['pde_steps']['median']:.0f} steps/run"
+        )
     fig.suptitle(f"Thm 4.2, random adapters: d = {p['d']}, n = {p['n']} particles (RK4, dt = "
                  f"{p['dt']:g}), T = {p['T']:g}; seeds (draw + adapters): {p['seeds']} "
                  f"particles, {p['pde_seeds']} PDE{cost}",
