@@ -135,15 +135,17 @@ def random_pde_case(p: dict, case: dict, run: Run) -> dict | None:
             "steps": len(res.step_times) - 1}  # fmt: skip
 
 
-def random_walk_prediction(p: dict) -> float:
+def random_walk_prediction(p: dict, rms: bool = False) -> float:
     """Point-mass estimate ``E W2 ≈ k ratio``: the cluster takes ``L`` independent tangent
     steps ``η h P_p u (vᵀp)``, RMS total ``ratio · T · ‖s‖ √(d−1)/d`` whatever ``L`` (so
     ``γ = 0``); ``E|X|/RMS`` of a Gaussian in ``d − 1`` dimensions turns it into a mean.
-    Returns ``k``."""
+    Returns ``k`` (``rms``: the RMS constant ``T ‖s‖ √(d−1)/d`` itself)."""
     d = p["d"]
-    rms = p["T"] * float(np.linalg.norm(p["s"])) * math.sqrt(d - 1) / d
+    rms_k = p["T"] * float(np.linalg.norm(p["s"])) * math.sqrt(d - 1) / d
+    if rms:
+        return rms_k
     mean_over_rms = math.sqrt(2 / (d - 1)) * math.exp(math.lgamma(d / 2) - math.lgamma((d - 1) / 2))
-    return rms * mean_over_rms
+    return rms_k * mean_over_rms
 
 
 def _grid(rows) -> dict:
@@ -226,6 +228,7 @@ def random_summary(p: dict, rows: dict) -> dict:
                 f"L={int(L)}: {c:.3g} [{f['c_lo'][L]:.3g}, {f['c_hi'][L]:.3g}]"
                 for L, c in f["c"].items()))  # fmt: skip
     out = {"fits": fits, "prediction_c": random_walk_prediction(p),
+           "prediction_c_rms": random_walk_prediction(p, rms=True),
            "stats": {k: [{"L": kk[0], "ratio": kk[1], **v} for kk, v in s.items()]
                      for k, s in stats.items()}}  # fmt: skip
     if "pde" in stats:
@@ -247,7 +250,10 @@ def random_summary(p: dict, rows: dict) -> dict:
                       f"{p['pde_seeds']} seeds), RMS W2 in the linear regime: median "
                       f"{out['pde_over_particles']['median']:.3f}, "
                       f"range {q.min():.3f}..{q.max():.3f}")  # fmt: skip
-    report.append(f"  point-mass random-walk prediction c = {out['prediction_c']:.3g}")
+    report.append(
+        f"  point-mass random walk: c = {out['prediction_c_rms']:.3g} (RMS), mean W2 "
+        f"= {out['prediction_c']:.3g} eta_L/sqrt(L)"
+    )
     out["report"] = report
     return out
 
@@ -295,11 +301,11 @@ def plot_random_adapters(p: dict, s: dict, path: Path) -> Path:
         ax.errorbar(Ls, c, yerr=err, fmt=mk, ms=4, capsize=3,
                     label=f"{solver}: γ = {f['gamma']:.2f} [{f['gamma_lo']:.2f}, "
                           f"{f['gamma_hi']:.2f}]")  # fmt: skip
-    ax.axhline(s["prediction_c"], color="k", ls=":", lw=1, label="point-mass walk (γ = 0)")
+    ax.axhline(s["prediction_c_rms"], color="k", ls=":", lw=1, label="point-mass walk (γ = 0)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("depth L (layers)")
-    ax.set_ylabel("c_L (rad)")
+    ax.set_ylabel("c_L = RMS W2 / (η_L/√L) (rad)")
     ax.legend(fontsize=7)
     ax.set_title(f"c_L ∝ L^γ, {100 * LEVEL:g}% bootstrap CI over seeds", fontsize=9)
     cost = ""
