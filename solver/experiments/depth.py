@@ -238,8 +238,9 @@ def _exponent(eps: np.ndarray, tstar: np.ndarray):
 
 
 def depth_fits(rows) -> dict:
-    """Per (kind, d, θ0): ``α`` with its interval (:func:`_exponent`), the mean ``T*`` over the
-    seeds divided by the law (median and range over ε), and the crossings missed (censored)."""
+    """Per (kind, d, θ0): ``α`` with its interval (:func:`_exponent`), ``T*`` over the law
+    (each seed's own law, mean over seeds; median and range over ε), and the crossings missed
+    (censored)."""
     out = {}
     for kind in KINDS:
         for d in sorted({r["d"] for r in rows if r["kind"] == kind}):
@@ -252,17 +253,17 @@ def depth_fits(rows) -> dict:
                 seeds = sorted({r["seed"] for r in sel})
                 tab = {(r["seed"], r["eps"]): r for r in sel}
                 ts = np.array([[tab[(s, e)]["T_star_direction"] for e in eps] for s in seeds])
-                law = np.array([tab[(seeds[0], e)]["T_star_law"] for e in eps])
+                laws = np.array([[tab[(s, e)]["T_star_law"] for e in eps] for s in seeds])
                 a, lo, hi = _exponent(eps, ts)
-                ratio = np.nanmean(ts, axis=0) / law
+                ratio = np.nanmean(ts / laws, axis=0)  # tied: each seed's own φ0
                 f = {"exponent": a, "exponent_lo": lo, "exponent_hi": hi, "level": LEVEL,
                      "seeds": len(seeds), "censored": int(np.isnan(ts).sum()),
                      "ratio_median": nanmedian(ratio), "ratio_min": nanmin(ratio),
                      "ratio_max": nanmax(ratio), "eps": eps, "T_star_mean": np.nanmean(ts, 0),
-                     "law": law}  # fmt: skip
+                     "law": laws.mean(axis=0)}  # fmt: skip
                 if "T_star_delta" in sel[0]:  # particles: the δ-state exit (median over all)
                     td = np.array([[tab[(s, e)]["T_star_delta"] for e in eps] for s in seeds])
-                    f["delta_ratio_median"] = nanmedian(td / law)
+                    f["delta_ratio_median"] = nanmedian(td / laws)
                 out[f"{kind},d={int(d)},theta0={th:g}"] = f
     return out
 
