@@ -359,8 +359,8 @@ def plot_depth(rows: dict, p: dict, s: dict, path: Path) -> Path:
         )
     fig.suptitle(f"Thm 4.6, critical depth (Δθ = 2 arcsin(δ/2), δ = {p['delta']}): n = "
                  f"{p['n']} particles (vMF κ = {p['kappa']:g}, RK4 dt ≤ {p['dt']:g}), seeds "
-                 f"tied {p['seeds']} / random {p['random_seeds']}{cost}; "
-                 f"{100 * LEVEL:g}% bootstrap CI", fontsize=9)  # fmt: skip
+                 f"tied {p['seeds']} / random {p['random_seeds']}; {100 * LEVEL:g}% bootstrap "
+                 f"CI\n{cost.lstrip('; ')}", fontsize=9)  # fmt: skip
     return save_png(fig, path)
 
 
