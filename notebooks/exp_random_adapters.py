@@ -19,18 +19,18 @@
 # u, v ~ N(0, I_d/d). The independent layer effects add up like a random walk, so the
 # cumulative drift scales as η_L T/√L: no forgetting for η_L ≪ √L, forgetting for η_L ≫ √L.
 #
-# **What this measures.** Base Q = K = V = I_d, one uniform x₀; for every L, every ratio
-# η_L/√L (log-spaced) and several adapter seeds, the final W2(μ_T, ν_T). If the theorem's
-# scaling is right, the curves for different L collapse onto one when plotted against
-# η_L/√L, not against η_L. In the small-drift regime the mean W2 is fitted as
-# c_L (η_L/√L)^a per L; the collapse is the spread max c_L / min c_L across L, compared with
-# the spread the same curves have against η_L alone and with the point-mass random-walk
-# prefactor c = T‖s‖√(d−1)/d · E|X|/RMS.
+# **What this measures.** Base Q = K = V = I_d on S^1 (d = 2); for every L, every ratio
+# η_L/√L (log-spaced) and seeds over both the initial draw and the adapters, the final
+# W2(μ_T, ν_T) on the particles (`random_adapters.csv`) and, for the first `pde_seeds` seeds,
+# on the mean-field PDE (`pde.csv`: DG0, adaptive steps, from the density 1 + d⟨m, x⟩ the
+# seed's draw approximates, with the same adapters). In the linear regime
+# c_L = RMS W2 / (η_L/√L) is fitted against L^γ with a 90 % bootstrap interval over the seeds:
+# the theorem says γ = 0 (a law in η_L alone would give γ = ½).
 #
 # This is `scripts/exp_random_adapters.py` from Python. With `SOLVER_NOTEBOOK_PRESET=small`
-# (the tests) it uses the script's `tiny` preset (L ∈ {2, 8}, 2 ratios, 2 seeds, T = 4: too
-# few points to show the collapse), otherwise its `small` preset (d = 3, L ∈ {4, 16, 64},
-# 7 ratios in [10⁻³, 1], 4 seeds, T = 10, about 15 s).
+# (the tests) it uses the script's `tiny` preset (L ∈ {4, 64}, one ratio, 48 particle seeds,
+# 8 PDE seeds, T = 6, about 30 s), otherwise its `small` preset (L ∈ {1, 8, 64}, 3 ratios,
+# 24 + 6 seeds, T = 10; see docs/experiments.md for its cost).
 
 # %%
 import os
@@ -60,49 +60,33 @@ for k, v in p.items():
 # %% [markdown]
 # ## Run
 #
-# `run_random_adapters` runs one case per (L, ratio, seed) (`random_adapters.csv`), fits the
-# small-drift regime per L, draws `random_adapters.png` and returns the summary.
+# `run_random_adapters` runs one case per (L, ratio, seed) on the particles, then on the PDE,
+# fits c_L and γ per solver, draws `random_adapters.png` and returns the summary.
 
 # %%
 summary = run_random_adapters(p, OUT, progress=not SMALL)
 print("\n".join(summary["report"]))
 
 # %% [markdown]
-# Final W2 against η_L (left) and against η_L/√L (right), mean ± one standard deviation over
-# the seeds; dashed: the point-mass random walk.
+# Final W2 against η_L (left, particles) and η_L/√L (middle, particles and PDE), mean ± one
+# standard deviation over the seeds; right: c_L against L with its bootstrap interval.
 
 # %%
 show(OUT / "random_adapters.png")
 
 # %% [markdown]
-# ## The collapse
+# ## c_L against L
 #
-# Per L: the small-drift fit W2 ≈ c_L (η_L/√L)^a (points with mean W2 < `linear_max`), then
-# the spread of c_L across L against η_L/√L and against η_L.
+# Per solver: γ with its interval and c_L per depth (RMS W2 / ratio over the linear regime).
 
 # %%
-col = summary["collapse"]
-print("L      exponent a   c_L      points")
-for L, f in col["fits"].items():
-    print(f"{int(L):<6} {f['exponent']:<12.3f} {f['c']:<8.3g} {f['n']}")
-print(
-    f"spread of c_L: {col['spread_vs_ratio']:.2f}x against eta_L/sqrt(L), "
-    f"{col['spread_vs_eta']:.2f}x against eta_L; random-walk prediction c = "
-    f"{col['prediction_c']:.3g}"
-)
-# look for: a ≈ 1, c_L close to the prediction, and a spread against η_L/√L well below the one
-# against η_L (small preset: ~1.35x vs ~3.2x); the tiny preset has too few points for this.
-
-# %% [markdown]
-# The mean final W2 per ratio and depth: linear in η_L/√L while small, saturating at the
-# sphere's scale (W2 ~ 1 rad) once η_L ≳ √L.
-
-# %%
-stats = summary["stats"]
-ratios = sorted({s["ratio"] for s in stats})
-Ls = sorted({s["L"] for s in stats})
-print("eta_L/sqrt(L)  " + "  ".join(f"L = {int(L):<8}" for L in Ls))
-for r in ratios:
-    means = {s["L"]: s["mean"] for s in stats if s["ratio"] == r}
-    print(f"{r:<14.3g} " + "  ".join(f"{means[L]:<12.4g}" for L in Ls))
-# look for: columns that agree row by row (the collapse) and grow ~linearly down the rows.
+for solver, f in summary["fits"].items():
+    print(
+        f"{solver}: gamma = {f['gamma']:.3f} [{f['gamma_lo']:.3f}, {f['gamma_hi']:.3f}] "
+        f"({f['seeds']} seeds)"
+    )
+    for L, c in f["c"].items():
+        print(f"  L = {int(L):<4} c_L = {c:.3g} [{f['c_lo'][L]:.3g}, {f['c_hi'][L]:.3g}]")
+print(f"point-mass random walk (RMS): c = {summary['prediction_c_rms']:.3g}")
+# look for: the particles' interval contains 0 and excludes 1/2; with few seeds the PDE's
+# interval is too narrow (a percentile bootstrap of a few heavy-tailed samples).

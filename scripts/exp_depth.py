@@ -1,23 +1,31 @@
 """Thm 4.6 of arXiv 2402.15415: the critical depth T* at which the perturbed flow leaves the
-base cluster, as a function of the perturbation norm.
+base cluster, for tied and for random adapters, on particles and on the mean-field PDE (S^1).
 
-Base Q = K = V = I_d, perturbed V~ = I_d - eps e2 e2^T; tokens start as a von Mises-Fisher
-cloud (kappa) centred at angle theta0 from e1 towards e2. T* is measured twice: the depth at
-which the cluster directions of the two flows are dtheta = 2 arcsin(delta / 2) apart, and the
-exit time of the delta-cluster state around the base's final configuration. Both are
-compared with the point-mass law T* = ln(tan phi0 / tan(phi0 - dtheta)) / eps (phi0: angle
-of the base cluster to the hyperplane e2^perp) and fitted as c eps^-alpha.
-Outputs: depth.csv (one row per d, theta0, eps, seed), depth.png, summary.json, params.toml.
+Base Q = K = V = I_d; tokens start as a von Mises-Fisher cloud (kappa) centred at angle
+theta0 from e1 towards e2. Tied: V~ = I_d - eps e2 e2^T; law T* = ln(tan phi0 /
+tan(phi0 - dtheta)) / eps (phi0: angle of the base cluster to e2^perp). Random: layer l of
+length h (layer) gets its own dV^l = eps u v^T, u, v ~ N(0, I_d / d); the cluster does a
+random walk, law E T* = d^2 dtheta^2 / ((d - 1) eps^2 h) (diffusive). T* is the depth at
+which the cluster directions of the two flows are dtheta = 2 arcsin(delta / 2) apart; the
+PDE (d = 2: the vMF density, DG0 on pde_cells cells, adaptive steps; random adapters of the
+first pde_seeds seeds, the particles' adapters of the same seed) measures it on the first
+moments at every step. T* = c eps^-alpha is fitted on the mean over seeds with a 90 %
+bootstrap interval on alpha (over seeds; over the eps points for one deterministic run).
+Outputs: depth.csv (particles, one row per kind, d, theta0, eps, seed), pde.csv, depth.png,
+summary.json, params.toml.
 
 Commands (from the repository root):
 
     mpiexec -n 2 .venv/bin/python scripts/exp_depth.py --output out/depth
     .venv/bin/python scripts/exp_depth.py --preset paper --output out/depth-paper
 
-Presets (wall time on 2 cores): tiny ~2 s (tests); small ~1 min (d in {2, 3},
-theta0 in {20, 45} degrees, 7 eps in [3e-3, 0.3], 2 seeds); paper ~5 min (d in {2, 3, 8},
-three angles, 9 eps in [2e-3, 0.3], 3 seeds, n = 100). TOML keys override the preset (dims,
-n, kappa, theta0_deg, eps_min, eps_max, n_eps, seeds, delta, dt, t_factor). Rerunning resumes.
+Presets (wall time with mpiexec -n 2 on the 2-core machine): tiny ~40 s (tests); small
+(tied: d in {2, 3}, theta0 in {20, 45} degrees, 5 eps in [3e-3, 0.3], 2 seeds; random: d = 2,
+3 eps in [0.12, 0.3], h = 0.1, 12 particle seeds, 4 PDE seeds; 128 cells) particles
+3 min, PDE ~18 min at load ~10 (docs/experiments.md); paper
+not measured. TOML keys override the preset (dims, n, kappa, theta0_deg, eps_min, eps_max,
+n_eps, seeds, delta, dt, t_factor, kinds, layer, random_dims, r_factor, random_eps_min,
+random_eps_max, random_n_eps, random_seeds, pde_cells, pde_seeds). Rerunning resumes.
 """
 
 import sys

@@ -1,22 +1,30 @@
-"""Thm 4.2 of arXiv 2402.15415: random adapters, the eta_L vs sqrt(L) norm transition.
+"""Thm 4.2 of arXiv 2402.15415: random adapters, the eta_L vs sqrt(L) norm transition, on
+particles and on the mean-field PDE (S^1).
 
 Base Q = K = V = I_d; L layers of length h = T / L, layer l gets its own
 dV^l = eta_L sum_a s_a u_a^l (v_a^l)^T with u, v ~ N(0, I_d / d) i.i.d. The sweep runs over
-L, the ratio eta_L / sqrt(L) (log-spaced) and several adapter seeds (same x0), and records
-the final W2(mu_T, nu_T). The figure plots it against eta_L and against eta_L / sqrt(L): the
-paper predicts a collapse (cumulative drift ~ eta_L T / sqrt(L)), no forgetting for
-eta_L << sqrt(L) and drift for eta_L >> sqrt(L). Outputs: random_adapters.csv (one row per L,
-ratio, seed), random_adapters.png (mean +- std over seeds), summary.json, params.toml.
+L, the ratio eta_L / sqrt(L) (log-spaced) and seeds; seed s fixes the adapters and the
+particles' initial draw (n uniform tokens, seed x0_seed + s). For d = 2 the PDE runs the
+first pde_seeds seeds (DG0 on pde_cells cells, adaptive steps) from the density the seed's
+draw approximates, 1 + d<m, x> (m: the draw's mean), with the same adapters. Both record the
+final W2(mu_T, nu_T) (PDE: each cell's mass spread over its arc). In the linear regime
+(mean W2 < linear_max) c_L = RMS W2 / (eta_L / sqrt(L)) is fitted against L^gamma with a 90 %
+bootstrap interval over the seeds: the theory says gamma = 0 (a law in eta_L alone would give
+gamma = 1/2). Outputs: random_adapters.csv (particles, one row per L, ratio, seed), pde.csv
+(the PDE), random_adapters.png (W2 against eta_L and eta_L / sqrt(L), c_L against L),
+summary.json, params.toml.
 
 Commands (from the repository root):
 
     mpiexec -n 2 .venv/bin/python scripts/exp_random_adapters.py --output out/random
     .venv/bin/python scripts/exp_random_adapters.py --preset paper --output out/random-paper
 
-Presets (wall time on 2 cores): tiny ~2 s (tests); small ~15 s (d = 3, L in {4, 16, 64},
-7 ratios, 4 seeds); paper ~5 min (L up to 256, 13 ratios, 16 seeds, n = 64). TOML keys
-override the preset (d, n, x0_seed, T, dt, Ls, ratio_min, ratio_max, n_ratio, seeds, s,
-linear_max). Rerunning resumes.
+Presets (wall time with mpiexec -n 2 on the 2-core machine): tiny ~30 s (tests); small
+(L in {1, 8, 64}, 3 ratios, 24 particle seeds, 6 PDE seeds, 64 cells) 18.5 min at
+load ~10 (4.6 min user CPU; docs/experiments.md); paper
+(L up to 256, 13 ratios, 64 + 16 seeds, 256 cells) not measured. TOML keys override the
+preset (d, n, x0_seed, T, dt, Ls, ratio_min, ratio_max, n_ratio, seeds, s, linear_max,
+pde_cells, pde_seeds). Rerunning resumes.
 """
 
 import sys

@@ -12,6 +12,7 @@ from ..model import Model, TiedLoRA
 
 __all__ = [
     "TRAJECTORY_COLUMNS",
+    "draw_density",
     "e2_perturbation",
     "identity_model",
     "memo",
@@ -35,6 +36,21 @@ def identity_model(d: int, beta: float = 1.0) -> Model:
     """``Q = K = √β I_d``, ``V = I_d``."""
     s = math.sqrt(beta)
     return Model(s * np.eye(d), s * np.eye(d), np.eye(d))
+
+
+def draw_density(x0: np.ndarray, what: str = "draw"):
+    """The smooth density that a uniform draw ``x0`` (n, d) on S^{d−1} approximates, for the
+    PDE: ``ρ0(x) ∝ 1 + d ⟨m, x⟩`` with ``m = (1/n) Σ_i x_i`` (unnormalised, ``f(x)`` for
+    ``x`` (N, d)). It is the uniform density (a stationary state of the PDE: nothing would
+    cluster) plus the draw's first moment (``∫ x ρ0 dσ = m``, since ``∫ x xᵀ dσ = I/d``), the
+    finite-n fluctuation that makes the particles cluster. Positive when ``d |m| < 1``.
+    """
+    n, d = x0.shape
+    m = x0.mean(axis=0)
+    if d * np.linalg.norm(m) >= 1:
+        raise ValueError(f"{what}: d |m| = {d * np.linalg.norm(m):.3g} >= 1 (the density "
+                         "1 + d<m, x> would be negative): choose another seed or n")  # fmt: skip
+    return lambda x: 1.0 + d * (x @ m)
 
 
 def e2_perturbation(d: int, eps: float) -> TiedLoRA:

@@ -48,7 +48,7 @@ from ..analysis import (
 )
 from ..model import Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
-from ._common import e2_perturbation, identity_model, memo, point_mass_depth
+from ._common import draw_density, e2_perturbation, identity_model, memo, point_mass_depth
 from ._experiment import Experiment, Run, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
@@ -179,11 +179,8 @@ def phase_pde_initial(p: dict, d: int):
     """
     if p["pde_initial"] == "cube":
         return lambda x: np.max(np.abs(x), axis=1) ** (-d)
-    m = sample_particles(Uniform(), p["n"], d, seed=p["seed"]).mean(axis=0)
-    if d * np.linalg.norm(m) >= 1:
-        raise ValueError(f"pde_initial = 'mean': d |m| = {d * np.linalg.norm(m):.3g} >= 1 "
-                         "(the density would be negative): choose another seed or n")  # fmt: skip
-    return lambda x: 1.0 + d * (x @ m)
+    x0 = sample_particles(Uniform(), p["n"], d, seed=p["seed"])
+    return draw_density(x0, "pde_initial = 'mean'")
 
 
 def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
