@@ -86,7 +86,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scheme", nargs="?", default="donor")
     ap.add_argument("--sphere", type=int, choices=(1, 2), default=1)
+    ap.add_argument("--level", type=int, default=None, help="icosphere level (S^2; default 4)")
     args = ap.parse_args(argv)
+    if args.level is not None:
+        CASES[2]["mesh"] = {"refinement": args.level}
     r = drift(args.scheme, args.sphere)
     if MPI.COMM_WORLD.rank == 0:
         print(f"{r['scheme']} S^{r['sphere']} ({r['cells']} cells): point mass moves "

@@ -115,3 +115,18 @@ def test_nonlocal_field_shape_for_the_donor_flux():
     op = DG0Upwind(sm)
     f = NonlocalField(op, solver.Model(np.eye(3), np.eye(3), np.eye(3)))
     assert f(0.0, 0.0, op.initial_state(lambda x: 1 + x[:, 0])).shape == (sm.num_owned, 3)
+
+
+def test_clock_reaches_an_end_time_that_is_not_a_round_number():
+    """``T = 152 * 0.1 = 15.200000000000001``: the last event is ``T`` itself (saves are
+    rounded to 1e-12, ``T`` is not), so a run never steps past its event list."""
+    from solver.transport import Clock
+
+    T = 152 * 0.1
+    clock = Clock(T, 0.1)
+    assert clock.events[-1] == T and len(clock.saves) == 153
+    t, n = 0.0, 0
+    while t < T:
+        _, t = clock.land(t, 0.03)
+        n += 1
+    assert t == T and n == 152 * 4

@@ -8,21 +8,22 @@ point-mass ODE started from the initial mean direction.
 
 Measured (relative error = angle(PDE mean, ODE point) / angle(ODE point, start)):
 
-* ``flux="donor"`` on S^1, 120 cells: 0.11 % - 0.25 % of displacements of 8 - 9 cells;
+* ``flux="donor"`` on S^1, 120 cells: 0.045 % and 0.14 % of displacements of 8 - 9 cells;
   the issue's case (200 cells, ε = 0.01, T = 60, x0 at 45°): 0.034 % (9.6e-5 rad of 0.283).
-  On S^1 the donor flux moves the first moment exactly with ``Σ_K ρ_K |K| u_K`` (1-D
-  flux-vector splitting), so what is left is the spread of the cluster over a few cells
-  (the velocity is evaluated at the centroids, not at the point): tolerance 1 %.
-* ``flux="donor"`` on S^2 (icosphere level 3, 1280 cells, h ≈ 0.1): 5.8 % and 1.2 % for two
-  directions. On triangles the first moment moves with ``Σ_F |F| (u·ñ_F)^+ (c_L - c_K)``,
-  which is ``|K| u`` only on average over cell orientations (between 2/3 and 4/3 of it on one
-  equilateral cell): Wasserstein order 1/2 for Dirac data. Tolerance 10 %.
+  With the first-moment correction each cell's mass moves at exactly ``u_K``
+  (transport/_dg0.py), so what is left is the spread of the cluster over a few cells (the
+  velocity is evaluated at the centroids, not at the point): tolerance 1 %.
+* ``flux="donor"`` on S^2 (icosphere level 3, 1280 cells, h ≈ 0.1): 0.20 %, 0.14 % and 0.043 %
+  for three directions and sizes (tolerance 2 %); the issue's case (ε = 0.02, T = 60, level 3,
+  ``scripts/point_mass_drift.py --sphere 2 --level 3``): 0.28 % of 0.41 rad. Without the
+  correction (``first_moment=False``) the donor flux moves one cell's mass at 2/3 to 4/3 of its
+  velocity: 5.8 % in the first case (checked below) and 41 % in the issue's case.
 * ``flux="facet"`` (the vertex-velocity upwind scheme) pins the cluster: on S^1 it moves by
   5.5 % of the displacement in the issue's case and lags by 41 % in the first case below, so
   these tests fail for it (checked below).
-
-DG1 (:class:`~solver.transport.DGUpwind`) is not covered: it still pins (94.5 % short in the
-issue's case, ``scripts/point_mass_drift.py dg1``).
+* DG1 (:class:`~solver.transport.DGUpwind`) with its cluster zones (transport/_dg.py): 0.30 %
+  and 0.75 % on S^1, 6.6 % on S^2 at level 2 (3.1 % at level 3: first order); without the
+  zones 9.3 % in the first S^1 case and 94.5 % in the issue's case (pinned).
 """
 
 import numpy as np
@@ -31,7 +32,7 @@ from mpi4py import MPI
 from scipy.linalg import expm
 
 import solver
-from solver.transport import DG0Upwind, NonlocalField, advance
+from solver.transport import DG0Upwind, DGUpwind, NonlocalField, advance
 
 COMM = MPI.COMM_WORLD
 
@@ -66,7 +67,8 @@ def drift(op, eps, T, e, x0, kappa, cfl=0.5):
     disp = angle(p, m0)
     err, base = angle(out[1], p), angle(out[0], m0)
     if COMM.rank == 0:
-        print(f"\n{op.flux} S^{d - 1} ({op.sm.num_cells} cells) eps={eps} T={T}: point mass "
+        name = getattr(op, "flux", f"DG{op.degree}")
+        print(f"\n{name} S^{d - 1} ({op.sm.num_cells} cells) eps={eps} T={T}: point mass "
               f"moves {disp:.4f} rad, PDE error {err:.2e} ({100 * err / disp:.3f} %), "
               f"base flow moved {base:.1e}")  # fmt: skip
     return disp, err, base
@@ -91,7 +93,7 @@ def test_point_mass_drift_s1(eps, T, e, x0):
 CASES_S2 = [  # (eps, T, e, x0): displacements of 4-6 cells at level 3 (h ≈ 0.1)
     (0.3, 4.0, (0.0, 0.0, 1.0), (1.0, 0.3, 1.0)),
     (0.2, 5.0, (1.0, 1.0, 0.0), (0.2, 1.0, -0.6)),
-    (-0.15, 5.0, (0.3, -1.0, 0.4), (1.0, 0.5, 0.5)),  # Ṽ = I + 0.15 e eᵀ: towards ±e
+    (-0.15, 5.0, (0.3, -1.0, 0.4), (1.0, -0.5, 0.5)),  # Ṽ = I + 0.15 e eᵀ: towards ±e
 ]
 
 
@@ -104,7 +106,7 @@ def test_point_mass_drift_s2(eps, T, e, x0):
     disp, err, base = drift(op, eps, T, e, x0, kappa=1e4)  # width 0.01 << h
     assert disp > 3 * h
     assert err <= 0.02 * disp
-    assert base <= 1e-3 * disp
+    assert base <= 0.01 * h  # the collapse onto the mesh shifts the mean by 2e-4 - 4e-4 rad
 
 
 def test_donor_flux_without_first_moment_lags_on_triangles():
@@ -122,6 +124,35 @@ def test_facet_flux_pins_the_cluster():
     op = DG0Upwind(solver.sphere_mesh(COMM, 1, cells=120), "facet")
     disp, err, _ = drift(op, *CASES_S1[0], kappa=1e5)
     assert err >= 0.2 * disp
+
+
+@pytest.mark.parametrize("eps,T,e,x0", CASES_S1)
+def test_point_mass_drift_dg1_s1(eps, T, e, x0):
+    """DG1 with its cluster zones (transport/_dg.py): measured 0.30 % and 0.85 %."""
+    op = DGUpwind(solver.sphere_mesh(COMM, 1, cells=120), 1)
+    disp, err, base = drift(op, eps, T, e, x0, kappa=1e5)
+    assert err <= 0.02 * disp
+    assert base <= 1e-3 * disp
+
+
+def test_point_mass_drift_dg1_s2():
+    """Icosphere level 2 (h ≈ 0.2): the cluster crosses more than two cells. The zone cells
+    are first order: measured 6.6 % here and 3.1 % at level 3 (h ≈ 0.1)."""
+    op = DGUpwind(solver.sphere_mesh(COMM, 2, refinement=2), 1)
+    h = np.sqrt(4 * np.pi / op.sm.num_cells)
+    disp, err, base = drift(op, *CASES_S2[0], kappa=1e4)
+    assert disp > 2 * h
+    assert err <= 0.08 * disp
+    assert base <= 1e-2 * disp
+
+
+def test_dg1_without_cluster_zones_lags():
+    """The same S^1 case without the zones lags by 9.3 % of its displacement (30 times the
+    0.30 % with them; in the issue's case, ε = 0.01, it is pinned: 94.5 %), so the tests above
+    check what the zones do."""
+    op = DGUpwind(solver.sphere_mesh(COMM, 1, cells=120), 1, clusters=False)
+    disp, err, _ = drift(op, *CASES_S1[0], kappa=1e5)
+    assert err >= 0.05 * disp
 
 
 @pytest.mark.parametrize("flux", ["facet", "donor"])
@@ -153,8 +184,9 @@ def test_positivity_time_step_is_exact(sphere, kw, flux):
         assert (rho + dt * op.rhs(u, rho)).min() >= -1e-14
 
 
-@pytest.mark.parametrize("sphere,kw", [(1, {"cells": 45}), (2, {"refinement": 2}),
-                                       (2, {"refinement": 4})])
+@pytest.mark.parametrize(
+    "sphere,kw", [(1, {"cells": 45}), (2, {"refinement": 2}), (2, {"refinement": 4})]
+)
 def test_first_moment_correction_stays_within_the_a_priori_step(sphere, kw):
     """With the correction the outflow of a cell is not bounded by ``|∂K| max|u|`` a priori
     (transport/_dg0.py), but for random tangent fields — independent per cell, the worst of
@@ -180,7 +212,7 @@ import sys
 import numpy as np
 from mpi4py import MPI
 import solver
-from solver.transport import DG0Upwind, NonlocalField, advance
+from solver.transport import DG0Upwind, DGUpwind, NonlocalField, advance
 
 comm = MPI.COMM_WORLD
 out = {}

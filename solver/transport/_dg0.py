@@ -106,7 +106,7 @@ from scipy import sparse
 from ..mesh import SphereMesh, normalize
 from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
-__all__ = ["DG0Upwind", "FLUXES", "moment_correction"]
+__all__ = ["DG0Upwind", "FLUXES", "moment_correction", "cell_stencil"]
 
 
 #: The DG0 fluxes (see module doc).
@@ -165,7 +165,7 @@ class DG0Upwind:
         self.a = None  # the first-moment correction velocity (one vector per cell)
         if self.first_moment:
             self.a = fem.Function(self.Vu, name="moment_correction")
-            self._stencil = _cell_stencil(sm)
+            self._stencil = cell_stencil(sm)
         out_p, out_m = upwind_outflows(self.u, msh, donor=flux == "donor", correction=self.a)
         flux_form = upwind_flux(self.rho, (out_p, out_m))
         dS = ufl.dS(metadata={"quadrature_degree": qdeg})
@@ -418,19 +418,18 @@ class DG0Upwind:
         return b.array[: self._nown] / self.sm.areas
 
 
-def _cell_stencil(sm: SphereMesh) -> dict:
+def cell_stencil(sm: SphereMesh) -> dict:
     """Each owned cell ``K`` and its facets ``F_i`` (DOLFINx's local order: facet ``i`` is
     opposite vertex ``i``): the neighbour ``L_i`` (a local index, ghosts included), the scaled
-    co-normal ``|F_i| ñ_{K,F_i}`` exactly as the flux form sees it from ``K``, and the step
+    co-normal ``|F_i| ñ_{K,F_i}`` exactly as the flux form sees it from ``K`` (of the flat cell
+    through the vertices, on curved cells), and the step
     ``d_i = P_{c_K}(c_{L_i} - c_K)`` between the centroids on the sphere, in ``T_{c_K}``."""
     msh, gdim, nown = sm.mesh, sm.gdim, sm.num_owned
     tdim, top = gdim - 1, sm.mesh.topology
     top.create_connectivity(tdim, tdim - 1)
     top.create_connectivity(tdim - 1, tdim)
     c2f, f2c = top.connectivity(tdim, tdim - 1), top.connectivity(tdim - 1, tdim)
-    gd = msh.geometry.dofmaps[0]
-    if gd.shape[1] != gdim:  # pragma: no cover - P1 geometry only (simplex of gdim vertices)
-        raise NotImplementedError("the first-moment correction needs a P1 (flat-cell) mesh")
+    gd = msh.geometry.dofmaps[0][:, :gdim]  # the vertices (first on P2 cells too)
     p = msh.geometry.x[:, :gdim][gd]  # (cells, vertices, gdim), ghosts included
     cells = np.arange(len(gd))
     cen = normalize(p.mean(axis=1))

@@ -45,13 +45,14 @@ def time_grid(
 def _save_times(T: float, save_every: float | None) -> np.ndarray:
     if not (np.isfinite(T) and T > 0):
         raise ValueError(f"time.T must be > 0, got {T}")
-    saves = [0.0, T]
+    inner = np.zeros(0)
     if save_every is not None:
         if not (np.isfinite(save_every) and save_every > 0):
             raise ValueError(f"time.save_every must be > 0, got {save_every}")
         n = int(np.floor(T / save_every + 1e-9))
-        saves += [k * save_every for k in range(1, n + 1)]
-    return np.unique(np.clip(np.round(np.asarray(saves, float), 12), 0, T))
+        inner = np.round(np.arange(1, n + 1) * save_every, 12)
+        inner = inner[inner < T * (1 - 1e-12)]  # T itself is kept exactly (not rounded)
+    return np.unique(np.concatenate([[0.0], inner, [float(T)]]))
 
 
 class Clock:
