@@ -17,8 +17,18 @@ not yet clustered, no forgetting, forgetting, and forgotten before clustering (t
 flow never enters while the base flow is clustered: t >= t_base_enter). The figure shows the
 PDE's phases with the particles' t_enter / t_exit on top.
 
+Particles converging to the PDE (particles.csv, one case per PDE sphere, n of conv_n and
+draw seed < conv_seeds; one row per eps of the PDE sweep in [conv_eps_min, conv_eps_max]):
+n tokens drawn i.i.d. from the PDE's rho0, base and perturbed runs to conv_T (step conv_dt,
+saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (at most
+pde_tol of the tokens farther than delta from the final base configuration). The figure
+overlays, per n, the median over the draws with its 10-90 % band; the summary gives per n the
+median relative distance |t - t_PDE| / t_PDE and, for the PDE and per n, the fit
+t_exit = c eps^slope with 95 % bootstrap intervals over the eps (free slope and slope -1).
+
 Outputs: phase.csv (one row per sphere and eps; eps = 0 is the base flow), pde.csv (one row
-per PDE sphere and eps), phase_diagram.png, summary.json (fits), params.toml.
+per PDE sphere and eps), particles.csv, phase_diagram.png, summary.json (fits),
+timing.json (measured wall time of each sweep, summed over resumed runs), params.toml.
 
 Commands (from the repository root):
 
@@ -32,7 +42,8 @@ T = 1000, dt = 0.05) plus 24 PDE runs (~17 min).
 The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
 cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
 eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,
-pde_tol, pde_save_every, pde_T). Rerunning resumes.
+pde_tol, pde_save_every, pde_T, conv_n, conv_seeds, conv_eps_min, conv_eps_max, conv_T,
+conv_dt, conv_save_every). Rerunning resumes.
 """
 
 import sys

@@ -31,6 +31,17 @@ not yet clustered (before ν enters), no forgetting (``t_enter <= t < t_exit``),
 (``t >= t_exit``), and *forgotten before clustering*: ν never enters within ``pde_T`` while μ is
 clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgotten`` is then
 ``t_base_enter``.
+
+Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
+PDE sphere, ``n`` of ``conv_n`` and draw ``seed < conv_seeds``, ``n`` tokens drawn i.i.d. from
+the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
+times converge to the PDE's as ``n → ∞``), read through the same measure-level criterion
+(:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``,
+:func:`solver.analysis.measure_cluster_times`). :func:`phase_convergence` gives per ``n`` the
+median and 10–90 % band over the draws and the median relative distance to the PDE; the PDE's
+and the particles' ``t_exit(ε)`` are fitted with bootstrap intervals
+(:func:`bootstrap_loglog`). Each sweep's measured wall time is in ``timing.json`` and in the
+figure's titles.
 """
 
 from __future__ import annotations
