@@ -569,15 +569,15 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
         ax.set_xlabel("perturbation norm ε")
         ax.set_ylabel("time (depth) t")
         where = f"S^{s}" if p["geometry"] == "sphere" else f"R^{s + 1} (Euclidean, rescaled)"
-        what = f"n = {p['n']} (seed {p['seed']}, {_cost(timing, 'phase.csv')} all spheres)"
+        what = f"n = {p['n']}, seed {p['seed']} (sweep {_cost(timing, 'phase.csv')})"
         if pde:
-            what = (f"PDE {pde[0]['cells']} cells ({_cost(timing, 'pde.csv')}); particles "
+            what = (f"PDE {pde[0]['cells']} cells (sweep {_cost(timing, 'pde.csv')}); particles "
                     f"{what}")  # fmt: skip
             cv = (conv or {}).get(f"S{s}")
             if cv:
                 what += (
                     f";\nparticles from ρ0, n = {list(cv)}, {p['conv_seeds']} draws, "
-                    f"dt = {p['conv_dt']} ({_cost(timing, 'particles.csv')})"
+                    f"dt = {p['conv_dt']} (sweep {_cost(timing, 'particles.csv')})"
                 )
         ax.set_title(f"{where}, δ = {p['delta']}: {what}", fontsize=8)
         handles, _ = ax.get_legend_handles_labels()
