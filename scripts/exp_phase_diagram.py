@@ -17,8 +17,8 @@ not yet clustered, no forgetting, forgetting, and forgotten before clustering (t
 flow never enters while the base flow is clustered: t >= t_base_enter). The figure shows the
 PDE's phases with the particles' t_enter / t_exit on top.
 
-Particles converging to the PDE (particles.csv, one case per PDE sphere, n of conv_n and
-draw seed < conv_seeds; one row per eps of the PDE sweep in [conv_eps_min, conv_eps_max]):
+Particles converging to the PDE (particles.csv, one case per PDE sphere, n = conv_n[i] and
+draw seed < conv_seeds[i]; one row per eps of the PDE sweep in [conv_eps_min, conv_eps_max]):
 n tokens drawn i.i.d. from the PDE's rho0, base and perturbed runs to conv_T (step conv_dt,
 saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (at most
 pde_tol of the tokens farther than delta from the final base configuration). The figure

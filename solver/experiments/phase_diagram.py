@@ -33,7 +33,7 @@ clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgot
 ``t_base_enter``.
 
 Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
-PDE sphere, ``n`` of ``conv_n`` and draw ``seed < conv_seeds``, ``n`` tokens drawn i.i.d. from
+PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
 the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
 times converge to the PDE's as ``n → ∞``), read through the same measure-level criterion
 (:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``,
@@ -93,18 +93,18 @@ PRESETS = {
     "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.008, "eps_max": 0.036,
              "n_eps": 4, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere",
              **_PDE, "pde_T": 32.0,
-             "conv_n": [20, 200], "conv_seeds": 8, "conv_eps_min": 0.012, "conv_eps_max": 0.025,
-             "conv_T": 32.0, "conv_dt": 0.25, "conv_save_every": 0.25},
+             "conv_n": [20, 200], "conv_seeds": [8, 8], "conv_eps_min": 0.012,
+             "conv_eps_max": 0.025, "conv_T": 32.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
               **_PDE, "pde_T": 300.0,
-              "conv_n": [20, 200, 2000], "conv_seeds": 4, "conv_eps_min": 0.006,
+              "conv_n": [20, 200, 2000], "conv_seeds": [4, 4, 2], "conv_eps_min": 0.006,
               "conv_eps_max": 0.02, "conv_T": 40.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
               **_PDE, "pde_spheres": [1, 2], "pde_refinement": 4, "pde_T": 300.0,
-              "conv_n": [20, 200, 2000, 20000], "conv_seeds": 10, "conv_eps_min": 0.001,
-              "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1, "conv_save_every": 0.5},
+              "conv_n": [20, 200, 2000, 20000], "conv_seeds": [10, 10, 10, 4],
+              "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1, "conv_save_every": 0.5},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
 
@@ -125,6 +125,8 @@ def phase_check(p: dict) -> None:
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
     positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
              "conv_eps_max")  # fmt: skip
+    require(p, "conv_seeds", len(p["conv_seeds"]) == len(p["conv_n"]),
+            f"a list of {len(p['conv_n'])} draw counts, one per conv_n")  # fmt: skip
     require(p, "conv_eps_max", p["conv_eps_max"] >= p["conv_eps_min"], ">= conv_eps_min")
     require(p, "conv_save_every", p["conv_save_every"] >= p["conv_dt"], ">= conv_dt")
 
@@ -259,12 +261,13 @@ def phase_conv_eps(p: dict) -> list[float]:
 
 
 def phase_particles_cases(p: dict) -> list[dict]:
-    """One case per PDE sphere, ``n`` of ``conv_n`` and draw ``seed < conv_seeds`` (none for a
+    """One case per PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]`` (none for a
     Euclidean ``geometry`` or without ε in the ``conv_eps`` range)."""
     if p["geometry"] != "sphere" or not phase_conv_eps(p):
         return []
     return [{"sphere": s, "n": int(n), "seed": k} for s in p["pde_spheres"]
-            for n in p["conv_n"] for k in range(int(p["conv_seeds"]))]  # fmt: skip
+            for n, k_n in zip(p["conv_n"], p["conv_seeds"], strict=True)
+            for k in range(int(k_n))]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -576,7 +579,7 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
             cv = (conv or {}).get(f"S{s}")
             if cv:
                 what += (
-                    f";\nparticles from ρ0, n = {list(cv)}, {p['conv_seeds']} draws, "
+                    f";\nparticles from ρ0, n = {list(cv)}, draws {p['conv_seeds']}, "
                     f"dt = {p['conv_dt']} (sweep {_cost(timing, 'particles.csv')})"
                 )
         ax.set_title(f"{where}, δ = {p['delta']}: {what}", fontsize=8)
