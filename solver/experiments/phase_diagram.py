@@ -104,7 +104,8 @@ PRESETS = {
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
               **_PDE, "pde_spheres": [1, 2], "pde_refinement": 4, "pde_T": 300.0,
               "conv_n": [20, 200, 2000, 20000], "conv_seeds": [10, 10, 10, 4],
-              "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1, "conv_save_every": 0.5},
+              "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1,
+              "conv_save_every": 0.5},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
 
