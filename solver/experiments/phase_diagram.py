@@ -590,6 +590,47 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
     return save_png(fig, path)
 
 
+def plot_convergence(p: dict, conv: dict, pde_rows, path: Path, timing=None) -> Path:
+    """Particles against the PDE, one panel per PDE sphere: ``t / t_PDE − 1`` over ε for
+    ``t_exit`` (solid) and ``t_enter`` (dashed), per ``n`` the median over the draws and the
+    10–90 % band; the legend gives the median relative distance of :func:`phase_convergence`."""
+    spheres = [k for k, v in conv.items() if v]
+    fig = figure(5.0 * max(1, len(spheres)), 4.0)
+    axs = np.atleast_1d(fig.subplots(1, max(1, len(spheres))))
+    for ax, name in zip(axs, spheres, strict=False):
+        pde = {r["eps"]: r for r in pde_rows if f"S{int(r['sphere'])}" == name}
+        for k, (n, cv) in enumerate(conv[name].items()):
+            col = CONV_COLOURS[k % len(CONV_COLOURS)]
+            e = np.asarray(cv["eps"])
+            for what, ls, a in (("exit", "-", 0.25), ("enter", "--", 0.12)):
+                ref = np.array([pde[x][f"t_{what}"] for x in e])
+                lo, hi = (np.asarray(cv[f"q{q}_{what}"]) / ref - 1 for q in (10, 90))
+                ax.fill_between(e, lo, hi, color=col, alpha=a, lw=0)
+                lab = (
+                    f"n = {n}, {cv['draws']} draws: median |Δt|/t exit "
+                    f"{cv['distance_exit']:.3f}, enter {cv['distance_enter']:.3f}"
+                )
+                ax.plot(e, np.asarray(cv[f"median_{what}"]) / ref - 1, ls, color=col, marker="o",
+                        ms=3, label=lab if what == "exit" else None)  # fmt: skip
+        ax.axhline(0, color="k", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("perturbation norm ε")
+        ax.set_ylabel("t / t_PDE − 1 (solid: t_exit, dashed: t_enter)")
+        ax.set_title(f"{name}: particles drawn from ρ0 vs the PDE (median, 10–90 % band); "
+                     f"\nT = {p['conv_T']}, dt = {p['conv_dt']}, sweep "
+                     f"{_cost(timing, 'particles.csv')}", fontsize=8)  # fmt: skip
+        ax.legend(fontsize=6)
+    return save_png(fig, path)
+
+
+def _plot(p: dict, rows: dict, s: dict, out: Path) -> None:
+    plot_phase_diagram(rows["phase"], p, s["fits"], out / "phase_diagram.png", rows["pde"],
+                       s["convergence"], s.get("timing"))  # fmt: skip
+    if any(s["convergence"].values()):
+        plot_convergence(p, s["convergence"], rows["pde"], out / "phase_convergence.png",
+                         s.get("timing"))  # fmt: skip
+
+
 EXPERIMENT = Experiment(
     name="phase_diagram",
     module=__name__,
@@ -604,9 +645,7 @@ EXPERIMENT = Experiment(
                   key=("sphere", "n", "seed"), columns=tuple(CONV_COLUMNS),
                   desc="particles -> PDE")),
     summarize=phase_summary,
-    plot=lambda p, rows, s, out: plot_phase_diagram(rows["phase"], p, s["fits"],
-                                                    out / "phase_diagram.png", rows["pde"],
-                                                    s["convergence"], s.get("timing")),
+    plot=_plot,
     needs_comm=True,
 )  # fmt: skip
 
