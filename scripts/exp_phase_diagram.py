@@ -35,10 +35,12 @@ Commands (from the repository root):
     mpiexec -n 2 .venv/bin/python scripts/exp_phase_diagram.py --output out/phase
     .venv/bin/python scripts/exp_phase_diagram.py --preset paper --output out/phase-paper
 
-Presets (wall time, one free core): tiny ~25 s (tests; PDE 3 x ~6 s, 128 cells, T = 30);
-small ~1 min of particles (10 eps in [1e-3, 0.075], T = 400) plus the PDE, 10 runs to T = 300
-(~7 min in all on S^1, measured on 2 shared cores); paper ~10 min of particles (24 eps,
-T = 1000, dt = 0.05) plus 24 PDE runs (~17 min).
+Presets (wall time): tiny ~1 min on one free core (tests; PDE 4 x ~6 s, 128 cells,
+T = 32; particles -> PDE n = 20, 200 x 8 draws); small: particles ~1 min (10 eps in
+[1e-3, 0.075], T = 400), PDE 10 runs to T = 300 (7 min on a quiet machine; 40 min measured on
+2 shared cores at load ~10), particles -> PDE n = 20, 200, 2000 with 4, 4, 2 draws, 3 eps,
+T = 40 (26 min measured on one shared core); paper: not run (n = 20000 needs the fast particle
+velocity; S^2 PDE on the level-4 icosphere, ~30 s per run on 2 free ranks).
 The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
 cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
 eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,
