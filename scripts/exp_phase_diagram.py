@@ -40,7 +40,8 @@ T = 32; particles -> PDE n = 20, 200 x 8 draws); small: particles ~1 min (10 eps
 [1e-3, 0.075], T = 400), PDE 10 runs to T = 300 (7 min on a quiet machine; 40 min measured on
 2 shared cores at load ~10), particles -> PDE n = 20, 200, 2000 with 4, 4, 2 draws, 3 eps,
 T = 40 (26 min measured on one shared core); paper: not run (n = 20000 needs the fast particle
-velocity; S^2 PDE on the level-4 icosphere, ~30 s per run on 2 free ranks).
+velocity). S^2 PDE (pde_spheres = [1, 2]; paper sets the level-4 icosphere) is in no preset:
+at level 4 its 1 % tail decides the delta-state (docs/experiments.md).
 The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
 cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
 eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,

@@ -102,7 +102,7 @@ PRESETS = {
               "conv_eps_max": 0.02, "conv_T": 40.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_spheres": [1, 2], "pde_refinement": 4, "pde_T": 300.0,
+              **_PDE, "pde_refinement": 4, "pde_T": 300.0,
               "conv_n": [20, 200, 2000, 20000], "conv_seeds": [10, 10, 10, 4],
               "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1,
               "conv_save_every": 0.5},
