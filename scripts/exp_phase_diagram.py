@@ -17,22 +17,36 @@ not yet clustered, no forgetting, forgetting, and forgotten before clustering (t
 flow never enters while the base flow is clustered: t >= t_base_enter). The figure shows the
 PDE's phases with the particles' t_enter / t_exit on top.
 
+Particles converging to the PDE (particles.csv, one case per PDE sphere, n = conv_n[i] and
+draw seed < conv_seeds[i]; one row per eps of the PDE sweep in [conv_eps_min, conv_eps_max]):
+n tokens drawn i.i.d. from the PDE's rho0, base and perturbed runs to conv_T (step conv_dt,
+saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (at most
+pde_tol of the tokens farther than delta from the final base configuration). The figure
+overlays, per n, the median over the draws with its 10-90 % band; the summary gives per n the
+median relative distance |t - t_PDE| / t_PDE and, for the PDE and per n, the fit
+t_exit = c eps^slope with 95 % bootstrap intervals over the eps (free slope and slope -1).
+
 Outputs: phase.csv (one row per sphere and eps; eps = 0 is the base flow), pde.csv (one row
-per PDE sphere and eps), phase_diagram.png, summary.json (fits), params.toml.
+per PDE sphere and eps), particles.csv, phase_diagram.png, summary.json (fits),
+timing.json (measured wall time of each sweep, summed over resumed runs), params.toml.
 
 Commands (from the repository root):
 
     mpiexec -n 2 .venv/bin/python scripts/exp_phase_diagram.py --output out/phase
     .venv/bin/python scripts/exp_phase_diagram.py --preset paper --output out/phase-paper
 
-Presets (wall time, one free core): tiny ~25 s (tests; PDE 3 x ~6 s, 128 cells, T = 30);
-small ~1 min of particles (10 eps in [1e-3, 0.075], T = 400) plus the PDE, 10 runs to T = 300
-(~7 min in all on S^1, measured on 2 shared cores); paper ~10 min of particles (24 eps,
-T = 1000, dt = 0.05) plus 24 PDE runs (~17 min).
+Presets (wall time): tiny ~1 min on one free core (tests; PDE 4 x ~6 s, 128 cells,
+T = 32; particles -> PDE n = 20, 200 x 8 draws); small: particles ~1 min (10 eps in
+[1e-3, 0.075], T = 400), PDE 10 runs to T = 300 (7 min on a quiet machine; 40 min measured on
+2 shared cores at load ~10), particles -> PDE n = 20, 200, 2000 with 4, 4, 2 draws, 3 eps,
+T = 40 (26 min measured on one shared core); paper: not run (n = 20000 needs the fast particle
+velocity). S^2 PDE (pde_spheres = [1, 2]; paper sets the level-4 icosphere) is in no preset:
+at level 4 its 1 % tail decides the delta-state (docs/experiments.md).
 The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
 cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
 eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,
-pde_tol, pde_save_every, pde_T). Rerunning resumes.
+pde_tol, pde_save_every, pde_T, conv_n, conv_seeds, conv_eps_min, conv_eps_max, conv_T,
+conv_dt, conv_save_every). Rerunning resumes.
 """
 
 import sys

@@ -9,21 +9,43 @@ An experiment is a chain of resumable sweeps (:class:`Sweep`: one CSV each), the
 3. every sweep in order (:func:`run_sweep`, one shared case :class:`Budget`); ``None`` as
    soon as one is stopped by the budget;
 4. ``summarize(params, rows)`` (``rows``: the rows of every sweep, by CSV stem);
-5. ``plot(params, rows, summary, out)`` on rank 0;
+5. ``plot(params, rows, summary, out)`` on rank 0, ``summary["timing"]`` holding the measured
+   cost of every sweep (:func:`sweep_timing`; not written to ``summary.json``, which stays the
+   same for a resumed run);
 6. ``summary.json``; returns the summary.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import atomic_write_text
 from ._params import prepare_output, write_summary
 from ._sweep import Budget, run_sweep
 
-__all__ = ["Experiment", "Run", "Sweep", "run_experiment"]
+__all__ = ["Experiment", "Run", "Sweep", "run_experiment", "sweep_timing"]
+
+TIMING = "timing.json"
+
+
+def sweep_timing(out, csv: str, seconds: float, cases: int, comm=None) -> dict:
+    """Add ``seconds`` of wall time and ``cases`` computed cases to the record of sweep ``csv``
+    in ``out/timing.json`` (rank 0; summed over resumed runs) and return the whole record,
+    ``{csv: {"wall_s": ..., "cases": ...}}``, on every rank."""
+    rec = None
+    if comm is None or comm.rank == 0:
+        path = Path(out) / TIMING
+        rec = json.loads(path.read_text()) if path.is_file() else {}
+        r = rec.setdefault(csv, {"wall_s": 0.0, "cases": 0})
+        r["wall_s"] += float(seconds)
+        r["cases"] += int(cases)
+        atomic_write_text(path, json.dumps(rec, indent=2) + "\n")
+    return comm.bcast(rec, root=0) if comm is not None and comm.size > 1 else rec
 
 
 @dataclass(frozen=True)
@@ -109,15 +131,17 @@ def run_experiment(
             def compute(case, fn=fn):
                 return fn(params, case)
 
+        t0 = time.perf_counter()
         res = run_sweep(out / sw.csv, sw.cases(params), compute, key=list(sw.key),
                         columns=list(sw.columns), comm=comm, mode=sw.mode,
                         progress=progress and sw.progress, budget=budget,
                         desc=sw.desc)  # fmt: skip
+        timing = sweep_timing(out, sw.csv, time.perf_counter() - t0, res.computed, comm)
         if not res.complete:
             return None
         rows[Path(sw.csv).stem] = res.rows
     summary = exp.summarize(params, rows)
     if comm is None or comm.rank == 0:
-        exp.plot(params, rows, summary, out)
+        exp.plot(params, rows, {**summary, "timing": timing if exp.sweeps else {}}, out)
     write_summary(out, summary, comm)
     return summary

@@ -31,28 +31,42 @@ not yet clustered (before ν enters), no forgetting (``t_enter <= t < t_exit``),
 (``t >= t_exit``), and *forgotten before clustering*: ν never enters within ``pde_T`` while μ is
 clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgotten`` is then
 ``t_base_enter``.
+
+Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
+PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
+the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
+times converge to the PDE's as ``n → ∞``), read through the same measure-level criterion
+(:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``,
+:func:`solver.analysis.measure_cluster_times`). :func:`phase_convergence` gives per ``n`` the
+median and 10–90 % band over the draws and the median relative distance to the PDE; the PDE's
+and the particles' ``t_exit(ε)`` are fitted with bootstrap intervals
+(:func:`bootstrap_loglog`). Each sweep's measured wall time is in ``timing.json`` and in the
+figure's titles.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..analysis import (
     cluster_direction,
+    cluster_mass_outside,
     crossing_times,
     density_clusters,
     measure_cluster_times,
 )
-from ..model import Uniform
+from ..model import Density, Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
 from ._common import draw_density, e2_perturbation, identity_model, memo, point_mass_depth
 from ._experiment import Experiment, Run, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
-from ._stats import delta_distance, loglog_fit, nanmedian, rows_where
+from ._stats import bootstrap_loglog, delta_distance, loglog_fit, nanmedian, rows_where
 from ._sweep import as_columns
 
 __all__ = [
@@ -62,6 +76,8 @@ __all__ = [
     "phase_case",
     "phase_pde_case",
     "phase_pde_initial",
+    "phase_particles_case",
+    "phase_convergence",
     "plot_phase_diagram",
 ]
 
@@ -74,21 +90,29 @@ _PDE = {
     "pde_save_every": 0.5,
 }
 PRESETS = {
-    "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.01, "eps_max": 0.04,
-             "n_eps": 3, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere",
-             **_PDE, "pde_T": 30.0},
+    "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.008, "eps_max": 0.036,
+             "n_eps": 4, "T": 80.0, "dt": 0.2, "delta": 0.1, "geometry": "sphere",
+             **_PDE, "pde_T": 32.0,
+             "conv_n": [20, 200], "conv_seeds": [8, 8], "conv_eps_min": 0.012,
+             "conv_eps_max": 0.025, "conv_T": 32.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_T": 300.0},
+              **_PDE, "pde_T": 300.0,
+              "conv_n": [20, 200, 2000], "conv_seeds": [4, 4, 2], "conv_eps_min": 0.006,
+              "conv_eps_max": 0.02, "conv_T": 40.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_T": 300.0},
+              **_PDE, "pde_refinement": 4, "pde_T": 300.0,
+              "conv_n": [20, 200, 2000, 20000], "conv_seeds": [10, 10, 10, 4],
+              "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1,
+              "conv_save_every": 0.5},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
 PDE_COLUMNS = ["t_enter", "t_exit", "t_base_enter", "t_base_exit", "t_forgotten",
                "t_exit_pointmass", "phi0", "clusters", "mass_outside_final", "cells"]  # fmt: skip
+CONV_COLUMNS = ["eps", "t_enter", "t_exit", "t_base_enter", "t_base_exit"]
 
 
 def phase_check(p: dict) -> None:
@@ -100,6 +124,12 @@ def phase_check(p: dict) -> None:
     require(p, "pde_spheres", all(s in (1, 2) for s in p["pde_spheres"]), "a list of 1 or 2")
     require(p, "pde_initial", p["pde_initial"] in PDE_INITIALS, f"one of {PDE_INITIALS}")
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
+    positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
+             "conv_eps_max")  # fmt: skip
+    require(p, "conv_seeds", len(p["conv_seeds"]) == len(p["conv_n"]),
+            f"a list of {len(p['conv_n'])} draw counts, one per conv_n")  # fmt: skip
+    require(p, "conv_eps_max", p["conv_eps_max"] >= p["conv_eps_min"], ">= conv_eps_min")
+    require(p, "conv_save_every", p["conv_save_every"] >= p["conv_dt"], ">= conv_dt")
 
 
 def phase_eps(p: dict) -> list[float]:
@@ -223,6 +253,129 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     }  # fmt: skip
 
 
+def phase_conv_eps(p: dict) -> list[float]:
+    """The ε of the PDE sweep in ``[conv_eps_min, conv_eps_max]`` (bit-identical floats)."""
+    return [e for e in phase_eps(p) if p["conv_eps_min"] <= e <= p["conv_eps_max"]]
+
+
+def phase_particles_cases(p: dict) -> list[dict]:
+    """One case per PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]`` (none for a
+    Euclidean ``geometry`` or without ε in the ``conv_eps`` range)."""
+    if p["geometry"] != "sphere" or not phase_conv_eps(p):
+        return []
+    return [{"sphere": s, "n": int(n), "seed": k} for s in p["pde_spheres"]
+            for n, k_n in zip(p["conv_n"], p["conv_seeds"], strict=True)
+            for k in range(int(k_n))]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _PDEInitial(Density):
+    """The PDE's initial density :func:`phase_pde_initial` as a :class:`Density`: particles
+    drawn i.i.d. from it (rejection sampling) converge to the PDE as ``n → ∞``."""
+
+    f: Callable
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.f(x)
+
+
+def _measure_times(p: dict, res, centres) -> tuple[float, float]:
+    """Entry/exit of ``m_δ <= pde_tol`` (:func:`cluster_mass_outside`, equal weights), the
+    measure-level criterion of the PDE."""
+    m = cluster_mass_outside(res.positions, None, centres, p["delta"])
+    return measure_cluster_times(res.times, m, p["pde_tol"])
+
+
+def phase_particles_case(p: dict, case: dict) -> list[dict]:
+    r"""Measure-level entry/exit times of ``n`` particles drawn i.i.d. (seed ``seed``) from
+    the PDE's initial density, one row per ε of :func:`phase_conv_eps`.
+
+    Base run ``μ^n`` (``Q = K = V = I``) and one perturbed run ``ν^n`` per ε
+    (``Ṽ = I − ε e_2e_2ᵀ``), the same draw, to ``conv_T`` by :func:`simulate_particles`
+    (whatever velocity evaluation it uses by default), saved every ``conv_save_every``.
+    State: ``m_δ(ν^n_t) = #{i: min_c |x_i(t) − c| >= δ} / n <= pde_tol``
+    (:func:`cluster_mass_outside`, :func:`measure_cluster_times`: the PDE's criterion, with
+    its ``tol``); ``C`` = the final base configuration (its atoms: the support of
+    ``μ^n_{conv_T}``). The PDE takes ``C`` from ``μ_t`` at every saved time instead; both are
+    the same single point in the limit, since ``ρ0 = 1 + d⟨m, x⟩`` is invariant under the
+    rotations about ``m`` and so is the base flow (``Q = K = V = I`` commute with them): its
+    only mode stays on the axis ``m``. ``t_base_*``: the same for ``μ^n``."""
+    d = int(case["sphere"]) + 1
+    n, seed = int(case["n"]), int(case["seed"])
+    x0 = _PDEInitial(phase_pde_initial(p, d)).sample(n, d, np.random.default_rng(seed))
+
+    def run(model):
+        return simulate_particles(model, x0, p["conv_T"], dt=p["conv_dt"],
+                                  save_every=p["conv_save_every"])  # fmt: skip
+
+    base = run(identity_model(d))
+    C = base.positions[-1]
+    tbe, tbx = _measure_times(p, base, C)
+    rows = []
+    for eps in phase_conv_eps(p):
+        te, tx = _measure_times(p, run(identity_model(d).perturbed(e2_perturbation(d, eps))), C)
+        rows.append({"eps": eps, "t_enter": te, "t_exit": tx, "t_base_enter": tbe,
+                     "t_base_exit": tbx})  # fmt: skip
+    return rows
+
+
+def _relative_distance(t, ref) -> np.ndarray:
+    """``|t − ref| / ref``; ``inf`` where exactly one of them is finite (a missed entry or
+    exit is far), ``nan`` where neither is."""
+    t, ref = np.asarray(t, float), np.broadcast_to(np.asarray(ref, float), np.shape(t))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.abs(t - ref) / ref
+    out[np.isfinite(t) != np.isfinite(ref)] = np.inf
+    out[~np.isfinite(t) & ~np.isfinite(ref)] = np.nan
+    return out
+
+
+def phase_convergence(p: dict, conv_rows, pde_rows, sphere: int, n_boot: int = 2000) -> dict:
+    """Particles against the PDE on ``S^{sphere}``, per ``n``.
+
+    Per ε: median and 10–90 % quantiles over the draws of ``t_enter`` and ``t_exit``
+    (draws without a finite time left out; ``missed``: their number). Per ``n``: the median
+    over draws and ε of the relative distance ``|t − t_PDE| / t_PDE`` (a missed time counts
+    as ``inf``; ε where both miss are left out) for ``t_exit`` and ``t_enter``; the fit
+    ``t_exit ≈ c ε^a`` of the per-ε medians with bootstrap intervals over the ε
+    (:func:`bootstrap_loglog`, free slope and slope −1)."""
+    pde = {r["eps"]: r for r in pde_rows if r["sphere"] == sphere}
+    out = {}
+    for n in p["conv_n"]:
+        rows = [r for r in conv_rows if r["sphere"] == sphere and r["n"] == n]
+        if not rows:
+            continue
+        eps = sorted({r["eps"] for r in rows})
+        per = {k: [] for k in ("median_exit", "q10_exit", "q90_exit", "median_enter",
+                               "q10_enter", "q90_enter", "missed_exit")}  # fmt: skip
+        dx, de = [], []
+        for e in eps:
+            c = as_columns([r for r in rows if r["eps"] == e])
+            for what, col in (("exit", "t_exit"), ("enter", "t_enter")):
+                v = c[col][np.isfinite(c[col])]
+                q = np.quantile(v, [0.5, 0.1, 0.9]) if v.size else [np.nan] * 3
+                per[f"median_{what}"].append(float(q[0]))
+                per[f"q10_{what}"].append(float(q[1]))
+                per[f"q90_{what}"].append(float(q[2]))
+            per["missed_exit"].append(int(np.sum(~np.isfinite(c["t_exit"]))))
+            if e in pde:
+                dx.append(_relative_distance(c["t_exit"], pde[e]["t_exit"]))
+                de.append(_relative_distance(c["t_enter"], pde[e]["t_enter"]))
+        dx = np.concatenate(dx) if dx else np.array([np.nan])
+        de = np.concatenate(de) if de else np.array([np.nan])
+        fit = bootstrap_loglog(eps, per["median_exit"], n_boot=n_boot, seed=0)
+        fit1 = bootstrap_loglog(eps, per["median_exit"], n_boot=n_boot, seed=0, fixed_slope=-1)
+        out[int(n)] = {
+            "eps": eps, **per, "draws": len(rows) // len(eps),
+            "distance_exit": float(np.median(dx[~np.isnan(dx)])) if (~np.isnan(dx)).any()
+            else float("nan"),
+            "distance_enter": float(np.median(de[~np.isnan(de)])) if (~np.isnan(de)).any()
+            else float("nan"),
+            "fit": fit, "fit_slope_minus_one": fit1,
+        }  # fmt: skip
+    return out
+
+
 def phase_fit(rows, sphere) -> dict:
     """Transition curve ``t_exit ≈ c ε^{−α}`` fitted over the ε with a finite exit."""
     sel = [r for r in rows if r["sphere"] == sphere and r["eps"] > 0]
@@ -243,12 +396,17 @@ def phase_fit(rows, sphere) -> dict:
     }  # fmt: skip
 
 
-def phase_pde_fit(rows, sphere) -> dict:
-    """The PDE's transition curve ``t_exit ≈ c ε^{−α}`` (finite exits) and ``ε t_exit``."""
+def phase_pde_fit(rows, sphere, n_boot: int = 2000) -> dict:
+    """The PDE's transition curve ``t_exit ≈ c ε^{−α}`` (finite exits) and ``ε t_exit``;
+    ``bootstrap``: :func:`bootstrap_loglog` (slope and prefactor intervals over the ε),
+    ``bootstrap_slope_minus_one``: the prefactor at slope −1 with its interval."""
     c = as_columns([r for r in rows if r["sphere"] == sphere])
     slope, pref = loglog_fit(c["eps"], c["t_exit"])
     return {
         "alpha": -slope, "prefactor": pref, "n_points": int(np.isfinite(c["t_exit"]).sum()),
+        "bootstrap": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot, seed=0),
+        "bootstrap_slope_minus_one": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot,
+                                                      seed=0, fixed_slope=-1.0),
         "base_t_enter": nanmedian(c["t_base_enter"]),
         "median_ratio_to_pointmass": nanmedian(c["t_exit"] / c["t_exit_pointmass"]),
         "eps": c["eps"], "t_enter": c["t_enter"], "t_exit": c["t_exit"],
@@ -275,18 +433,45 @@ def phase_summary(p: dict, rows: dict) -> dict:
         report.append("    eps       t_enter   t_exit")
         for e, a, b in zip(f["eps"], f["t_enter"], f["t_exit"], strict=True):
             report.append(f"    {e:<9.4g} {a:<9.4g} {b:.4g}")
+    conv = {f"S{s}": phase_convergence(p, rows.get("particles", []), rows["pde"], float(s))
+            for s in pde_spheres}  # fmt: skip
     for name, f in pde_fits.items():
+        b, b1 = f["bootstrap"], f["bootstrap_slope_minus_one"]
         report.append(
             f"  PDE {name} (initial {p['pde_initial']!r}, tol = {p['pde_tol']}, "
             f"T = {p['pde_T']}): alpha = {f['alpha']:.3f}, c = {f['prefactor']:.3g}, "
             f"{f['n_points']} exits; base flow t_enter = {f['base_t_enter']:.3g}; "
             f"median t_exit / point-mass = {f['median_ratio_to_pointmass']:.3f}"
         )
+        report.append(f"    bootstrap 95 %: slope {b['slope']:.4f} [{b['slope_lo']:.4f}, "
+                      f"{b['slope_hi']:.4f}], c = {b['prefactor']:.4g} [{b['prefactor_lo']:.4g}, "
+                      f"{b['prefactor_hi']:.4g}]; at slope -1: c = {b1['prefactor']:.4g} "
+                      f"[{b1['prefactor_lo']:.4g}, {b1['prefactor_hi']:.4g}]")  # fmt: skip
         report.append("    eps       t_enter   t_exit    eps*t_exit  point-mass  t_forgotten")
         for row in zip(f["eps"], f["t_enter"], f["t_exit"], f["eps_t_exit"],
                        f["t_exit_pointmass"], f["t_forgotten"], strict=True):  # fmt: skip
             report.append("    {:<9.4g} {:<9.4g} {:<9.4g} {:<11.4g} {:<11.4g} {:.4g}".format(*row))
-    return {"fits": fits, "pde_fits": pde_fits, "report": report}
+    for name, per_n in conv.items():
+        report.append(
+            f"  particles -> PDE {name} (drawn from the PDE's rho0, tol = "
+            f"{p['pde_tol']}, T = {p['conv_T']}, dt = {p['conv_dt']}): per n, median "
+            "over draws and eps of |t - t_PDE| / t_PDE; fit of the median t_exit"
+        )
+        for n, c in per_n.items():
+            b, b1 = c["fit"], c["fit_slope_minus_one"]
+            report.append(
+                f"    n = {n:<6} draws {c['draws']}: exit {c['distance_exit']:.4f}, "
+                f"enter {c['distance_enter']:.4f}; slope {b['slope']:.3f} "
+                f"[{b['slope_lo']:.3f}, {b['slope_hi']:.3f}], c = {b['prefactor']:.4g}"
+                f"; at -1: c = {b1['prefactor']:.4g} [{b1['prefactor_lo']:.4g}, "
+                f"{b1['prefactor_hi']:.4g}]; missed exits {sum(c['missed_exit'])}"
+            )
+            for e, md, lo, hi in zip(c["eps"], c["median_exit"], c["q10_exit"], c["q90_exit"],
+                                     strict=True):  # fmt: skip
+                report.append(
+                    f"      eps {e:<9.4g} t_exit median {md:<9.4g} 10-90 % [{lo:.4g}, {hi:.4g}]"
+                )
+    return {"fits": fits, "pde_fits": pde_fits, "convergence": conv, "report": report}
 
 
 PHASE_COLOURS = ("#f4a582", "#a6dba0", "#92c5de", "#c2a5cf")
@@ -315,10 +500,21 @@ def phase_map(t: np.ndarray, te, tx, tf=None, t_max: float = np.inf) -> np.ndarr
     return np.ma.masked_where(np.broadcast_to(T > t_max, ph.shape), ph)
 
 
-def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None) -> Path:
+CONV_COLOURS = ("#d7301f", "#2b8cbe", "#238443", "#6a51a3", "#525252")
+
+
+def _cost(timing: dict | None, csv: str) -> str:
+    t = (timing or {}).get(csv)
+    return f"{t['wall_s']:.0f} s" if t else "?"
+
+
+def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, conv=None,
+                       timing=None) -> Path:  # fmt: skip
     """Phases over (ε, t), log-log, one panel per sphere: the PDE's four phases (measure-level
     state) with the particles' ``t_enter``/``t_exit`` on top where the PDE ran, else the
-    particles' three phases."""
+    particles' three phases; ``conv`` (:func:`phase_convergence` per sphere): the medians
+    over the draws of ``t_exit`` (solid) and ``t_enter`` (dashed) per ``n`` with their
+    10–90 % bands. Titles: mesh, n, seeds, measured wall time of the sweeps (``timing``)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
@@ -356,6 +552,14 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None) -> 
         if np.isfinite(f["alpha"]):
             ax.plot(eps, f["prefactor"] * eps ** (-f["alpha"]), "k:", lw=1.5,
                     label=f"particles fit ε^(−{f['alpha']:.2f})")  # fmt: skip
+        for k, (n, cv) in enumerate(((conv or {}).get(f"S{s}") or {}).items()):
+            col = CONV_COLOURS[k % len(CONV_COLOURS)]
+            e = np.asarray(cv["eps"])
+            ax.fill_between(e, cv["q10_exit"], cv["q90_exit"], color=col, alpha=0.25, lw=0)
+            ax.plot(e, cv["median_exit"], "-", color=col, lw=1.5,
+                    label=f"n = {n} ({cv['draws']} draws): t_exit, t_enter")  # fmt: skip
+            ax.fill_between(e, cv["q10_enter"], cv["q90_enter"], color=col, alpha=0.15, lw=0)
+            ax.plot(e, cv["median_enter"], "--", color=col, lw=1)
         if np.isfinite(f["base_t_enter"]):
             ax.axhline(f["base_t_enter"], color="0.25", ls="-.", lw=1,
                        label="base flow t_enter")  # fmt: skip
@@ -366,12 +570,62 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None) -> 
         ax.set_xlabel("perturbation norm ε")
         ax.set_ylabel("time (depth) t")
         where = f"S^{s}" if p["geometry"] == "sphere" else f"R^{s + 1} (Euclidean, rescaled)"
-        what = f"PDE ({pde[0]['cells']} cells) + particles" if pde else "particles"
-        ax.set_title(f"{where}, n = {p['n']}, δ = {p['delta']}: {what}", fontsize=9)
+        what = f"n = {p['n']}, seed {p['seed']} (sweep {_cost(timing, 'phase.csv')})"
+        if pde:
+            what = (f"PDE {pde[0]['cells']} cells (sweep {_cost(timing, 'pde.csv')}); particles "
+                    f"{what}")  # fmt: skip
+            cv = (conv or {}).get(f"S{s}")
+            if cv:
+                what += (
+                    f";\nparticles from ρ0, n = {list(cv)}, draws {p['conv_seeds']}, "
+                    f"dt = {p['conv_dt']} (sweep {_cost(timing, 'particles.csv')})"
+                )
+        ax.set_title(f"{where}, δ = {p['delta']}: {what}", fontsize=8)
         handles, _ = ax.get_legend_handles_labels()
         patches = [Patch(color=c, label=nm) for c, nm in zip(PHASE_COLOURS, names, strict=False)]
         ax.legend(handles=patches + handles, fontsize=6, loc="lower left")
     return save_png(fig, path)
+
+
+def plot_convergence(p: dict, conv: dict, pde_rows, path: Path, timing=None) -> Path:
+    """Particles against the PDE, one panel per PDE sphere: ``t / t_PDE − 1`` over ε for
+    ``t_exit`` (solid) and ``t_enter`` (dashed), per ``n`` the median over the draws and the
+    10–90 % band; the legend gives the median relative distance of :func:`phase_convergence`."""
+    spheres = [k for k, v in conv.items() if v]
+    fig = figure(5.0 * max(1, len(spheres)), 4.0)
+    axs = np.atleast_1d(fig.subplots(1, max(1, len(spheres))))
+    for ax, name in zip(axs, spheres, strict=False):
+        pde = {r["eps"]: r for r in pde_rows if f"S{int(r['sphere'])}" == name}
+        for k, (n, cv) in enumerate(conv[name].items()):
+            col = CONV_COLOURS[k % len(CONV_COLOURS)]
+            e = np.asarray(cv["eps"])
+            for what, ls, a in (("exit", "-", 0.25), ("enter", "--", 0.12)):
+                ref = np.array([pde[x][f"t_{what}"] for x in e])
+                lo, hi = (np.asarray(cv[f"q{q}_{what}"]) / ref - 1 for q in (10, 90))
+                ax.fill_between(e, lo, hi, color=col, alpha=a, lw=0)
+                lab = (
+                    f"n = {n}, {cv['draws']} draws: median |Δt|/t exit "
+                    f"{cv['distance_exit']:.3f}, enter {cv['distance_enter']:.3f}"
+                )
+                ax.plot(e, np.asarray(cv[f"median_{what}"]) / ref - 1, ls, color=col, marker="o",
+                        ms=3, label=lab if what == "exit" else None)  # fmt: skip
+        ax.axhline(0, color="k", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("perturbation norm ε")
+        ax.set_ylabel("t / t_PDE − 1 (solid: t_exit, dashed: t_enter)")
+        ax.set_title(f"{name}: particles drawn from ρ0 vs the PDE (median, 10–90 % band); "
+                     f"\nT = {p['conv_T']}, dt = {p['conv_dt']}, sweep "
+                     f"{_cost(timing, 'particles.csv')}", fontsize=8)  # fmt: skip
+        ax.legend(fontsize=6)
+    return save_png(fig, path)
+
+
+def _plot(p: dict, rows: dict, s: dict, out: Path) -> None:
+    plot_phase_diagram(rows["phase"], p, s["fits"], out / "phase_diagram.png", rows["pde"],
+                       s["convergence"], s.get("timing"))  # fmt: skip
+    if any(s["convergence"].values()):
+        plot_convergence(p, s["convergence"], rows["pde"], out / "phase_convergence.png",
+                         s.get("timing"))  # fmt: skip
 
 
 EXPERIMENT = Experiment(
@@ -383,10 +637,12 @@ EXPERIMENT = Experiment(
                   columns=tuple(PHASE_COLUMNS), desc="phase diagram"),
             Sweep("pde.csv", phase_pde_cases, "phase_pde_case", key=("sphere", "eps"),
                   columns=tuple(PDE_COLUMNS), desc="phase diagram (PDE)", mode="together",
-                  needs_run=True)),
+                  needs_run=True),
+            Sweep("particles.csv", phase_particles_cases, "phase_particles_case",
+                  key=("sphere", "n", "seed"), columns=tuple(CONV_COLUMNS),
+                  desc="particles -> PDE")),
     summarize=phase_summary,
-    plot=lambda p, rows, s, out: plot_phase_diagram(rows["phase"], p, s["fits"],
-                                                    out / "phase_diagram.png", rows["pde"]),
+    plot=_plot,
     needs_comm=True,
 )  # fmt: skip
 
