@@ -83,6 +83,7 @@ import basix.ufl
 import numpy as np
 import ufl
 from dolfinx import fem, la
+from mpi4py import MPI
 
 from ..mesh import GEOMETRY_DEGREE, SphereMesh, curve, normalize
 from ..parallel import normalised_errors
@@ -211,6 +212,9 @@ class DGUpwind:
         qd = {"quadrature_degree": 2 * k + vdeg}  # exact for the polynomial parts
         cell_term = rho * ufl.dot(u, ufl.grad(q))
         self.clusters = bool(clusters)
+        self.form = self._plain_form = fem.form(
+            cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
+        )
         if self.clusters:  # cluster cells: DG0 donor flux of the averages (module doc)
             V0 = fem.functionspace(msh, ("DG", 0))
             W0 = fem.functionspace(msh, ("DG", 0, (gdim,)))
@@ -234,9 +238,9 @@ class DGUpwind:
                                                            correction=self.a))  # fmt: skip
             flux = (1.0 - tf) * flux + tf * donor
             cell_term = (1.0 - tau) * cell_term
-        self.form = fem.form(
-            cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
-        )
+            self._zone_form = fem.form(
+                cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
+            )
         self._b = la.vector(self.V.dofmap.index_map, 1)
         self._zone = None  # owned cells of the cluster zones at the last rhs
 
@@ -390,6 +394,10 @@ class DGUpwind:
         """Cell averages, cluster indicator, centroid velocity and its first-moment
         correction for the flux form; returns the owned cluster cells."""
         troubled = self.cluster_cells(averages)  # also sets rbar and tau (owned + ghosts)
+        if not self.sm.comm.allreduce(bool(troubled.any()), op=MPI.LOR):
+            self.form = self._plain_form  # no zone anywhere: the DG scheme alone (cheaper)
+            return troubled
+        self.form = self._zone_form
         gdim = self.sm.gdim
         un = self.u.x.array.reshape(-1, gdim)
         uc = np.einsum("n,cng->cg", self._cw, un[self._udofs])  # all local cells
