@@ -437,7 +437,8 @@ def cell_stencil(sm: SphereMesh) -> dict:
     opposite vertex ``i``): the neighbour ``L_i`` (a local index, ghosts included), the scaled
     co-normal ``|F_i| ñ_{K,F_i}`` exactly as the flux form sees it from ``K`` (of the flat cell
     through the vertices, on curved cells), and the step
-    ``d_i = P_{c_K}(c_{L_i} - c_K)`` between the centroids on the sphere, in ``T_{c_K}``."""
+    ``d_i = P_{c_K}(c_{L_i} - c_K)`` between the centroids on the sphere, in ``T_{c_K}``; and
+    ``cen``, the centroids on the sphere of all local cells (owned, then ghosts)."""
     msh, gdim, nown = sm.mesh, sm.gdim, sm.num_owned
     tdim, top = gdim - 1, sm.mesh.topology
     top.create_connectivity(tdim, tdim - 1)
@@ -470,7 +471,7 @@ def cell_stencil(sm: SphereMesh) -> dict:
     nt = 0.5 * (conormal[:nown] - conormal[nbr, j]) * length[:nown, :, None]
     step = cen[nbr] - cen[:nown, None]
     step -= np.einsum("kfi,ki->kf", step, cen[:nown])[:, :, None] * cen[:nown, None]
-    return {"nbr": nbr, "nt": nt, "d": step, "c": cen[:nown], "area": sm.areas}
+    return {"nbr": nbr, "nt": nt, "d": step, "cen": cen, "area": sm.areas}
 
 
 def moment_correction(u: np.ndarray, st: dict) -> np.ndarray:
@@ -484,8 +485,9 @@ def moment_correction(u: np.ndarray, st: dict) -> np.ndarray:
     (on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so the third facet's ``(a_K·ñ)^+`` vanishes).
     On ``S^1`` the cone is the step along ``E_K``.
     """
-    nbr, nt, d, c = st["nbr"], st["nt"], st["d"], st["c"]
+    nbr, nt, d = st["nbr"], st["nt"], st["d"]
     nown, nf = nbr.shape
+    c = st["cen"][:nown]
     uk = u[:nown]
     un = np.einsum("kg,kfg->kf", uk, nt)
     avg = 0.5 * (un + np.einsum("kfg,kfg->kf", u[nbr], nt))
