@@ -68,9 +68,9 @@ def drift(scheme: str, sphere: int, comm=MPI.COMM_WORLD) -> dict:
     flows = Flows(op, fields, rho0, dt_fixed=op.max_time_step(fields[1].speed(c["T"]), 0.5))
     t, steps, t0 = 0.0, 0, time.perf_counter()
     while t < c["T"]:
-        dt, capped, us = flows.plan(t, t)
+        dt, kind, us = flows.plan(t, t)
         dt = min(dt, c["T"] - t)
-        flows.step(t, dt, capped, us)
+        flows.step(t, dt, kind, us)
         t, steps = t + dt, steps + 1
     m0 = mean_direction(op, rho0)
     p = expm(c["T"] * Vt) @ m0

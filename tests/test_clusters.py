@@ -483,3 +483,23 @@ def test_density_clusters_do_not_depend_on_the_cell_order():
     np.testing.assert_allclose(cl.centres, ref.centres, atol=1e-14)
     np.testing.assert_allclose(cl.masses, ref.masses, atol=1e-14)
     np.testing.assert_array_equal(cl.labels, ref.labels[perm])
+
+
+def test_density_clusters_with_isolated_specks():
+    """The directional donor flux leaves cells exactly empty, so a speck of the tail can sit
+    in a cell whose neighbours are all empty (one or no positive neighbour: the gradient's
+    least-squares matrix is singular, as in the level-5 forgetting benchmark). The specks
+    are their own modes and do not change the clusters above ``min_mass``."""
+    m1 = unit([0.2, -0.4, 0.9])
+    _, cells, cen, areas, masses, _ = mesh_masses(solver.VonMisesFisher(tuple(m1), 30.0), 3)
+    ref = solver.density_clusters(cen, masses, areas, cells=cells, min_mass=1e-3)
+    far = np.flatnonzero(cen @ m1 < -0.5)
+    masses = np.where(cen @ m1 < 0.0, 0.0, masses)  # exactly empty far half
+    masses[far[:3]] = 1e-12  # three isolated specks, no positive neighbour
+    pair = far[np.flatnonzero(np.isin(far, cells[np.any(cells == cells[far[10]][0], axis=1)]))]
+    masses[pair[:2]] = 1e-12  # two cells that share a vertex: one positive neighbour each
+    cl = solver.density_clusters(cen, masses, areas, cells=cells, min_mass=1e-3)
+    assert len(cl) == len(ref) == 1
+    np.testing.assert_allclose(cl.centres, ref.centres, atol=1e-9)
+    every = solver.density_clusters(cen, masses, areas, cells=cells, min_mass=0.0)
+    assert np.all(np.isfinite(every.centres)) and len(every) >= 1 + 3 + 1  # specks are modes

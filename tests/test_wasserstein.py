@@ -376,6 +376,22 @@ def test_auto_quantized_error_is_a_bound():
     assert small.method == "exact" and small.value == pytest.approx(ex.value, abs=1e-14)
 
 
+def test_quantized_with_a_far_tail_stays_finite():
+    """Atoms of weight ~1e-200 (the far tail of a clustered density on a mesh) that fill a
+    quantization cell on their own: the merged atom is their weighted mean, not 0/0 (its norm
+    underflows unless scaled), and the value is that of the measure without them."""
+    rng = np.random.default_rng(15)
+    xa = vmf_s2(rng, 700, [0, 0, 1], 1.0)  # spread over the whole sphere
+    wa = np.where(xa[:, 2] > 0.5, rng.uniform(size=700), 1e-200)  # the mass near the pole
+    xb = vmf_s2(rng, 600, [0, 1, 0], 3.0)
+    with np.errstate(invalid="raise", divide="raise"):
+        q = W.wasserstein_sphere(xa, wa, xb, None, method="auto", max_atoms=100)
+    keep = xa[:, 2] > 0.5
+    ref = W.wasserstein_sphere(xa[keep], wa[keep], xb, None, method="exact")
+    assert q.method == "exact-quantized" and np.isfinite(q.value)
+    assert abs(q.value - ref.value) <= q.error + 1e-12
+
+
 def test_sphere_symmetry_and_self_distance(cloud):
     x, w = cloud
     rng = np.random.default_rng(13)

@@ -300,7 +300,9 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
     np.add.at(lhs, a, t[:, :, None] * t[:, None, :])
     rhs = np.zeros((n, d))
     np.add.at(rhs, a, t * (rho[b] - rho[a])[:, None])
-    g = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    # a cell with fewer than d - 1 positive neighbours (an isolated speck of the tail) leaves
+    # the matrix singular: the least-squares solution of least norm (0 with no neighbour)
+    g = (np.linalg.pinv(lhs, hermitian=True) @ rhs[..., None])[..., 0]
     g -= np.sum(g * x, axis=1)[:, None] * x
     gnorm = np.linalg.norm(g, axis=1)
     # cells within two links of a mode: paths end there

@@ -485,9 +485,10 @@ def _quantize(x: np.ndarray, w: np.ndarray, p: float, max_atoms: int):
     wq = np.bincount(cell, weights=w, minlength=ncell)
     s = np.zeros((ncell, d))
     np.add.at(s, cell, w[:, None] * x)
-    norm = np.linalg.norm(s, axis=1)
-    # Weighted means of atoms in one cell (angular size <= π/2) never vanish.
-    xq = s / norm[:, None]
+    # Weighted means of atoms in one cell (angular size <= π/2) never vanish, but their norm
+    # underflows for weights below ~1e-154 (the far tail of a clustered density): scale first.
+    s /= np.abs(s).max(axis=1)[:, None]
+    xq = s / np.linalg.norm(s, axis=1)[:, None]
     dist = np.arccos(np.clip(np.einsum("ij,ij->i", x, xq[cell]), -1.0, 1.0))
     bound = float(np.dot(w, dist**p)) ** (1.0 / p)
     return xq, wq, bound

@@ -74,7 +74,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "components": _NONE,
         "weights": _NONE,
     },
-    "time": {"T": _NONE, "cfl": 0.5, "save_every": _NONE, "stepping": "adaptive", "max_dt": 0.5},
+    "time": {"T": _NONE, "cfl": 0.9, "save_every": _NONE, "stepping": "adaptive", "max_dt": 0.5},
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},

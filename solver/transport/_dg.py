@@ -34,7 +34,7 @@ together with one layer of neighbours, its *zone* ``τ = 1``, as DG0 cells of
 :class:`~solver.transport.DG0Upwind`: their slopes are zero (set by :meth:`limit`, kept by
 :meth:`rhs`), their cell term is dropped, and every facet of a zone cell carries the donor flux
 of the cell averages with the centroid velocities (the nodal velocity interpolated at the
-centroid) and the first-moment correction:
+centroid) and the directional outflow that moves each cell's first moment at its velocity:
 
 .. math::
 
@@ -93,7 +93,7 @@ from mpi4py import MPI
 from ..mesh import GEOMETRY_DEGREE, SphereMesh, curve, normalize
 from ..parallel import normalised_errors
 from ..velocity import tangent_project
-from ._dg0 import cell_stencil, moment_correction
+from ._dg0 import cell_stencil, directional_velocity
 from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
 __all__ = ["DGUpwind", "MAX_DEGREE", "CFL_FACTOR"]
@@ -226,7 +226,7 @@ class DGUpwind:
             self.tau = fem.Function(V0, name="cluster_cell")
             self.rbar = fem.Function(V0, name="average")
             self.uc = fem.Function(W0, name="centroid_velocity")
-            self.a = fem.Function(W0, name="moment_correction")
+            self.a = fem.Function(W0, name="directional_velocity")
             self._stencil = cell_stencil(sm)
             mid = basix.geometry(cell).mean(axis=0)[None, :]
             self._cw = basix.create_element(basix.ElementFamily.P, cell, vdeg).tabulate(0, mid)[
@@ -238,7 +238,7 @@ class DGUpwind:
             tau = self.tau
             tf = ufl.max_value(tau("+"), tau("-"))
             donor = upwind_flux(self.rbar, upwind_outflows(self.uc, msh, donor=True,
-                                                           correction=self.a))  # fmt: skip
+                                                           direction=self.a))  # fmt: skip
             flux = (1.0 - tf) * flux + tf * donor
             cell_term = (1.0 - tau) * cell_term
             self._zone_form = fem.form(
@@ -394,8 +394,8 @@ class DGUpwind:
         return zone
 
     def _set_cluster_fields(self, averages: np.ndarray) -> np.ndarray:
-        """Cell averages, cluster indicator, centroid velocity and its first-moment
-        correction for the flux form; returns the owned cluster cells."""
+        """Cell averages, cluster indicator, centroid velocity and its directional velocity
+        for the flux form; returns the owned cluster cells."""
         troubled = self.cluster_cells(averages)  # also sets rbar and tau (owned + ghosts)
         if not self.sm.comm.allreduce(bool(troubled.any()), op=MPI.LOR):
             self.form = self._plain_form  # no zone anywhere: the DG scheme alone (cheaper)
@@ -406,7 +406,7 @@ class DGUpwind:
         uc = np.einsum("n,cng->cg", self._cw, un[self._udofs])  # all local cells
         uc = tangent_project(self._stencil["cen"], uc)
         self.uc.x.array[:] = uc.ravel()
-        self.a.x.array[: self._nown * gdim] = moment_correction(uc, self._stencil).ravel()
+        self.a.x.array[: self._nown * gdim] = directional_velocity(uc, self._stencil).ravel()
         self.a.x.scatter_forward()
         return troubled
 

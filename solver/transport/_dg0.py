@@ -47,46 +47,58 @@ First moment (``first_moment=True``, the default with ``"donor"``)
 With the donor's velocity a cluster's mass leaves with the cluster's own velocity. Moving the
 mass ``|F| ρ_K o_{K,F}`` from ``c_K`` to ``c_L`` moves the first moment ``Σ_K ρ_K |K| c_K``
 by ``d_F = P_{c_K}(c_L - c_K)`` per unit mass, so the cell's mass moves at
-``Σ_F |F| o_{K,F} d_F / |K|``. On ``S^1`` (uniform cells) that is ``u_K`` (1-D flux-vector
-splitting), on triangles it is not: between 2/3 and 4/3 of ``u_K`` on an equilateral cell,
-depending on the direction, which is right only on average over cell orientations
-(Wasserstein order 1/2 for Dirac data) and made an S^2 cluster drift 39 % short of a point
-mass. Each cell therefore adds the outflow ``|F| (a_K·ñ_{KF})^+`` with the *correction
-velocity* ``a_K`` (:func:`moment_correction`) that makes its first moment move at exactly
-``u_K``:
+``Σ_F |F| o_{K,F} d_F / |K|``. On ``S^1`` (uniform cells) with ``o = (u_K·ñ)^+`` that is
+``u_K`` (1-D flux-vector splitting), on triangles it is not: between 2/3 and 4/3 of ``u_K``
+on an equilateral cell, depending on the direction, which is right only on average over cell
+orientations (Wasserstein order 1/2 for Dirac data) and made an S^2 cluster drift 39 % short
+of a point mass. So each cell sends its mass along the *centroid steps* instead: ``|K| u_K``
+is written in the cone of the two steps that hold it,
 
 .. math::
 
-    \\sum_F |F| \\big(o_{K,F} + (a_K·ñ_{KF})^+\\big)\\, d_F = |K|\\, u_K ,
+    |K|\\, u_K = g_i\\, d_i + g_j\\, d_j , \\qquad g_i, g_j >= 0 ,
 
-``a_K`` the tangent vector whose two active facets carry the non-negative coefficients of
-the defect ``|K| u_K - Σ_F |F| o_{K,F} d_F`` in the cone of two steps ``d_i, d_j`` (the
-third facet's ``(a_K·ñ)^+`` vanishes because ``Σ_F |F| ñ_F ≈ 0``). Then the whole first
-moment moves as ``Σ_K ρ_K |K| u_K``, the continuum's ``∫ X[ρ] dρ`` at the centroids, and a
-cluster drifts as a point mass does on any mesh. The extra outflow is a numerical diffusion
-of the same order as the upwinding's (on the equilateral lattice it is symmetric across every
-facet: a constant density stays constant), so the scheme stays first order for smooth
-solutions. Measured (tests/test_point_mass.py, icosphere level 3, width 0.01 ≪ h ≈ 0.1):
-0.20 % of a 0.49 rad displacement with the correction, 5.8 % without.
+and the cell's outflow through ``F_i`` is ``g_i`` per unit density (none through the third
+facet). Then ``Σ_F |F| o_{K,F} d_F = |K| u_K`` exactly: the whole first moment moves as
+``Σ_K ρ_K |K| u_K``, the continuum's ``∫ X[ρ] dρ`` at the centroids, and a cluster drifts as a
+point mass does on any mesh. This is the smallest non-negative outflow with that property
+(only the two steps that bracket ``u_K``), so mass is never sent against the flow: the cells
+next to a cluster, whose velocity points into it, send nothing outwards. In the UFL form the
+outflow reads ``|F| (a_K·ñ_{KF})^+`` with the *directional velocity* ``a_K``
+(:func:`directional_velocity`): the tangent vector with ``|F_i| a_K·ñ_i = g_i`` on the two
+facets (on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the third). The facet
+velocity ``½ (u_K + u_L)`` stays in the maximum (repelling points empty):
 
-The correction of a cell holding less than ``CORRECTION_MASS`` (1e-6) of the mass is scaled
-down in proportion (it serves clusters, not the far tail). Cost: the extra outflow also
-spreads a thin tail of the clustered measure into the fast parts of the flow, which holds
-adaptive steps down after clustering (forgetting benchmark at level 3: 9,405 steps against
-1,390 without the correction; docs/benchmarks/forgetting.md).
+.. math::
+
+    o_{K,F} = \\max\\big(a_K·ñ_{KF},\\ \\tfrac12 (u_K + u_L)·ñ_{KF},\\ 0\\big) .
+
+Measured (tests/test_point_mass.py, icosphere level 3, width 0.01 ≪ h ≈ 0.1): the perturbed
+cluster is 0.20 % of a 0.49 rad displacement off the point-mass ODE; 5.8 % with the plain
+donor outflow ``max(u_K·ñ, ½ (u_K + u_L)·ñ, 0)`` (``first_moment=False``).
+
+A cluster between two centroids is then held by its neighbours as well (the mass splits so
+that its first moment sits at the cluster), and those neighbours' velocities, of the size of
+the attraction at one cell's distance, relax the split at the rate of the attraction (order
+``‖V‖``) on every mesh: after clustering that rate, not the drift, sets the explicit step
+(forgetting benchmark: ``Δt ≈ 0.25`` at ``cfl`` 0.9; docs/benchmarks/forgetting.md). A
+linearly implicit (backward Euler, velocity frozen over the step) step would not be held by
+it but is not accurate either: with the velocity frozen the cluster is pulled back towards its
+old position, and it moves ``v Δt / (1 + λ Δt)`` instead of ``v Δt`` per step (``λ`` the
+attraction rate; measured: 13 such steps put the S^1 drift of tests/test_adaptive.py 1.8 % off,
+against 1e-4 with explicit steps).
 
 For smooth solutions the donor flux is first order too, with a larger error constant near an
 attractor (S^1 exact solution: L1 errors 0.070, 0.038, 0.020, 0.0099 at 256..2048 cells,
 fitted rate 0.94, against 0.034, 0.017, 0.009 for ``"facet"`` from 256 cells).
 
-Positivity (both fluxes): without the correction the outflow of ``K`` is at most
-``ρ_K |∂K| max|u|``, so forward Euler keeps ``ρ >= 0`` for ``Δt <= |K| / (|∂K| max|u|)``
-(:meth:`DG0Upwind.max_time_step`), and exactly for
+Positivity (both fluxes): forward Euler keeps ``ρ >= 0`` exactly for
 ``Δt <= min_K |K| / (outflow rate of K per unit density)``
-(:meth:`DG0Upwind.positivity_time_step`); SSP-RK3 inherits it. The first-moment correction
-has no clean bound below ``|∂K| max|u|`` (measured: at most 0.61 of it on icospheres of
-levels 2 - 4 and circles with random velocity fields, tests/test_point_mass.py; up to 1.5 of
-it for adversarial neighbour velocities), so fixed steps of ``cfl <= 1`` times that bound use
+(:meth:`DG0Upwind.positivity_time_step`), and SSP-RK3 inherits it. For ``"facet"`` and the plain
+donor outflow that rate is at most ``|∂K| max|u|`` (the a-priori step
+:meth:`DG0Upwind.max_time_step`); the directional outflow ``g_i + g_j`` has no clean bound
+below it (measured: at most 0.57 of it on icospheres of levels 2 - 4 and circles with random
+velocity fields, tests/test_point_mass.py), so fixed steps of ``cfl <= 1`` times that bound use
 the capped Euler stages of :meth:`DG0Upwind.euler_step`, positive for any step (the cap is
 inactive in every case measured).
 
@@ -112,7 +124,7 @@ from scipy import sparse
 from ..mesh import SphereMesh, normalize
 from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
-__all__ = ["DG0Upwind", "FLUXES", "moment_correction", "cell_stencil"]
+__all__ = ["DG0Upwind", "FLUXES", "directional_velocity", "cell_stencil"]
 
 
 #: The DG0 fluxes (see module doc).
@@ -144,7 +156,7 @@ class DG0Upwind:
         if flux not in FLUXES:
             raise ValueError(f"DG0 flux must be one of {FLUXES}, got {flux!r}")
         self.sm, self.flux = sm, flux
-        #: the donor flux's first-moment correction (module doc) is on
+        #: the donor outflow moves each cell's first moment at its velocity (module doc)
         self.first_moment = flux == "donor" and bool(first_moment)
         msh, gdim = sm.mesh, sm.gdim
         self._nown = nown = sm.num_owned
@@ -168,11 +180,11 @@ class DG0Upwind:
             qdeg = 2  # P1 velocity along the facet: two Gauss points on S^2
         self.rho = fem.Function(sm.V0, name="density")
         q = ufl.TestFunction(sm.V0)
-        self.a = None  # the first-moment correction velocity (one vector per cell)
+        self.a = None  # the directional velocity (one vector per cell)
         if self.first_moment:
-            self.a = fem.Function(self.Vu, name="moment_correction")
+            self.a = fem.Function(self.Vu, name="directional_velocity")
             self._stencil = cell_stencil(sm)
-        out_p, out_m = upwind_outflows(self.u, msh, donor=flux == "donor", correction=self.a)
+        out_p, out_m = upwind_outflows(self.u, msh, donor=flux == "donor", direction=self.a)
         flux_form = upwind_flux(self.rho, (out_p, out_m))
         dS = ufl.dS(metadata={"quadrature_degree": qdeg})
         self.form = fem.form(-(q("+") - q("-")) * flux_form * dS)
@@ -209,11 +221,10 @@ class DG0Upwind:
         check_cfl(cfl)
         return cfl * self.sm.min_area_per_perimeter() / max(speed, 1e-300)
 
-    def _outflow(self, velocity: np.ndarray, rho: np.ndarray | None = None) -> np.ndarray:
+    def _outflow(self, velocity: np.ndarray) -> np.ndarray:
         """``o_K = Σ_F ∫_F (outflow speed of K) ds`` on the owned cells (``"donor"``:
-        ``Σ_F |F| o_{K,F}``, module doc; ``"facet"``: ``Σ_F ∫_F (u_n)^+`` outward from K;
-        without ``rho``, the first-moment correction of every cell in full)."""
-        self._set_velocity(velocity, rho)
+        ``Σ_F |F| o_{K,F}``, module doc; ``"facet"``: ``Σ_F ∫_F (u_n)^+`` outward from K)."""
+        self._set_velocity(velocity)
         b = self._b
         if self._fv is None:
             b.array[:] = 0.0
@@ -247,7 +258,7 @@ class DG0Upwind:
         and the same limit over the cells that hold all but ``tail`` of the mass (the lightest
         cells, together at most ``tail`` of it, left out): the longest step in which the mass
         moves at most one cell. Identical on every rank."""
-        out = self._outflow(velocity, rho)
+        out = self._outflow(velocity)
         m = rho * self.sm.areas
         allm = np.sort(np.concatenate(self.sm.comm.allgather(m)))
         k = int(np.searchsorted(np.cumsum(allm), tail * allm.sum(), side="right"))
@@ -271,7 +282,7 @@ class DG0Upwind:
         fd, b, nown = self._fv, self._b, self._nown
         if fd is None:  # pragma: no cover - non-affine geometry: no facet data
             raise NotImplementedError("the capped Euler step needs the facet data (P1 mesh)")
-        self._set_velocity(velocity, rho)
+        self._set_velocity(velocity)
         self.rho.x.array[:nown] = rho
         self.rho.x.scatter_forward()
         nloc = b.array.size
@@ -366,12 +377,10 @@ class DG0Upwind:
             return np.maximum(up, 0.0), np.maximum(-up, 0.0)
         um = (fd["G"][1] @ u).reshape(fd["nq"], -1)
         avg = 0.5 * (up + um)  # the facet's velocity, from the two centroids
-        op, om = np.maximum(np.maximum(up, avg), 0.0), np.maximum(np.maximum(-um, -avg), 0.0)
-        if self.a is not None:  # + (a⁺·ñ)^+, (-a⁻·ñ)^+
+        if self.a is not None:  # the directional velocities a⁺·ñ, a⁻·ñ replace u⁺·ñ, u⁻·ñ
             a = self.a.x.array
-            op += np.maximum((fd["G"][0] @ a).reshape(fd["nq"], -1), 0.0)
-            om += np.maximum(-(fd["G"][1] @ a).reshape(fd["nq"], -1), 0.0)
-        return op, om
+            up, um = (fd["G"][0] @ a).reshape(fd["nq"], -1), (fd["G"][1] @ a).reshape(fd["nq"], -1)
+        return np.maximum(np.maximum(up, avg), 0.0), np.maximum(np.maximum(-um, -avg), 0.0)
 
     def _facet_rhs(self, u: np.ndarray, rho: np.ndarray, nloc: int) -> np.ndarray:
         """``b_K = -Σ_F ±∫_F (ρ⁺ out⁺ - ρ⁻ out⁻) ds`` on local cells (owned + ghosts)."""
@@ -394,11 +403,7 @@ class DG0Upwind:
         """:meth:`rhs` by DOLFINx's assembly of the flux form (the reference)."""
         return self._rhs(velocity, rho, assemble=True)
 
-    #: cells holding less than this fraction of the mass get a proportionally smaller
-    #: first-moment correction (module doc)
-    CORRECTION_MASS = 1e-6
-
-    def _set_velocity(self, velocity: np.ndarray, rho: np.ndarray | None = None) -> None:
+    def _set_velocity(self, velocity: np.ndarray) -> None:
         velocity = np.asarray(velocity, dtype=float)
         if velocity.shape != (self.num_targets, self.sm.gdim):
             raise ValueError(
@@ -409,17 +414,14 @@ class DG0Upwind:
         u.array[: velocity.size] = velocity.ravel()
         u.scatter_forward()
         if self.a is not None:
-            corr = moment_correction(u.array.reshape(-1, self.sm.gdim), self._stencil)
-            if rho is not None:
-                m = np.maximum(rho, 0.0) * self.sm.areas
-                ref = self.CORRECTION_MASS * self.sm.comm.allreduce(float(m.sum()), op=MPI.SUM)
-                corr *= np.minimum(1.0, m / max(ref, 1e-300))[:, None]
             a = self.a.x
-            a.array[: velocity.size] = corr.ravel()
+            a.array[: velocity.size] = directional_velocity(
+                u.array.reshape(-1, self.sm.gdim), self._stencil
+            ).ravel()
             a.scatter_forward()
 
     def _rhs(self, velocity: np.ndarray, rho: np.ndarray, assemble: bool) -> np.ndarray:
-        self._set_velocity(velocity, rho)
+        self._set_velocity(velocity)
         self.rho.x.array[: self._nown] = rho
         self.rho.x.scatter_forward()
         b = self._b
@@ -474,49 +476,63 @@ def cell_stencil(sm: SphereMesh) -> dict:
     return {"nbr": nbr, "nt": nt, "d": step, "cen": cen, "area": sm.areas}
 
 
-def moment_correction(u: np.ndarray, st: dict) -> np.ndarray:
-    """The correction velocity ``a_K`` of every owned cell (module doc, "First moment").
+def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
+    """The directional velocity ``a_K`` of every owned cell (module doc, "First moment").
 
     ``u`` holds the velocity of the local cells (owned, then ghosts) ``(cells, gdim)``.
-    With the donor outflow ``o_{K,F}`` the first moment of ``K``'s mass moves at
-    ``Σ_F |F| o_{K,F} d_F / |K|``; the defect ``E_K = |K| u_K - Σ_F |F| o_{K,F} d_F`` is
-    written as ``g_i d_i + g_j d_j`` with ``g >= 0`` over the two steps whose cone holds it,
-    and ``a_K`` is the tangent vector with ``|F_i| ñ_i·a_K = g_i``, ``|F_j| ñ_j·a_K = g_j``
-    (on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so the third facet's ``(a_K·ñ)^+`` vanishes).
-    On ``S^1`` the cone is the step along ``E_K``.
+    ``|K| u_K`` is written as ``g_i d_i + g_j d_j`` with ``g >= 0`` over the two centroid steps
+    whose cone holds it, and ``a_K`` is the tangent vector with ``|F_i| ñ_i·a_K = g_i``,
+    ``|F_j| ñ_j·a_K = g_j``; on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the
+    third facet (no outflow). On ``S^1`` the cone is the step along ``u_K``. Both maps
+    ``u_K -> g`` and ``u_K -> a_K`` are linear for a given pair of steps: they depend on the
+    mesh only and are made once (:func:`_cone_maps`).
     """
+    if "cone" not in st:
+        st["cone"] = _cone_maps(st)
+    C, B = st["cone"]  # the vector component first: sums of products are the fastest here
+    gdim, nown, npair, ncoef = C.shape
+    uk = u[:nown]
+    g = sum(C[i] * uk[:, i, None, None] for i in range(gdim))  # (nown, pairs, coefficients)
+    r = np.arange(nown)
+    if ncoef == 1:  # S^1: the step along u_K (g of the other one is < 0)
+        pair = np.argmax(g[:, :, 0], axis=1)
+        ok = g[r, pair, 0] >= 0
+    else:  # the first pair whose cone holds u_K
+        inside = (g[:, :, 0] >= 0) & (g[:, :, 1] >= 0)
+        pair = np.argmax(inside, axis=1)
+        ok = inside[r, pair]
+    a = sum(B[i] * uk[:, i, None, None] for i in range(gdim))[r, pair]  # (nown, gdim)
+    a[~ok] = 0.0  # u_K = 0 (or round-off: no cone holds it)
+    return a
+
+
+def _cone_maps(st: dict) -> tuple[np.ndarray, np.ndarray]:
+    """For every owned cell and pair ``p = (i, j)`` of its facets: ``C_p`` with
+    ``(g_i, g_j) = C_p u_K`` (``|K| u_K = g_i d_i + g_j d_j``: the steps' Gram matrix solved)
+    and ``B_p`` with ``a_K = B_p u_K`` (``|F_i| ñ_i·a = g_i``, ``|F_j| ñ_j·a = g_j``, ``a``
+    tangent at ``c_K``). On ``S^1`` the "pairs" are the two steps alone."""
     nbr, nt, d = st["nbr"], st["nt"], st["d"]
     nown, nf = nbr.shape
+    area = st["area"][:, None]
+    if nf == 2:
+        G = np.einsum("kfg,kfg->kf", d, d)
+        C = (area[:, :, None] * d / G[:, :, None])[:, :, None, :]  # (nown, 2, 1, gdim)
+        n = nt / np.einsum("kfg,kfg->kf", nt, nt)[:, :, None]
+        B = np.einsum("kfg,kfh->kfgh", n, C[:, :, 0])  # a = n g / |n|^2
+        return _component_first(C), _component_first(B)
     c = st["cen"][:nown]
-    uk = u[:nown]
-    un = np.einsum("kg,kfg->kf", uk, nt)
-    avg = 0.5 * (un + np.einsum("kfg,kfg->kf", u[nbr], nt))
-    o = np.maximum(np.maximum(un, avg), 0.0)
-    E = st["area"][:, None] * uk - np.einsum("kf,kfg->kg", o, d)
-    e = np.einsum("kfg,kg->kf", d, E)  # d_i·E
-    G = np.einsum("kfg,khg->kfh", d, d)  # Gram matrix of the steps
-    a = np.zeros_like(uk)
-    if nf == 2:  # S^1: the step along E
-        i = np.argmax(e, axis=1)
-        r = np.arange(nown)
-        g = np.maximum(e[r, i], 0.0) / G[r, i, i]
-        n = nt[r, i]
-        return g[:, None] * n / np.einsum("kg,kg->k", n, n)[:, None]
-    best = np.zeros((nown, 2))
-    pair = np.full(nown, -1)
-    for p, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):
-        det = G[:, i, i] * G[:, j, j] - G[:, i, j] ** 2
-        gi = (G[:, j, j] * e[:, i] - G[:, i, j] * e[:, j]) / det
-        gj = (G[:, i, i] * e[:, j] - G[:, i, j] * e[:, i]) / det
-        take = (pair < 0) & (gi >= 0) & (gj >= 0)
-        pair[take] = p
-        best[take] = np.column_stack([gi, gj])[take]
-    ok = pair >= 0
-    if not np.any(ok):
-        return a
-    ij = np.array([(0, 1), (1, 2), (2, 0)])[pair[ok]]
-    r = np.flatnonzero(ok)
-    M = np.stack([nt[r, ij[:, 0]], nt[r, ij[:, 1]], c[r]], axis=1)  # (k, 3, 3)
-    rhs = np.column_stack([best[ok], np.zeros(len(r))])
-    a[r] = np.linalg.solve(M, rhs[:, :, None])[:, :, 0]
-    return a
+    pairs = ((0, 1), (1, 2), (2, 0))
+    C = np.empty((nown, 3, 2, 3))
+    B = np.empty((nown, 3, 3, 3))
+    for p, (i, j) in enumerate(pairs):
+        D = np.stack([d[:, i], d[:, j]], axis=1)  # (nown, 2, 3)
+        G = np.einsum("kig,kjg->kij", D, D)
+        C[:, p] = area[:, :, None] * np.linalg.solve(G, D)  # (G^-1 D) |K|
+        M = np.stack([nt[:, i], nt[:, j], c], axis=1)  # rows: the two co-normals, the normal
+        B[:, p] = np.linalg.inv(M)[:, :, :2] @ C[:, p]
+    return _component_first(C), _component_first(B)
+
+
+def _component_first(X: np.ndarray) -> np.ndarray:
+    """``X[..., i]`` as ``X[i]`` (contiguous): the component of ``u_K`` a map multiplies."""
+    return np.ascontiguousarray(np.moveaxis(X, -1, 0))

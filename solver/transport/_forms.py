@@ -14,27 +14,26 @@ import ufl
 __all__ = ["upwind_outflows", "upwind_flux", "check_cfl", "unit_mass"]
 
 
-def upwind_outflows(u, msh, donor: bool = False, correction=None):
+def upwind_outflows(u, msh, donor: bool = False, direction=None):
     """Outflow speeds ``(o⁺, o⁻)`` of the two cells of an interior facet (UFL expressions).
 
     * ``donor=False`` (one normal velocity per facet point): ``u_n = ½ (u⁺·n⁺ - u⁻·n⁻)``,
       ``o⁺ = (u_n)^+``, ``o⁻ = (-u_n)^+``;
     * ``donor=True`` (each cell's own velocity, flux-vector splitting): ``ñ = ½ (n⁺ - n⁻)``,
-      ``o⁺ = max(u⁺·ñ, ½ (u⁺ + u⁻)·ñ, 0)``, ``o⁻`` the same from '-' (``ñ → -ñ``), plus
-      ``(a⁺·ñ)^+`` and ``(-a⁻·ñ)^+`` for a per-cell ``correction`` field ``a`` (the first-moment
-      correction of :class:`~solver.transport.DG0Upwind`).
+      ``o⁺ = max(u⁺·ñ, ½ (u⁺ + u⁻)·ñ, 0)``, ``o⁻`` the same from '-' (``ñ → -ñ``); with a
+      per-cell ``direction`` field ``a`` (the directional velocity of
+      :class:`~solver.transport.DG0Upwind`, which moves each cell's first moment at its own
+      velocity) ``a⁺·ñ`` replaces ``u⁺·ñ`` (and ``a⁻`` replaces ``u⁻`` in ``o⁻``).
     """
     n = ufl.FacetNormal(msh)
     if donor:
         nt = 0.5 * (n("+") - n("-"))  # antisymmetric co-normal, from '+' to '-'
         up, um = ufl.dot(u("+"), nt), ufl.dot(u("-"), nt)
         avg = 0.5 * (up + um)  # the facet's velocity, from the two cells' own
+        if direction is not None:
+            up, um = ufl.dot(direction("+"), nt), ufl.dot(direction("-"), nt)
         op = ufl.max_value(ufl.max_value(up, avg), 0.0)
         om = ufl.max_value(ufl.max_value(-um, -avg), 0.0)
-        if correction is not None:
-            a = correction
-            op = op + ufl.max_value(ufl.dot(a("+"), nt), 0.0)
-            om = om + ufl.max_value(-ufl.dot(a("-"), nt), 0.0)
         return op, om
     un = 0.5 * (ufl.dot(u("+"), n("+")) - ufl.dot(u("-"), n("-")))
     return ufl.max_value(un, 0.0), ufl.max_value(-un, 0.0)
