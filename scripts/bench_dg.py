@@ -476,4 +476,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    from solver.parallel import abort_on_error
+
+    abort_on_error()
     main()

@@ -5,8 +5,8 @@ Exact command (from the repository root), the figures of the cluster-transport i
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_forgetting.py --levels 3 4 5 \\
         --write-table docs/benchmarks/forgetting.md
 
-Expected cost on a 2-core machine: about 7 minutes in all (measured 2026-11-29: level 3 20 s,
-level 4 1 min, level 5 4 min, fixed-step samples included). The model: Q = K = V = I, a tied
+Expected cost on a 2-core machine: about 6 minutes in all (measured 2026-11-29: level 3 35 s,
+level 4 65 s, level 5 4 min, fixed-step samples included). The model: Q = K = V = I, a tied
 perturbation Ṽ = V - ε e₂e₂ᵀ (ε = 0.01), two von Mises–Fisher bumps (κ = 6) as the initial
 density, saves every 50, W2 at the saved times. The tokens cluster within t ≈ 50; then the
 perturbed cluster drifts slowly (order ε).
@@ -92,4 +92,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    solver.parallel.abort_on_error()
     main()

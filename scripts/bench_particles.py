@@ -189,4 +189,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    solver.parallel.abort_on_error()
     main()

@@ -38,4 +38,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from solver.parallel import abort_on_error
+
+    abort_on_error()
     sys.exit(main())

@@ -35,4 +35,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    solver.parallel.abort_on_error()
     main()

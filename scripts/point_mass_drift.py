@@ -10,14 +10,14 @@ motion (which should be none). Steps as ``solver.evolve`` takes them (adaptive f
 * S^2: icosphere level 4 (h ≈ 0.05), ε = 0.02, T = 60, κ = 1e4 (width 0.01), x0 = (1, 1, 1)/√3:
   the point mass moves 0.549 rad (11 cells).
 
-Schemes: ``donor`` (the default DG0 flux with its first-moment correction), ``plain`` (donor
-flux without it), ``facet`` (the vertex-velocity flux), ``dg1``.
+Schemes: ``donor`` (the default DG0 flux, whose directional outflow moves each cell's first
+moment at its velocity), ``plain`` (donor flux with the plain outflow ``max(u_K·ñ, ½ (u_K +
+u_L)·ñ, 0)``), ``facet`` (the vertex-velocity flux), ``dg1`` (DG1 with its cluster zones).
 
-    python scripts/point_mass_drift.py [donor|plain|facet|dg1] [--sphere 1|2]
+    python scripts/point_mass_drift.py [donor|plain|facet|dg1] [--sphere 1|2] [--level L]
     mpiexec -n 2 python scripts/point_mass_drift.py donor --sphere 2
 
-Measured (2026-11-29, 2 cores, one rank): see docs/benchmarks/point_mass.md when written by
-``--write-table``; S^1: donor 0.04 %, facet 94.5 % (pinned), dg1 94.5 % (pinned).
+Measured (2026-11-29, one rank, 2-core machine): RESULTS
 """
 
 import argparse
@@ -100,4 +100,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    solver.parallel.abort_on_error()
     main()

@@ -14,6 +14,7 @@ in the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "on_root",
     "RootError",
     "all_failed",
+    "abort_on_error",
 ]
 
 _USER_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
@@ -168,3 +170,24 @@ def all_failed(comm, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def abort_on_error(comm=None) -> None:
+    """Make an uncaught exception on any rank end every rank, for scripts run under
+    ``mpiexec``: the rank that met it prints its traceback (prefixed by its rank) and calls
+    ``MPI_Abort``, instead of leaving the other ranks waiting in a collective for ever (an
+    error on one rank must end every rank, never hang the job). Nothing changes on one rank.
+    Call it first thing in a script's ``if __name__ == "__main__":`` block.
+    """
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if comm.size == 1:
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        sys.stderr.write(f"[rank {comm.rank}] uncaught {kind.__name__}: ending every rank\n")
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook

@@ -138,3 +138,26 @@ def test_ranks_share_the_cores(tmp_path):
                 assert rank["after"] == rank["before"]
             else:
                 assert rank["after"] == [max(1, cores // n)]
+
+
+ABORT = """
+from mpi4py import MPI
+from solver.parallel import abort_on_error
+
+abort_on_error()
+comm = MPI.COMM_WORLD
+if comm.rank == 0:
+    raise RuntimeError("failed on rank 0 only")
+comm.barrier()  # rank 1 waits here for ever unless the error ends every rank
+"""
+
+
+def test_an_error_on_one_rank_ends_every_rank(tmp_path, run):
+    """A script's uncaught exception on rank 0 while rank 1 waits in a collective: with
+    ``abort_on_error`` the job ends (non-zero status, the rank's traceback) instead of hanging
+    until the subprocess timeout, which would fail this test."""
+    script = tmp_path / "abort.py"
+    script.write_text(ABORT)
+    p = run([str(script)], nprocs=2, timeout=120)
+    assert p.returncode != 0
+    assert "[rank 0] uncaught RuntimeError" in p.stderr and "failed on rank 0 only" in p.stderr
