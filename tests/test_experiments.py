@@ -446,6 +446,24 @@ def test_two_ranks_give_the_same_csv(tmp_path, run):
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
 
 
+@pytest.mark.mpi
+def test_fig2_two_ranks_agree(tmp_path, run):
+    """Fig 2 (particles and the PDE on S^1 and S^2) on 1 and 2 ranks: the particle files and
+    the S^1 comparison byte for byte; the S^2 comparison, whose PDE sums run over the ranks'
+    cells, to round-off (measured 2.4e-14, through the arccos of the drift angle)."""
+    args = ["scripts/exp_fig2.py", "--preset", "tiny", "--no-progress", "--output"]
+    for n, name in ((1, "one"), (2, "two")):
+        p = run([*args, str(tmp_path / name)], n)
+        assert p.returncode == 0, p.stderr
+    one, two = tmp_path / "one", tmp_path / "two"
+    for f in ("particles.csv", "particles_s2.csv", "comparison.csv"):
+        assert (one / f).read_bytes() == (two / f).read_bytes(), f
+    a, b = (as_columns(read_rows(d / "comparison_s2.csv")) for d in (one, two))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-12, err_msg=k)
+
+
 def test_config_errors_name_the_field(tmp_path, capsys):
     mod = script("depth")
     bad = tmp_path / "bad.toml"

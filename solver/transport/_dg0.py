@@ -51,37 +51,43 @@ by ``d_F = P_{c_K}(c_L - c_K)`` per unit mass, so the cell's mass moves at
 ``u_K`` (1-D flux-vector splitting), on triangles it is not: between 2/3 and 4/3 of ``u_K``
 on an equilateral cell, depending on the direction, which is right only on average over cell
 orientations (Wasserstein order 1/2 for Dirac data) and made an S^2 cluster drift 39 % short
-of a point mass. So each cell sends its mass along the *centroid steps* instead: ``|K| u_K``
-is written in the cone of the two steps that hold it,
+of a point mass. So each cell sends its mass along the *centroid steps* instead. The facet velocity
+``½ (u_K + u_L)`` carries the outflow ``|F| (½ (u_K + u_L)·ñ_{KF})^+`` (so that a cell on a
+repelling point empties: there ``u_K ≈ 0`` but the flow expands; with the donor term alone
+such a cell kept ~1e-6 of the mass for ever on S^1, feeding a stream that held adaptive steps
+at the size of a cell), and what it leaves of ``|K| u_K`` is written in the cone of the two
+centroid steps that hold it,
 
 .. math::
 
-    |K|\\, u_K = g_i\\, d_i + g_j\\, d_j , \\qquad g_i, g_j >= 0 ,
+    E_K = |K|\\, u_K - \\sum_F |F| \\big(\\tfrac12 (u_K + u_L)·ñ_{KF}\\big)^+ d_F
+        = g_i\\, d_i + g_j\\, d_j , \\qquad g_i, g_j >= 0 ,
 
-and the cell's outflow through ``F_i`` is ``g_i`` per unit density (none through the third
-facet). Then ``Σ_F |F| o_{K,F} d_F = |K| u_K`` exactly: the whole first moment moves as
-``Σ_K ρ_K |K| u_K``, the continuum's ``∫ X[ρ] dρ`` at the centroids, and a cluster drifts as a
-point mass does on any mesh. This is the smallest non-negative outflow with that property
-(only the two steps that bracket ``u_K``), so mass is never sent against the flow: the cells
-next to a cluster, whose velocity points into it, send nothing outwards. In the UFL form the
-outflow reads ``|F| (a_K·ñ_{KF})^+`` with the *directional velocity* ``a_K``
-(:func:`directional_velocity`): the tangent vector with ``|F_i| a_K·ñ_i = g_i`` on the two
-facets (on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the third). The facet
-velocity ``½ (u_K + u_L)`` stays in the maximum (repelling points empty):
+sent through those two facets (none through the third). Then ``Σ_F |F| o_{K,F} d_F = |K| u_K``
+exactly: the whole first moment moves as ``Σ_K ρ_K |K| u_K``, the continuum's ``∫ X[ρ] dρ`` at
+the centroids, and a cluster drifts as a point mass does on any mesh. Where the flow converges
+(at a cluster, and in the cells next to it, whose velocity points into it) the facet velocity
+sends nothing and ``E_K = |K| u_K``: the smallest non-negative outflow with that first
+moment, along the two steps that bracket ``u_K``, so no mass is sent against the flow. In the
+UFL form the outflow reads
 
 .. math::
 
-    o_{K,F} = \\max\\big(a_K·ñ_{KF},\\ \\tfrac12 (u_K + u_L)·ñ_{KF},\\ 0\\big) .
+    o_{K,F} = \\big(\\tfrac12 (u_K + u_L)·ñ_{KF}\\big)^+ + \\big(a_K·ñ_{KF}\\big)^+
+
+with the *directional velocity* ``a_K`` (:func:`directional_velocity`): the tangent vector with
+``|F_i| a_K·ñ_i = g_i`` on the two facets (on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so
+``a_K·ñ <= 0`` on the third).
 
 Measured (tests/test_point_mass.py, icosphere level 3, width 0.01 ≪ h ≈ 0.1): the perturbed
-cluster is 0.20 % of a 0.49 rad displacement off the point-mass ODE; 5.8 % with the plain
+cluster is 0.19 % of a 0.49 rad displacement off the point-mass ODE; 5.8 % with the plain
 donor outflow ``max(u_K·ñ, ½ (u_K + u_L)·ñ, 0)`` (``first_moment=False``).
 
 A cluster between two centroids is then held by its neighbours as well (the mass splits so
 that its first moment sits at the cluster), and those neighbours' velocities, of the size of
 the attraction at one cell's distance, relax the split at the rate of the attraction (order
 ``‖V‖``) on every mesh: after clustering that rate, not the drift, sets the explicit step
-(forgetting benchmark: ``Δt ≈ 0.25`` at ``cfl`` 0.9; docs/benchmarks/forgetting.md). A
+(forgetting benchmark: ``Δt ≈ 0.2`` at ``cfl`` 0.9; docs/benchmarks/forgetting.md). A
 linearly implicit (backward Euler, velocity frozen over the step) step would not be held by
 it but is not accurate either: with the velocity frozen the cluster is pulled back towards its
 old position, and it moves ``v Δt / (1 + λ Δt)`` instead of ``v Δt`` per step (``λ`` the
@@ -97,7 +103,7 @@ Positivity (both fluxes): forward Euler keeps ``ρ >= 0`` exactly for
 (:meth:`DG0Upwind.positivity_time_step`), and SSP-RK3 inherits it. For ``"facet"`` and the plain
 donor outflow that rate is at most ``|∂K| max|u|`` (the a-priori step
 :meth:`DG0Upwind.max_time_step`); the directional outflow ``g_i + g_j`` has no clean bound
-below it (measured: at most 0.57 of it on icospheres of levels 2 - 4 and circles with random
+below it (measured: at most 0.59 of it on icospheres of levels 2 - 4 and circles with random
 velocity fields, tests/test_point_mass.py), so fixed steps of ``cfl <= 1`` times that bound use
 the capped Euler stages of :meth:`DG0Upwind.euler_step`, positive for any step (the cap is
 inactive in every case measured).
@@ -377,9 +383,11 @@ class DG0Upwind:
             return np.maximum(up, 0.0), np.maximum(-up, 0.0)
         um = (fd["G"][1] @ u).reshape(fd["nq"], -1)
         avg = 0.5 * (up + um)  # the facet's velocity, from the two centroids
-        if self.a is not None:  # the directional velocities a⁺·ñ, a⁻·ñ replace u⁺·ñ, u⁻·ñ
+        if self.a is not None:  # (avg·ñ)^+ + (a⁺·ñ)^+ and (-avg·ñ)^+ + (-a⁻·ñ)^+
             a = self.a.x.array
-            up, um = (fd["G"][0] @ a).reshape(fd["nq"], -1), (fd["G"][1] @ a).reshape(fd["nq"], -1)
+            ap, am = (fd["G"][0] @ a).reshape(fd["nq"], -1), (fd["G"][1] @ a).reshape(fd["nq"], -1)
+            return (np.maximum(avg, 0.0) + np.maximum(ap, 0.0),
+                    np.maximum(-avg, 0.0) + np.maximum(-am, 0.0))  # fmt: skip
         return np.maximum(np.maximum(up, avg), 0.0), np.maximum(np.maximum(-um, -avg), 0.0)
 
     def _facet_rhs(self, u: np.ndarray, rho: np.ndarray, nloc: int) -> np.ndarray:
@@ -479,30 +487,35 @@ def cell_stencil(sm: SphereMesh) -> dict:
 def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
     """The directional velocity ``a_K`` of every owned cell (module doc, "First moment").
 
-    ``u`` holds the velocity of the local cells (owned, then ghosts) ``(cells, gdim)``.
-    ``|K| u_K`` is written as ``g_i d_i + g_j d_j`` with ``g >= 0`` over the two centroid steps
-    whose cone holds it, and ``a_K`` is the tangent vector with ``|F_i| ñ_i·a_K = g_i``,
-    ``|F_j| ñ_j·a_K = g_j``; on a flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the
-    third facet (no outflow). On ``S^1`` the cone is the step along ``u_K``. Both maps
-    ``u_K -> g`` and ``u_K -> a_K`` are linear for a given pair of steps: they depend on the
-    mesh only and are made once (:func:`_cone_maps`).
+    ``u`` holds the velocity of the local cells (owned, then ghosts) ``(cells, gdim)``. The
+    facet velocities carry the outflow ``|F| (½ (u_K + u_L)·ñ)^+``; what they leave of
+    ``|K| u_K``, ``E_K = |K| u_K - Σ_F |F| (½ (u_K + u_L)·ñ)^+ d_F``, is written as
+    ``g_i d_i + g_j d_j`` with ``g >= 0`` over the two centroid steps whose cone holds it, and
+    ``a_K`` is the tangent vector with ``|F_i| ñ_i·a_K = g_i``, ``|F_j| ñ_j·a_K = g_j``; on a
+    flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the third facet (no outflow). On
+    ``S^1`` the cone is the step along ``E_K``. Both maps ``E_K / |K| -> g`` and
+    ``E_K / |K| -> a_K`` are linear for a given pair of steps: they depend on the mesh only and
+    are made once (:func:`_cone_maps`).
     """
     if "cone" not in st:
         st["cone"] = _cone_maps(st)
     C, B = st["cone"]  # the vector component first: sums of products are the fastest here
     gdim, nown, npair, ncoef = C.shape
+    nbr, nt = st["nbr"], st["nt"]
     uk = u[:nown]
-    g = sum(C[i] * uk[:, i, None, None] for i in range(gdim))  # (nown, pairs, coefficients)
+    avg = np.maximum(0.5 * np.einsum("kfg,kfg->kf", uk[:, None, :] + u[nbr], nt), 0.0)
+    ek = uk - np.einsum("kf,kfg->kg", avg, st["d"]) / st["area"][:, None]  # E_K / |K|
+    g = sum(C[i] * ek[:, i, None, None] for i in range(gdim))  # (nown, pairs, coefficients)
     r = np.arange(nown)
-    if ncoef == 1:  # S^1: the step along u_K (g of the other one is < 0)
+    if ncoef == 1:  # S^1: the step along E_K (g of the other one is < 0)
         pair = np.argmax(g[:, :, 0], axis=1)
         ok = g[r, pair, 0] >= 0
-    else:  # the first pair whose cone holds u_K
+    else:  # the first pair whose cone holds E_K
         inside = (g[:, :, 0] >= 0) & (g[:, :, 1] >= 0)
         pair = np.argmax(inside, axis=1)
         ok = inside[r, pair]
-    a = sum(B[i] * uk[:, i, None, None] for i in range(gdim))[r, pair]  # (nown, gdim)
-    a[~ok] = 0.0  # u_K = 0 (or round-off: no cone holds it)
+    a = sum(B[i] * ek[:, i, None, None] for i in range(gdim))[r, pair]  # (nown, gdim)
+    a[~ok] = 0.0  # E_K = 0 (or round-off: no cone holds it)
     return a
 
 

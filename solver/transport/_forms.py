@@ -23,15 +23,18 @@ def upwind_outflows(u, msh, donor: bool = False, direction=None):
       ``o⁺ = max(u⁺·ñ, ½ (u⁺ + u⁻)·ñ, 0)``, ``o⁻`` the same from '-' (``ñ → -ñ``); with a
       per-cell ``direction`` field ``a`` (the directional velocity of
       :class:`~solver.transport.DG0Upwind`, which moves each cell's first moment at its own
-      velocity) ``a⁺·ñ`` replaces ``u⁺·ñ`` (and ``a⁻`` replaces ``u⁻`` in ``o⁻``).
+      velocity) ``o⁺ = (½ (u⁺ + u⁻)·ñ)^+ + (a⁺·ñ)^+`` and ``o⁻`` the same from '-'.
     """
     n = ufl.FacetNormal(msh)
     if donor:
         nt = 0.5 * (n("+") - n("-"))  # antisymmetric co-normal, from '+' to '-'
         up, um = ufl.dot(u("+"), nt), ufl.dot(u("-"), nt)
         avg = 0.5 * (up + um)  # the facet's velocity, from the two cells' own
-        if direction is not None:
-            up, um = ufl.dot(direction("+"), nt), ufl.dot(direction("-"), nt)
+        if direction is not None:  # the facet velocity's outflow + the directional one's
+            ap, am = ufl.dot(direction("+"), nt), ufl.dot(direction("-"), nt)
+            op = ufl.max_value(avg, 0.0) + ufl.max_value(ap, 0.0)
+            om = ufl.max_value(-avg, 0.0) + ufl.max_value(-am, 0.0)
+            return op, om
         op = ufl.max_value(ufl.max_value(up, avg), 0.0)
         om = ufl.max_value(ufl.max_value(-um, -avg), 0.0)
         return op, om
