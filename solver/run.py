@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from .analysis import (
     check_state,
-    cluster_mass_outside,
     density_clusters,
     density_diagnostics,
     diagnostic_columns,
     drift_diagnostics,
+    far_from_centres,
     measure_cluster_times,
     wasserstein,
     wasserstein_sphere,
@@ -202,6 +202,7 @@ class ClusterState:
         mesh = sm.gather_mesh()
         self.cells = mesh[1] if mesh is not None else None
         self.centres = np.zeros((0, sm.gdim))
+        self.far = None  # owned cells farther than delta from every centre
 
     def update(self, base_gathered: np.ndarray | None) -> None:
         """New base centres from μ at a saved time (its gathered averages on rank 0)."""
@@ -211,15 +212,17 @@ class ClusterState:
             c = density_clusters(self.snaps.centroids, base_gathered * w, w, cells=self.cells)
             c = c.centres
         self.centres = self.sm.comm.bcast(c, root=0)
+        self.far = (far_from_centres(self.sm.centroids, self.centres, self.delta)
+                    if len(self.centres) else None)  # fmt: skip
 
     def _outside(self, avg: np.ndarray) -> float:
+        """:func:`solver.analysis.cluster_mass_outside` of the cell masses, over the ranks
+        (the owned centroids' distances to the centres are kept from :meth:`update`)."""
+        if self.far is None:
+            return 1.0
         w = avg * self.sm.areas
-        loc = float(w.sum())
-        far = 0.0
-        if loc > 0 and len(self.centres):
-            far = loc * cluster_mass_outside(self.sm.centroids, w, self.centres, self.delta)
-        tot = self.sm.comm.allreduce(loc)
-        return self.sm.comm.allreduce(far) / tot if len(self.centres) else 1.0
+        far, tot = self.sm.comm.allreduce(np.array([w[self.far].sum(), w.sum()]))
+        return float(far / tot)
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
         return [float(len(self.centres)), self._outside(avgs[0]), self._outside(avgs[1])]

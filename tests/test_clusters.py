@@ -503,3 +503,33 @@ def test_density_clusters_with_isolated_specks():
     np.testing.assert_allclose(cl.centres, ref.centres, atol=1e-9)
     every = solver.density_clusters(cen, masses, areas, cells=cells, min_mass=0.0)
     assert np.all(np.isfinite(every.centres)) and len(every) >= 1 + 3 + 1  # specks are modes
+
+
+def test_run_reports_the_mass_outside_of_its_saved_densities():
+    """``diagnostics.csv``'s ``mass_outside`` (ν) and ``mass_outside_base`` (μ) at a saved time
+    are :func:`solver.cluster_mass_outside` of the saved densities against the base clusters
+    of that time (the run keeps the centroids' distances between saves)."""
+    from mpi4py import MPI
+
+    sm = solver.sphere_mesh(MPI.COMM_WORLD, 1, cells=96)
+    eye = np.eye(2)
+    base = solver.Model(3 * eye, eye, eye)
+    pert = base.perturbed(solver.TiedLoRA(dA=np.zeros((2, 2)), dV=-0.3 * np.diag([0.0, 1.0])))
+    init = solver.Mixture([VonMisesFisher((1.0, 0.0), 4.0), VonMisesFisher((0.0, 1.0), 4.0)],
+                          [0.5, 0.5])  # fmt: skip
+    res = solver.evolve(sm, base, init, 6.0, perturbed=pert, save_every=2.0, progress=False)
+    if MPI.COMM_WORLD.rank:
+        return
+    w = res.areas
+    checked = 0
+    for k, t in enumerate(res.times):
+        row = np.flatnonzero(res.step_times == t)[0]
+        centres = solver.density_clusters(res.centroids, res.density[k] * w, w).centres
+        for col, dens in (
+            ("mass_outside_base", res.density),
+            ("mass_outside", res.density_perturbed),
+        ):
+            want = solver.cluster_mass_outside(res.centroids, dens[k] * w, centres, 0.1)
+            assert res.column(col)[row] == pytest.approx(want, abs=1e-12), (t, col)
+            checked += want > 0.05  # not only zeros: the flows are spread at first
+    assert checked >= 2

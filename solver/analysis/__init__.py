@@ -15,6 +15,7 @@ from ._clusters import (
     delta_cluster_state,
     density_clusters,
     direction_drift,
+    far_from_centres,
     find_clusters,
     measure_cluster_times,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "delta_cluster_state",
     "cluster_times",
     "cluster_mass_outside",
+    "far_from_centres",
     "crossing_times",
     "measure_cluster_times",
     "density_clusters",

@@ -39,6 +39,7 @@ __all__ = [
     "density_clusters",
     "delta_cluster_state",
     "cluster_mass_outside",
+    "far_from_centres",
     "cluster_times",
     "crossing_times",
     "measure_cluster_times",
@@ -463,10 +464,18 @@ def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.n
             raise ValueError("weights must have a positive total (at every time)")
     if y.ndim == 3 and w.ndim == 2 and y.shape[0] != w.shape[0]:
         raise ValueError(f"points and weights have {y.shape[0]} and {w.shape[0]} times")
-    dist, _ = cKDTree(centres).query(y.reshape(-1, d), k=1)
-    outside = dist.reshape(y.shape[:-1]) >= delta
+    outside = far_from_centres(y, centres, delta)
     frac = np.sum(w * outside, axis=-1) / np.sum(w, axis=-1)
     return float(frac) if np.ndim(frac) == 0 else frac
+
+
+def far_from_centres(points: np.ndarray, centres: np.ndarray, delta: float) -> np.ndarray:
+    """``min_c |y - c| >= δ`` (chordal) for every point ``y`` (the atoms that
+    :func:`cluster_mass_outside` counts; shape ``points.shape[:-1]``). A run's cell centroids
+    do not move, so this mask changes only with the centres."""
+    y = np.asarray(points, dtype=float)
+    dist, _ = cKDTree(np.asarray(centres, dtype=float)).query(y.reshape(-1, y.shape[-1]), k=1)
+    return dist.reshape(y.shape[:-1]) >= delta
 
 
 def cluster_times(times, states) -> tuple[float, float]:
