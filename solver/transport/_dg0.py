@@ -422,7 +422,8 @@ class DG0Upwind:
         u, a = self.u.x, (self.a.x if self.a is not None else None)
         hit = next((i for i, c in enumerate(self._recent) if np.array_equal(c[0], velocity)), -1)
         if self.sm.comm.allreduce(hit, op=MPI.MIN) >= 0:  # a hit on every rank
-            v, u.array[:], a_all = self._recent[hit]  # the plan's velocity at a first stage
+            _, u_all, a_all = self._recent[hit]  # the plan's velocity at a first stage
+            u.array[:] = u_all
             if a is not None:
                 a.array[:] = a_all
             return
@@ -458,7 +459,8 @@ def cell_stencil(sm: SphereMesh) -> dict:
     co-normal ``|F_i| ñ_{K,F_i}`` exactly as the flux form sees it from ``K`` (of the flat cell
     through the vertices, on curved cells), and the step
     ``d_i = P_{c_K}(c_{L_i} - c_K)`` between the centroids on the sphere, in ``T_{c_K}``; and
-    ``cen``, the centroids on the sphere of all local cells (owned, then ghosts)."""
+    ``cen``, the centroids on the sphere of all local cells (owned, then ghosts); ``cone``, the
+    maps of :func:`directional_velocity` (:func:`_cone_maps`), and ``d_area = d / |K|``."""
     msh, gdim, nown = sm.mesh, sm.gdim, sm.num_owned
     tdim, top = gdim - 1, sm.mesh.topology
     top.create_connectivity(tdim, tdim - 1)
@@ -491,7 +493,10 @@ def cell_stencil(sm: SphereMesh) -> dict:
     nt = 0.5 * (conormal[:nown] - conormal[nbr, j]) * length[:nown, :, None]
     step = cen[nbr] - cen[:nown, None]
     step -= np.einsum("kfi,ki->kf", step, cen[:nown])[:, :, None] * cen[:nown, None]
-    return {"nbr": nbr, "nt": nt, "d": step, "cen": cen, "area": sm.areas}
+    st = {"nbr": nbr, "nt": nt, "d": step, "cen": cen, "area": sm.areas}
+    st["cone"] = _cone_maps(st)
+    st["d_area"] = step / sm.areas[:, None, None]
+    return st
 
 
 def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
@@ -505,11 +510,8 @@ def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
     flat triangle ``Σ_F |F| ñ_F ≈ 0``, so ``a_K·ñ <= 0`` on the third facet (no outflow). On
     ``S^1`` the cone is the step along ``E_K``. Both maps ``E_K / |K| -> g`` and
     ``E_K / |K| -> a_K`` are linear for a given pair of steps: they depend on the mesh only and
-    are made once (:func:`_cone_maps`).
+    are made once, with the stencil (:func:`cell_stencil`).
     """
-    if "cone" not in st:
-        st["cone"] = _cone_maps(st)
-        st["d_area"] = st["d"] / st["area"][:, None, None]
     C, B = st["cone"]  # the vector component first: sums of products are the fastest here
     gdim, nown, npair, ncoef = C.shape
     nbr, nt, dk = st["nbr"], st["nt"], st["d_area"]
@@ -533,9 +535,10 @@ def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
 
 def _cone_maps(st: dict) -> tuple[np.ndarray, np.ndarray]:
     """For every owned cell and pair ``p = (i, j)`` of its facets: ``C_p`` with
-    ``(g_i, g_j) = C_p u_K`` (``|K| u_K = g_i d_i + g_j d_j``: the steps' Gram matrix solved)
-    and ``B_p`` with ``a_K = B_p u_K`` (``|F_i| ñ_i·a = g_i``, ``|F_j| ñ_j·a = g_j``, ``a``
-    tangent at ``c_K``). On ``S^1`` the "pairs" are the two steps alone."""
+    ``(g_i, g_j) = C_p e`` (``|K| e = g_i d_i + g_j d_j``, ``e = E_K / |K|``: the steps' Gram
+    matrix solved) and ``B_p`` with ``a_K = B_p e`` (``|F_i| ñ_i·a = g_i``,
+    ``|F_j| ñ_j·a = g_j``, ``a`` tangent at ``c_K``). On ``S^1`` the "pairs" are the two steps
+    alone."""
     nbr, nt, d = st["nbr"], st["nt"], st["d"]
     nown, nf = nbr.shape
     area = st["area"][:, None]
