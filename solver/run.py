@@ -32,12 +32,15 @@ from tqdm.auto import tqdm
 
 from .analysis import (
     check_state,
+    cluster_moments,
     density_clusters,
     density_diagnostics,
     diagnostic_columns,
     drift_diagnostics,
     far_from_centres,
     measure_cluster_times,
+    point_mass_radius,
+    snap_to_clusters,
     wasserstein,
     wasserstein_sphere,
 )
@@ -184,48 +187,80 @@ class Diagnostics:
 
 
 class ClusterState:
-    """The measure-level δ-cluster state of the perturbed flow (two flows only).
+    """The measure-level δ-cluster state of the perturbed flow (two flows only), at the
+    resolution of the mesh.
 
-    At every saved time the base clusters are found from μ_t itself
-    (:func:`solver.analysis.density_clusters`: modes of the density on the mesh, their basins'
-    centres); at every step ``mass_outside`` (ν) and ``mass_outside_base`` (μ) are the masses
-    farther than ``delta`` (chordal) from those centres
-    (:func:`solver.analysis.cluster_mass_outside`, summed over the ranks), and ``clusters``
-    their number. ν is in the δ-cluster state while ``mass_outside <= tol``; ``t_enter`` /
+    At every saved time the clusters of both flows are found from the densities
+    (:func:`solver.analysis.density_clusters`: modes of the density on the mesh, their basins);
+    the base centres ``C`` are μ_t's. At every step each flow's cell masses within
+    ``R`` = :func:`solver.analysis.point_mass_radius` of their own basin's centre (its current
+    first moment, summed over the ranks) count at that centre
+    (:func:`solver.analysis.snap_to_clusters`), and ``mass_outside`` (ν) and
+    ``mass_outside_base`` (μ) are the masses that are then farther than ``delta`` (chordal)
+    from ``C`` (:func:`solver.analysis.cluster_mass_outside`); ``clusters`` is the number of
+    base centres. ν is in the δ-cluster state while ``mass_outside <= tol``; ``t_enter`` /
     ``t_exit`` (:func:`solver.analysis.measure_cluster_times`) are reported by the run.
+
+    Why the snap: cell averages hold a collapsed cluster as a blob of about ``R`` around its
+    exact first moment, so without it a 1 % tolerance reads the edge of the blob, and a
+    drifting cluster "leaves" a δ-ball once its centre has moved ``δ − R`` (on the level-4
+    icosphere with δ = 0.1: a third of the way, docs/experiments.md); with it the cluster
+    leaves when its centre does, as the point mass of the equation does. ``R = O(h)``, so
+    the state tends to the plain one under refinement.
     """
 
     columns = ["clusters", "mass_outside_base", "mass_outside"]
+    #: the clusters are found without the lightest cells, together ``LIGHT * tol`` of the
+    #: mass (``density_clusters(light=...)``): they count where they are, so the masses
+    #: outside move by at most that, and the search skips the tail's thousands of modes
+    LIGHT = 1e-3
 
     def __init__(self, sm: SphereMesh, delta: float, tol: float, snaps: Snapshots):
         self.sm, self.delta, self.tol, self.snaps = sm, delta, tol, snaps
         mesh = sm.gather_mesh()
         self.cells = mesh[1] if mesh is not None else None
+        radius = point_mass_radius(snaps.centroids, self.cells) if sm.comm.rank == 0 else None
+        self.radius = sm.comm.bcast(radius, root=0)
         self.centres = np.zeros((0, sm.gdim))
-        self.far = None  # owned cells farther than delta from every centre
+        self.labels: list[np.ndarray] = []  # each flow's basins on the owned cells
+        self.counts: list[int] = []  # and their number
+        self.far = np.zeros(0, dtype=bool)  # owned centroids farther than delta from centres
 
-    def update(self, base_gathered: np.ndarray | None) -> None:
-        """New base centres from μ at a saved time (its gathered averages on rank 0)."""
-        c = None
+    def update(self, gathered: list[np.ndarray] | None) -> None:
+        """New clusters from both flows' cell averages at a saved time (gathered on rank 0)."""
+        found = None
         if self.sm.comm.rank == 0:
             w = self.snaps.areas
-            c = density_clusters(self.snaps.centroids, base_gathered * w, w, cells=self.cells)
-            c = c.centres
-        self.centres = self.sm.comm.bcast(c, root=0)
-        self.far = (far_from_centres(self.sm.centroids, self.centres, self.delta)
-                    if len(self.centres) else None)  # fmt: skip
+            found = [density_clusters(self.snaps.centroids, g * w, w, cells=self.cells,
+                                      light=self.LIGHT * self.tol)
+                     for g in gathered]  # fmt: skip
+            found = (found[0].centres, [c.labels for c in found])
+        self.centres, labels = self.sm.comm.bcast(found, root=0)
+        self.labels = [self.sm.scatter(lab) for lab in labels]
+        self.counts = [int(lab.max(initial=-1)) + 1 for lab in labels]
+        if len(self.centres):
+            self.far = far_from_centres(self.sm.centroids, self.centres, self.delta)
 
-    def _outside(self, avg: np.ndarray) -> float:
-        """:func:`solver.analysis.cluster_mass_outside` of the cell masses, over the ranks
-        (the owned centroids' distances to the centres are kept from :meth:`update`)."""
-        if self.far is None:
+    def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int) -> float:
+        """:func:`solver.analysis.cluster_mass_outside` of the snapped cell masses, over the
+        ranks (``k`` basins)."""
+        if len(self.centres) == 0:
             return 1.0
-        w = avg * self.sm.areas
-        far, tot = self.sm.comm.allreduce(np.array([w[self.far].sum(), w.sum()]))
+        w, y = avg * self.sm.areas, self.sm.centroids
+        s = self.sm.comm.allreduce(cluster_moments(y, w, labels, k))
+        norm = np.linalg.norm(s, axis=1)[:, None]
+        centres = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
+        snapped = snap_to_clusters(y, w, labels, self.radius, centres=centres)
+        moved = np.any(snapped != y, axis=1)
+        far = self.far.copy()  # the centroids' distances to the base centres, kept
+        far[moved] = far_from_centres(snapped[moved], self.centres, self.delta)
+        far, tot = self.sm.comm.allreduce(np.array([w[far].sum(), w.sum()]))
         return float(far / tot)
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
-        return [float(len(self.centres)), self._outside(avgs[0]), self._outside(avgs[1])]
+        out = [self._outside(a, lab, k)
+               for a, lab, k in zip(avgs, self.labels, self.counts, strict=True)]  # fmt: skip
+        return [float(len(self.centres)), *out]
 
 
 class Snapshots:
@@ -460,7 +495,7 @@ def evolve(
         if clock.is_save(t):
             gathered = snaps(flows.states)
             if clusters is not None:  # the base clusters of μ_t, before the row of t
-                clusters.update(snaps.fields[0][-1] if comm.rank == 0 else None)
+                clusters.update([f[-1] for f in snaps.fields] if comm.rank == 0 else None)
         diag(t, flows.averages())
         if clock.is_save(t):
             save(t)
@@ -469,7 +504,7 @@ def evolve(
     if not start:
         record(0.0)
     elif clusters is not None:
-        clusters.update(snaps.fields[0][-1] if comm.rank == 0 else None)
+        clusters.update([f[-1] for f in snaps.fields] if comm.rank == 0 else None)
     t = diag.rows[-1][0]
     bar = tqdm(
         total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 from scipy.linalg import expm
+from scipy.optimize import brentq
 
 import solver
 from solver.transport import DG0Upwind, DGUpwind, NonlocalField, advance
@@ -108,6 +109,55 @@ def test_point_mass_drift_s2(eps, T, e, x0):
     assert disp > 3 * h
     assert err <= 0.02 * disp
     assert base <= 0.01 * h  # the collapse onto the mesh shifts the mean by 2e-4 - 4e-4 rad
+
+
+def test_point_mass_leaves_the_delta_ball_with_its_centre():
+    """The measure-level δ-state (:class:`solver.run.ClusterState`) of a point mass: it
+    leaves the δ-ball about the base cluster when its centre does, ``|p(t) − p(0)| = δ``.
+
+    Cell averages hold the point mass as a blob of about ``R`` = :func:`point_mass_radius`
+    (0.19 at level 3) around its first moment; the state reads the blob at its centre
+    (:func:`solver.snap_to_clusters`). Tolerance: the step in which the crossing falls (the
+    state is sampled per step) plus the time the point takes to move 2 % of δ (the mean
+    direction's error bound above). Read from the cells themselves (plain
+    :func:`cluster_mass_outside` of the saved densities) the blob's 1 % edge crosses the
+    ball much earlier: checked below, so that the test can fail.
+    """
+    eps, e, x0, delta = 0.1, np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.3, 1.0]), 0.3
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    eye = np.eye(3)
+    base = solver.Model(eye, eye, eye)
+    pert = base.perturbed(solver.TiedLoRA(dA=np.zeros((3, 3)), dV=-eps * np.outer(e, e)))
+    op = DG0Upwind(sm, "donor")
+    x0, T = x0 / np.linalg.norm(x0), 8.0
+    m0 = mean_direction(op, op.initial_state(lambda x: np.exp(1e4 * (x @ x0 - 1.0))))
+    res = solver.evolve(sm, base, lambda x: np.exp(1e4 * (x @ x0 - 1.0)), T, perturbed=pert,
+                        save_every=0.1, w2=False, progress=False, cluster_delta=delta,
+                        cluster_tol=0.01)  # fmt: skip
+    Vt = eye - eps * np.outer(e, e)
+
+    def point(t):
+        p = expm(t * Vt) @ m0
+        return p / np.linalg.norm(p)
+
+    t_star = brentq(lambda t: np.linalg.norm(point(t) - m0) - delta, 0.0, T)
+    p = point(t_star)
+    speed = np.linalg.norm(Vt @ p - (p @ Vt @ p) * p)
+    steps = np.diff(res.step_times)
+    step = steps[np.searchsorted(res.step_times, t_star) - 1]
+    tol = step + 0.02 * delta / speed
+    if COMM.rank:
+        return
+    assert res.t_enter == 0.0
+    print(f"\nexit {res.t_exit:.4f} point {t_star:.4f} tol {tol:.4f}")
+    assert abs(res.t_exit - t_star) <= tol, (res.t_exit, t_star, tol)
+    w = res.areas
+    centres = [solver.density_clusters(res.centroids, d * w, w).centres for d in res.density]
+    plain = [solver.cluster_mass_outside(res.centroids, d * w, c, delta)
+             for d, c in zip(res.density_perturbed, centres, strict=True)]  # fmt: skip
+    _, plain_exit = solver.measure_cluster_times(res.times, plain, 0.01)
+    print(f"plain exit {plain_exit:.4f}")
+    assert plain_exit < t_star - 5 * tol, (plain_exit, t_star, tol)
 
 
 def test_donor_flux_without_first_moment_lags_on_triangles():

@@ -10,6 +10,7 @@ from ._clusters import (
     Clusters,
     cluster_direction,
     cluster_mass_outside,
+    cluster_moments,
     cluster_times,
     crossing_times,
     delta_cluster_state,
@@ -18,6 +19,8 @@ from ._clusters import (
     far_from_centres,
     find_clusters,
     measure_cluster_times,
+    point_mass_radius,
+    snap_to_clusters,
 )
 from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
 from ._exact import poisson_kernel, poisson_radius
@@ -57,6 +60,9 @@ __all__ = [
     "cluster_times",
     "cluster_mass_outside",
     "far_from_centres",
+    "point_mass_radius",
+    "snap_to_clusters",
+    "cluster_moments",
     "crossing_times",
     "measure_cluster_times",
     "density_clusters",
