@@ -370,6 +370,7 @@ def evolve(
     max_dt: float = 0.5,
     cluster_delta: float | None = 0.1,
     cluster_tol: float = 1e-2,
+    stop_after_exit: bool = False,
 ) -> Result:
     """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -418,6 +419,10 @@ def evolve(
         With a perturbation: the measure-level δ-cluster state of ν against the clusters of μ
         (:class:`ClusterState`: diagnostics columns ``clusters``, ``mass_outside_base``,
         ``mass_outside``; ``Result.t_enter``, ``Result.t_exit``). ``None``: not computed.
+    stop_after_exit : bool
+        End the run at the first saved time after ν has left the δ-cluster state (its
+        forgetting time is then known and what follows is forgetting): ``Result.times`` and
+        the densities end there. Needs ``cluster_delta`` and a perturbation.
 
     Examples
     --------
@@ -456,6 +461,8 @@ def evolve(
     flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
                   dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
 
+    if stop_after_exit and (cluster_delta is None or not flows.two):
+        raise ValueError("stop_after_exit needs a perturbed model and cluster_delta")
     snaps = Snapshots(sm, op, len(fields), w2)
     clusters = (ClusterState(sm, cluster_delta, cluster_tol, snaps)
                 if flows.two and cluster_delta is not None else None)  # fmt: skip
@@ -518,12 +525,14 @@ def evolve(
         t = t_next
         record(t)
         bar.update(dt)
+        if stop_after_exit and clock.is_save(t) and _has_exited(diag, cluster_tol):
+            break
     bar.close()
     if writer is not None:
         writer.close()
 
     step_times = np.array([r[0] for r in diag.rows])
-    res = Result(times=clock.saves, step_times=step_times, columns=diag.columns,
+    res = Result(times=clock.saves[clock.saves <= t], step_times=step_times, columns=diag.columns,
                  diagnostics=np.array(diag.rows), step_counts=dict(flows.counts))  # fmt: skip
     if clusters is not None:
         res.t_enter, res.t_exit = measure_cluster_times(
@@ -539,6 +548,14 @@ def evolve(
     if folder is not None:
         on_root(comm, _write_results, folder, res, mesh_arrays)
     return res
+
+
+def _has_exited(diag: Diagnostics, tol: float) -> bool:
+    """Whether ν has entered and then left the δ-cluster state (``mass_outside <= tol``)."""
+    col = diag.columns.index("mass_outside")
+    m = np.array([r[col] for r in diag.rows])
+    on = np.flatnonzero(m <= tol)
+    return on.size > 0 and bool(np.any(m[on[0] :] > tol))
 
 
 def _write_results(folder: RunFolder, res: Result, mesh_arrays) -> None:

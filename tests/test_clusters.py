@@ -608,3 +608,28 @@ def test_density_clusters_leave_out_the_light_tail():
     assert masses[left_out].sum() <= 1e-5 * masses.sum() and left_out.sum() > len(cen) / 2
     with pytest.raises(ValueError, match="light"):
         solver.density_clusters(cen, masses, areas, light=1.0)
+
+
+def test_run_stops_after_the_exit():
+    """``stop_after_exit``: the run ends at the first saved time after ν's exit, with the same
+    rows up to there as the run to T (and an error without a perturbation)."""
+    from mpi4py import MPI
+
+    sm = solver.sphere_mesh(MPI.COMM_WORLD, 1, cells=96)
+    eye = np.eye(2)
+    base = solver.Model(eye, eye, eye)
+    pert = base.perturbed(solver.TiedLoRA(dA=np.zeros((2, 2)), dV=-0.2 * np.diag([0.0, 1.0])))
+    init = VonMisesFisher((np.cos(0.6), np.sin(0.6)), 50.0)
+    kw = dict(perturbed=pert, save_every=0.5, progress=False, w2=False, cluster_delta=0.3)
+    full = solver.evolve(sm, base, init, 12.0, **kw)
+    short = solver.evolve(sm, base, init, 12.0, stop_after_exit=True, **kw)
+    assert 0 <= full.t_enter < full.t_exit < 11.0
+    assert short.t_exit == full.t_exit
+    assert short.times[-1] == np.ceil(full.t_exit / 0.5) * 0.5 < 12.0
+    assert short.step_times[-1] == short.times[-1]
+    n = len(short.step_times)
+    np.testing.assert_array_equal(short.diagnostics, full.diagnostics[:n])
+    if MPI.COMM_WORLD.rank == 0:
+        assert len(short.density) == len(short.times)
+    with pytest.raises(ValueError, match="stop_after_exit"):
+        solver.evolve(sm, base, init, 1.0, stop_after_exit=True, progress=False)

@@ -83,8 +83,10 @@ __all__ = [
 
 _PDE = {
     "pde_spheres": [1],
+    "pde_s2_eps": [0.0, 1.0],
+    "conv_spheres": [1],
     "pde_cells": 128,
-    "pde_refinement": 3,
+    "pde_refinement": 4,
     "pde_initial": "mean",
     "pde_tol": 0.01,
     "pde_save_every": 0.5,
@@ -97,12 +99,12 @@ PRESETS = {
              "conv_eps_max": 0.025, "conv_T": 32.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "small": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 10, "T": 400.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_T": 300.0,
+              **_PDE, "pde_spheres": [1, 2], "pde_s2_eps": [0.004, 0.05], "pde_T": 300.0,
               "conv_n": [20, 200, 2000], "conv_seeds": [4, 4, 2], "conv_eps_min": 0.006,
               "conv_eps_max": 0.02, "conv_T": 40.0, "conv_dt": 0.25, "conv_save_every": 0.25},
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 24, "T": 1000.0, "dt": 0.05, "delta": 0.1, "geometry": "sphere",
-              **_PDE, "pde_refinement": 4, "pde_T": 300.0,
+              **_PDE, "pde_spheres": [1, 2], "conv_spheres": [1, 2], "pde_T": 300.0,
               "conv_n": [20, 200, 2000, 20000], "conv_seeds": [10, 10, 10, 4],
               "conv_eps_min": 0.001, "conv_eps_max": 0.02, "conv_T": 300.0, "conv_dt": 0.1,
               "conv_save_every": 0.5},
@@ -111,7 +113,8 @@ PDE_INITIALS = ("mean", "cube")
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
 PDE_COLUMNS = ["t_enter", "t_exit", "t_base_enter", "t_base_exit", "t_forgotten",
-               "t_exit_pointmass", "phi0", "clusters", "mass_outside_final", "cells"]  # fmt: skip
+               "t_exit_pointmass", "phi0", "clusters", "mass_outside_final", "cells",
+               "t_end"]  # fmt: skip
 CONV_COLUMNS = ["eps", "t_enter", "t_exit", "t_base_enter", "t_base_exit"]
 
 
@@ -122,6 +125,11 @@ def phase_check(p: dict) -> None:
     require(p, "geometry", p["geometry"] in GEOMETRIES, f"one of {GEOMETRIES}")
     positive(p, "pde_T", "pde_cells", "pde_refinement", "pde_save_every")
     require(p, "pde_spheres", all(s in (1, 2) for s in p["pde_spheres"]), "a list of 1 or 2")
+    lo_hi = p["pde_s2_eps"]
+    require(p, "pde_s2_eps", len(lo_hi) == 2 and 0 <= lo_hi[0] <= lo_hi[1],
+            "[lo, hi] with 0 <= lo <= hi")  # fmt: skip
+    require(p, "conv_spheres", all(s in p["pde_spheres"] for s in p["conv_spheres"]),
+            f"a list of spheres of pde_spheres = {p['pde_spheres']}")  # fmt: skip
     require(p, "pde_initial", p["pde_initial"] in PDE_INITIALS, f"one of {PDE_INITIALS}")
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
     positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
@@ -146,7 +154,9 @@ def phase_pde_cases(p: dict) -> list[dict]:
     Euclidean ``geometry`` (the PDE is the sphere model)."""
     if p["geometry"] != "sphere":
         return []
-    return [{"sphere": s, "eps": e} for s in p["pde_spheres"] for e in phase_eps(p)]
+    lo, hi = p["pde_s2_eps"]
+    return [{"sphere": s, "eps": e} for s in p["pde_spheres"] for e in phase_eps(p)
+            if s == 1 or lo <= e <= hi]  # fmt: skip
 
 
 def _phase_x0(p: dict, d: int) -> np.ndarray:
@@ -214,7 +224,9 @@ def phase_pde_initial(p: dict, d: int):
 
 
 def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
-    """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG0, adaptive)."""
+    """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG0, adaptive), to
+    ``pde_T`` or to the first saved time after ν's exit (``stop_after_exit``: from there on
+    the phase is forgetting)."""
     from ..mesh import sphere_mesh
     from ..run import evolve
 
@@ -225,7 +237,8 @@ def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
     return evolve(sm, base, phase_pde_initial(p, d), p["pde_T"],
                   perturbed=base.perturbed(e2_perturbation(d, eps)),
                   save_every=p["pde_save_every"], w2=False, vtx=False, progress=progress,
-                  cluster_delta=p["delta"], cluster_tol=p["pde_tol"])  # fmt: skip
+                  cluster_delta=p["delta"], cluster_tol=p["pde_tol"],
+                  stop_after_exit=True)  # fmt: skip
 
 
 def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
@@ -235,7 +248,9 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     ``t_base_enter``/``t_base_exit``: ``mass_outside_base <= pde_tol``; ``t_forgotten``:
     ``t_base_enter`` when ν never enters (forgotten before clustering), else ``nan``;
     ``t_exit_pointmass``: :func:`point_mass_depth` from the base flow's final cluster
-    direction (the heaviest cluster's centre), ``Δθ = 2 arcsin(δ/2)``."""
+    direction (the heaviest cluster's centre), ``Δθ = 2 arcsin(δ/2)``; ``t_end``: where the
+    run ended (``pde_T``, or the first saved time after ν's exit); ``clusters`` and
+    ``mass_outside_final`` are at ``t_end``."""
     s, eps = int(case["sphere"]), float(case["eps"])
     res = phase_pde(p, s, eps, run.comm, progress=run.progress)
     mb = np.clip(res.column("mass_outside_base"), 0.0, 1.0)
@@ -250,6 +265,7 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
         "t_exit_pointmass": point_mass_depth(u, eps, 2 * math.asin(p["delta"] / 2)),
         "phi0": math.asin(min(1.0, abs(u[1]))), "clusters": int(res.column("clusters")[-1]),
         "mass_outside_final": float(res.column("mass_outside")[-1]), "cells": len(res.areas),
+        "t_end": float(res.step_times[-1]),
     }  # fmt: skip
 
 
@@ -263,7 +279,7 @@ def phase_particles_cases(p: dict) -> list[dict]:
     Euclidean ``geometry`` or without ε in the ``conv_eps`` range)."""
     if p["geometry"] != "sphere" or not phase_conv_eps(p):
         return []
-    return [{"sphere": s, "n": int(n), "seed": k} for s in p["pde_spheres"]
+    return [{"sphere": s, "n": int(n), "seed": k} for s in p["conv_spheres"]
             for n, k_n in zip(p["conv_n"], p["conv_seeds"], strict=True)
             for k in range(int(k_n))]  # fmt: skip
 
@@ -402,11 +418,16 @@ def phase_pde_fit(rows, sphere, n_boot: int = 2000) -> dict:
     ``bootstrap_slope_minus_one``: the prefactor at slope −1 with its interval."""
     c = as_columns([r for r in rows if r["sphere"] == sphere])
     slope, pref = loglog_fit(c["eps"], c["t_exit"])
+    with np.errstate(invalid="ignore"):
+        late = c["t_exit"] >= 3 * c["t_base_enter"]  # well after the clustering (nan: False)
     return {
         "alpha": -slope, "prefactor": pref, "n_points": int(np.isfinite(c["t_exit"]).sum()),
         "bootstrap": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot, seed=0),
         "bootstrap_slope_minus_one": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot,
                                                       seed=0, fixed_slope=-1.0),
+        "n_late_exits": int(late.sum()),
+        "bootstrap_late_exits": bootstrap_loglog(c["eps"][late], c["t_exit"][late],
+                                                 n_boot=n_boot, seed=0),
         "base_t_enter": nanmedian(c["t_base_enter"]),
         "median_ratio_to_pointmass": nanmedian(c["t_exit"] / c["t_exit_pointmass"]),
         "eps": c["eps"], "t_enter": c["t_enter"], "t_exit": c["t_exit"],
@@ -433,8 +454,9 @@ def phase_summary(p: dict, rows: dict) -> dict:
         report.append("    eps       t_enter   t_exit")
         for e, a, b in zip(f["eps"], f["t_enter"], f["t_exit"], strict=True):
             report.append(f"    {e:<9.4g} {a:<9.4g} {b:.4g}")
-    conv = {f"S{s}": phase_convergence(p, rows.get("particles", []), rows["pde"], float(s))
-            for s in pde_spheres}  # fmt: skip
+    conv_spheres = sorted({int(r["sphere"]) for r in rows.get("particles", [])})
+    conv = {f"S{s}": phase_convergence(p, rows["particles"], rows["pde"], float(s))
+            for s in conv_spheres}  # fmt: skip
     for name, f in pde_fits.items():
         b, b1 = f["bootstrap"], f["bootstrap_slope_minus_one"]
         report.append(
@@ -443,10 +465,14 @@ def phase_summary(p: dict, rows: dict) -> dict:
             f"{f['n_points']} exits; base flow t_enter = {f['base_t_enter']:.3g}; "
             f"median t_exit / point-mass = {f['median_ratio_to_pointmass']:.3f}"
         )
+        bl = f["bootstrap_late_exits"]
         report.append(f"    bootstrap 95 %: slope {b['slope']:.4f} [{b['slope_lo']:.4f}, "
                       f"{b['slope_hi']:.4f}], c = {b['prefactor']:.4g} [{b['prefactor_lo']:.4g}, "
                       f"{b['prefactor_hi']:.4g}]; at slope -1: c = {b1['prefactor']:.4g} "
-                      f"[{b1['prefactor_lo']:.4g}, {b1['prefactor_hi']:.4g}]")  # fmt: skip
+                      f"[{b1['prefactor_lo']:.4g}, {b1['prefactor_hi']:.4g}]; over the "
+                      f"{f['n_late_exits']} exits after 3 t_base_enter: slope "
+                      f"{bl['slope']:.4f} [{bl['slope_lo']:.4f}, "
+                      f"{bl['slope_hi']:.4f}]")  # fmt: skip
         report.append("    eps       t_enter   t_exit    eps*t_exit  point-mass  t_forgotten")
         for row in zip(f["eps"], f["t_enter"], f["t_exit"], f["eps_t_exit"],
                        f["t_exit_pointmass"], f["t_forgotten"], strict=True):  # fmt: skip
