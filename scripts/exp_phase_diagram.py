@@ -7,18 +7,22 @@ t < t_enter (not yet clustered), t_enter <= t < t_exit (no forgetting), t >= t_e
 (forgetting). The transition curve t_exit(eps) is fitted as c eps^-alpha and compared with the
 point-mass law ln(tan phi0 / tan(phi0 - dtheta)) / eps, dtheta = 2 arcsin(delta / 2).
 
-PDE (pde.csv, geometry = "sphere" only): for every sphere of pde_spheres (default [1]) and
-every eps, one solver.evolve of both flows (DG0, adaptive steps; S^1: pde_cells cells, S^2:
-pde_refinement) to pde_T, from rho0 ~ 1 + d <m, x> with m the mean of the particles' draw
+PDE (pde.csv, geometry = "sphere" only): for every sphere of pde_spheres and every eps (on
+S^2 those in pde_s2_eps = [lo, hi]), one solver.evolve of both flows (DG0, adaptive steps;
+S^1: pde_cells cells, S^2: the icosphere of level pde_refinement) to pde_T or to the first
+saved time after the exit, from rho0 ~ 1 + d <m, x> with m the mean of the particles' draw
 (pde_initial = "mean"; the uniform density itself is stationary) or the authors' cube draw
 projected to the sphere, rho0 ~ 1 / max_i |x_i|^d ("cube"). Measure-level state: at most
-pde_tol of the mass farther than delta from the base flow's current clusters. Four phases:
-not yet clustered, no forgetting, forgetting, and forgotten before clustering (the perturbed
-flow never enters while the base flow is clustered: t >= t_base_enter). The figure shows the
-PDE's phases with the particles' t_enter / t_exit on top.
+pde_tol of the mass farther than delta from the base flow's current clusters, each cell within
+the point-mass radius of its own cluster's centre counted at that centre (the resolution of
+the mesh). Four phases: not yet clustered, no forgetting, forgetting, and forgotten before
+clustering (the perturbed flow never enters while the base flow is clustered:
+t >= t_base_enter). The figure shows the PDE's phases with the particles' t_enter / t_exit on
+top.
 
-Particles converging to the PDE (particles.csv, one case per PDE sphere, n = conv_n[i] and
-draw seed < conv_seeds[i]; one row per eps of the PDE sweep in [conv_eps_min, conv_eps_max]):
+Particles converging to the PDE (particles.csv, one case per sphere of conv_spheres,
+n = conv_n[i] and draw seed < conv_seeds[i]; one row per eps of the PDE sweep in
+[conv_eps_min, conv_eps_max]):
 n tokens drawn i.i.d. from the PDE's rho0, base and perturbed runs to conv_T (step conv_dt,
 saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (at most
 pde_tol of the tokens farther than delta from the final base configuration). The figure
@@ -35,16 +39,14 @@ Commands (from the repository root):
     mpiexec -n 2 .venv/bin/python scripts/exp_phase_diagram.py --output out/phase
     .venv/bin/python scripts/exp_phase_diagram.py --preset paper --output out/phase-paper
 
-Presets (wall time): tiny ~1 min on one free core (tests; PDE 4 x ~6 s, 128 cells,
-T = 32; particles -> PDE n = 20, 200 x 8 draws); small: particles ~1 min (10 eps in
-[1e-3, 0.075], T = 400), PDE 10 runs to T = 300 (7 min on a quiet machine; 40 min measured on
-2 shared cores at load ~10), particles -> PDE n = 20, 200, 2000 with 4, 4, 2 draws, 3 eps,
-T = 40 (26 min measured on one shared core); paper: not run (n = 20000 needs the fast particle
-velocity). S^2 PDE (pde_spheres = [1, 2]; paper sets the level-4 icosphere) is in no preset:
-at level 4 its 1 % tail decides the delta-state (docs/experiments.md).
-The PDE keeps about 21 steps per unit time after clustering (the step is held by the light
-cells far from the cluster). TOML keys override the preset (spheres, n, seed, eps_min,
-eps_max, n_eps, T, dt, delta, geometry, pde_spheres, pde_cells, pde_refinement, pde_initial,
+Presets (wall time, mpiexec -n 2 on the project's 2-core machine, docs/experiments.md): tiny
+~1 min (tests; S^1 PDE only, 128 cells, T = 32; particles -> PDE n = 20, 200 x 8 draws);
+small 5 min 16 s measured (10 eps in [1e-3, 0.075]; PDE S^1 for all, S^2 level 4 for the 6 eps
+in [0.004, 0.05]; particles -> PDE on S^1, n = 20, 200, 2000 with 4, 4, 2 draws); paper
+(16 eps, particles to T = 600, S^2 PDE for eps in [0.002, 0.05], particles -> PDE on S^1 with
+n up to 20000): see docs/experiments.md for its measured time.
+TOML keys override the preset (spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta,
+geometry, pde_spheres, pde_s2_eps, conv_spheres, pde_cells, pde_refinement, pde_initial,
 pde_tol, pde_save_every, pde_T, conv_n, conv_seeds, conv_eps_min, conv_eps_max, conv_T,
 conv_dt, conv_save_every). Rerunning resumes.
 """

@@ -53,11 +53,11 @@ PRESETS = {
               "dt": 0.1, "t_factor": 1.3, **_RANDOM, "random_eps_min": 0.12,
               "random_eps_max": 0.3, "random_n_eps": 3, "random_seeds": 12, "pde_cells": 128,
               "pde_seeds": 4},
-    "paper": {"dims": [2, 3, 8], "n": 100, "kappa": 20.0, "theta0_deg": [10.0, 20.0, 45.0],
-              "eps_min": 0.002, "eps_max": 0.3, "n_eps": 9, "seeds": 3, "delta": 0.1,
-              "dt": 0.1, "t_factor": 1.3, **_RANDOM, "random_eps_min": 0.05,
-              "random_eps_max": 0.3, "random_n_eps": 4, "random_seeds": 48,
-              "pde_cells": 256, "pde_seeds": 16},
+    "paper": {"dims": [2, 3, 8], "n": 64, "kappa": 20.0, "theta0_deg": [20.0, 45.0],
+              "eps_min": 0.003, "eps_max": 0.3, "n_eps": 6, "seeds": 2, "delta": 0.1,
+              "dt": 0.1, "t_factor": 1.3, **_RANDOM, "random_eps_min": 0.1,
+              "random_eps_max": 0.3, "random_n_eps": 3, "random_seeds": 24,
+              "pde_cells": 128, "pde_seeds": 6},
 }  # fmt: skip
 KINDS = ("tied", "random")
 

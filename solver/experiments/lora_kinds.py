@@ -36,8 +36,8 @@ PRESETS = {
     "small": {"V_diag": [1.0, 0.8, 0.3], "n": 32, "kappa": 2.0, "x0_seed": 0, "T": 40.0,
               "dt": 0.05, "save_every": 1.0, "eps": [0.05, 0.1, 0.2], "seeds": 3,
               "layer_length": 1.0, "rank": 1, "kinds": list(KINDS)},
-    "paper": {"V_diag": [1.0, 0.8, 0.3], "n": 128, "kappa": 2.0, "x0_seed": 0, "T": 80.0,
-              "dt": 0.05, "save_every": 1.0, "eps": [0.02, 0.05, 0.1, 0.2], "seeds": 8,
+    "paper": {"V_diag": [1.0, 0.8, 0.3], "n": 64, "kappa": 2.0, "x0_seed": 0, "T": 60.0,
+              "dt": 0.05, "save_every": 1.0, "eps": [0.02, 0.05, 0.1, 0.2], "seeds": 6,
               "layer_length": 1.0, "rank": 1, "kinds": list(KINDS)},
 }  # fmt: skip
 

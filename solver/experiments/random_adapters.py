@@ -43,8 +43,8 @@ PRESETS = {
               "ratio_min": 0.01, "ratio_max": 1.0, "n_ratio": 3, "seeds": 24, "s": [1.0],
               "linear_max": 0.5, "pde_cells": 64, "pde_seeds": 6},
     "paper": {"d": 2, "n": 64, "x0_seed": 0, "T": 10.0, "dt": 0.025,
-              "Ls": [1, 4, 16, 64, 256], "ratio_min": 0.001, "ratio_max": 3.0, "n_ratio": 13,
-              "seeds": 64, "s": [1.0], "linear_max": 0.5, "pde_cells": 256, "pde_seeds": 16},
+              "Ls": [1, 4, 16, 64], "ratio_min": 0.003, "ratio_max": 1.0, "n_ratio": 5,
+              "seeds": 48, "s": [1.0], "linear_max": 0.5, "pde_cells": 128, "pde_seeds": 12},
 }  # fmt: skip
 
 RANDOM_COLUMNS = ["eta", "w2", "direction_drift"]

@@ -36,7 +36,7 @@ PRESETS = {
              "radius": 0.05, "plot_seed": 0, "dims": [2, 3]},
     "small": {"n": 20, "seeds": 8, "T": 100.0, "dt": 0.1, "save_every": 0.5,
               "betas": [1.0, 4.0], "radius": 0.05, "plot_seed": 0, "dims": [2, 3]},
-    "paper": {"n": 20, "seeds": 32, "T": 400.0, "dt": 0.1, "save_every": 1.0,
+    "paper": {"n": 20, "seeds": 16, "T": 400.0, "dt": 0.1, "save_every": 1.0,
               "betas": [1.0, 2.0, 4.0, 9.0], "radius": 0.05, "plot_seed": 0,
               "dims": [2, 3]},
 }  # fmt: skip
