@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from .analysis import (
     check_state,
-    cluster_moments,
     density_clusters,
     density_diagnostics,
     diagnostic_columns,
@@ -221,6 +221,8 @@ class ClusterState:
         self.cells = mesh[1] if mesh is not None else None
         radius = point_mass_radius(snaps.centroids, self.cells) if sm.comm.rank == 0 else None
         self.radius = sm.comm.bcast(radius, root=0)
+        # every centroid on every rank, to find the cell that holds a centre
+        self.tree = cKDTree(sm.comm.bcast(snaps.centroids, root=0))
         self.centres = np.zeros((0, sm.gdim))
         self.labels: list[np.ndarray] = []  # each flow's basins on the owned cells
         self.counts: list[int] = []  # and their number
@@ -241,16 +243,18 @@ class ClusterState:
         if len(self.centres):
             self.far = far_from_centres(self.sm.centroids, self.centres, self.delta)
 
+    def _cell_of(self, centres: np.ndarray) -> np.ndarray:
+        """The centroid of the cell holding each centre (the nearest one)."""
+        return self.tree.data[self.tree.query(centres)[1]]
+
     def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int) -> float:
         """:func:`solver.analysis.cluster_mass_outside` of the snapped cell masses, over the
-        ranks (``k`` basins)."""
+        ranks (``k`` basins; the moments summed over the ranks)."""
         if len(self.centres) == 0:
             return 1.0
         w, y = avg * self.sm.areas, self.sm.centroids
-        s = self.sm.comm.allreduce(cluster_moments(y, w, labels, k))
-        norm = np.linalg.norm(s, axis=1)[:, None]
-        centres = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
-        snapped = snap_to_clusters(y, w, labels, self.radius, centres=centres)
+        snapped = snap_to_clusters(y, w, labels, self.radius, k=k, anchors=self._cell_of,
+                                   reduce=lambda a: self.sm.comm.allreduce(a))  # fmt: skip
         moved = np.any(snapped != y, axis=1)
         far = self.far.copy()  # the centroids' distances to the base centres, kept
         far[moved] = far_from_centres(snapped[moved], self.centres, self.delta)

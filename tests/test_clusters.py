@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 from scipy.optimize import brentq
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 import solver
@@ -510,7 +511,8 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
     """``diagnostics.csv``'s ``mass_outside`` (ν) and ``mass_outside_base`` (μ) at a saved time
     are :func:`solver.cluster_mass_outside` of the saved densities, each snapped to its own
     basins (:func:`solver.snap_to_clusters`, radius :func:`solver.point_mass_radius`), against
-    the base clusters of that time (the run sums the basins' moments over the ranks)."""
+    the base clusters of that time (the run sums the basins' moments over the ranks; a
+    centre's anchor is the centroid of the cell that holds it)."""
     from mpi4py import MPI
 
     sm = solver.sphere_mesh(MPI.COMM_WORLD, 1, cells=96)
@@ -526,6 +528,11 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
     w, cells = res.areas, mesh[1]
     radius = solver.point_mass_radius(res.centroids, cells)
     light = ClusterState.LIGHT * 0.01  # the run's tol
+    tree = cKDTree(res.centroids)
+
+    def cell_of(c):  # the centroid of the cell holding a centre
+        return res.centroids[tree.query(c)[1]]
+
     assert radius == pytest.approx(2 * np.sin(np.pi / 96), rel=1e-12)  # one arc on S^1
     checked = moved = 0
     for k, t in enumerate(res.times):
@@ -537,7 +544,7 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
             ("mass_outside", res.density_perturbed, found[1].labels),
         ):
             m, centres = dens[k] * w, found[0].centres
-            y = solver.snap_to_clusters(res.centroids, m, labels, radius)
+            y = solver.snap_to_clusters(res.centroids, m, labels, radius, anchors=cell_of)
             want = solver.cluster_mass_outside(y, m, centres, 0.1)
             assert res.column(col)[row] == pytest.approx(want, abs=1e-12), (t, col)
             checked += want > 0.05  # not only zeros: the flows are spread at first
@@ -547,31 +554,29 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
 
 def test_snap_to_clusters():
     """Points within ``R`` of their cluster's centre (normalised first moment) move onto it;
-    the others, and unlabelled points, stay; ``R = 0`` moves nothing off-centre."""
-    a = np.deg2rad([0.0, 2.0, 4.0, 30.0, 90.0, 93.0, 180.0])
+    the others stay; a point of no cluster within ``R`` of a centre joins it first (a moving
+    cluster spills into cells that were empty at the last mode search); ``R = 0`` moves
+    nothing off-centre (1 vs 2 MPI ranks, where ``reduce`` sums the moments: test_mpi.py)."""
+    a = np.deg2rad([0.0, 2.0, 4.0, 30.0, 90.0, 93.0, 180.0, 6.0])
     x = np.column_stack((np.cos(a), np.sin(a)))
-    w = np.array([1.0, 2.0, 1.0, 0.5, 1.0, 1.0, 3.0])
-    labels = np.array([0, 0, 0, 0, 1, 1, -1])
-    c0 = unit(w[:4] @ x[:4])
+    w = np.array([1.0, 2.0, 1.0, 0.5, 1.0, 1.0, 3.0, 1.5])
+    labels = np.array([0, 0, 0, 0, 1, 1, -1, -1])
+    c0 = unit(w[[0, 1, 2, 3, 7]] @ x[[0, 1, 2, 3, 7]])  # the point at 6° joins cluster 0
     c1 = unit(x[4] + x[5])
     y = solver.snap_to_clusters(x, w, labels, 0.1)
-    np.testing.assert_allclose(y[:3], [c0] * 3, atol=1e-15)
+    np.testing.assert_allclose(y[[0, 1, 2, 7]], [c0] * 4, atol=1e-15)
     np.testing.assert_allclose(y[3], x[3], atol=1e-15)  # 30° is farther than R = 0.1 from c0
     np.testing.assert_allclose(y[4:6], [c1] * 2, atol=1e-15)
-    np.testing.assert_allclose(y[6], x[6], atol=1e-15)  # no cluster
+    np.testing.assert_allclose(y[6], x[6], atol=1e-15)  # no cluster within R
     np.testing.assert_allclose(solver.snap_to_clusters(x, w, labels, 0.0), x, atol=1e-15)
-    # the centres of the caller (e.g. summed over MPI ranks) are used as given
-    c = np.array([[1.0, 0.0], [0.0, 1.0]])
-    y = solver.snap_to_clusters(x, w, labels, 0.1, centres=c)
-    np.testing.assert_allclose(y[:3], [c[0]] * 3)
-    np.testing.assert_allclose(y[4:6], [c[1]] * 2)
-    assert solver.cluster_mass_outside(y, w, c[:1], 0.05) == pytest.approx(5.5 / 9.5)
+    # k and reduce: one MPI rank's part with the other ranks' moments added (here none)
+    y1 = solver.snap_to_clusters(x, w, labels, 0.1, k=3, reduce=lambda m: m + 0.0)
+    np.testing.assert_allclose(y1, y, atol=1e-15)
+    assert solver.cluster_mass_outside(y, w, c0[None], 0.05) == pytest.approx(5.5 / 11.0)
     with pytest.raises(ValueError, match="radius"):
         solver.snap_to_clusters(x, w, labels, -1.0)
     with pytest.raises(ValueError, match="labels"):
         solver.snap_to_clusters(x, w, labels[:3], 0.1)
-    with pytest.raises(ValueError, match="centres"):
-        solver.snap_to_clusters(x, w, labels, 0.1, centres=c[:1])
     with pytest.raises(ValueError, match="cells"):
         solver.point_mass_radius(x, np.zeros((3, 2), dtype=int))
 

@@ -121,7 +121,8 @@ def test_point_mass_leaves_the_delta_ball_with_its_centre():
     state is sampled per step) plus the time the point takes to move 2 % of δ (the mean
     direction's error bound above). Read from the cells themselves (plain
     :func:`cluster_mass_outside` of the saved densities) the blob's 1 % edge crosses the
-    ball much earlier: checked below, so that the test can fail.
+    ball much earlier: checked below, so that the test can fail. Measured: exit 6.401 against
+    the point's 6.456 (tolerance 0.247); cell by cell 4.05.
     """
     eps, e, x0, delta = 0.1, np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.3, 1.0]), 0.3
     sm = solver.sphere_mesh(COMM, 2, refinement=3)
@@ -149,14 +150,12 @@ def test_point_mass_leaves_the_delta_ball_with_its_centre():
     if COMM.rank:
         return
     assert res.t_enter == 0.0
-    print(f"\nexit {res.t_exit:.4f} point {t_star:.4f} tol {tol:.4f}")
     assert abs(res.t_exit - t_star) <= tol, (res.t_exit, t_star, tol)
     w = res.areas
     centres = [solver.density_clusters(res.centroids, d * w, w).centres for d in res.density]
     plain = [solver.cluster_mass_outside(res.centroids, d * w, c, delta)
              for d, c in zip(res.density_perturbed, centres, strict=True)]  # fmt: skip
     _, plain_exit = solver.measure_cluster_times(res.times, plain, 0.01)
-    print(f"plain exit {plain_exit:.4f}")
     assert plain_exit < t_star - 5 * tol, (plain_exit, t_star, tol)
 
 

@@ -533,16 +533,23 @@ def point_mass_radius(centroids, cells) -> float:
     return float(np.max(np.linalg.norm(x[i] - x[j], axis=1))) if i.size else 0.0
 
 
-def snap_to_clusters(points, weights, labels, radius: float, centres=None) -> np.ndarray:
+def snap_to_clusters(
+    points, weights, labels, radius: float, *, k: int | None = None, reduce=None, anchors=None
+) -> np.ndarray:
     r"""The points within ``radius`` of their cluster's centre, moved onto that centre.
 
     With the centre of cluster ``k`` the normalised first moment of its members,
-    ``c_k = Σ_{ℓ_j = k} w_j y_j / |Σ_{ℓ_j = k} w_j y_j|`` (:func:`cluster_moments`),
+    ``c_k = Σ_{ℓ_j = k} w_j y_j / |Σ_{ℓ_j = k} w_j y_j|`` (:func:`cluster_moments`):
 
-    .. math::
+    1. a point of no cluster (``ℓ_j = -1``) within ``R`` of an anchor ``a_k`` joins the
+       nearest one (labels come from the last mode search; a moving cluster has spilled into
+       cells that were empty then), and the centres are recomputed with it;
+    2. ``y'_j = c_{ℓ_j}`` if ``ℓ_j ≥ 0`` and ``|y_j − a_{ℓ_j}| ≤ R``, ``y'_j = y_j`` otherwise.
 
-        y'_j = c_{ℓ_j} \text{ if } ℓ_j \ge 0 \text{ and } |y_j − c_{ℓ_j}| \le R,
-        \quad y'_j = y_j \text{ otherwise}.
+    The anchor of a centre is the centre itself (``anchors=None``: particles) or, on a mesh,
+    the centroid of the cell that holds it (``anchors``): with ``R`` from
+    :func:`point_mass_radius` the snapped cells are then that cell and its vertex-sharing
+    ring, wherever in its cell the centre lies.
 
     :func:`cluster_mass_outside` of the snapped points is the measure-level δ-cluster state at
     the resolution ``R`` of the mesh (:func:`point_mass_radius`): a collapsed cluster, which
@@ -561,13 +568,18 @@ def snap_to_clusters(points, weights, labels, radius: float, centres=None) -> np
     weights : (n,) array
         Non-negative masses.
     labels : (n,) int array
-        Cluster of each point (:attr:`Clusters.labels`; ``-1``: none, never moved).
+        Cluster of each point (:attr:`Clusters.labels`; ``-1``: none).
     radius : float
         ``R >= 0`` (chordal).
-    centres : (k, d) array or None
-        The clusters' centres, ``k > max labels``; ``None``: the normalised
-        :func:`cluster_moments` of these points (pass them when the members are spread over
-        MPI ranks). A zero row moves nothing.
+    k : int or None
+        Number of clusters (``None``: ``max(labels) + 1``; give it when the points are one
+        MPI rank's part).
+    reduce : callable or None
+        Applied to every array of moment sums (e.g. ``lambda a: comm.allreduce(a)`` when the
+        points are spread over MPI ranks); ``None``: the points are all there is.
+    anchors : callable or None
+        ``(k, d)`` centres to ``(k, d)`` anchors (e.g. the nearest cell centroid of the
+        whole mesh); ``None``: the centres.
 
     Returns
     -------
@@ -575,26 +587,38 @@ def snap_to_clusters(points, weights, labels, radius: float, centres=None) -> np
     """
     y = check_points(points, "points", unit=False)
     n, d = y.shape
-    w = check_weights(weights, n, "weights")
+    w = check_weights(weights, n, "weights") if reduce is None else np.asarray(weights, float)
     lab = np.asarray(labels)
     if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
         raise ValueError(f"labels must be an integer array of shape ({n},), got {lab.shape}")
     if not (np.isfinite(radius) and radius >= 0):
         raise ValueError(f"radius must be finite and >= 0, got {radius}")
-    k = int(lab.max()) + 1 if n else 0
-    if centres is None:
-        s = cluster_moments(y, w, lab, k)
+    k = int(lab.max(initial=-1)) + 1 if k is None else int(k)
+    reduce = reduce if reduce is not None else (lambda a: a)
+
+    def centres(lab):
+        s = reduce(cluster_moments(y, w, lab, k))
         norm = np.linalg.norm(s, axis=1)[:, None]
-        centres = np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
-    centres = np.asarray(centres, dtype=float)
-    if centres.ndim != 2 or centres.shape[0] < k or centres.shape[1] != d:
-        raise ValueError(f"centres must be a (k, {d}) array with k >= {k}, got {centres.shape}")
+        return np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
+
     out = y.copy()
     if k == 0:
         return out
-    c = centres[np.maximum(lab, 0)]
-    near = (lab >= 0) & (np.linalg.norm(c, axis=1) > 0) & (np.linalg.norm(y - c, axis=1) <= radius)
-    out[near] = c[near]
+    anchor = anchors if anchors is not None else (lambda c: c)
+    reach = radius * (1 + 1e-9)  # R is itself a centroid distance: keep its own pairs
+    c = centres(lab)
+    a = np.where(np.linalg.norm(c, axis=1)[:, None] > 0, anchor(c), np.inf)
+    free = np.flatnonzero(lab < 0)
+    dist = np.linalg.norm(y[free, None, :] - a[None, :, :], axis=2)
+    near = np.argmin(dist, axis=1) if free.size else np.zeros(0, dtype=np.int64)
+    join = dist[np.arange(free.size), near] <= reach
+    lab = lab.copy()
+    lab[free[join]] = near[join]
+    c = centres(lab)  # collective with `reduce`: every rank calls it
+    a = np.where(np.linalg.norm(c, axis=1)[:, None] > 0, anchor(c), np.inf)
+    mine = np.maximum(lab, 0)
+    near = (lab >= 0) & (np.linalg.norm(y - a[mine], axis=1) <= reach)
+    out[near] = c[mine[near]]
     return out
 
 
