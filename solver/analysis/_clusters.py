@@ -509,11 +509,12 @@ def point_mass_radius(centroids, cells) -> float:
 
     A point mass held by cell averages (DG0) sits in the cell that contains it and spreads
     into that cell's vertex-sharing ring as it moves (the donor flux moves the mass one
-    facet per step, and the cluster's own attraction pulls it back): the blob stays within
-    about this radius of its centre, whatever the mesh. Measured: a drifting point mass on
-    the level-4 icosphere (``R = 0.095``) holds all but 1.3 % of its mass within 0.075 of
-    its first moment and all of it within 0.1 (docs/experiments.md, Fig 3 on S²). ``R`` is
-    ``O(h)``: 0.19, 0.095 and 0.048 on icosphere levels 3, 4 and 5; ``h`` (one arc) on a
+    facet per step, and the cluster's own attraction pulls it back): the ring is the cells
+    within ``R`` of that cell's centroid. Measured: a drifting point mass on the level-4
+    icosphere (``R = 0.095``) holds all but 1.3 % of its mass within 0.075 of its first
+    moment and all of it within 0.1; on a circle of 256 arcs it holds three cells, the
+    leading one just beyond ``R`` from the first moment (docs/experiments.md, Fig 3). ``R``
+    is ``O(h)``: 0.19, 0.095 and 0.048 on icosphere levels 3, 4 and 5; ``h`` (one arc) on a
     circle of equal arcs.
 
     Parameters
