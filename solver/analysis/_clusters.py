@@ -559,8 +559,9 @@ def snap_to_clusters(
     of the continuous equation does; mass farther than ``R`` from its centre (a cluster still
     collapsing, a tail) counts where it is. ``R = 0`` (particles) moves only points that are
     exactly at their centre; as ``h → 0``, ``R = O(h) → 0`` and the state tends to the plain
-    one. Before a cluster has collapsed the snap moves only mass within ``R`` of its centre,
-    which for ``R < δ`` lies in the δ-ball of that centre anyway.
+    one. Before a cluster has collapsed the snap moves only mass within ``R`` of an anchor,
+    which lies in the δ-ball of the centre anyway when ``R`` plus the anchor's distance to
+    the centre is below ``δ``.
 
     Parameters
     ----------
