@@ -589,6 +589,7 @@ def snap_to_clusters(
     """
     y = check_points(points, "points", unit=False)
     n, d = y.shape
+    # one rank's part may hold no mass at all: the total is checked only for whole sets
     w = check_weights(weights, n, "weights") if reduce is None else np.asarray(weights, float)
     lab = np.asarray(labels)
     if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
