@@ -532,8 +532,9 @@ def evolve(
         t = t_next
         record(t)
         bar.update(dt)
-        if stop_after_exit and clock.is_save(t) and _has_exited(diag, cluster_tol):
-            break
+        if stop_after_exit and clock.is_save(t):
+            if np.isfinite(_cluster_times(diag, cluster_tol)[1]):  # ν has left
+                break
     bar.close()
     if writer is not None:
         writer.close()
@@ -542,9 +543,7 @@ def evolve(
     res = Result(times=clock.saves[clock.saves <= t], step_times=step_times, columns=diag.columns,
                  diagnostics=np.array(diag.rows), step_counts=dict(flows.counts))  # fmt: skip
     if clusters is not None:
-        res.t_enter, res.t_exit = measure_cluster_times(
-            step_times, np.clip(res.column("mass_outside"), 0, 1), cluster_tol
-        )
+        res.t_enter, res.t_exit = _cluster_times(diag, cluster_tol)
     mesh_arrays = sm.gather_mesh()
     if comm.rank == 0:
         res.density = np.array(snaps.fields[0])
@@ -557,12 +556,11 @@ def evolve(
     return res
 
 
-def _has_exited(diag: Diagnostics, tol: float) -> bool:
-    """Whether ν has entered and then left the δ-cluster state (``mass_outside <= tol``)."""
+def _cluster_times(diag: Diagnostics, tol: float) -> tuple[float, float]:
+    """ν's entry and exit of the δ-cluster state so far (``mass_outside <= tol``)."""
     col = diag.columns.index("mass_outside")
-    m = np.array([r[col] for r in diag.rows])
-    on = np.flatnonzero(m <= tol)
-    return on.size > 0 and bool(np.any(m[on[0] :] > tol))
+    rows = np.array([(r[0], r[col]) for r in diag.rows])
+    return measure_cluster_times(rows[:, 0], np.clip(rows[:, 1], 0.0, 1.0), tol)
 
 
 def _write_results(folder: RunFolder, res: Result, mesh_arrays) -> None:

@@ -45,7 +45,6 @@ __all__ = [
     "far_from_centres",
     "point_mass_radius",
     "snap_to_clusters",
-    "cluster_moments",
     "cluster_times",
     "crossing_times",
     "measure_cluster_times",
@@ -540,7 +539,7 @@ def snap_to_clusters(
     r"""The points within ``radius`` of their cluster's centre, moved onto that centre.
 
     With the centre of cluster ``k`` the normalised first moment of its members,
-    ``c_k = Σ_{ℓ_j = k} w_j y_j / |Σ_{ℓ_j = k} w_j y_j|`` (:func:`cluster_moments`):
+    ``c_k = Σ_{ℓ_j = k} w_j y_j / |Σ_{ℓ_j = k} w_j y_j|``:
 
     1. a point of no cluster (``ℓ_j = -1``) within ``R`` of an anchor ``a_k`` joins the
        nearest one (labels come from the last mode search; a moving cluster has spilled into
@@ -600,17 +599,20 @@ def snap_to_clusters(
     reduce = reduce if reduce is not None else (lambda a: a)
 
     def centres(lab):
-        s = reduce(cluster_moments(y, w, lab, k))
+        s = reduce(_cluster_moments(y, w, lab, k))
         norm = np.linalg.norm(s, axis=1)[:, None]
         return np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
+
+    def anchored(c):  # a centre of no mass anchors nothing
+        a = anchors(c) if anchors is not None else c
+        return np.where(np.linalg.norm(c, axis=1)[:, None] > 0, a, np.inf)
 
     out = y.copy()
     if k == 0:
         return out
-    anchor = anchors if anchors is not None else (lambda c: c)
     reach = radius * (1 + 1e-9)  # R is itself a centroid distance: keep its own pairs
     c = centres(lab)
-    a = np.where(np.linalg.norm(c, axis=1)[:, None] > 0, anchor(c), np.inf)
+    a = anchored(c)
     free = np.flatnonzero(lab < 0)
     dist = np.linalg.norm(y[free, None, :] - a[None, :, :], axis=2)
     near = np.argmin(dist, axis=1) if free.size else np.zeros(0, dtype=np.int64)
@@ -618,18 +620,16 @@ def snap_to_clusters(
     lab = lab.copy()
     lab[free[join]] = near[join]
     c = centres(lab)  # collective with `reduce`: every rank calls it
-    a = np.where(np.linalg.norm(c, axis=1)[:, None] > 0, anchor(c), np.inf)
+    a = anchored(c)
     mine = np.maximum(lab, 0)
     near = (lab >= 0) & (np.linalg.norm(y - a[mine], axis=1) <= reach)
     out[near] = c[mine[near]]
     return out
 
 
-def cluster_moments(points, weights, labels, k: int) -> np.ndarray:
+def _cluster_moments(y: np.ndarray, w: np.ndarray, lab: np.ndarray, k: int) -> np.ndarray:
     """``s_k = Σ_{ℓ_j = k} w_j y_j`` for the clusters ``0 … k − 1``, shape ``(k, d)``
-    (labels ``< 0`` are left out). Sums over MPI ranks add up; their directions are the
-    centres of :func:`snap_to_clusters`."""
-    y, w, lab = np.asarray(points, float), np.asarray(weights, float), np.asarray(labels)
+    (labels ``< 0`` are left out); sums over MPI ranks add up."""
     m = lab >= 0
     return np.stack([np.bincount(lab[m], weights=w[m] * y[m, a], minlength=k)[:k]
                      for a in range(y.shape[1])], axis=1)  # fmt: skip
