@@ -8,7 +8,11 @@ spin after every call. With one rank per core that oversubscribes the node: meas
 2-core machine at icosphere level 7 (2 ranks), a DG0 step took 0.66 s with the default
 threads and 0.33 s with one thread per rank. :func:`share_cores` caps the BLAS threads of
 this process at ``max(1, c // ranks_on_node)`` (threadpoolctl), unless the user chose a count
-in the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...).
+in the environment (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...). The ranks on a
+node are those of the job (the launcher's count), also when a rank computes on
+``COMM_SELF``: two serial PDE runs side by side under ``mpiexec -n 2`` (the experiments'
+``"cases"`` sweeps) took 100 s each with two numba threads apiece and 28 s with one (S²,
+level 4; 23 s alone).
 """
 
 from __future__ import annotations
@@ -43,24 +47,39 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_rank(comm) -> int:
-    """``max(1, cores // ranks on this node)`` (collective over ``comm``)."""
+#: what MPI launchers (MPICH's hydra, Open MPI) tell each process of the job's ranks on its node
+_LAUNCHER_LOCAL_SIZE = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def _node_ranks(comm) -> int:
+    """The processes of this job on this node: the ranks of ``comm`` here (collective over
+    ``comm``), or the launcher's count where it is larger (``comm`` may be ``COMM_SELF`` in a
+    sweep whose ranks run their cases side by side: they share the cores all the same)."""
     from mpi4py import MPI
 
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    n = max(1, _cores() // local.size)
+    n = local.size
     local.Free()
+    for var in _LAUNCHER_LOCAL_SIZE:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            n = max(n, int(value))
     return n
+
+
+def threads_per_rank(comm) -> int:
+    """``max(1, cores // processes of the job on this node)`` (collective over ``comm``)."""
+    return max(1, _cores() // _node_ranks(comm))
 
 
 def share_cores(comm) -> int:
     """Cap the BLAS threads of this rank at :func:`threads_per_rank` (collective); returns it.
 
-    Nothing is changed on a single rank, when the user set a thread count in the environment,
-    or when threadpoolctl is not installed.
+    Nothing is changed for a job of one process on the node, when the user set a thread count
+    in the environment, or when threadpoolctl is not installed.
     """
     n = threads_per_rank(comm)
-    if comm.size > 1 and not _LIMITED and not any(v in os.environ for v in _USER_VARS):
+    if n < _cores() and not _LIMITED and not any(v in os.environ for v in _USER_VARS):
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:  # pragma: no cover - dependency of the package

@@ -32,13 +32,14 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
 from .analysis import (
+    centre_distances,
     check_state,
+    crossing_times,
     density_clusters,
     density_diagnostics,
     diagnostic_columns,
     drift_diagnostics,
-    far_from_centres,
-    measure_cluster_times,
+    mass_reach,
     point_mass_radius,
     snap_to_clusters,
     wasserstein,
@@ -106,7 +107,7 @@ class Flows:
     a-priori positivity bound ``cfl · min|K|/|∂K| / sup|X|`` of the whole run. With
     ``"adaptive"`` it is chosen at every step from the current velocities ``u``
     (:meth:`plan`): ``cfl`` times the positivity limit ``min_K |K| / outflow_K(u)`` of the
-    cells that hold all but :data:`TAIL_MASS` of the mass (the mass moves at most ``cfl`` of a
+    cells that hold all but ``tail_mass`` of the mass (the mass moves at most ``cfl`` of a
     cell per step), at most ``max_dt``. Where that exceeds the limit of the light cells, their
     outflow is capped at their content (the operator's ``euler_step``: positive and
     conservative for any step). After clustering the velocity is small where the mass is, and
@@ -114,13 +115,16 @@ class Flows:
     DG2 (no positivity limit of their own) take the a-priori step in both modes.
     """
 
-    #: the lightest cells, together at most this much of the (unit) mass, do not limit the step
-    TAIL_MASS = 1e-9
-
     def __init__(self, op, fields: list, rho0: np.ndarray, *, stepping: str = "adaptive",
-                 cfl: float = 0.9, dt_fixed: float | None = None, max_dt: float = 0.5):  # fmt: skip
+                 cfl: float = 0.9, dt_fixed: float | None = None, max_dt: float = 0.5,
+                 tail_mass: float = 1e-9):  # fmt: skip
         if stepping not in ("fixed", "adaptive"):
             raise ValueError(f"time.stepping must be 'fixed' or 'adaptive', got {stepping!r}")
+        if not (np.isfinite(tail_mass) and 0 <= tail_mass < 1):
+            raise ValueError(f"tail_mass must be in [0, 1), got {tail_mass!r}")
+        #: the lightest cells, together at most this much of the (unit) mass, do not limit
+        #: the step
+        self.tail_mass = tail_mass
         self.op, self.fields = op, fields
         self.transports = [Transport(op, f) for f in fields]
         self.states = [rho0.copy() for _ in fields]
@@ -146,7 +150,7 @@ class Flows:
         if not hasattr(self.op, "step_limits"):
             dt = min(self.op.positivity_time_step(u) for u in us)
             return min(self.cfl * dt, self.max_dt), "explicit", us
-        lims = [self.op.step_limits(u, s, self.TAIL_MASS) for u, s in zip(us, states, strict=True)]
+        lims = [self.op.step_limits(u, s, self.tail_mass) for u, s in zip(us, states, strict=True)]
         dt = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)
         return dt, "capped" if dt > self.cfl * min(lim[0] for lim in lims) else "explicit", us
 
@@ -198,9 +202,14 @@ class ClusterState:
     centroid; cells that were empty at the last save join) count at that centre
     (:func:`solver.analysis.snap_to_clusters`); ``mass_outside`` (ν) and
     ``mass_outside_base`` (μ) are the masses that are then farther than ``delta`` (chordal)
-    from ``C`` (:func:`solver.analysis.cluster_mass_outside`); ``clusters`` is the number of
-    base centres. ν is in the δ-cluster state while ``mass_outside <= tol``; ``t_enter`` /
-    ``t_exit`` (:func:`solver.analysis.measure_cluster_times`) are reported by the run.
+    from ``C`` (:func:`solver.analysis.cluster_mass_outside`), ``reach`` and ``reach_base``
+    the distances from ``C`` within which all but ``tol`` of each flow's snapped mass lies
+    (:func:`solver.analysis.cluster_reach`); ``clusters`` is the number of base centres. ν is
+    in the δ-cluster state while ``mass_outside <= tol``, that is while ``reach < delta``;
+    ``t_enter`` / ``t_exit`` are the crossings of ``reach`` through ``delta``, interpolated
+    between steps (:func:`solver.analysis.crossing_times`). The reach follows a collapsed
+    cluster's centre continuously where the mass outside jumps from 0 to 1, so the exit is
+    placed within the step, not at its end.
 
     Why the snap: cell averages hold a collapsed cluster as a blob over a cell and its ring
     around its exact first moment, so without it a 1 % tolerance reads the edge of the blob,
@@ -212,7 +221,7 @@ class ClusterState:
     under refinement.
     """
 
-    columns = ["clusters", "mass_outside_base", "mass_outside"]
+    columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach"]
     #: the clusters are found without the lightest cells, together ``LIGHT * tol`` of the
     #: mass (``density_clusters(light=...)``): they count where they are, so the masses
     #: outside move by at most that, and the search skips the tail's thousands of modes
@@ -229,7 +238,7 @@ class ClusterState:
         self.centres = np.zeros((0, sm.gdim))
         self.labels: list[np.ndarray] = []  # each flow's basins on the owned cells
         self.counts: list[int] = []  # and their number
-        self.far = np.zeros(0, dtype=bool)  # owned centroids farther than delta from centres
+        self.dist = np.zeros(0)  # owned centroids' distances to the centres
 
     def update(self, gathered: list[np.ndarray] | None) -> None:
         """New clusters from both flows' cell averages at a saved time (gathered on rank 0)."""
@@ -244,30 +253,33 @@ class ClusterState:
         self.labels = [self.sm.scatter(lab) for lab in labels]
         self.counts = [int(lab.max(initial=-1)) + 1 for lab in labels]
         if len(self.centres):
-            self.far = far_from_centres(self.sm.centroids, self.centres, self.delta)
+            self.dist = centre_distances(self.sm.centroids, self.centres)
 
     def _cell_of(self, centres: np.ndarray) -> np.ndarray:
         """The centroid of the cell holding each centre (the nearest one)."""
         return self.tree.data[self.tree.query(centres)[1]]
 
-    def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int) -> float:
-        """:func:`solver.analysis.cluster_mass_outside` of the snapped cell masses, over the
-        ranks (``k`` basins; the moments summed over the ranks)."""
-        if len(self.centres) == 0:
-            return 1.0
+    def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
+        """``(mass outside, reach)`` of the snapped cell masses, over the ranks (``k`` basins;
+        the moments summed over the ranks; the distances gathered for the reach)."""
+        if len(self.centres) == 0:  # no clusters yet: all mass is far, at the diameter
+            return 1.0, 2.0
+        comm = self.sm.comm
         w, y = avg * self.sm.areas, self.sm.centroids
         snapped = snap_to_clusters(y, w, labels, self.radius, k=k, anchors=self._cell_of,
-                                   reduce=lambda a: self.sm.comm.allreduce(a))  # fmt: skip
+                                   reduce=lambda a: comm.allreduce(a))  # fmt: skip
         moved = np.any(snapped != y, axis=1)
-        far = self.far.copy()  # the centroids' distances to the base centres, kept
-        far[moved] = far_from_centres(snapped[moved], self.centres, self.delta)
-        far, tot = self.sm.comm.allreduce(np.array([w[far].sum(), w.sum()]))
-        return float(far / tot)
+        dist = self.dist.copy()  # the centroids' distances to the base centres, kept
+        dist[moved] = centre_distances(snapped[moved], self.centres)
+        dist, w = (np.concatenate(comm.allgather(a)) for a in (dist, w))
+        return float(w[dist >= self.delta].sum() / w.sum()), mass_reach(dist, w, self.tol)
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
-        out = [self._outside(a, lab, k)
-               for a, lab, k in zip(avgs, self.labels, self.counts, strict=True)]  # fmt: skip
-        return [float(len(self.centres)), *out]
+        (mb, qb), (m, q) = (
+            self._outside(a, lab, k)
+            for a, lab, k in zip(avgs, self.labels, self.counts, strict=True)
+        )
+        return [float(len(self.centres)), mb, m, qb, q]
 
 
 class Snapshots:
@@ -375,6 +387,7 @@ def evolve(
     degree: int = 0,
     stepping: str = "adaptive",
     max_dt: float = 0.5,
+    tail_mass: float = 1e-9,
     cluster_delta: float | None = 0.1,
     cluster_tol: float = 1e-2,
     stop_after_exit: bool = False,
@@ -418,14 +431,18 @@ def evolve(
         Replace a different run found in ``output`` (otherwise that is an error).
     degree : int
         0: DG0 (finite volumes); 1, 2: DG on curved cells.
-    stepping, max_dt : str, float
-        ``"adaptive"`` (steps from the current velocities where the mass is, at most
-        ``max_dt``) or ``"fixed"`` (the a-priori bound of the whole run):
-        see :class:`Flows`.
+    stepping, max_dt, tail_mass : str, float, float
+        ``"adaptive"`` (steps from the current velocities of the cells that hold all but
+        ``tail_mass`` of the mass, at most ``max_dt``) or ``"fixed"`` (the a-priori bound of
+        the whole run): see :class:`Flows`. A larger ``tail_mass`` lets the steps grow sooner
+        after clustering; the capped light cells then lag, which moves at most that much mass
+        (``W2`` by up to ``π sqrt(tail_mass)``, a cluster-state mass outside by up to
+        ``tail_mass``).
     cluster_delta, cluster_tol : float
         With a perturbation: the measure-level δ-cluster state of ν against the clusters of μ
         (:class:`ClusterState`: diagnostics columns ``clusters``, ``mass_outside_base``,
-        ``mass_outside``; ``Result.t_enter``, ``Result.t_exit``). ``None``: not computed.
+        ``mass_outside``, ``reach_base``, ``reach``; ``Result.t_enter``, ``Result.t_exit``).
+        ``None``: not computed.
     stop_after_exit : bool
         End the run at the first saved time after ν has left the δ-cluster state (its
         forgetting time is then known and what follows is forgetting): ``Result.times`` and
@@ -466,7 +483,7 @@ def evolve(
     jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
     clock = Clock(T, save_every, np.concatenate([np.zeros(0), *jumps]))
     flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
-                  dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
+                  tail_mass=tail_mass, dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
 
     if stop_after_exit and (cluster_delta is None or not flows.two):
         raise ValueError("stop_after_exit needs a perturbed model and cluster_delta")
@@ -480,7 +497,7 @@ def evolve(
         fp = fingerprint(
             sm, op, rho0, (model, perturbed), T=T, times=np.r_[clock.events, cfl],
             velocity=velocity, method=method, tolerance=tolerance, degree=degree,
-            stepping=f"{stepping} max_dt={max_dt!r}",
+            stepping=f"{stepping} max_dt={max_dt!r} tail_mass={tail_mass!r}",
         )  # fmt: skip
         folder = RunFolder(comm, output)
         folder.prepare(fp, resume=resume, overwrite=overwrite)
@@ -533,7 +550,7 @@ def evolve(
         record(t)
         bar.update(dt)
         if stop_after_exit and clock.is_save(t):
-            if np.isfinite(_cluster_times(diag, cluster_tol)[1]):  # ν has left
+            if np.isfinite(_cluster_times(diag, cluster_delta)[1]):  # ν has left
                 break
     bar.close()
     if writer is not None:
@@ -543,7 +560,7 @@ def evolve(
     res = Result(times=clock.saves[clock.saves <= t], step_times=step_times, columns=diag.columns,
                  diagnostics=np.array(diag.rows), step_counts=dict(flows.counts))  # fmt: skip
     if clusters is not None:
-        res.t_enter, res.t_exit = _cluster_times(diag, cluster_tol)
+        res.t_enter, res.t_exit = _cluster_times(diag, cluster_delta)
     mesh_arrays = sm.gather_mesh()
     if comm.rank == 0:
         res.density = np.array(snaps.fields[0])
@@ -556,11 +573,11 @@ def evolve(
     return res
 
 
-def _cluster_times(diag: Diagnostics, tol: float) -> tuple[float, float]:
-    """ν's entry and exit of the δ-cluster state so far (``mass_outside <= tol``)."""
-    col = diag.columns.index("mass_outside")
+def _cluster_times(diag: Diagnostics, delta: float) -> tuple[float, float]:
+    """ν's entry and exit of the δ-cluster state so far (``reach < delta``, interpolated)."""
+    col = diag.columns.index("reach")
     rows = np.array([(r[0], r[col]) for r in diag.rows])
-    return measure_cluster_times(rows[:, 0], np.clip(rows[:, 1], 0.0, 1.0), tol)
+    return crossing_times(rows[:, 0], rows[:, 1], delta, strict=True)
 
 
 def _write_results(folder: RunFolder, res: Result, mesh_arrays) -> None:

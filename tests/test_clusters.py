@@ -284,6 +284,42 @@ def test_mass_outside_weights_and_times():
         solver.cluster_mass_outside(x, np.ones(2), c, 1.0)
 
 
+def test_cluster_reach_is_the_state_at_every_delta():
+    """``q_tol < δ`` exactly when ``m_δ <= tol``, for every δ (ties and δ at an atom's own
+    distance included); equal weights with ``tol < 1/n``: the particle criterion's max-min
+    distance; a time axis on points or weights; bad ``tol`` refused."""
+    rng = np.random.default_rng(5)
+    times, pos, centres = particle_trajectory(rng)
+    n = pos.shape[1]
+    dist = np.min(np.linalg.norm(pos[..., None, :] - centres, axis=-1), axis=-1)
+    np.testing.assert_array_equal(solver.cluster_reach(pos, None, centres, 0.5 / n),
+                                  max_min_distance(pos, centres))  # fmt: skip
+    x = pos[3]
+    w = rng.uniform(0.0, 1.0, n)
+    w[::5] = 0.0  # atoms of no mass
+    w[1] = w[2]  # and equal weights at equal distances below
+    x[2] = x[1]
+    for tol in (0.0, 0.05, 0.3, float(w[w > 0].min() / w.sum()), 0.99):
+        q = solver.cluster_reach(x, w, centres, tol)
+        assert q in np.min(np.linalg.norm(x[:, None] - centres, axis=-1), axis=1)
+        for delta in np.r_[np.sort(dist[3]), q, np.nextafter(q, 3.0), 0.5 * q, 1.5]:
+            if delta > 0:
+                m = solver.cluster_mass_outside(x, w, centres, delta)
+                assert (m <= tol) == (q < delta), (tol, delta, m, q)
+    # time axes: on the points, and on the weights over fixed atoms
+    q = solver.cluster_reach(pos, w, centres, 0.1)
+    assert q.shape == times.shape
+    assert q[4] == solver.cluster_reach(pos[4], w, centres, 0.1)
+    wt = np.stack([w, w[::-1]])
+    each = [solver.cluster_reach(x, v, centres, 0.1) for v in wt]
+    np.testing.assert_array_equal(solver.cluster_reach(x, wt, centres, 0.1), each)
+    for bad in (-0.1, 1.0, np.nan):
+        with pytest.raises(ValueError, match="tol"):
+            solver.cluster_reach(x, w, centres, bad)
+    with pytest.raises(ValueError, match="non-negative"):
+        solver.cluster_reach(x, -w, centres, 0.1)
+
+
 def test_crossing_times_interpolate():
     t = np.linspace(0.0, 4.0, 5)
     f = np.array([1.0, 0.6, 0.2, 0.4, 0.8])  # <= 0.5 on [1.25, 3.25] (piecewise linear)
@@ -547,6 +583,9 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
             y = solver.snap_to_clusters(res.centroids, m, labels, radius, anchors=cell_of)
             want = solver.cluster_mass_outside(y, m, centres, 0.1)
             assert res.column(col)[row] == pytest.approx(want, abs=1e-12), (t, col)
+            reach = col.replace("mass_outside", "reach")
+            q = solver.cluster_reach(y, m, centres, 0.01)
+            assert res.column(reach)[row] == pytest.approx(q, abs=1e-12), (t, reach)
             checked += want > 0.05  # not only zeros: the flows are spread at first
             moved += abs(want - solver.cluster_mass_outside(res.centroids, m, centres, 0.1)) > 0
     assert checked >= 2 and moved >= 1
@@ -630,6 +669,14 @@ def test_run_stops_after_the_exit():
     short = solver.evolve(sm, base, init, 12.0, stop_after_exit=True, **kw)
     assert 0 <= full.t_enter < full.t_exit < 11.0
     assert short.t_exit == full.t_exit
+    # at every step the state read from the reach is the mass criterion, and the entry and
+    # exit lie in the steps where the mass outside crosses the tolerance
+    inside = full.column("mass_outside") <= 0.01
+    np.testing.assert_array_equal(inside, full.column("reach") < 0.3)
+    ke = int(np.argmax(inside))
+    kx = ke + int(np.argmax(~inside[ke:]))
+    for t, k in ((full.t_enter, ke), (full.t_exit, kx)):
+        assert full.step_times[k - 1] <= t <= full.step_times[k]
     assert short.times[-1] == np.ceil(full.t_exit / 0.5) * 0.5 < 12.0
     assert short.step_times[-1] == short.times[-1]
     n = len(short.step_times)
@@ -638,3 +685,28 @@ def test_run_stops_after_the_exit():
         assert len(short.density) == len(short.times)
     with pytest.raises(ValueError, match="stop_after_exit"):
         solver.evolve(sm, base, init, 1.0, stop_after_exit=True, progress=False)
+
+
+def test_tail_mass_lets_the_steps_grow_and_keeps_the_exit():
+    """A collapsed cluster drifting out of the δ-ball: with ``tail_mass = 1e-5`` the steps grow
+    once the light tail no longer holds them (fewer steps), and the exit moves only as far as
+    the tail can move the cluster's first moment: at most ``2 · 1e-5`` (chordal), which the
+    point mass (``dφ/dt = −ε sin φ cos φ``, ε = 0.05, φ from 0.6 to 0.3 before the exit: speed
+    at least 0.014) covers in 1.4e-3."""
+    from mpi4py import MPI
+
+    sm = solver.sphere_mesh(MPI.COMM_WORLD, 1, cells=96)
+    eye = np.eye(2)
+    base = solver.Model(eye, eye, eye)
+    pert = base.perturbed(solver.TiedLoRA(dA=np.zeros((2, 2)), dV=-0.05 * np.diag([0.0, 1.0])))
+    init = VonMisesFisher((np.cos(0.6), np.sin(0.6)), 50.0)
+    kw = dict(perturbed=pert, save_every=0.5, progress=False, w2=False, cluster_delta=0.3,
+              stop_after_exit=True)  # fmt: skip
+    fine = solver.evolve(sm, base, init, 40.0, **kw)
+    coarse = solver.evolve(sm, base, init, 40.0, tail_mass=1e-5, **kw)
+    assert 10.0 < fine.t_exit < 30.0
+    assert len(coarse.step_times) < 0.9 * len(fine.step_times)
+    assert coarse.t_exit == pytest.approx(fine.t_exit, abs=1.4e-3)
+    for bad in (-1e-9, 1.0, np.nan):
+        with pytest.raises(ValueError, match="tail_mass"):
+            solver.evolve(sm, base, init, 1.0, tail_mass=bad, **kw)

@@ -157,10 +157,10 @@ def _sigma_rel_exit(phi0: float, delta: float, m_norm: float, d: int, n: int) ->
 
 def test_pde_exit_time_converges_under_refinement():
     """The measure-level exit of the phase diagram's PDE (S^1, ε = 0.0178, the mean-draw
-    density) on 128 and 256 cells agrees within one step (the state is sampled per step).
-    Measured 14.667 and 14.696 (512 cells: 14.728; particles, n = 20,000: 14.63); read cell
-    by cell, or with the blob snapped about its centre instead of its cell's ring, they were
-    13.6 and 11.8: the blob's leading cell decided."""
+    density) on 128 and 256 cells agrees within one step. Measured 14.668 and 14.703 (512
+    cells: 14.735; the crossing of the reach interpolated between steps of 0.042, 0.022,
+    0.011); read cell by cell, or with the blob snapped about its centre instead of its cell's
+    ring, they were 13.6 and 11.8: the blob's leading cell decided."""
     from solver.experiments.phase_diagram import phase_eps, phase_pde
 
     p = load_presets("phase_diagram")["paper"]

@@ -114,14 +114,16 @@ def blas():
 
 before = blas()
 n = share_cores(MPI.COMM_WORLD)
-out = MPI.COMM_WORLD.gather({"before": before, "after": blas(), "n": n}, root=0)
+alone = threads_per_rank(MPI.COMM_SELF)  # a rank computing on its own shares the node too
+out = MPI.COMM_WORLD.gather({"before": before, "after": blas(), "n": n, "self": alone}, root=0)
 if MPI.COMM_WORLD.rank == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """
 
 
 def test_ranks_share_the_cores(tmp_path):
-    """Under mpiexec each rank's BLAS gets cores / ranks threads (idle BLAS workers spin)."""
+    """Under mpiexec each rank's BLAS gets cores / ranks threads (idle BLAS workers spin), and
+    so does a rank that computes on ``COMM_SELF`` (the cases of a sweep, side by side)."""
     script = tmp_path / "t.py"
     script.write_text(THREADS)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
@@ -133,7 +135,7 @@ def test_ranks_share_the_cores(tmp_path):
                            timeout=300, env=env)  # fmt: skip
         assert p.returncode == 0, p.stderr
         for rank in json.loads((tmp_path / f"{n}.json").read_text()):
-            assert rank["n"] == max(1, cores // n)
+            assert rank["n"] == rank["self"] == max(1, cores // n)
             if n == 1:  # one rank: nothing changed
                 assert rank["after"] == rank["before"]
             else:

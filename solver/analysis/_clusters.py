@@ -42,7 +42,9 @@ __all__ = [
     "density_clusters",
     "delta_cluster_state",
     "cluster_mass_outside",
-    "far_from_centres",
+    "centre_distances",
+    "cluster_reach",
+    "mass_reach",
     "point_mass_radius",
     "snap_to_clusters",
     "cluster_times",
@@ -463,6 +465,70 @@ def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.n
     -------
     float, or (nt,) array when ``points`` or ``weights`` has a time axis.
     """
+    y, w, centres = _atoms(points, weights, centres)
+    if not (np.isfinite(delta) and delta > 0):
+        raise ValueError(f"delta must be positive, got {delta}")
+    outside = centre_distances(y, centres) >= delta
+    frac = np.sum(w * outside, axis=-1) / np.sum(w, axis=-1)
+    return float(frac) if np.ndim(frac) == 0 else frac
+
+
+def cluster_reach(points, weights, centres, tol: float = 0.0) -> float | np.ndarray:
+    r"""How far from the cluster centres all but ``tol`` of the mass lies.
+
+    With ``D_j = min_{c∈C} |y_j - c|`` (chordal) and ``W = Σ_j w_j``,
+
+    .. math::
+
+        q_{tol}(μ) = \max\{D_j : \textstyle\sum_{D_i \ge D_j} w_i > tol\, W\},
+
+    the distance of the heaviest atoms that together hold more than ``tol`` of the mass.
+    Then :func:`cluster_mass_outside` ``m_δ(μ) <= tol`` exactly when ``q_tol(μ) < δ``: the
+    measure-level δ-cluster state at every ``δ`` at once. With ``n`` equal weights and
+    ``0 <= tol < 1/n``, ``q = max_j D_j`` (the particle criterion). Unlike ``m_δ``, which
+    jumps from 0 to 1 as a collapsed cluster crosses the sphere of radius ``δ``, ``q`` follows
+    the cluster's centre continuously, so the entry and exit times are found by interpolating
+    ``q`` between samples (:func:`crossing_times` at level ``δ``) to the accuracy of the
+    trajectory, not of the sampling.
+
+    Parameters
+    ----------
+    points, weights, centres
+        As for :func:`cluster_mass_outside` (a time axis allowed on points or weights).
+    tol : float
+        In ``[0, 1)``.
+
+    Returns
+    -------
+    float, or (nt,) array when ``points`` or ``weights`` has a time axis.
+    """
+    y, w, centres = _atoms(points, weights, centres)
+    if not (np.isfinite(tol) and 0 <= tol < 1):
+        raise ValueError(f"tol must be in [0, 1), got {tol}")
+    dist = centre_distances(y, centres)
+    dist, w = np.broadcast_arrays(dist, w)
+    q = np.array(
+        [
+            mass_reach(di, wi, tol)
+            for di, wi in zip(
+                dist.reshape(-1, dist.shape[-1]), w.reshape(-1, w.shape[-1]), strict=True
+            )
+        ]
+    )
+    return float(q[0]) if dist.ndim == 1 else q
+
+
+def mass_reach(distances: np.ndarray, weights: np.ndarray, tol: float) -> float:
+    """:func:`cluster_reach` of atoms at ``distances`` from the centres (flat, unchecked
+    arrays; e.g. every MPI rank's cells gathered): ``max{D_j : Σ_{D_i >= D_j} w_i > tol W}``."""
+    order = np.argsort(-distances, kind="stable")
+    cum = np.cumsum(weights[order])
+    k = min(int(np.searchsorted(cum, tol * cum[-1], side="right")), cum.size - 1)
+    return float(distances[order][k])
+
+
+def _atoms(points, weights, centres) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``(points, weights, centres)`` of :func:`cluster_mass_outside`."""
     y = np.asarray(points, dtype=float)
     centres = np.asarray(centres, dtype=float)
     if y.ndim not in (2, 3) or y.shape[-2] == 0:
@@ -472,8 +538,6 @@ def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.n
         raise ValueError(f"centres must be a non-empty (k, {d}) array, got shape {centres.shape}")
     if not (np.all(np.isfinite(y)) and np.all(np.isfinite(centres))):
         raise ValueError("points and centres must be finite")
-    if not (np.isfinite(delta) and delta > 0):
-        raise ValueError(f"delta must be positive, got {delta}")
     if weights is None:
         w = np.ones(n)
     else:
@@ -488,18 +552,14 @@ def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.n
             raise ValueError("weights must have a positive total (at every time)")
     if y.ndim == 3 and w.ndim == 2 and y.shape[0] != w.shape[0]:
         raise ValueError(f"points and weights have {y.shape[0]} and {w.shape[0]} times")
-    outside = far_from_centres(y, centres, delta)
-    frac = np.sum(w * outside, axis=-1) / np.sum(w, axis=-1)
-    return float(frac) if np.ndim(frac) == 0 else frac
+    return y, w, centres
 
 
-def far_from_centres(points: np.ndarray, centres: np.ndarray, delta: float) -> np.ndarray:
-    """``min_c |y - c| >= δ`` (chordal) for every point ``y`` (the atoms that
-    :func:`cluster_mass_outside` counts; shape ``points.shape[:-1]``). A run's cell centroids
-    do not move, so this mask changes only with the centres."""
+def centre_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``min_c |y - c|`` (chordal) for every point ``y`` (shape ``points.shape[:-1]``)."""
     y = np.asarray(points, dtype=float)
     dist, _ = cKDTree(np.asarray(centres, dtype=float)).query(y.reshape(-1, y.shape[-1]), k=1)
-    return dist.reshape(y.shape[:-1]) >= delta
+    return dist.reshape(y.shape[:-1])
 
 
 def point_mass_radius(centroids, cells) -> float:

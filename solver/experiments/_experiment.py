@@ -55,7 +55,8 @@ class Sweep:
 
     ``case`` names a function of the experiment's module, looked up when the sweep runs (so
     that a patched module attribute is the one called): ``f(params, case)``, or
-    ``f(params, case, run)`` with ``needs_run`` (``run``: a :class:`Run`).
+    ``f(params, case, run)`` with ``needs_run`` (``run``: a :class:`Run`; in ``"cases"`` mode
+    its communicator holds the calling rank alone, and it shows no progress bars).
     """
 
     csv: str
@@ -122,7 +123,10 @@ def run_experiment(
     for sw in exp.sweeps:
         fn = getattr(module, sw.case)
         if sw.needs_run:
-            run = Run(out, comm, progress, dict(rows))
+            # "cases": each case is one rank's own serial run (many small PDE runs gain more
+            # from running side by side than from sharing their cells between the ranks)
+            alone = sw.mode == "cases" and comm is not None
+            run = Run(out, _self_comm() if alone else comm, progress and not alone, dict(rows))
 
             def compute(case, fn=fn, run=run):
                 return fn(params, case, run)
@@ -145,3 +149,9 @@ def run_experiment(
         exp.plot(params, rows, {**summary, "timing": timing if exp.sweeps else {}}, out)
     write_summary(out, summary, comm)
     return summary
+
+
+def _self_comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_SELF

@@ -374,7 +374,7 @@ EXPERIMENT = Experiment(
                   desc="depth"),
             Sweep("pde.csv", depth_pde_cases, "depth_pde_case",
                   key=("kind", "d", "theta0_deg", "eps", "seed"), columns=tuple(PDE_COLUMNS),
-                  desc="depth (PDE)", mode="together", needs_run=True)),
+                  desc="depth (PDE)", mode="cases", needs_run=True)),
     summarize=depth_summary,
     plot=lambda p, rows, s, out: plot_depth(rows, p, s, out / "depth.png"),
     needs_comm=True,

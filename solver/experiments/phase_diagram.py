@@ -36,10 +36,10 @@ Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`
 PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
 the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
 times converge to the PDE's as ``n → ∞``), read through the same measure-level criterion
-(:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``,
-:func:`solver.analysis.measure_cluster_times`). :func:`phase_convergence` gives per ``n`` the
-median and 10–90 % band over the draws and the median relative distance to the PDE; the PDE's
-and the particles' ``t_exit(ε)`` are fitted with bootstrap intervals
+(:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``, its crossings interpolated
+through the reach :func:`solver.analysis.cluster_reach`). :func:`phase_convergence` gives per
+``n`` the median and 10–90 % band over the draws and the median relative distance to the
+PDE; the PDE's and the particles' ``t_exit(ε)`` are fitted with bootstrap intervals
 (:func:`bootstrap_loglog`). Each sweep's measured wall time is in ``timing.json`` and in the
 figure's titles.
 """
@@ -55,10 +55,9 @@ import numpy as np
 
 from ..analysis import (
     cluster_direction,
-    cluster_mass_outside,
+    cluster_reach,
     crossing_times,
     density_clusters,
-    measure_cluster_times,
 )
 from ..model import Density, Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
@@ -226,9 +225,11 @@ def phase_pde_initial(p: dict, d: int):
 def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
     """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG0, adaptive), to
     ``pde_T`` or to the first saved time after ν's exit (``stop_after_exit``: from there on
-    the phase is forgetting)."""
+    the phase is forgetting). The steps are held by the cells that hold all but
+    ``ClusterState.LIGHT * pde_tol`` of the mass (``tail_mass``: what the cluster search also
+    leaves out), so they grow as soon as the clusters have formed."""
     from ..mesh import sphere_mesh
-    from ..run import evolve
+    from ..run import ClusterState, evolve
 
     d = sphere + 1
     size = {"cells": p["pde_cells"]} if sphere == 1 else {"refinement": p["pde_refinement"]}
@@ -238,14 +239,16 @@ def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
                   perturbed=base.perturbed(e2_perturbation(d, eps)),
                   save_every=p["pde_save_every"], w2=False, vtx=False, progress=progress,
                   cluster_delta=p["delta"], cluster_tol=p["pde_tol"],
-                  stop_after_exit=True)  # fmt: skip
+                  stop_after_exit=True, tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
 
 
 def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     """Measure-level entry/exit times of the PDE (all ranks; the row on rank 0).
 
     ``t_enter``/``t_exit``: ``mass_outside <= pde_tol`` (ν against μ_t's clusters);
-    ``t_base_enter``/``t_base_exit``: ``mass_outside_base <= pde_tol``; ``t_forgotten``:
+    ``t_base_enter``/``t_base_exit``: ``mass_outside_base <= pde_tol``, each placed by the
+    crossing of its reach through ``delta`` (``reach < delta``, interpolated between steps:
+    :class:`solver.run.ClusterState`); ``t_forgotten``:
     ``t_base_enter`` when ν never enters (forgotten before clustering), else ``nan``;
     ``t_exit_pointmass``: :func:`point_mass_depth` from the base flow's final cluster
     direction (the heaviest cluster's centre), ``Δθ = 2 arcsin(δ/2)``; ``t_end``: where the
@@ -253,8 +256,7 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     ``mass_outside_final`` are at ``t_end``."""
     s, eps = int(case["sphere"]), float(case["eps"])
     res = phase_pde(p, s, eps, run.comm, progress=run.progress)
-    mb = np.clip(res.column("mass_outside_base"), 0.0, 1.0)
-    tbe, tbx = measure_cluster_times(res.step_times, mb, p["pde_tol"])
+    tbe, tbx = crossing_times(res.step_times, res.column("reach_base"), p["delta"], strict=True)
     if run.comm.rank != 0:
         return None
     u = density_clusters(res.centroids, res.density[-1] * res.areas, res.areas).centres[0]
@@ -296,10 +298,11 @@ class _PDEInitial(Density):
 
 
 def _measure_times(p: dict, res, centres) -> tuple[float, float]:
-    """Entry/exit of ``m_δ <= pde_tol`` (:func:`cluster_mass_outside`, equal weights), the
-    measure-level criterion of the PDE."""
-    m = cluster_mass_outside(res.positions, None, centres, p["delta"])
-    return measure_cluster_times(res.times, m, p["pde_tol"])
+    """Entry/exit of ``m_δ <= pde_tol`` (equal weights), the measure-level criterion of the
+    PDE: the crossings of the reach ``q_tol < δ`` (:func:`cluster_reach`), interpolated
+    between the saved times as the PDE's are between its steps."""
+    q = cluster_reach(res.positions, None, centres, p["pde_tol"])
+    return crossing_times(res.times, q, p["delta"], strict=True)
 
 
 def phase_particles_case(p: dict, case: dict) -> list[dict]:
@@ -310,8 +313,8 @@ def phase_particles_case(p: dict, case: dict) -> list[dict]:
     (``Ṽ = I − ε e_2e_2ᵀ``), the same draw, to ``conv_T`` by :func:`simulate_particles`
     (whatever velocity evaluation it uses by default), saved every ``conv_save_every``.
     State: ``m_δ(ν^n_t) = #{i: min_c |x_i(t) − c| >= δ} / n <= pde_tol``
-    (:func:`cluster_mass_outside`, :func:`measure_cluster_times`: the PDE's criterion, with
-    its ``tol``); ``C`` = the final base configuration (its atoms: the support of
+    (:func:`cluster_mass_outside`; its crossings from :func:`cluster_reach`, the PDE's
+    criterion, with its ``tol``); ``C`` = the final base configuration (its atoms: the support of
     ``μ^n_{conv_T}``). The PDE takes ``C`` from ``μ_t`` at every saved time instead; both are
     the same single point in the limit, since ``ρ0 = 1 + d⟨m, x⟩`` is invariant under the
     rotations about ``m`` and so is the base flow (``Q = K = V = I`` commute with them): its
@@ -662,7 +665,7 @@ EXPERIMENT = Experiment(
     sweeps=(Sweep("phase.csv", phase_cases, "phase_case", key=("sphere", "eps"),
                   columns=tuple(PHASE_COLUMNS), desc="phase diagram"),
             Sweep("pde.csv", phase_pde_cases, "phase_pde_case", key=("sphere", "eps"),
-                  columns=tuple(PDE_COLUMNS), desc="phase diagram (PDE)", mode="together",
+                  columns=tuple(PDE_COLUMNS), desc="phase diagram (PDE)", mode="cases",
                   needs_run=True),
             Sweep("particles.csv", phase_particles_cases, "phase_particles_case",
                   key=("sphere", "n", "seed"), columns=tuple(CONV_COLUMNS),

@@ -330,7 +330,7 @@ EXPERIMENT = Experiment(
                   key=("L", "ratio", "seed"), columns=tuple(RANDOM_COLUMNS),
                   desc="random adapters"),
             Sweep("pde.csv", random_pde_cases, "random_pde_case", key=("L", "ratio", "seed"),
-                  columns=tuple(PDE_COLUMNS), desc="random adapters (PDE)", mode="together",
+                  columns=tuple(PDE_COLUMNS), desc="random adapters (PDE)", mode="cases",
                   needs_run=True)),
     summarize=random_summary,
     plot=lambda p, rows, s, out: plot_random_adapters(p, s, out / "random_adapters.png"),
