@@ -611,7 +611,8 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, over
     t = cfg["time"]
     return evolve(
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
-        stepping=t["stepping"], max_dt=t["max_dt"], cluster_delta=cfg["clusters"]["delta"],
+        stepping=t["stepping"], max_dt=t["max_dt"], tail_mass=t["tail_mass"],
+        cluster_delta=cfg["clusters"]["delta"],
         cluster_tol=cfg["clusters"]["tol"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],

@@ -65,6 +65,8 @@ BAD = {
     "bad expression": ('[initial]\nkind = "expression"\nexpression = "open(1)"\n', "unknown"),
     "key of another kind": ('[initial]\nkind = "uniform"\nkappa = 1.0\n', "do not apply"),
     "cfl > 1": ("[time]\nT = 1.0\ncfl = 1.5\n", "time.cfl"),
+    "tail mass >= 1": ("[time]\nT = 1.0\ntail_mass = 1.0\n", "time.tail_mass"),
+    "tail mass as text": ('[time]\nT = 1.0\ntail_mass = "1e-5"\n', "time.tail_mass"),
     "missing mesh file": ('[mesh]\nfile = "/nonexistent/sphere.xdmf"\n', "mesh.file"),
     "vmf centre size": ('[initial]\nkind = "vmf"\ncentre = [1.0]\nkappa = 1.0\n', "centre"),
     "bad LoRA factors": (

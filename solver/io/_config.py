@@ -74,7 +74,14 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "components": _NONE,
         "weights": _NONE,
     },
-    "time": {"T": _NONE, "cfl": 0.9, "save_every": _NONE, "stepping": "adaptive", "max_dt": 0.5},
+    "time": {
+        "T": _NONE,
+        "cfl": 0.9,
+        "save_every": _NONE,
+        "stepping": "adaptive",
+        "max_dt": 0.5,
+        "tail_mass": 1e-9,
+    },
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
@@ -237,6 +244,9 @@ def resolve_config(raw: dict) -> dict:
     if t["stepping"] not in ("adaptive", "fixed"):
         raise ConfigError(f"time.stepping must be 'adaptive' or 'fixed', got {t['stepping']!r}")
     t["max_dt"] = _num("time.max_dt", t["max_dt"], positive=True)
+    t["tail_mass"] = _num("time.tail_mass", t["tail_mass"])
+    if not 0 <= t["tail_mass"] < 1:
+        raise ConfigError(f"time.tail_mass must be in [0, 1), got {t['tail_mass']}")
 
     deg = _num("scheme.degree", cfg["scheme"]["degree"], integer=True)
     if deg not in (0, 1, 2):
