@@ -216,9 +216,15 @@ class ClusterState:
     and a drifting cluster "leaves" a δ-ball once its centre has moved ``δ`` minus the blob's
     reach (on the level-4 icosphere with δ = 0.1: a third of the way, docs/experiments.md);
     with it the cluster leaves when its centre does, as the point mass of the equation does.
-    Measured on S¹ (ε = 0.01): the exit time at 128, 256 and 512 cells is 24.88, 24.96, 24.97,
-    and n = 20,000 particles give 24.88. ``R = O(h)``, so the state tends to the plain one
-    under refinement.
+    Measured on S¹ (ε = 0.01): the exit time at 128, 256 and 512 cells is 24.91, 24.96, 24.97.
+
+    Where it holds: while the blob stays in the ring, i.e. while the cluster's drift ``v`` per
+    unit time is below its pull one cell away (about ``λ h``, ``λ`` its contraction rate).
+    Finer than that the upwind flux drags a wake longer than the ring behind the drifting
+    cluster and the state reads the wake's edge: S¹, ε = 0.0178 (``v ≈ 0.008``), exit 14.66,
+    14.69, 14.72 at 128, 256, 512 cells (particles, n = 20,000: 14.53 and 14.96), but 14.00
+    and 13.88 at 1,024 and 2,048 (``h = 0.006, 0.003``; docs/experiments.md). The phase
+    diagram's meshes (``h ≈ 0.05``, drift at most 0.037) are inside.
     """
 
     columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach"]

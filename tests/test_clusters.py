@@ -313,6 +313,11 @@ def test_cluster_reach_is_the_state_at_every_delta():
     wt = np.stack([w, w[::-1]])
     each = [solver.cluster_reach(x, v, centres, 0.1) for v in wt]
     np.testing.assert_array_equal(solver.cluster_reach(x, wt, centres, 0.1), each)
+    # a collapsed cluster's thousands of equal centres: the same distances as one of each
+    many = np.repeat(centres, 500, axis=0)
+    np.testing.assert_array_equal(solver.analysis.centre_distances(pos, many),
+                                  solver.analysis.centre_distances(pos, centres))  # fmt: skip
+    assert solver.cluster_reach(x, w, many, 0.1) == solver.cluster_reach(x, w, centres, 0.1)
     for bad in (-0.1, 1.0, np.nan):
         with pytest.raises(ValueError, match="tol"):
             solver.cluster_reach(x, w, centres, bad)

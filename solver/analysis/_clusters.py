@@ -427,8 +427,7 @@ def delta_cluster_state(x, centres, delta: float = 0.1, w=None, mass_tol: float 
         x = x[w > mass_tol]
     if x.shape[0] == 0:
         return True
-    dist, _ = cKDTree(centres).query(x, k=1)
-    return bool(np.max(dist) < delta)
+    return bool(np.max(centre_distances(x, centres)) < delta)
 
 
 def cluster_mass_outside(points, weights, centres, delta: float) -> float | np.ndarray:
@@ -556,9 +555,16 @@ def _atoms(points, weights, centres) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def centre_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """``min_c |y - c|`` (chordal) for every point ``y`` (shape ``points.shape[:-1]``)."""
+    """``min_c |y - c|`` (chordal) for every point ``y`` (shape ``points.shape[:-1]``).
+
+    Repeated centres are dropped first (the distances are the same): a collapsed particle
+    cluster gives thousands of bitwise-equal centres, on which a k-d tree cannot split and
+    every query visits them all (measured: 2,000 particles at T = 50 are 3 distinct points,
+    and 201 × 2,000 queries took 2.1 s against 0.06 s; at n = 20,000 the phase diagram's
+    particle sweep did not finish in 10 minutes)."""
     y = np.asarray(points, dtype=float)
-    dist, _ = cKDTree(np.asarray(centres, dtype=float)).query(y.reshape(-1, y.shape[-1]), k=1)
+    c = np.unique(np.asarray(centres, dtype=float).reshape(-1, y.shape[-1]), axis=0)
+    dist, _ = cKDTree(c).query(y.reshape(-1, y.shape[-1]), k=1)
     return dist.reshape(y.shape[:-1])
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from ..analysis import cluster_direction, wasserstein, wasserstein_circle
+from ..analysis import centre_distances, cluster_direction, wasserstein, wasserstein_circle
 
 __all__ = [
     "angle",
@@ -36,9 +35,7 @@ def delta_distance(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """``max_i min_c |x_i(t) − c|`` at each saved time (``positions``: (nt, n, d)): the
     configuration is in the δ-cluster state exactly when this is ``< δ``
     (:func:`solver.analysis.delta_cluster_state`)."""
-    nt, n, d = positions.shape
-    dist, _ = cKDTree(centres).query(positions.reshape(-1, d), k=1)
-    return dist.reshape(nt, n).max(axis=1)
+    return centre_distances(positions, centres).max(axis=1)
 
 
 def directions(positions: np.ndarray) -> np.ndarray:
