@@ -41,6 +41,7 @@ from .analysis import (
     drift_diagnostics,
     mass_reach,
     point_mass_radius,
+    reach_candidates,
     snap_to_clusters,
     wasserstein,
     wasserstein_sphere,
@@ -277,8 +278,11 @@ class ClusterState:
         moved = np.any(snapped != y, axis=1)
         dist = self.dist.copy()  # the centroids' distances to the base centres, kept
         dist[moved] = centre_distances(snapped[moved], self.centres)
-        dist, w = (np.concatenate(comm.allgather(a)) for a in (dist, w))
-        return float(w[dist >= self.delta].sum() / w.sum()), mass_reach(dist, w, self.tol)
+        far, total = comm.allreduce(np.array([w[dist >= self.delta].sum(), w.sum()]))
+        # the reach from the farthest cells of every rank (just over tol of the mass each)
+        parts = comm.allgather(reach_candidates(dist, w, self.tol, total))
+        q = mass_reach(*(np.concatenate(a) for a in zip(*parts, strict=True)), self.tol, total)
+        return float(far / total), q
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
         (mb, qb), (m, q) = (

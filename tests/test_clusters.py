@@ -313,6 +313,15 @@ def test_cluster_reach_is_the_state_at_every_delta():
     wt = np.stack([w, w[::-1]])
     each = [solver.cluster_reach(x, v, centres, 0.1) for v in wt]
     np.testing.assert_array_equal(solver.cluster_reach(x, wt, centres, 0.1), each)
+    # split over "ranks": the farthest atoms of each part decide the reach of the whole
+    from solver.analysis import centre_distances, mass_reach, reach_candidates
+
+    d = centre_distances(x, centres)
+    for tol in (0.0, 0.05, 0.3, 0.99):
+        parts = [reach_candidates(d[k::3], w[k::3], tol, w.sum()) for k in range(3)]
+        union = [np.concatenate(a) for a in zip(*parts, strict=True)]
+        assert mass_reach(*union, tol, w.sum()) == solver.cluster_reach(x, w, centres, tol)
+        assert sum(len(p[0]) for p in parts) < n or tol == 0.99
     # a collapsed cluster's thousands of equal centres: the same distances as one of each
     many = np.repeat(centres, 500, axis=0)
     np.testing.assert_array_equal(solver.analysis.centre_distances(pos, many),

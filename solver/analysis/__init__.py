@@ -21,6 +21,7 @@ from ._clusters import (
     mass_reach,
     measure_cluster_times,
     point_mass_radius,
+    reach_candidates,
     snap_to_clusters,
 )
 from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
@@ -63,6 +64,7 @@ __all__ = [
     "cluster_reach",
     "centre_distances",
     "mass_reach",
+    "reach_candidates",
     "point_mass_radius",
     "snap_to_clusters",
     "crossing_times",

@@ -45,6 +45,7 @@ __all__ = [
     "centre_distances",
     "cluster_reach",
     "mass_reach",
+    "reach_candidates",
     "point_mass_radius",
     "snap_to_clusters",
     "cluster_times",
@@ -517,13 +518,29 @@ def cluster_reach(points, weights, centres, tol: float = 0.0) -> float | np.ndar
     return float(q[0]) if dist.ndim == 1 else q
 
 
-def mass_reach(distances: np.ndarray, weights: np.ndarray, tol: float) -> float:
+def mass_reach(distances: np.ndarray, weights: np.ndarray, tol: float,
+               total: float | None = None) -> float:  # fmt: skip
     """:func:`cluster_reach` of atoms at ``distances`` from the centres (flat, unchecked
-    arrays; e.g. every MPI rank's cells gathered): ``max{D_j : Σ_{D_i >= D_j} w_i > tol W}``."""
+    arrays): ``max{D_j : Σ_{D_i >= D_j} w_i > tol W}``, ``W = total`` (default: the sum of
+    ``weights``). Only the farthest atoms, together just over ``tol W``, decide it: with
+    ``total`` the atoms may be those of :func:`reach_candidates` of every MPI rank."""
     order = np.argsort(-distances, kind="stable")
     cum = np.cumsum(weights[order])
-    k = min(int(np.searchsorted(cum, tol * cum[-1], side="right")), cum.size - 1)
+    W = cum[-1] if total is None else total
+    k = min(int(np.searchsorted(cum, tol * W, side="right")), cum.size - 1)
     return float(distances[order][k])
+
+
+def reach_candidates(distances: np.ndarray, weights: np.ndarray, tol: float,
+                     total: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The atoms of one part of a measure (one MPI rank's cells) that can decide
+    :func:`mass_reach` of the whole (total mass ``total``): the farthest ones until they
+    hold more than ``tol · total``. Any atom at ``D >= q`` of the whole is among them, since
+    the part's mass at ``D > q`` is at most the whole's, ``tol · total``."""
+    order = np.argsort(-distances, kind="stable")
+    cum = np.cumsum(weights[order])
+    keep = order[: int(np.searchsorted(cum, tol * total, side="right")) + 1]
+    return distances[keep], weights[keep]
 
 
 def _atoms(points, weights, centres) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -104,9 +104,9 @@ PRESETS = {
     "paper": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.001, "eps_max": 0.075,
               "n_eps": 16, "T": 600.0, "dt": 0.1, "delta": 0.1, "geometry": "sphere",
               **_PDE, "pde_spheres": [1, 2], "pde_s2_eps": [0.002, 0.05], "pde_T": 300.0,
-              "conv_n": [20, 200, 2000, 20000], "conv_seeds": [8, 8, 4, 2],
-              "conv_eps_min": 0.009, "conv_eps_max": 0.02, "conv_T": 30.0, "conv_dt": 0.25,
-              "conv_save_every": 0.25},
+              "conv_spheres": [1, 2], "conv_n": [20, 200, 2000, 20000],
+              "conv_seeds": [8, 8, 4, 2], "conv_eps_min": 0.013, "conv_eps_max": 0.025,
+              "conv_T": 50.0, "conv_dt": 0.25, "conv_save_every": 0.25},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
 
