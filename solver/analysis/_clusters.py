@@ -803,7 +803,9 @@ def measure_cluster_times(times, masses_outside, tol: float = 0.0) -> tuple[floa
     first time the state holds, ``t_exit`` the first later time it fails, each interpolated
     linearly between the saved times; ``nan`` when it does not happen. For ``n`` equal-weight
     particles and ``0 <= tol < 1/n`` the state holds at the same samples as
-    ``max_i min_c |x_i - c| < δ``.
+    ``max_i min_c |x_i - c| < δ``. The state is the same at every sample as ``q_tol < δ`` of
+    :func:`cluster_reach`, whose crossings (what runs and experiments report) place a
+    collapsed cluster's exit within the sample interval, where ``m_δ`` jumps from 0 to 1.
 
     Parameters
     ----------
