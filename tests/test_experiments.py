@@ -179,20 +179,16 @@ def test_phase_diagram_pde(tmp_path):
     """The PDE sweep (tiny: S^1, 128 cells, T = 32; ρ0 ∝ 1 + 2⟨m, x⟩, m the draw's mean) and
     the particles drawn from ρ0 (n = 20, 200; 8 draws) against it.
 
-    Measured (2026-11-29): base t_enter = 8.05 in every run; ε = 0.008, 0.0132, 0.0218:
-    t_exit = 29.37, 18.09, 11.20 (ε t_exit = 0.235, 0.239, 0.244), the point-mass law from
+    Measured (2026-11-30): base t_enter = 8.08 in every run; ε = 0.008, 0.0132, 0.0218:
+    t_exit = 30.75, 19.23, 12.24 (ε t_exit = 0.246, 0.254, 0.267), the point-mass law from
     the PDE's base cluster 29.32, 17.76, 10.76; ε = 0.036: never enters (point-mass exit
-    6.52 < 8.05). After clustering the PDE's cluster drifts as a point mass (donor-cell flux,
-    tests/test_point_mass.py), so ε t_exit is the law's ln(tan φ0 / tan(φ0 − Δθ)), the same
-    for every ε; it deviates by the drift accumulated while the mass is still spread (t ≲ 8,
-    i.e. ε t_c / (ε t_exit) ≤ 0.75 of the path at ε = 0.0218, at a rate within a few % of the
-    point-mass rate as measured) and by the width of the collapsed cluster against δ (below one
-    cell, h = 0.049 = δ/2, at 1 % of the mass). 15 % (α within ±0.15 over the two octaves)
-    holds the measured 4.1 % with that margin. The same transient makes t_exit = L/ε + b with
-    b ≈ 0.5 > 0, so over ε ∈ [0.008, 0.022] the bootstrap interval of the exponent,
-    [0.954, 0.966], excludes 1 (it measures the curvature of the three points, not noise):
-    the test bounds the interval by the same ±0.15 and checks the prefactor at slope −1
-    against the point-mass law's L."""
+    6.52 < 8.08). After clustering the PDE's cluster drifts as a point mass (donor-cell flux,
+    tests/test_point_mass.py), so t_exit is the law's ln(tan φ0 / tan(φ0 − Δθ))/ε plus the
+    offset b that ν accumulates while it is still spread (t ≲ 8: its collapse trails μ's):
+    b = 1.43, 1.47, 1.48, one value to 3.5 % (the test: 10 %, and 0 < b < t_base_enter).
+    The same offset makes the exponent over ε ∈ [0.008, 0.022] a little below 1 (its bootstrap
+    interval measures the curvature of the three points, not noise): the test bounds it
+    within ±0.15 and checks the prefactor at slope −1 against the point-mass law's L."""
     cfg = tmp_path / "cfg.toml"
     cfg.write_text("spheres = [1]\n")
     assert run_tiny("phase_diagram", tmp_path / "out", "--config", str(cfg)) == 0
@@ -219,7 +215,12 @@ def test_phase_diagram_pde(tmp_path):
     fin = np.isfinite(c["t_exit"])
     assert fin.sum() >= 3 and np.all(c["t_exit"][fin] > c["t_enter"][fin])
     ratio = c["t_exit"][fin] / c["t_exit_pointmass"][fin]
-    assert np.all(np.abs(ratio - 1) < 0.15), ratio
+    # t_exit = L/ε + b: after ν has collapsed its cluster drifts as the point mass does, so
+    # the exit trails the law from μ's cluster by one offset b for every ε, made while ν is
+    # still spread (0 < b < t_base_enter); measured b = 1.43, 1.47, 1.48
+    excess = (c["t_exit"] - c["t_exit_pointmass"])[fin]
+    assert np.all((excess > 0) & (excess < tb[fin])), excess
+    assert np.ptp(excess) < 0.1 * excess.mean(), excess
     fit = summary(out)["pde_fits"]["S1"]
     assert 0.85 < fit["alpha"] < 1.15
     b, b1 = fit["bootstrap"], fit["bootstrap_slope_minus_one"]
@@ -234,8 +235,9 @@ def test_phase_diagram_pde(tmp_path):
     # and ε of |t_exit − t_PDE| / t_PDE is within 1.5 σ_rel(n) (σ_rel: the 1/√n spread of the
     # draws' cluster direction through the point-mass law; for |Z| σ the median is 0.67 σ
     # and the median of 8 draws exceeds 1.5 σ with probability 2e-3) plus the PDE's own
-    # distance from that law (4.1 %). n = 20 is outside the linear regime (σ_φ ≈ 0.54 rad,
-    # some draws cluster near e_2^⊥ and never exit by T): its median is reported, not bounded.
+    # distance from that law (the offset b: up to 13.8 %). n = 20 is outside the linear
+    # regime (σ_φ ≈ 0.54 rad, some draws cluster near e_2^⊥ and never exit by T): its median
+    # is reported, not bounded.
     conv = summary(out)["convergence"]["S1"]
     d, n = 2, max(p["conv_n"])
     draw = sample_particles(Uniform(), p["n"], d, seed=p["seed"])  # its mean m defines ρ0
@@ -244,8 +246,8 @@ def test_phase_diagram_pde(tmp_path):
     bias = float(np.max(np.abs(ratio - 1)))
     assert conv[str(n)]["draws"] == p["conv_seeds"][-1]
     assert conv[str(n)]["distance_exit"] <= 1.5 * sig + bias, (conv[str(n)], sig)
-    # and closer than the smallest n (measured 0.107 against 0.596: 6 of the 16 n = 20 exits
-    # missed, i.e. counted as infinitely far)
+    # and closer than the smallest n (measured 0.100 against 0.540; missed n = 20 exits count
+    # as infinitely far)
     assert conv[str(n)]["distance_exit"] < conv[str(min(p["conv_n"]))]["distance_exit"]
     parts = read_rows(out / "particles.csv")
     assert len(parts) == sum(p["conv_seeds"]) * len(conv[str(n)]["eps"])
