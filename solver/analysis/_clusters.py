@@ -523,12 +523,10 @@ def mass_reach(distances: np.ndarray, weights: np.ndarray, tol: float,
     """:func:`cluster_reach` of atoms at ``distances`` from the centres (flat, unchecked
     arrays): ``max{D_j : Σ_{D_i >= D_j} w_i > tol W}``, ``W = total`` (default: the sum of
     ``weights``). Only the farthest atoms, together just over ``tol W``, decide it: with
-    ``total`` the atoms may be those of :func:`reach_candidates` of every MPI rank."""
-    order = np.argsort(-distances, kind="stable")
-    cum = np.cumsum(weights[order])
-    W = cum[-1] if total is None else total
-    k = min(int(np.searchsorted(cum, tol * W, side="right")), cum.size - 1)
-    return float(distances[order][k])
+    ``total`` the atoms may be those of :func:`reach_candidates` of every MPI rank. It is the
+    nearest of the whole's own candidates."""
+    W = float(np.sum(weights)) if total is None else total
+    return float(np.min(reach_candidates(distances, weights, tol, W)[0]))
 
 
 def reach_candidates(distances: np.ndarray, weights: np.ndarray, tol: float,
