@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from .model import Density, Model
 from .parallel import allgather_rows
 from .transport import time_grid
-from .velocity import FastVelocity, attention_velocity
+from .velocity import FastVelocity, equal_weight_velocity
 
 __all__ = [
     "GEOMETRIES", "VELOCITY_METHODS", "FAST_MIN_N", "ParticleResult", "simulate_particles",
@@ -221,7 +221,7 @@ def simulate_particles(
         if fast is not None:
             return fast_velocity(xl, A, V)
         if sphere:
-            return attention_velocity(xl, gather(xl), w, A, V)
+            return equal_weight_velocity(xl, gather(xl), A, V)
         if not rescaled:
             return euclidean_velocity(xl, gather(xl), A, V)
         c = float(np.linalg.eigvals(V).real.max())

@@ -119,3 +119,23 @@ def test_attention_velocity_matches_formula_and_never_overflows():
     # blocking does not change the answer
     small = solver.attention_velocity(x, y, w, A, V, block_bytes=8 * 70 * 3)
     assert np.allclose(small, solver.attention_velocity(x, y, w, A, V), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("d,m,n", [(2, 20, 20), (3, 50, 70), (8, 9, 64)])
+def test_equal_weight_velocity_is_the_direct_sum(d, m, n):
+    """The compiled equal-weight sum against :func:`attention_velocity` with ``w = 1/n``: the
+    same softmax in another summation order, so equal to a few ulps of ``|V|`` (each output
+    is a convex combination of the ``V y_j``, ``|V y_j| <= |V|``); never overflows."""
+    from solver.velocity import equal_weight_velocity
+
+    rng = np.random.default_rng(d)
+    x = solver.normalize(rng.normal(size=(m, d)))
+    y = solver.normalize(rng.normal(size=(n, d)))
+    V = rng.normal(size=(d, d))
+    scale = np.linalg.norm(V, 2)
+    for A in (rng.normal(size=(d, d)), 1e4 * rng.normal(size=(d, d)), np.zeros((d, d))):
+        ref = solver.attention_velocity(x, y, np.full(n, 1.0 / n), A, V)
+        out = equal_weight_velocity(x, y, A, V)
+        assert out.shape == (m, d) and np.all(np.isfinite(out))
+        assert np.abs(out - ref).max() <= 1e-14 * scale * max(1.0, np.abs(A).max() / 1e2)
+        assert np.abs(np.einsum("ij,ij->i", out, x)).max() < 1e-13 * scale  # tangent

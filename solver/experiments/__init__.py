@@ -37,6 +37,7 @@ from ._sweep import (
     SweepResult,
     as_columns,
     case_key,
+    deal,
     format_value,
     parse_value,
     read_rows,
@@ -85,5 +86,6 @@ __all__ = [
     "format_value",
     "parse_value",
     "read_rows",
+    "deal",
     "run_sweep",
 ]

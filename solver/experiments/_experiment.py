@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..io import atomic_write_text
@@ -68,6 +69,7 @@ class Sweep:
     progress: bool = True  # show progress bars when the run does
     mode: str = "cases"  # see :func:`run_sweep`
     needs_run: bool = False
+    cost: Callable[[dict, dict], float] | None = None  # cost(params, case): see run_sweep
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,8 @@ def run_experiment(
         t0 = time.perf_counter()
         res = run_sweep(out / sw.csv, sw.cases(params), compute, key=list(sw.key),
                         columns=list(sw.columns), comm=comm, mode=sw.mode,
-                        progress=progress and sw.progress, budget=budget,
-                        desc=sw.desc)  # fmt: skip
+                        progress=progress and sw.progress, budget=budget, desc=sw.desc,
+                        cost=None if sw.cost is None else partial(sw.cost, params))  # fmt: skip
         timing = sweep_timing(out, sw.csv, time.perf_counter() - t0, res.computed, comm)
         if not res.complete:
             return None

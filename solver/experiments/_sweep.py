@@ -4,7 +4,7 @@ A sweep is a list of *cases* (dicts) and a function ``compute(case) -> list of r
 Each case is identified by the values of its ``key`` fields, written as a stable string
 (``"eps=0.01;seed=3"``: floats as Python's shortest round-trip ``repr``). The results live in
 one CSV whose columns are the key fields followed by the row columns; rank 0 rewrites it
-atomically (temporary file + rename) after every finished batch, in the order of the case
+atomically (temporary file + rename) whenever it has new rows, in the order of the case
 list, so
 
 * a killed sweep leaves a complete CSV of the cases it finished and nothing half-written;
@@ -16,8 +16,11 @@ list, so
 Two ways to use MPI, both with every rank building the same case list:
 
 ``mode="cases"``
-    cases are dealt to the ranks in batches of ``comm.size`` (each case computed by one rank
-    alone, exactly as in a serial run), rows are gathered to rank 0; for cheap particle runs.
+    cases are dealt to the ranks once, longest first to the least loaded (:func:`deal`, by
+    the caller's ``cost`` estimate), and each case is computed by one rank alone, exactly as
+    in a serial run; every rank runs its cases back to back and sends their rows to rank 0,
+    which writes the CSV between its own cases. For many small runs (particles, or serial
+    PDE runs side by side).
 ``mode="together"``
     every rank takes part in every case (``compute`` uses the communicator itself, e.g. the
     PDE solver); the rows returned on rank 0 are written.
@@ -47,6 +50,7 @@ __all__ = [
     "parse_value",
     "read_rows",
     "as_columns",
+    "deal",
     "run_sweep",
 ]
 
@@ -173,6 +177,92 @@ def _format_rows(case: dict, key, columns, rows) -> list[str]:
     return out
 
 
+def deal(costs: Sequence[float], size: int) -> list[list[int]]:
+    """Longest first to the least loaded: positions of ``costs`` for each of ``size`` ranks.
+
+    The positions are taken in order of decreasing cost (ties in list order), each to the
+    rank with the smallest sum so far (ties to the lowest rank); a rank runs its own in that
+    order. The makespan is at most ``4/3`` of the best possible (Graham's LPT bound); with
+    equal costs rank ``r`` gets positions ``r, r + size, ...`` in list order."""
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    costs = [float(c) for c in costs]
+    if not all(math.isfinite(c) and c >= 0 for c in costs):
+        raise ValueError(f"costs must be finite and non-negative, got {costs}")
+    load = [0.0] * size
+    out: list[list[int]] = [[] for _ in range(size)]
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        r = min(range(size), key=lambda r: load[r])
+        out[r].append(i)
+        load[r] += costs[i]
+    return out
+
+
+_RESULT, _ABORT = 11, 12
+
+
+def _run_dealt(mine, cases, keys, compute, format_rows, take, comm):
+    """Compute the positions ``mine`` of ``cases`` on this rank without waiting for the others.
+
+    Each rank runs its own cases back to back and sends every result to rank 0, which
+    receives between its own cases (and after them, until every rank has said it is done),
+    calls ``take(i, lines)`` and so keeps the CSV up to date. A failing case stops its rank;
+    rank 0 then tells the others to stop before their next case. Returns ``(exception of
+    this rank or None, messages of every failed case)`` on every rank: all ranks leave
+    together, none waits for ever."""
+    from mpi4py import MPI
+
+    size = 1 if comm is None else comm.size
+    rank = 0 if comm is None else comm.rank
+    comm = comm.Dup() if size > 1 else None  # its own message space, freed below
+    failure, errors, sends = None, [], []
+    open_ranks = size - 1
+
+    def handle(msg):  # rank 0: a result, an error or a rank's "done"
+        nonlocal open_ranks
+        if msg[0] == "ok":
+            take(msg[1], msg[2])
+        elif msg[0] == "error":
+            if not errors and size > 1:  # stop the others before their next case
+                sends.extend(comm.isend(None, dest=r, tag=_ABORT) for r in range(1, size))
+            errors.append(msg[2])
+        else:
+            open_ranks -= 1
+
+    try:
+        for i in mine:
+            if errors or (rank > 0 and comm.iprobe(source=0, tag=_ABORT)):
+                break
+            try:
+                msg = ("ok", i, format_rows(i, compute(cases[i])))
+            except Exception as e:  # reported on every rank below
+                failure = e
+                msg = ("error", i, f"case {keys[i]} failed on rank {rank}: {e!r}")
+            if rank == 0:
+                handle(msg)
+                while size > 1 and comm.iprobe(source=MPI.ANY_SOURCE, tag=_RESULT):
+                    handle(comm.recv(source=MPI.ANY_SOURCE, tag=_RESULT))
+            else:
+                sends.append(comm.isend(msg, dest=0, tag=_RESULT))
+            if failure is not None:
+                break
+        if size == 1:
+            return failure, errors
+        if rank > 0:
+            sends.append(comm.isend(("done",), dest=0, tag=_RESULT))
+        else:
+            while open_ranks:
+                handle(comm.recv(source=MPI.ANY_SOURCE, tag=_RESULT))
+        errors = comm.bcast(errors, root=0)
+        if errors and rank > 0:
+            comm.recv(source=0, tag=_ABORT)  # the stop rank 0 sent, read or not
+        MPI.Request.Waitall(sends)
+        return failure, errors
+    finally:
+        if comm is not None:
+            comm.Free()
+
+
 def run_sweep(
     path: str | Path,
     cases: Sequence[dict],
@@ -185,6 +275,7 @@ def run_sweep(
     progress: bool = True,
     budget: Budget | None = None,
     desc: str | None = None,
+    cost: Callable[[dict], float] | None = None,
 ) -> SweepResult:
     """Run the cases not yet in ``path`` and keep ``path`` up to date (see module doc).
 
@@ -207,6 +298,11 @@ def run_sweep(
     budget : Budget, optional
         Stop after this many new cases (shared between sweeps); the CSV is complete up to
         there and a later call continues.
+    desc : str, optional
+        The progress bar's label.
+    cost : callable, optional
+        ``cost(case)``: an estimate of the case's run time in any unit, by which
+        ``"cases"`` mode deals the cases to the ranks (:func:`deal`); equal costs without it.
     """
     if mode not in ("cases", "together"):
         raise ValueError(f"mode must be 'cases' or 'together', got {mode!r}")
@@ -251,48 +347,39 @@ def run_sweep(
 
     bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc=desc, unit="case",
                disable=(not progress) or rank != 0, dynamic_ncols=True)  # fmt: skip
-    computed, pos = 0, 0
     try:
-        while pos < len(todo):
-            nb = budget.allow(size if mode == "cases" else 1)
-            if nb == 0:
-                break
-            batch = todo[pos : pos + nb]
-            failure = None
-            if mode == "cases":
-                mine = batch[rank] if rank < len(batch) else None
-                result = None
-                if mine is not None:
-                    try:
-                        result = ("ok", _format_rows(cases[mine], key, columns,
-                                                     compute(cases[mine])))  # fmt: skip
-                    except Exception as e:  # reported on every rank below
-                        failure = e
-                        result = ("error", f"case {keys[mine]} failed on rank {rank}: {e!r}")
-                gathered = comm.gather(result, root=0) if size > 1 else [result]
-                if rank == 0:
-                    for r, i in enumerate(batch):
-                        if gathered[r][0] == "ok":
-                            done[keys[i]] = gathered[r][1]
-                msgs = [g[1] for g in gathered if g is not None and g[0] == "error"] \
-                    if rank == 0 else None  # fmt: skip
-            else:
-                rows = compute(cases[batch[0]])
-                if rank == 0:
-                    done[keys[batch[0]]] = _format_rows(cases[batch[0]], key, columns, rows)
-                msgs = []
-            if rank == 0:
+        if mode == "cases":
+            batch = todo[: budget.allow(len(todo))]
+            weights = [1.0] * len(batch) if cost is None else [float(cost(cases[i])) for i in batch]
+            mine = [batch[j] for j in deal(weights, size)[rank]]
+
+            def format_rows(i, rows):
+                return _format_rows(cases[i], key, columns, rows)
+
+            def take(i, lines):
+                done[keys[i]] = lines
                 write()
-            if size > 1:
-                msgs = comm.bcast(msgs, root=0)
+                bar.update(1)
+
+            failure, msgs = _run_dealt(mine, cases, keys, compute, format_rows, take, comm)
             if failure is not None:
                 raise failure
             if msgs:
                 raise SweepError("; ".join(msgs))
-            pos += len(batch)
-            computed += len(batch)
-            budget.spend(len(batch))
-            bar.update(len(batch))
+            pos = computed = len(batch)
+            budget.spend(computed)
+        else:
+            computed, pos = 0, 0
+            while pos < len(todo) and budget.allow(1):
+                i = todo[pos]
+                rows = compute(cases[i])
+                if rank == 0:
+                    done[keys[i]] = _format_rows(cases[i], key, columns, rows)
+                    write()
+                pos += 1
+                computed += 1
+                budget.spend(1)
+                bar.update(1)
     finally:
         bar.close()
 

@@ -1,6 +1,7 @@
 """The nonlocal attention velocity ``X[μ]``: direct sum, fast expansion, MPI distribution.
 
 * :func:`attention_velocity` — the direct sum (the reference), any dimension;
+  :func:`equal_weight_velocity` the same for equally weighted sources in compiled loops;
 * :class:`FastVelocity` — the error-controlled Fourier (S^1) / spherical-harmonic (S^2)
   expansion, for fixed sources or, through :meth:`FastVelocity.set_points`, moving ones
   (the particles of :func:`solver.simulate_particles`);
@@ -16,13 +17,14 @@ Examples
 array([[0., 1.]])
 """
 
-from ._direct import attention_velocity, tangent_project
+from ._direct import attention_velocity, equal_weight_velocity, tangent_project
 from ._fast import FastVelocity
 from ._harmonics import degree_weights, num_terms, sphere_basis, truncation_tails
 from ._nonlocal import NonlocalVelocity
 
 __all__ = [
     "attention_velocity",
+    "equal_weight_velocity",
     "tangent_project",
     "NonlocalVelocity",
     "FastVelocity",
