@@ -22,8 +22,8 @@ from solver.experiments import (
     Budget,
     SweepError,
     as_columns,
+    by_cost,
     case_key,
-    deal,
     delta_distance,
     format_value,
     load_presets,
@@ -599,19 +599,13 @@ def test_sweep_runner(tmp_path):
     assert res.complete and len(res.rows) == 2
 
 
-def test_deal_is_longest_first_to_the_least_loaded():
-    assert deal([1.0] * 5, 2) == [[0, 2, 4], [1, 3]]  # equal costs: round robin, list order
-    assert deal([1, 9, 2, 8, 3], 2) == [[1, 2, 0], [3, 4]]  # loads 12 and 11
-    assert deal([5.0, 1.0], 4) == [[0], [1], [], []]
-    assert deal([], 3) == [[], [], []]
-    # Graham's bound 4/3 is reached by LPT on (3, 3, 2, 2, 2) over 2 ranks: 7 against 6
-    loads = [sum([3, 3, 2, 2, 2][i] for i in r) for r in deal([3, 3, 2, 2, 2], 2)]
-    assert sorted(loads) == [5, 7]
-    for bad in ([1.0, -1.0], [math.nan]):
+def test_by_cost_is_longest_first():
+    assert by_cost([1.0] * 4) == [0, 1, 2, 3]  # equal costs: list order
+    assert by_cost([1, 9, 2, 9, 3]) == [1, 3, 4, 2, 0]
+    assert by_cost([]) == []
+    for bad in ([1.0, -1.0], [math.nan], [math.inf]):
         with pytest.raises(ValueError, match="non-negative"):
-            deal(bad, 2)
-    with pytest.raises(ValueError, match="size"):
-        deal([1.0], 0)
+            by_cost(bad)
 
 
 #: run under mpiexec by test_dealt_cases_do_not_wait_and_failures_end_every_rank
@@ -619,39 +613,39 @@ DEALT = """
 import sys, time
 from pathlib import Path
 from mpi4py import MPI
-from solver.experiments import SweepError, deal, read_rows, run_sweep
+from solver.experiments import SweepError, read_rows, run_sweep
 comm, out = MPI.COMM_WORLD, Path(sys.argv[1])
-cases = [{"k": k, "cost": c} for k, c in enumerate([9.0, 1.0, 1.0, 1.0, 1.0])]
-mine = deal([c["cost"] for c in cases], comm.size)
-last_elsewhere = [cases[r[-1]]["k"] for r in mine[1:] if r]
+cases = [{"k": k, "cost": c} for k, c in enumerate([1.0, 1.0, 9.0, 1.0, 1.0])]
 
-def compute(case):  # the long case 0 (rank 0) waits until the others have finished theirs
-    if case["k"] == 0:
+def compute(case):  # the long case 2 (taken first) ends only when all the others are done
+    if case["k"] == 2:
         t0 = time.monotonic()
-        while not all((out / f"done{k}").exists() for k in last_elsewhere):
+        while not all((out / f"done{k}").exists() for k in (0, 1, 3, 4)):
             if time.monotonic() - t0 > 60:
-                raise RuntimeError("the other ranks waited for rank 0")
+                raise RuntimeError("the other cases waited for case 2")
             time.sleep(0.01)
     (out / f"done{case['k']}").touch()
-    return {"v": case["k"] ** 2}
+    return {"v": case["k"] ** 2, "rank": comm.rank}
 
-kw = dict(key=["k"], columns=["v"], comm=comm, progress=False, cost=lambda c: c["cost"])
-res = run_sweep(out / "a.csv", cases, compute, **kw)
+kw = dict(key=["k"], comm=comm, progress=False, cost=lambda c: c["cost"])
+res = run_sweep(out / "a.csv", cases, compute, columns=["v", "rank"], **kw)
 assert res.complete and [r["v"] for r in res.rows] == [0, 1, 4, 9, 16]
+long = [r["rank"] for r in res.rows if r["k"] == 2][0]
+assert all(r["rank"] != long for r in res.rows if r["k"] != 2), res.rows
 
 def failing(case):
     if case["k"] == 1:
         raise ValueError("bad case")
     return {"v": 1}
 
-for attempt in range(2):  # the stop message of the first failure does not reach the second
+for attempt in range(2):  # the first failure leaves nothing behind for the second sweep
     try:
-        run_sweep(out / "b.csv", cases, failing, **kw)
+        run_sweep(out / "b.csv", cases, failing, columns=["v"], **kw)
     except (SweepError, ValueError) as e:
         print(f"[{comm.rank}] {type(e).__name__}: {e}", flush=True)
 done = {r["k"] for r in read_rows(out / "b.csv")}
-res = run_sweep(out / "b.csv", cases, compute, **kw)  # resumes: the cases not yet done
-assert 0 in done and 1 not in done and res.complete and res.computed == 5 - len(done)
+res = run_sweep(out / "b.csv", cases, lambda c: {"v": 2}, columns=["v"], **kw)  # the rest
+assert 1 not in done and res.complete and res.computed == 5 - len(done)
 print(f"[{comm.rank}] ok", flush=True)
 """
 
@@ -659,10 +653,11 @@ print(f"[{comm.rank}] ok", flush=True)
 @pytest.mark.mpi
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_dealt_cases_do_not_wait_and_failures_end_every_rank(tmp_path, run, nprocs):
-    """``"cases"`` mode: a rank goes on with its next case while rank 0 is still busy (case 0,
-    dealt to rank 0 as the longest, finishes only after every other rank's last case; with
-    batches in lock step it would wait for ever); a failing case ends the sweep on every rank
-    with its message, and the next sweep on the same communicator runs normally."""
+    """``"cases"`` mode: the ranks take the cases one by one as they become free, the costliest
+    first: case 2 (cost 9) starts first and finishes only after the other four, which the
+    other ranks compute meanwhile (with batches in lock step they would wait for it for ever);
+    a failing case ends the sweep on every rank with its message, and the next sweep on the
+    same communicator runs normally."""
     (tmp_path / "dealt.py").write_text(DEALT)
     p = run([str(tmp_path / "dealt.py"), str(tmp_path)], nprocs, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr

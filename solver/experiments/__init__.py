@@ -36,8 +36,8 @@ from ._sweep import (
     SweepError,
     SweepResult,
     as_columns,
+    by_cost,
     case_key,
-    deal,
     format_value,
     parse_value,
     read_rows,
@@ -86,6 +86,6 @@ __all__ = [
     "format_value",
     "parse_value",
     "read_rows",
-    "deal",
+    "by_cost",
     "run_sweep",
 ]

@@ -50,7 +50,7 @@ __all__ = [
     "parse_value",
     "read_rows",
     "as_columns",
-    "deal",
+    "by_cost",
     "run_sweep",
 ]
 
@@ -177,86 +177,128 @@ def _format_rows(case: dict, key, columns, rows) -> list[str]:
     return out
 
 
-def deal(costs: Sequence[float], size: int) -> list[list[int]]:
-    """Longest first to the least loaded: positions of ``costs`` for each of ``size`` ranks.
-
-    The positions are taken in order of decreasing cost (ties in list order), each to the
-    rank with the smallest sum so far (ties to the lowest rank); a rank runs its own in that
-    order. The makespan is at most ``4/3`` of the best possible (Graham's LPT bound); with
-    equal costs rank ``r`` gets positions ``r, r + size, ...`` in list order."""
-    if size < 1:
-        raise ValueError(f"size must be at least 1, got {size}")
+def by_cost(costs: Sequence[float]) -> list[int]:
+    """Positions of ``costs`` in the order the ranks take them: decreasing cost, ties in list
+    order (longest first: with each rank taking the next case as soon as it is free, the
+    last cases to start are the short ones)."""
     costs = [float(c) for c in costs]
     if not all(math.isfinite(c) and c >= 0 for c in costs):
         raise ValueError(f"costs must be finite and non-negative, got {costs}")
-    load = [0.0] * size
-    out: list[list[int]] = [[] for _ in range(size)]
-    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        r = min(range(size), key=lambda r: load[r])
-        out[r].append(i)
-        load[r] += costs[i]
-    return out
+    return sorted(range(len(costs)), key=lambda i: -costs[i])
 
 
-_RESULT, _ABORT = 11, 12
+_ASK, _GIVE = 11, 12
 
 
-def _run_dealt(mine, cases, keys, compute, format_rows, take, comm):
-    """Compute the positions ``mine`` of ``cases`` on this rank without waiting for the others.
+class _Dealer:
+    """Rank 0's dealer of case positions: a thread that answers the other ranks' asks (each
+    ask carries the result of the asker's previous case) with the next position of
+    ``order``, or ``None`` when there is none left or a case has failed; rank 0's own loop
+    takes positions from the same list (:meth:`next`) and collects every result with
+    :meth:`collect`. It polls (a blocked receive would spin a core that rank 0 computes on)."""
 
-    Each rank runs its own cases back to back and sends every result to rank 0, which
-    receives between its own cases (and after them, until every rank has said it is done),
-    calls ``take(i, lines)`` and so keeps the CSV up to date. A failing case stops its rank;
-    rank 0 then tells the others to stop before their next case. Returns ``(exception of
-    this rank or None, messages of every failed case)`` on every rank: all ranks leave
-    together, none waits for ever."""
-    from mpi4py import MPI
+    def __init__(self, comm, order: list[int]):
+        import threading
 
+        self.comm, self.order, self.pos = comm, order, 0
+        self.lock = threading.Lock()
+        self.inbox: list = []
+        self.failed = False
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="sweep-dealer")
+        self.thread.start()
+
+    def next(self) -> int | None:
+        with self.lock:
+            if self.failed or self.pos == len(self.order):
+                return None
+            self.pos += 1
+            return self.order[self.pos - 1]
+
+    def put(self, msg) -> None:
+        if msg is not None:
+            with self.lock:
+                self.inbox.append(msg)
+                self.failed |= msg[0] == "error"
+
+    def collect(self) -> list:
+        with self.lock:
+            out, self.inbox = self.inbox, []
+        return out
+
+    def _serve(self) -> None:
+        import time
+
+        from mpi4py import MPI
+
+        try:
+            status, waiting = MPI.Status(), self.comm.size - 1
+            while waiting:
+                if not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=_ASK, status=status):
+                    time.sleep(0.002)
+                    continue
+                src = status.Get_source()
+                self.put(self.comm.recv(source=src, tag=_ASK))
+                i = self.next()
+                self.comm.send(i, dest=src, tag=_GIVE)
+                waiting -= i is None
+        except BaseException as e:  # the other ranks would wait for ever: end them all
+            import sys
+
+            print(f"solver: the sweep's dealer failed: {e!r}", file=sys.stderr, flush=True)
+            MPI.COMM_WORLD.Abort(1)
+
+    def join(self) -> None:
+        self.thread.join()
+
+
+def _run_dealt(order, cases, keys, compute, format_rows, take, comm):
+    """Compute the positions ``order`` of ``cases``, each on whichever rank is free first.
+
+    Every rank asks rank 0 for its next case when it is done with one (the ask carries the
+    result) and runs it alone; rank 0 computes cases too, and between them writes what has
+    come in (``take(i, lines)``). A failing case stops the dealing: the cases running
+    elsewhere finish, no new one starts. Returns ``(exception of this rank or None, messages
+    of every failed case)`` on every rank: all ranks leave together, none waits for ever."""
     size = 1 if comm is None else comm.size
     rank = 0 if comm is None else comm.rank
     comm = comm.Dup() if size > 1 else None  # its own message space, freed below
-    failure, errors, sends = None, [], []
-    open_ranks = size - 1
+    failure, errors = None, []
 
-    def handle(msg):  # rank 0: a result, an error or a rank's "done"
-        nonlocal open_ranks
-        if msg[0] == "ok":
-            take(msg[1], msg[2])
-        elif msg[0] == "error":
-            if not errors and size > 1:  # stop the others before their next case
-                sends.extend(comm.isend(None, dest=r, tag=_ABORT) for r in range(1, size))
-            errors.append(msg[2])
-        else:
-            open_ranks -= 1
+    def run(i):
+        nonlocal failure
+        try:
+            return ("ok", i, format_rows(i, compute(cases[i])))
+        except Exception as e:  # reported on every rank below
+            failure = e
+            return ("error", i, f"case {keys[i]} failed on rank {rank}: {e!r}")
+
+    def handle(msgs):
+        for msg in msgs:
+            if msg[0] == "ok":
+                take(msg[1], msg[2])
+            else:
+                errors.append(msg[2])
 
     try:
-        for i in mine:
-            if errors or (rank > 0 and comm.iprobe(source=0, tag=_ABORT)):
-                break
-            try:
-                msg = ("ok", i, format_rows(i, compute(cases[i])))
-            except Exception as e:  # reported on every rank below
-                failure = e
-                msg = ("error", i, f"case {keys[i]} failed on rank {rank}: {e!r}")
-            if rank == 0:
-                handle(msg)
-                while size > 1 and comm.iprobe(source=MPI.ANY_SOURCE, tag=_RESULT):
-                    handle(comm.recv(source=MPI.ANY_SOURCE, tag=_RESULT))
-            else:
-                sends.append(comm.isend(msg, dest=0, tag=_RESULT))
-            if failure is not None:
-                break
-        if size == 1:
-            return failure, errors
         if rank > 0:
-            sends.append(comm.isend(("done",), dest=0, tag=_RESULT))
+            msg = None
+            while (i := comm.sendrecv(msg, dest=0, sendtag=_ASK, source=0,
+                                      recvtag=_GIVE)) is not None:  # fmt: skip
+                msg = run(i)
+        elif size == 1:
+            for i in order:
+                handle([run(i)])
+                if errors:
+                    break
         else:
-            while open_ranks:
-                handle(comm.recv(source=MPI.ANY_SOURCE, tag=_RESULT))
-        errors = comm.bcast(errors, root=0)
-        if errors and rank > 0:
-            comm.recv(source=0, tag=_ABORT)  # the stop rank 0 sent, read or not
-        MPI.Request.Waitall(sends)
+            dealer = _Dealer(comm, order)
+            while (i := dealer.next()) is not None:
+                dealer.put(run(i))
+                handle(dealer.collect())
+            dealer.join()
+            handle(dealer.collect())
+        if size > 1:
+            errors = comm.bcast(errors, root=0)
         return failure, errors
     finally:
         if comm is not None:
@@ -350,8 +392,8 @@ def run_sweep(
     try:
         if mode == "cases":
             batch = todo[: budget.allow(len(todo))]
-            weights = [1.0] * len(batch) if cost is None else [float(cost(cases[i])) for i in batch]
-            mine = [batch[j] for j in deal(weights, size)[rank]]
+            if cost is not None:
+                batch = [batch[j] for j in by_cost([cost(cases[i]) for i in batch])]
 
             def format_rows(i, rows):
                 return _format_rows(cases[i], key, columns, rows)
@@ -361,7 +403,7 @@ def run_sweep(
                 write()
                 bar.update(1)
 
-            failure, msgs = _run_dealt(mine, cases, keys, compute, format_rows, take, comm)
+            failure, msgs = _run_dealt(batch, cases, keys, compute, format_rows, take, comm)
             if failure is not None:
                 raise failure
             if msgs:

@@ -160,6 +160,13 @@ def _law(p: dict, case: dict, u: np.ndarray) -> float:
     return random_depth_law(int(case["d"]), float(case["eps"]), p["layer"], _dtheta(p))
 
 
+def depth_cost(p: dict, case: dict) -> float:
+    """The particle steps of a case, ``T / dt`` (the order in which the ranks take the cases;
+    :func:`run_sweep`)."""
+    _, _, T, dt = _setup(p, case)
+    return T / dt
+
+
 def depth_case(p: dict, case: dict) -> dict:
     """Critical depth of one case on the particles.
 
@@ -371,10 +378,11 @@ EXPERIMENT = Experiment(
     check=depth_check,
     sweeps=(Sweep("depth.csv", depth_cases, "depth_case",
                   key=("kind", "d", "theta0_deg", "eps", "seed"), columns=tuple(DEPTH_COLUMNS),
-                  desc="depth"),
+                  desc="depth", cost=depth_cost),
             Sweep("pde.csv", depth_pde_cases, "depth_pde_case",
                   key=("kind", "d", "theta0_deg", "eps", "seed"), columns=tuple(PDE_COLUMNS),
-                  desc="depth (PDE)", mode="cases", needs_run=True)),
+                  desc="depth (PDE)", mode="cases", needs_run=True,
+                  cost=lambda p, case: _setup(p, case)[2])),
     summarize=depth_summary,
     plot=lambda p, rows, s, out: plot_depth(rows, p, s, out / "depth.png"),
     needs_comm=True,

@@ -242,6 +242,25 @@ def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
                   stop_after_exit=True, tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
 
 
+#: the point-mass law's prefactor (t_exit ≈ c / ε, fitted) and the base flow's entry time,
+#: about the same on both spheres; for :func:`phase_pde_cost` only
+_LAW_C, _T_ENTER = {1: 0.25, 2: 0.6}, 8.0
+
+
+def phase_pde_cost(p: dict, case: dict) -> float:
+    """A rough estimate of a PDE case's run time (the order in which the ranks take the cases,
+    see :func:`run_sweep`): about 400 steps of collapse, then 2.2 steps per unit time (held
+    by the clusters' contraction) to ``t_end``, at ``1 + cells / 2400`` times the cost of a
+    step on 128 cells (measured on the presets' meshes); ``t_end`` the point-mass exit
+    ``c / ε``, or ``pde_T`` where that comes before the base flow's entry (ν is then
+    forgotten before clustering and never exits)."""
+    s, eps = int(case["sphere"]), float(case["eps"])
+    cells = p["pde_cells"] if s == 1 else 20 * 4 ** p["pde_refinement"]
+    t_exit = _LAW_C[s] / eps if eps > 0 else math.inf
+    t_end = p["pde_T"] if t_exit < _T_ENTER else min(p["pde_T"], t_exit)
+    return (1 + cells / 2400) * (400 + 2.2 * t_end)
+
+
 def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     """Measure-level entry/exit times of the PDE (all ranks; the row on rank 0).
 
@@ -666,10 +685,10 @@ EXPERIMENT = Experiment(
                   columns=tuple(PHASE_COLUMNS), desc="phase diagram"),
             Sweep("pde.csv", phase_pde_cases, "phase_pde_case", key=("sphere", "eps"),
                   columns=tuple(PDE_COLUMNS), desc="phase diagram (PDE)", mode="cases",
-                  needs_run=True),
+                  needs_run=True, cost=phase_pde_cost),
             Sweep("particles.csv", phase_particles_cases, "phase_particles_case",
                   key=("sphere", "n", "seed"), columns=tuple(CONV_COLUMNS),
-                  desc="particles -> PDE")),
+                  desc="particles -> PDE", cost=lambda p, case: case["n"])),
     summarize=phase_summary,
     plot=_plot,
     needs_comm=True,
