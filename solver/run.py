@@ -272,15 +272,19 @@ class ClusterState:
         if len(self.centres) == 0:  # no clusters yet: all mass is far, at the diameter
             return 1.0, 2.0
         comm = self.sm.comm
+        alone = comm.size == 1
         w, y = avg * self.sm.areas, self.sm.centroids
         snapped = snap_to_clusters(y, w, labels, self.radius, k=k, anchors=self._cell_of,
-                                   reduce=lambda a: comm.allreduce(a))  # fmt: skip
+                                   reduce=None if alone else comm.allreduce)  # fmt: skip
         moved = np.any(snapped != y, axis=1)
         dist = self.dist.copy()  # the centroids' distances to the base centres, kept
         dist[moved] = centre_distances(snapped[moved], self.centres)
-        far, total = comm.allreduce(np.array([w[dist >= self.delta].sum(), w.sum()]))
+        far, total = np.array([w[dist >= self.delta].sum(), w.sum()])
+        if not alone:
+            far, total = comm.allreduce(np.array([far, total]))
         # the reach from the farthest cells of every rank (just over tol of the mass each)
-        parts = comm.allgather(reach_candidates(dist, w, self.tol, total))
+        part = reach_candidates(dist, w, self.tol, total)
+        parts = [part] if alone else comm.allgather(part)
         q = mass_reach(*(np.concatenate(a) for a in zip(*parts, strict=True)), self.tol, total)
         return float(far / total), q
 

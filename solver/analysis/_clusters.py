@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.sparse import csr_matrix, triu
 from scipy.spatial import cKDTree
@@ -360,8 +362,21 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
 
 
 def _vertex_sharing_pairs(cells, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs ``(i, j)``, ``i < j``, of cells sharing at least one vertex."""
+    """Pairs ``(i, j)``, ``i < j``, of cells sharing at least one vertex (remembered for the
+    last few meshes: a run asks for the same mesh's pairs at every saved time)."""
     cells = np.asarray(cells)
+    if cells.ndim == 2 and np.issubdtype(cells.dtype, np.integer):
+        i, j = _pairs_of(cells.tobytes(), cells.shape, cells.dtype.str, n)
+        return i.copy(), j.copy()
+    return _pairs_of_array(cells, n)
+
+
+@lru_cache(maxsize=8)
+def _pairs_of(data: bytes, shape: tuple, dtype: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return _pairs_of_array(np.frombuffer(data, dtype=dtype).reshape(shape), n)
+
+
+def _pairs_of_array(cells: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     if (
         cells.ndim != 2
         or cells.shape[0] != n
