@@ -101,3 +101,25 @@ def test_solid_body_rotation_converges():
     # first order: halving h should cut the error by ~2 asymptotically; demand at least 1.4
     assert errs[1] / errs[2] > 1.4
     assert all(m <= 1e-12 for _, m, _ in out) and all(lo >= 0 for _, _, lo in out)
+
+
+@pytest.mark.parametrize("sphere,kw", [(1, {"cells": 64}), (2, {"refinement": 3})])
+def test_compiled_directional_velocity_is_the_numpy_one(sphere, kw):
+    """The compiled ``a_K`` against the NumPy reference: the same sums in another order, so
+    equal to round-off of ``|u|``, on smooth, random and partly zero velocities (``E_K = 0``:
+    ``a_K = 0`` in both)."""
+    from solver.transport._dg0 import cell_stencil, directional_velocity
+    from solver.transport._dg0 import directional_velocity_numpy as reference
+
+    sm = solver.sphere_mesh(COMM, sphere, **kw)
+    st = cell_stencil(sm)
+    cen = st["cen"]
+    rng = np.random.default_rng(sphere)
+    smooth = np.zeros_like(cen)
+    smooth[:, 1] = 1.0
+    for u in (smooth, rng.normal(size=cen.shape), np.where(cen[:, :1] > 0.3, smooth, 0.0)):
+        u = u - np.einsum("ij,ij->i", u, cen)[:, None] * cen  # tangent, as the solver's
+        ref, out = reference(u, st), directional_velocity(u, st)
+        assert out.shape == ref.shape == (sm.num_owned, sm.gdim)
+        assert np.abs(ref).max() > 1e-3  # not all zero
+        assert np.abs(out - ref).max() <= 1e-12 * np.abs(u).max()

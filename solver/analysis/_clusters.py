@@ -29,7 +29,6 @@ measure-level version :func:`cluster_mass_outside`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from functools import lru_cache
 
 import numpy as np
@@ -321,6 +320,8 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
     """Mode reached by the gradient path from every centroid (step 2 of
     :func:`density_clusters`); ``root`` is the provisional mode of every cell."""
     n, d = x.shape
+    if root.size == 0 or np.all(root == root[0]):  # one mode: every path ends there
+        return root.copy()
     a, b = np.concatenate((i, j)), np.concatenate((j, i))
     # least-squares tangential gradient: min_g Σ_b (ρ_b - ρ_a - g·t_ab)², t_ab the tangential
     # part of y_b - y_a; the normal direction is pinned by adding y_a y_aᵀ to the matrix

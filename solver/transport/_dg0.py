@@ -130,7 +130,13 @@ from scipy import sparse
 from ..mesh import SphereMesh, normalize
 from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
-__all__ = ["DG0Upwind", "FLUXES", "directional_velocity", "cell_stencil"]
+__all__ = ["DG0Upwind", "FLUXES", "directional_velocity", "directional_velocity_numpy",
+           "cell_stencil"]
+
+try:  # numba is optional: without it directional_velocity is the NumPy version
+    import numba as _nb
+except ImportError:  # pragma: no cover - depends on the environment
+    _nb = None
 
 
 #: The DG0 fluxes (see module doc).
@@ -500,6 +506,18 @@ def cell_stencil(sm: SphereMesh) -> dict:
 
 
 def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
+    """The directional velocity ``a_K`` of every owned cell (module doc, "First moment"):
+    :func:`directional_velocity_numpy` in compiled loops (numba, when installed; the same
+    numbers to round-off, tests/test_transport.py), for a transport step calls it on every
+    stage."""
+    if _nb is None:  # pragma: no cover - depends on the environment
+        return directional_velocity_numpy(u, st)
+    C, B = st["cone"]
+    return _nb_directional_velocity(np.ascontiguousarray(u, dtype=float), st["nbr"], st["nt"],
+                                    st["d_area"], C, B)  # fmt: skip
+
+
+def directional_velocity_numpy(u: np.ndarray, st: dict) -> np.ndarray:
     """The directional velocity ``a_K`` of every owned cell (module doc, "First moment").
 
     ``u`` holds the velocity of the local cells (owned, then ghosts) ``(cells, gdim)``. The
@@ -531,6 +549,52 @@ def directional_velocity(u: np.ndarray, st: dict) -> np.ndarray:
     a = sum(B[i] * ek[:, i, None, None] for i in range(gdim))[r, pair]  # (nown, gdim)
     a[~ok] = 0.0  # E_K = 0 (or round-off: no cone holds it)
     return a
+
+
+if _nb is not None:
+
+    @_nb.njit(cache=True)
+    def _nb_directional_velocity(u, nbr, nt, dk, C, B):
+        gdim, nown, npair, ncoef = C.shape
+        nf = nbr.shape[1]
+        out = np.zeros((nown, gdim))
+        ek = np.empty(gdim)
+        for k in range(nown):
+            for i in range(gdim):
+                ek[i] = u[k, i]
+            for f in range(nf):
+                s = 0.0
+                for i in range(gdim):
+                    s += (u[k, i] + u[nbr[k, f], i]) * nt[k, f, i]
+                s = max(0.5 * s, 0.0)
+                for i in range(gdim):
+                    ek[i] -= s * dk[k, f, i]
+            pair, ok = 0, False
+            if ncoef == 1:  # S^1: the step along E_K (the first of the largest g)
+                best = -np.inf
+                for p in range(npair):
+                    g = 0.0
+                    for i in range(gdim):
+                        g += C[i, k, p, 0] * ek[i]
+                    if g > best:
+                        best, pair = g, p
+                ok = best >= 0
+            else:  # the first pair whose cone holds E_K
+                for p in range(npair):
+                    g0, g1 = 0.0, 0.0
+                    for i in range(gdim):
+                        g0 += C[i, k, p, 0] * ek[i]
+                        g1 += C[i, k, p, 1] * ek[i]
+                    if g0 >= 0 and g1 >= 0:
+                        pair, ok = p, True
+                        break
+            if ok:
+                for j in range(gdim):
+                    a = 0.0
+                    for i in range(gdim):
+                        a += B[i, k, pair, j] * ek[i]
+                    out[k, j] = a
+        return out
 
 
 def _cone_maps(st: dict) -> tuple[np.ndarray, np.ndarray]:
