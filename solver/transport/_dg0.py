@@ -130,8 +130,13 @@ from scipy import sparse
 from ..mesh import SphereMesh, normalize
 from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
 
-__all__ = ["DG0Upwind", "FLUXES", "directional_velocity", "directional_velocity_numpy",
-           "cell_stencil"]
+__all__ = [
+    "DG0Upwind",
+    "FLUXES",
+    "directional_velocity",
+    "directional_velocity_numpy",
+    "cell_stencil",
+]
 
 try:  # numba is optional: without it directional_velocity is the NumPy version
     import numba as _nb
