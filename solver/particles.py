@@ -55,6 +55,10 @@ from .model import Density, Model
 from .parallel import allgather_rows
 from .transport import time_grid
 from .velocity import FastVelocity, equal_weight_velocity
+from .velocity._direct import _nb
+
+if _nb is not None:
+    from .velocity._direct import _nb_equal_weight_velocity
 
 __all__ = [
     "GEOMETRIES", "VELOCITY_METHODS", "FAST_MIN_N", "ParticleResult", "simulate_particles",
@@ -74,6 +78,29 @@ def retract(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Projection retraction ``(x + v) / |x + v|`` (row by row)."""
     y = x + v
     return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+
+if _nb is not None:
+
+    @_nb.njit(cache=True)
+    def _nb_retract(x, v):
+        y = x + v
+        for i in range(y.shape[0]):
+            y[i] /= math.sqrt(np.sum(y[i] * y[i]))
+        return y
+
+    @_nb.njit(cache=True)
+    def _nb_rk4_sphere(x, A, V, h):
+        """One RK4 step of :func:`simulate_particles` on the sphere (direct sum, all the
+        particles on this rank): the Python loop's stages and update, in one call."""
+        k1 = _nb_equal_weight_velocity(x, x, A, V)
+        x2 = _nb_retract(x, 0.5 * h * k1)
+        k2 = _nb_equal_weight_velocity(x2, x2, A, V)
+        x3 = _nb_retract(x, 0.5 * h * k2)
+        k3 = _nb_equal_weight_velocity(x3, x3, A, V)
+        x4 = _nb_retract(x, h * k3)
+        k4 = _nb_equal_weight_velocity(x4, x4, A, V)
+        return _nb_retract(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
 
 
 def euclidean_velocity(
@@ -236,9 +263,18 @@ def simulate_particles(
     saved_set = set(int(s) for s in saved[1:])
     bar = tqdm(total=len(times) - 1, disable=(not progress) or rank != 0, delay=2.0,
                desc="particles", unit="step")  # fmt: skip
+    # all particles here, direct sum on the sphere: each step one compiled call (numba)
+    compiled = _nb is not None and sphere and fast is None and size == 1
     for k in range(len(times) - 1):
         t, h = times[k], times[k + 1] - times[k]
         A, V = model.parameters(t + 0.5 * h)
+        if compiled:
+            x = _nb_rk4_sphere(x, np.ascontiguousarray(A, dtype=float),
+                               np.ascontiguousarray(V, dtype=float), float(h))  # fmt: skip
+            if k + 1 in saved_set:
+                snaps.append(x.copy())
+            bar.update(1)
+            continue
         k1 = vel(x, A, V, t)
         k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
         k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)

@@ -75,8 +75,9 @@ def test_bench_particles_tiny(run, tmp_path):
     out = p.stdout
     for sphere in ("S^2", "S^1"):
         for n in (60, 120):
-            m = re.search(rf"^{re.escape(sphere)} \| {n} \| \S+ \(1\) \| \S+ \(2\) \| "
-                          r"(\S+)x \| \d+ \(\d+\) \| (\S+) \| (\S+) \|", out, re.M)  # fmt: skip
+            m = re.search(rf"^{re.escape(sphere)} \| {n} \| \S+ \(1\) \| \S+ \(\S+x\) \| "
+                          r"\S+ \(2\) \| (\S+)x \| \d+ \(\d+\) \| (\S+) \| (\S+) \|", out,
+                          re.M)  # fmt: skip
             assert m, (sphere, n, out)
             assert float(m.group(3)) <= 1e-10  # measured error of the fast path (tol 1e-10)
         assert re.search(rf"^{re.escape(sphere)}: the fast path is", out, re.M), out

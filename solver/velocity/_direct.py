@@ -110,7 +110,7 @@ def equal_weight_velocity(x: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.nda
     The same max-shifted softmax, target by target over the sources in their order, in
     compiled loops (numba, serial; ``O(m n d)`` time, ``O(n d)`` memory) when numba is
     installed, else :func:`attention_velocity` itself. The two agree to round-off (the sums
-    are taken in another order; tests/test_particles.py). No checks: for callers that have
+    are taken in another order; tests/test_geometry_model.py). No checks: for callers that have
     validated ``x``, ``y`` (unit rows, ``(m, d)`` and ``(n, d)``, n >= 1) and ``A``, ``V``.
     """
     if _nb is None:  # pragma: no cover - depends on the environment
