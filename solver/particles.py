@@ -31,7 +31,10 @@ evaluates its block against all particles (gathered in global order, so the resu
 depend on the number of ranks).
 
 Velocity (``geometry="sphere"``): ``velocity="direct"`` is the ``O(n²)`` direct sum
-(:func:`solver.attention_velocity`, the reference, any ``d``); ``velocity="fast"`` the
+(:func:`solver.attention_velocity`, the reference, any ``d``; up to
+:data:`~solver.velocity._direct.COMPILED_MAX_N` particles the same sum in compiled loops,
+:func:`solver.velocity.equal_weight_velocity`, and on one rank the whole Runge-Kutta step in
+one compiled call: the Python loop costs about ten times the arithmetic at n = 20); ``velocity="fast"`` the
 error-controlled plane-wave expansion of :class:`solver.velocity.FastVelocity` on ``S^1`` and
 ``S^2`` (``d = 2, 3``) with sources = targets = the particles (weights ``1/n``), the bases
 rebuilt at the new points on every Runge-Kutta stage (:meth:`FastVelocity.set_points`):
@@ -55,7 +58,7 @@ from .model import Density, Model
 from .parallel import allgather_rows
 from .transport import time_grid
 from .velocity import FastVelocity, equal_weight_velocity
-from .velocity._direct import _nb
+from .velocity._direct import COMPILED_MAX_N, _nb
 
 if _nb is not None:
     from .velocity._direct import _nb_equal_weight_velocity
@@ -263,8 +266,8 @@ def simulate_particles(
     saved_set = set(int(s) for s in saved[1:])
     bar = tqdm(total=len(times) - 1, disable=(not progress) or rank != 0, delay=2.0,
                desc="particles", unit="step")  # fmt: skip
-    # all particles here, direct sum on the sphere: each step one compiled call (numba)
-    compiled = _nb is not None and sphere and fast is None and size == 1
+    # all (few) particles here, direct sum on the sphere: each step one compiled call
+    compiled = _nb is not None and sphere and fast is None and size == 1 and n <= COMPILED_MAX_N
     for k in range(len(times) - 1):
         t, h = times[k], times[k + 1] - times[k]
         A, V = model.parameters(t + 0.5 * h)
