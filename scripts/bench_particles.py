@@ -12,9 +12,9 @@ The model of the experiments, ``Q = K = √β I``, ``V = I`` (``A = β I``, defa
 ``S^1`` (``d = 2``) and ``S^2`` (``d = 3``), from ``n`` uniform particles (seed 0). For each
 ``d`` and ``n``, the time of one velocity evaluation as :func:`solver.simulate_particles`
 does it on every Runge-Kutta stage, measured in this run: the direct sum
-(:func:`solver.velocity.equal_weight_velocity`, all particles against all, compiled when numba
-is installed; beside it the NumPy reference :func:`solver.attention_velocity`, the baseline of
-the compiled loops) and the fast path
+(:func:`solver.velocity.equal_weight_velocity`, all particles against all, in compiled loops
+up to 200 particles; beside it the NumPy reference :func:`solver.attention_velocity`, the
+baseline of the compiled loops) and the fast path
 (:meth:`FastVelocity.set_points` at the particles, then the evaluation at tolerance ``--tol``;
 the first call, which picks the degree and checks it against the direct sum on sampled
 particles, is not counted), their ratio, the degree and the largest relative error bound. From
@@ -189,9 +189,11 @@ def main(argv=None) -> None:
             rows,
             [f"A = {a.beta:g} I, V = I (the experiments' model), uniform particles, tolerance "
              f"{a.tol:g}; one rank, {a.threads or 'default'} thread(s). 'direct': the "
-             "compiled equal-weight sum that simulate_particles takes (numba), 'NumPy "
-             "direct': attention_velocity, the reference, and its time over the compiled "
-             "one; 'ratio': direct over fast. 'bound': the fast "
+             "sum simulate_particles takes (equal_weight_velocity: compiled loops up to "
+             "COMPILED_MAX_N = 200 particles, NumPy above), 'NumPy direct': "
+             "attention_velocity, the reference, and its time over 'direct' (above 200 the "
+             "same function twice: the spread is the timing noise); 'ratio': direct over "
+             "fast. 'bound': the fast "
              "path's a-posteriori bound, 'error': measured against the direct sum, both "
              "relative to max |X|. Times to T: "
              f"4 evaluations per step x {steps} steps (dt = {a.dt:g}), estimated."] + notes,
