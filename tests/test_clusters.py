@@ -724,3 +724,30 @@ def test_tail_mass_lets_the_steps_grow_and_keeps_the_exit():
     for bad in (-1e-9, 1.0, np.nan):
         with pytest.raises(ValueError, match="tail_mass"):
             solver.evolve(sm, base, init, 1.0, tail_mass=bad, **kw)
+
+
+@pytest.mark.parametrize("graph", ["cells", "knn"])
+def test_compiled_gradient_paths_find_the_kd_tree_cells(monkeypatch, graph):
+    """The compiled gradient paths (a walk over the adjacency, certified nearest or searched)
+    against the k-d tree's nearest-centroid queries step by step (without numba): the same
+    labels, centres and masses on noisy multi-modal densities, whose many paths are long."""
+    from solver.analysis import _clusters
+
+    if _clusters._nb is None:  # pragma: no cover - depends on the environment
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(5)
+    mus = [unit(v) for v in rng.normal(size=(4, 3))]
+    mix = solver.Mixture(tuple(solver.VonMisesFisher(tuple(m), 6.0) for m in mus),
+                         (0.4, 0.3, 0.2, 0.1))  # fmt: skip
+    _, cells, cen, areas, masses, _ = mesh_masses(mix, 4)
+    kw = {"cells": cells} if graph == "cells" else {}
+    for noise in (0.0, 0.05):
+        m = masses * (1 + noise * rng.random(len(masses)))
+        a = solver.density_clusters(cen, m, areas, min_mass=1e-4, **kw)
+        with monkeypatch.context() as mp:
+            mp.setattr(_clusters, "_nb", None)
+            b = solver.density_clusters(cen, m, areas, min_mass=1e-4, **kw)
+        assert len(a) >= 3
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.centres, b.centres)
+        np.testing.assert_array_equal(a.masses, b.masses)

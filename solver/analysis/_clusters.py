@@ -28,6 +28,7 @@ measure-level version :func:`cluster_mass_outside`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -36,6 +37,11 @@ from scipy.sparse import csr_matrix, triu
 from scipy.spatial import cKDTree
 
 from ._wasserstein import check_points, check_weights
+
+try:  # numba is optional: without it the gradient paths query a k-d tree step by step
+    import numba as _nb
+except ImportError:  # pragma: no cover - depends on the environment
+    _nb = None
 
 __all__ = [
     "Clusters",
@@ -349,7 +355,14 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
     y = x.copy()
     cell = np.arange(n)
     active = np.flatnonzero(~done)
-    for _ in range(int(np.ceil(4 * np.pi / size.min())) if active.size else 0):
+    steps = int(np.ceil(4 * np.pi / size.min())) if active.size else 0
+    if _nb is not None and active.size:  # the same paths, compiled (see _nb_gradient_walk)
+        k = min(n, int(np.diff(adjacency.indptr).max()) + 2)
+        far_d, far_i = tree.query(x, k=k)
+        return _nb_gradient_walk(x, g, gnorm, size, done, root, active, adjacency.indptr,
+                                 adjacency.indices, far_d.reshape(n, k), far_i.reshape(n, k),
+                                 steps)  # fmt: skip
+    for _ in range(steps):
         c = cell[active]
         step = y[active] + (size[c] / gnorm[c])[:, None] * g[c]
         y[active] = step / np.linalg.norm(step, axis=1)[:, None]
@@ -360,6 +373,76 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
         if active.size == 0:
             break
     return out
+
+
+if _nb is not None:
+
+    @_nb.njit(cache=True)
+    def _nb_gradient_walk(x, g, gnorm, size, done, root, active, indptr, indices, knn_d, knn_i,
+                          steps):  # fmt: skip
+        """The gradient paths of :func:`_gradient_paths` from the ``active`` cells, one at a
+        time. The cell holding a path's point (the nearest centroid) is found by walking the
+        adjacency from the previous one to a cell nearer than all its neighbours, which is
+        the nearest of all when the point is within half of ``r_c`` of it, ``r_c`` the
+        distance from ``x_c`` to the nearest centroid that is neither ``c`` nor a neighbour
+        (from the ``k`` nearest ``knn_*``): every other centroid is then farther by the
+        triangle inequality. Otherwise (rare) all centroids are searched. The same cells as
+        the k-d tree's nearest-centroid queries, ties aside."""
+        n, d = x.shape
+        r2 = np.full(n, np.inf)  # (r_c / 2)^2
+        for c in range(n):
+            for t in range(knn_i.shape[1]):
+                j = knn_i[c, t]
+                if j == c:
+                    continue
+                nb = False
+                for q in range(indptr[c], indptr[c + 1]):
+                    if indices[q] == j:
+                        nb = True
+                        break
+                if not nb:
+                    r2[c] = 0.25 * knn_d[c, t] * knn_d[c, t]
+                    break
+        out = root.copy()
+        y = np.empty(d)
+        for p in active:
+            c = p
+            for a in range(d):
+                y[a] = x[p, a]
+            for _ in range(steps):
+                s, norm = size[c] / gnorm[c], 0.0
+                for a in range(d):
+                    y[a] += s * g[c, a]
+                    norm += y[a] * y[a]
+                norm = math.sqrt(norm)
+                for a in range(d):
+                    y[a] /= norm
+                best = 0.0
+                for a in range(d):
+                    best += (y[a] - x[c, a]) ** 2
+                while True:
+                    nxt = c
+                    for q in range(indptr[c], indptr[c + 1]):
+                        j = indices[q]
+                        dj = 0.0
+                        for a in range(d):
+                            dj += (y[a] - x[j, a]) ** 2
+                        if dj < best:
+                            best, nxt = dj, j
+                    if nxt == c:
+                        break
+                    c = nxt
+                if best >= r2[c]:  # not certified: search them all
+                    for j in range(n):
+                        dj = 0.0
+                        for a in range(d):
+                            dj += (y[a] - x[j, a]) ** 2
+                        if dj < best:
+                            best, c = dj, j
+                out[p] = root[c]
+                if done[c]:
+                    break
+        return out
 
 
 def _vertex_sharing_pairs(cells, n: int) -> tuple[np.ndarray, np.ndarray]:

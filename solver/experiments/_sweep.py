@@ -16,11 +16,11 @@ list, so
 Two ways to use MPI, both with every rank building the same case list:
 
 ``mode="cases"``
-    cases are dealt to the ranks once, longest first to the least loaded (:func:`deal`, by
-    the caller's ``cost`` estimate), and each case is computed by one rank alone, exactly as
-    in a serial run; every rank runs its cases back to back and sends their rows to rank 0,
-    which writes the CSV between its own cases. For many small runs (particles, or serial
-    PDE runs side by side).
+    each case is computed by one rank alone, exactly as in a serial run; a rank takes the
+    next case as soon as it is free (rank 0 deals them from a thread, costliest first by
+    the caller's ``cost`` estimate: :func:`by_cost`), and its rows go to rank 0 with its
+    next ask; rank 0 computes cases too and writes the CSV between them. For many small
+    runs (particles, or serial PDE runs side by side): no rank waits for another's case.
 ``mode="together"``
     every rank takes part in every case (``compute`` uses the communicator itself, e.g. the
     PDE solver); the rows returned on rank 0 are written.
@@ -343,8 +343,9 @@ def run_sweep(
     desc : str, optional
         The progress bar's label.
     cost : callable, optional
-        ``cost(case)``: an estimate of the case's run time in any unit, by which
-        ``"cases"`` mode deals the cases to the ranks (:func:`deal`); equal costs without it.
+        ``cost(case)``: an estimate of the case's run time in any unit; ``"cases"`` mode
+        hands the cases out in order of decreasing cost (:func:`by_cost`), so that the last
+        to start are short; list order without it.
     """
     if mode not in ("cases", "together"):
         raise ValueError(f"mode must be 'cases' or 'together', got {mode!r}")
