@@ -41,9 +41,9 @@ Commands (from the repository root):
 
 Presets (wall time, mpiexec -n 2 on the project's 2-core machine, docs/experiments.md): tiny
 ~1 min (tests; S^1 PDE only, 128 cells, T = 32; particles -> PDE n = 20, 200 x 8 draws);
-small 2 min 5 s measured 2026-11-30 (10 eps in [1e-3, 0.075], particles to T = 300; PDE S^1
-for all, S^2 level 4 for the 3 eps in [0.015, 0.05], each PDE case one rank's serial run;
-particles -> PDE on S^1, n = 20, 200, 2000 with 4, 4, 2 draws); paper
+small 1 min 10 s measured 2026-11-30 03:29 UTC (10 eps in [1e-3, 0.075], particles to
+T = 300; PDE S^1 for all, S^2 level 4 for the 3 eps in [0.015, 0.05], each PDE case one
+rank's serial run; particles -> PDE on S^1, n = 20, 200, 2000 with 4, 4, 2 draws); paper
 (16 eps, particles to T = 600, S^2 PDE for eps in [0.002, 0.05], particles -> PDE on S^1 and
 S^2 with n up to 20000, T = 50, eps in [0.013, 0.025]) 8 min 29 s measured 2026-11-30.
 TOML keys override the preset (spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta,

@@ -12,8 +12,8 @@ Commands (from the repository root):
     mpiexec -n 2 .venv/bin/python scripts/exp_two_clusters.py --output out/two_clusters
     .venv/bin/python scripts/exp_two_clusters.py --preset paper --output out/two_clusters-paper
 
-Presets (wall time on 2 cores): tiny ~3 s (tests); small ~15 s (8 seeds, T = 100,
-beta in {1, 4}); paper 3 min 20 s measured (16 seeds, T = 400, beta in {1, 2, 4, 9}).
+Presets (wall time on 2 cores): tiny ~3 s (tests); small 11 s measured 2026-11-30 (8 seeds,
+T = 100, beta in {1, 4}); paper 3 min 20 s measured (16 seeds, T = 400, beta in {1, 2, 4, 9}).
 TOML keys override the preset (n, seeds, T, dt, save_every, betas, radius, plot_seed).
 Rerunning resumes.
 """
