@@ -16,9 +16,9 @@ Commands (from the repository root):
     .venv/bin/python scripts/exp_lora_kinds.py --preset paper --output out/lora_kinds-paper
 
 Presets (wall time on 2 cores): tiny ~2 s (tests); small 42 s measured 2026-11-30 (d = 3,
-eps in {0.05, 0.1, 0.2}, 3 seeds, T = 40); paper 1 min 24 s measured (n = 64, T = 60, 4 norms, 6 seeds).
-TOML keys override the preset (V_diag, n, kappa, x0_seed, T, dt, save_every, eps, seeds,
-layer_length, rank, kinds). Rerunning resumes.
+eps in {0.05, 0.1, 0.2}, 3 seeds, T = 40); paper 1 min 24 s measured (n = 64, T = 60, 4 norms,
+6 seeds). TOML keys override the preset (V_diag, n, kappa, x0_seed, T, dt, save_every, eps,
+seeds, layer_length, rank, kinds). Rerunning resumes.
 """
 
 import sys

@@ -34,15 +34,16 @@ Velocity (``geometry="sphere"``): ``velocity="direct"`` is the ``O(n²)`` direct
 (:func:`solver.attention_velocity`, the reference, any ``d``; up to
 :data:`~solver.velocity._direct.COMPILED_MAX_N` particles the same sum in compiled loops,
 :func:`solver.velocity.equal_weight_velocity`, and on one rank the whole Runge-Kutta step in
-one compiled call: the Python loop costs about ten times the arithmetic at n = 20); ``velocity="fast"`` the
-error-controlled plane-wave expansion of :class:`solver.velocity.FastVelocity` on ``S^1`` and
-``S^2`` (``d = 2, 3``) with sources = targets = the particles (weights ``1/n``), the bases
-rebuilt at the new points on every Runge-Kutta stage (:meth:`FastVelocity.set_points`):
-``O(n r)`` per evaluation, ``r`` the number of expansion terms, and on every evaluation
-``max_i |X̃_i − X_i| <= tol max_i |X_i|`` (a-posteriori bound; targets that miss it are
-summed directly). ``velocity="auto"`` (default) takes the fast path for ``d = 2, 3`` on the
-sphere from :data:`FAST_MIN_N` particles on (where it is measured to pay), the direct sum
-otherwise. The option names are those of the PDE's ``[velocity] method`` / ``tolerance``.
+one compiled call: the Python loop costs about ten times the arithmetic at n = 20);
+``velocity="fast"`` the error-controlled plane-wave expansion of
+:class:`solver.velocity.FastVelocity` on ``S^1`` and ``S^2`` (``d = 2, 3``) with sources =
+targets = the particles (weights ``1/n``), the bases rebuilt at the new points on every
+Runge-Kutta stage (:meth:`FastVelocity.set_points`): ``O(n r)`` per evaluation, ``r`` the
+number of expansion terms, and on every evaluation ``max_i |X̃_i − X_i| <= tol max_i |X_i|``
+(a-posteriori bound; targets that miss it are summed directly). ``velocity="auto"``
+(default) takes the fast path for ``d = 2, 3`` on the sphere from :data:`FAST_MIN_N`
+particles on (where it is measured to pay), the direct sum otherwise. The option names are
+those of the PDE's ``[velocity] method`` / ``tolerance``.
 """
 
 from __future__ import annotations
