@@ -24,7 +24,7 @@ Presets (wall time with mpiexec -n 2 on the 2-core machine): tiny ~40 s (tests);
 3 eps in [0.12, 0.3], h = 0.1, 8 particle seeds, 4 PDE seeds; 128 cells) particles
 15 s, PDE 23 s (each PDE case one rank's serial run), 44 s in all, measured
 2026-11-30 03:30 UTC (docs/experiments.md); paper (d in {2, 3, 8}, n = 64,
-6 eps, 24 random seeds, 6 PDE seeds) 3 min 10 s measured. TOML keys override the preset
+6 eps, 24 random seeds, 6 PDE seeds) 1 min 34 s measured. TOML keys override the preset
 (dims, n, kappa, theta0_deg, eps_min, eps_max, n_eps, seeds, delta, dt, t_factor, kinds,
 layer, random_dims, r_factor, random_eps_min, random_eps_max, random_n_eps, random_seeds,
 pde_cells, pde_seeds). Rerunning resumes.

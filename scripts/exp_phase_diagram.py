@@ -45,7 +45,7 @@ small 1 min 10 s measured 2026-11-30 03:29 UTC (10 eps in [1e-3, 0.075], particl
 T = 300; PDE S^1 for all, S^2 level 4 for the 3 eps in [0.015, 0.05], each PDE case one
 rank's serial run; particles -> PDE on S^1, n = 20, 200, 2000 with 4, 4, 2 draws); paper
 (16 eps, particles to T = 600, S^2 PDE for eps in [0.002, 0.05], particles -> PDE on S^1 and
-S^2 with n up to 20000, T = 50, eps in [0.013, 0.025]) 8 min 29 s measured 2026-11-30.
+S^2 with n up to 20000, T = 50, eps in [0.013, 0.025]) 7 min 1 s measured 2026-11-30.
 TOML keys override the preset (spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta,
 geometry, pde_spheres, pde_s2_eps, conv_spheres, pde_cells, pde_refinement, pde_initial,
 pde_tol, pde_save_every, pde_T, conv_n, conv_seeds, conv_eps_min, conv_eps_max, conv_T,

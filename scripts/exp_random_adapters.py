@@ -22,7 +22,7 @@ Commands (from the repository root):
 Presets (wall time with mpiexec -n 2 on the 2-core machine): tiny ~30 s (tests); small
 (L in {1, 8, 64}, 3 ratios, 24 particle seeds, 6 PDE seeds, 64 cells) 31 s measured
 2026-11-30 03:30 UTC (each PDE case one rank's serial run; docs/experiments.md); paper (L in
-{1, 4, 16, 64}, 5 ratios, 48 + 12 seeds, 128 cells) 5 min 12 s measured. TOML keys override
+{1, 4, 16, 64}, 5 ratios, 48 + 12 seeds, 128 cells) 3 min 53 s measured. TOML keys override
 the preset (d, n, x0_seed, T, dt, Ls, ratio_min, ratio_max, n_ratio, seeds, s, linear_max,
 pde_cells, pde_seeds). Rerunning resumes.
 """
