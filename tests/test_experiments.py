@@ -612,13 +612,17 @@ def test_by_cost_is_longest_first():
 DEALT = """
 import sys, time
 from pathlib import Path
+import mpi4py
+threaded = sys.argv[2] == "multiple"
+mpi4py.rc.thread_level = sys.argv[2]
 from mpi4py import MPI
 from solver.experiments import SweepError, read_rows, run_sweep
 comm, out = MPI.COMM_WORLD, Path(sys.argv[1])
+assert (MPI.Query_thread() >= MPI.THREAD_MULTIPLE) == threaded
 cases = [{"k": k, "cost": c} for k, c in enumerate([1.0, 1.0, 9.0, 1.0, 1.0])]
 
 def compute(case):  # the long case 2 (taken first) ends only when all the others are done
-    if case["k"] == 2:
+    if case["k"] == 2 and threaded:
         t0 = time.monotonic()
         while not all((out / f"done{k}").exists() for k in (0, 1, 3, 4)):
             if time.monotonic() - t0 > 60:
@@ -631,7 +635,7 @@ kw = dict(key=["k"], comm=comm, progress=False, cost=lambda c: c["cost"])
 res = run_sweep(out / "a.csv", cases, compute, columns=["v", "rank"], **kw)
 assert res.complete and [r["v"] for r in res.rows] == [0, 1, 4, 9, 16]
 long = [r["rank"] for r in res.rows if r["k"] == 2][0]
-assert all(r["rank"] != long for r in res.rows if r["k"] != 2), res.rows
+assert all(r["rank"] != long for r in res.rows if r["k"] != 2) or not threaded, res.rows
 
 def failing(case):
     if case["k"] == 1:
@@ -651,15 +655,16 @@ print(f"[{comm.rank}] ok", flush=True)
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("nprocs", [2, 3])
-def test_dealt_cases_do_not_wait_and_failures_end_every_rank(tmp_path, run, nprocs):
+@pytest.mark.parametrize("nprocs,level", [(2, "multiple"), (3, "multiple"), (2, "serialized")])
+def test_dealt_cases_do_not_wait_and_failures_end_every_rank(tmp_path, run, nprocs, level):
     """``"cases"`` mode: the ranks take the cases one by one as they become free, the costliest
     first: case 2 (cost 9) starts first and finishes only after the other four, which the
     other ranks compute meanwhile (with batches in lock step they would wait for it for ever);
     a failing case ends the sweep on every rank with its message, and the next sweep on the
-    same communicator runs normally."""
+    same communicator runs normally. Without ``MPI_THREAD_MULTIPLE`` rank 0 deals between its
+    own cases instead: the same rows and errors."""
     (tmp_path / "dealt.py").write_text(DEALT)
-    p = run([str(tmp_path / "dealt.py"), str(tmp_path)], nprocs, timeout=300)
+    p = run([str(tmp_path / "dealt.py"), str(tmp_path), level], nprocs, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     for r in range(nprocs):
         assert f"[{r}] ok" in p.stdout

@@ -191,21 +191,29 @@ _ASK, _GIVE = 11, 12
 
 
 class _Dealer:
-    """Rank 0's dealer of case positions: a thread that answers the other ranks' asks (each
-    ask carries the result of the asker's previous case) with the next position of
-    ``order``, or ``None`` when there is none left or a case has failed; rank 0's own loop
-    takes positions from the same list (:meth:`next`) and collects every result with
-    :meth:`collect`. It polls (a blocked receive would spin a core that rank 0 computes on)."""
+    """Rank 0's dealer of case positions: it answers the other ranks' asks (each ask carries
+    the result of the asker's previous case) with the next position of ``order``, or ``None``
+    when there is none left or a case has failed; rank 0's own loop takes positions from the
+    same list (:meth:`next`) and collects every result with :meth:`collect`.
+
+    With ``MPI_THREAD_MULTIPLE`` (mpi4py's default) a thread answers at once, polling (a
+    blocked receive would spin the core that rank 0 computes on); otherwise rank 0 answers
+    between its own cases (:meth:`poll`), and the other ranks wait for it meanwhile."""
 
     def __init__(self, comm, order: list[int]):
         import threading
+
+        from mpi4py import MPI
 
         self.comm, self.order, self.pos = comm, order, 0
         self.lock = threading.Lock()
         self.inbox: list = []
         self.failed = False
-        self.thread = threading.Thread(target=self._serve, daemon=True, name="sweep-dealer")
-        self.thread.start()
+        self.waiting = comm.size - 1  # ranks not yet told "no more"
+        self.thread = None
+        if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:
+            self.thread = threading.Thread(target=self._serve, daemon=True, name="sweep-dealer")
+            self.thread.start()
 
     def next(self) -> int | None:
         with self.lock:
@@ -225,30 +233,43 @@ class _Dealer:
             out, self.inbox = self.inbox, []
         return out
 
+    def poll(self, block: bool = False) -> None:
+        """Answer the asks that have come in (``block``: wait for one first)."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        while self.waiting and (block or self.comm.iprobe(source=MPI.ANY_SOURCE, tag=_ASK,
+                                                          status=status)):  # fmt: skip
+            if block:
+                self.comm.probe(source=MPI.ANY_SOURCE, tag=_ASK, status=status)
+                block = False
+            src = status.Get_source()
+            self.put(self.comm.recv(source=src, tag=_ASK))
+            i = self.next()
+            self.comm.send(i, dest=src, tag=_GIVE)
+            self.waiting -= i is None
+
     def _serve(self) -> None:
         import time
 
-        from mpi4py import MPI
-
         try:
-            status, waiting = MPI.Status(), self.comm.size - 1
-            while waiting:
-                if not self.comm.iprobe(source=MPI.ANY_SOURCE, tag=_ASK, status=status):
-                    time.sleep(0.002)
-                    continue
-                src = status.Get_source()
-                self.put(self.comm.recv(source=src, tag=_ASK))
-                i = self.next()
-                self.comm.send(i, dest=src, tag=_GIVE)
-                waiting -= i is None
+            while self.waiting:
+                self.poll()
+                time.sleep(0.002)
         except BaseException as e:  # the other ranks would wait for ever: end them all
             import sys
+
+            from mpi4py import MPI
 
             print(f"solver: the sweep's dealer failed: {e!r}", file=sys.stderr, flush=True)
             MPI.COMM_WORLD.Abort(1)
 
-    def join(self) -> None:
-        self.thread.join()
+    def finish(self) -> None:
+        """Answer until every other rank has been told "no more"."""
+        if self.thread is not None:
+            self.thread.join()
+        while self.waiting:
+            self.poll(block=True)
 
 
 def _run_dealt(order, cases, keys, compute, format_rows, take, comm):
@@ -294,8 +315,10 @@ def _run_dealt(order, cases, keys, compute, format_rows, take, comm):
             dealer = _Dealer(comm, order)
             while (i := dealer.next()) is not None:
                 dealer.put(run(i))
+                if dealer.thread is None:
+                    dealer.poll()
                 handle(dealer.collect())
-            dealer.join()
+            dealer.finish()
             handle(dealer.collect())
         if size > 1:
             errors = comm.bcast(errors, root=0)
