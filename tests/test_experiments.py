@@ -460,7 +460,7 @@ def test_two_ranks_give_the_same_csv(tmp_path, run):
     args = ["--preset", "tiny", "--no-progress", "--config", str(cfg)]
     p1 = run([path, *args, "--output", str(tmp_path / "one")], 1)
     assert p1.returncode == 0, p1.stderr
-    # two ranks, stopped after 3 cases (one full batch of 2, then 1), then resumed
+    # two ranks, stopped after 3 cases (taken one by one by the free rank), then resumed
     p2 = run([path, *args, "--output", str(tmp_path / "two"), "--max-cases", "3"], 2)
     assert p2.returncode == 0, p2.stderr
     assert p2.stdout.count("stopped after") == 1  # rank 0 alone prints
