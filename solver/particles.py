@@ -62,7 +62,7 @@ from .velocity import FastVelocity, equal_weight_velocity
 from .velocity._direct import COMPILED_MAX_N, _nb
 
 if _nb is not None:
-    from .velocity._direct import _nb_equal_weight_velocity
+    from .velocity._direct import _nb_rk4_sphere
 
 __all__ = [
     "GEOMETRIES", "VELOCITY_METHODS", "FAST_MIN_N", "ParticleResult", "simulate_particles",
@@ -82,29 +82,6 @@ def retract(x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Projection retraction ``(x + v) / |x + v|`` (row by row)."""
     y = x + v
     return y / np.linalg.norm(y, axis=1, keepdims=True)
-
-
-if _nb is not None:
-
-    @_nb.njit(cache=True)
-    def _nb_retract(x, v):
-        y = x + v
-        for i in range(y.shape[0]):
-            y[i] /= math.sqrt(np.sum(y[i] * y[i]))
-        return y
-
-    @_nb.njit(cache=True)
-    def _nb_rk4_sphere(x, A, V, h):
-        """One RK4 step of :func:`simulate_particles` on the sphere (direct sum, all the
-        particles on this rank): the Python loop's stages and update, in one call."""
-        k1 = _nb_equal_weight_velocity(x, x, A, V)
-        x2 = _nb_retract(x, 0.5 * h * k1)
-        k2 = _nb_equal_weight_velocity(x2, x2, A, V)
-        x3 = _nb_retract(x, 0.5 * h * k2)
-        k3 = _nb_equal_weight_velocity(x3, x3, A, V)
-        x4 = _nb_retract(x, h * k3)
-        k4 = _nb_equal_weight_velocity(x4, x4, A, V)
-        return _nb_retract(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
 
 
 def euclidean_velocity(

@@ -158,3 +158,26 @@ if _nb is not None:
             for a in range(d):
                 out[i, a] = num[a] - dot * x[i, a]
         return out
+
+    @_nb.njit(cache=True)
+    def _nb_retract(x, v):
+        y = x + v
+        for i in range(y.shape[0]):
+            y[i] /= math.sqrt(np.sum(y[i] * y[i]))
+        return y
+
+    @_nb.njit(cache=True)
+    def _nb_rk4_sphere(x, A, V, h):
+        """One RK4 step of :func:`solver.simulate_particles` on the sphere (direct sum, all
+        the particles on one rank): its Python loop's stages and projection retractions, in
+        one call. Here, beside the sum it calls, because numba's on-disk cache follows each
+        file's own time stamp: a step cached in another file would keep an edited sum's
+        old code."""
+        k1 = _nb_equal_weight_velocity(x, x, A, V)
+        x2 = _nb_retract(x, 0.5 * h * k1)
+        k2 = _nb_equal_weight_velocity(x2, x2, A, V)
+        x3 = _nb_retract(x, 0.5 * h * k2)
+        k3 = _nb_equal_weight_velocity(x3, x3, A, V)
+        x4 = _nb_retract(x, h * k3)
+        k4 = _nb_equal_weight_velocity(x4, x4, A, V)
+        return _nb_retract(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
