@@ -252,15 +252,12 @@ def simulate_particles(
         if compiled:
             x = _nb_rk4_sphere(x, np.ascontiguousarray(A, dtype=float),
                                np.ascontiguousarray(V, dtype=float), float(h))  # fmt: skip
-            if k + 1 in saved_set:
-                snaps.append(x.copy())
-            bar.update(1)
-            continue
-        k1 = vel(x, A, V, t)
-        k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
-        k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
-        k4 = vel(step(x, h * k3), A, V, t + h)
-        x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
+        else:
+            k1 = vel(x, A, V, t)
+            k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
+            k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
+            k4 = vel(step(x, h * k3), A, V, t + h)
+            x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
         if k + 1 in saved_set:
             snaps.append(gather(x).copy())
         bar.update(1)

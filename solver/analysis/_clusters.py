@@ -350,10 +350,7 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
     for _ in range(2):
         near += adjacency @ near
     done = (near > 0) | (gnorm == 0)
-    out = root.copy()
     tree = cKDTree(x)
-    y = x.copy()
-    cell = np.arange(n)
     active = np.flatnonzero(~done)
     steps = int(np.ceil(4 * np.pi / size.min())) if active.size else 0
     if _nb is not None and active.size:  # the same paths, compiled (see _nb_gradient_walk)
@@ -362,6 +359,9 @@ def _gradient_paths(x, rho, size, i, j, root) -> np.ndarray:
         return _nb_gradient_walk(x, g, gnorm, size, done, root, active, adjacency.indptr,
                                  adjacency.indices, far_d.reshape(n, k), far_i.reshape(n, k),
                                  steps)  # fmt: skip
+    out = root.copy()
+    y = x.copy()
+    cell = np.arange(n)
     for _ in range(steps):
         c = cell[active]
         step = y[active] + (size[c] / gnorm[c])[:, None] * g[c]
