@@ -445,3 +445,112 @@ def test_field_that_vanishes_by_symmetry_is_not_out_of_reach():
     Xd = attention_velocity(sm.centroids, sm.centroids, sm.areas, A, V)
     assert np.abs(Xd).max() < 1e-6  # the field does vanish
     assert np.abs(X - Xd).max() <= 1e-12
+
+
+# ----------------------------------------------------------------------------- the bound itself
+
+
+def _context(fv: FastVelocity, w: np.ndarray, V: np.ndarray) -> dict:
+    """The per-call sums that ``FastVelocity.__call__`` builds (one rank, all sources)."""
+    Vy, nVy = fv._vdata(V)
+    W = np.zeros((fv._C_local * fv.chunk, fv.d + 1))
+    W[: len(w), 0] = w
+    W[: len(w), 1:] = w[:, None] * Vy
+    return {"W": W, "mass": float(w.sum()), "SwV": float(w @ nVy)}
+
+
+def _tail_s2(r: np.ndarray, n: int) -> np.ndarray:
+    """``τ_n(r) = Σ_{l>n} (2l+1) i_l(r) e^{-r}`` summed straight from SciPy (to l = 200)."""
+    ls = np.arange(n + 1, 201)[:, None]
+    return ((2 * ls + 1) * spherical_in(ls, r[None, :]) * np.exp(-r[None, :])).sum(axis=0)
+
+
+def _peaked_case():
+    """A density peaked at the north pole (weights e^{10(z-1)}) and ‖A‖₂ = 8: the targets that
+    see the weights only through the kernel's ~e^{-2r} side have tiny denominators."""
+    x, y, _ = problem(3, seed=5)
+    return x, y, np.exp(10 * (y[:, 2] - 1)), matrix(3, 8.0, 30), matrix(3, 1.0, 31)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bound_is_its_formula_and_holds_at_every_degree(backend):
+    """``B_i = η_i (S_wV + q_i Σw) / (D̃_i - η_i Σw)`` with ``η_i = τ_n(r_i) + ε_n`` recomputed
+    here from SciPy's Bessel functions, at degrees where ``η_i Σw / D̃_i`` is 0.05-1 for
+    dozens of targets (so the sign of the denominator's correction matters), and the
+    computed velocity and denominator within it at every target (rigour)."""
+    x, y, w, A, V = _peaked_case()
+    fv = FastVelocity(SELF, x, y, tolerance=1e-10, chunk=128, backend=backend)
+    quiet_call(fv, w, A, V)
+    st = fv._setup(A)
+    ctx = _context(fv, w, V)
+    Xd = attention_velocity(x, y, w, A, V)
+    r = np.linalg.norm(x @ A.T, axis=1)
+    uh = (x @ A.T) / r[:, None]
+    D_exact = (w[None, :] * np.exp(r[:, None] * (uh @ y.T - 1))).sum(axis=1)
+    lam, u = 2.0, np.finfo(float).eps / 2
+    mixed = 0
+    for n in (4, 8, 10, 14, st.n_use):
+        X, D, q = fv._fast(st, n, ctx)
+        B = fv._bounds(st, n, D, q, ctx)[0]
+        eps = lam * u * (float(n + 1) + fv.chunk**0.5 + fv.C**0.5 + n + 1)  # √r_n = n + 1
+        eta = _tail_s2(r, n) + eps
+        den = D - eta * w.sum()
+        expect = np.full(len(x), np.inf)
+        ok = den > 0
+        expect[ok] = eta[ok] * (ctx["SwV"] + q[ok] * w.sum()) / den[ok]
+        np.testing.assert_array_equal(np.isinf(B), ~ok)
+        np.testing.assert_allclose(B[ok], expect[ok], rtol=1e-9)  # tails: SciPy vs recurrence
+        ratio = eta * w.sum() / D
+        mixed += int(np.sum((ratio > 0.05) & (ratio < 1)))
+        # rigour: the scaled denominator within η Σw, the velocity within B (measured: the
+        # bound is 25-1e6 x above the error, |P_l| <= 1 is far from tight)
+        assert np.all(np.abs(D - D_exact) <= eta * w.sum())
+        err = np.linalg.norm(X - Xd, axis=1)
+        assert np.all(err[ok] <= B[ok])
+    assert mixed >= 50  # measured 194 targets over the degrees 4-14
+
+
+def test_bound_of_a_tiny_or_negative_denominator_is_infinite():
+    """Where ``D̃_i <= η_i Σw`` nothing bounds the error (the true denominator may be 0): the
+    bound is +inf, so the target goes to the direct sum; just above, it is the formula."""
+    x, y, w, A, V = _peaked_case()
+    fv = FastVelocity(SELF, x, y, tolerance=1e-10, chunk=128, backend="numpy")
+    st = fv._setup(A)
+    ctx = _context(fv, w, V)
+    n = 10
+    eta = st.tails[n, :5] + fv._roundoff(n)
+    f = np.array([-1.0, 0.0, 1.0, 1.5, 11.0])  # D̃ = f η Σw
+    D, q = f * eta * ctx["mass"], np.full(5, 0.7)
+    st_tails = st.tails
+    st.tails = st_tails[:, :5]
+    B = fv._bounds(st, n, D, q, ctx)[0]
+    st.tails = st_tails
+    assert np.all(np.isinf(B[:3]))
+    expect = (ctx["SwV"] + 0.7 * ctx["mass"]) / ((f[3:] - 1) * ctx["mass"])
+    np.testing.assert_allclose(B[3:], expect, rtol=1e-12)  # η cancels: B = (..) / ((f-1) Σw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_targets_over_half_the_tolerance_go_direct(backend):
+    """A target is accepted when ``B_i <= tol · max|X̃| / 2`` (the other half of the tolerance
+    covers the error of the scale ``max|X̃|`` itself): exactly the targets above that go to the
+    direct sum (measured: 42 of 300, 20 of them between tol/2 and tol), and they carry the
+    direct sum's values."""
+    x, y, w, A, V = _peaked_case()
+    tol = 1e-10
+    fv = FastVelocity(SELF, x, y, tolerance=tol, chunk=128, backend=backend)
+    X = quiet_call(fv, w, A, V)
+    rep = fv.report
+    assert rep["method"] == "fast", rep
+    st = fv._setup(A)
+    ctx = _context(fv, w, V)
+    Xf, D, q = fv._fast(st, st.n_use, ctx)
+    B = fv._bounds(st, st.n_use, D, q, ctx)[0]
+    scale = np.linalg.norm(Xf, axis=1).max()
+    fail = B > tol * scale / 2
+    assert np.sum(B > tol * scale) < fail.sum() == rep["direct_targets"]
+    assert rep["bound"] <= tol / 2
+    Xd = attention_velocity(x, y, w, A, V)
+    np.testing.assert_allclose(X[fail], Xd[fail], rtol=0, atol=1e-15 * scale)
+    np.testing.assert_array_equal(X[~fail], Xf[~fail])
+    assert rel_error(X, Xd) <= tol

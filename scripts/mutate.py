@@ -1,0 +1,178 @@
+"""Mutation audit: apply realistic mistakes to the numerics and safety code, run the tests
+that should catch each one, print caught / survived.
+
+Each mutation is one text replacement ``(file, old, new)`` that must match exactly once
+(a mutation whose ``old`` text no longer occurs is reported as ``stale`` and counts as a
+failure of the audit, so the list follows the code), plus the pytest node ids or ``-k``
+expressions that guard that property. A mutation is *caught* when those tests fail.
+
+By default the audit works on a private copy of the repository (``git archive HEAD`` into a
+temporary directory, with ``git diff HEAD`` applied on top, so uncommitted edits of tracked
+files are included): the shared working tree is never touched, other developers' runs are
+not disturbed, and a crash or Ctrl-C leaves nothing mutated. ``--in-place`` mutates the
+working tree itself (restoring each file in a ``finally`` block, also on Ctrl-C and
+SIGTERM); use it only on files nobody else is editing.
+
+Usage::
+
+    python scripts/mutate.py                 # all mutations, private copy
+    python scripts/mutate.py --list          # names only
+    python scripts/mutate.py -k lora -k w2   # mutations whose name contains any of these
+
+Exit status: 0 when every mutation selected was caught, 1 otherwise, 2 on bad arguments.
+The list and the last score are in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: node ids, or "-k" expressions after a file
+
+
+FV = "tests/test_fast_velocity.py"
+W2 = "tests/test_wasserstein.py"
+CL = "tests/test_clusters.py"
+ST = "tests/test_stability.py"
+
+MUTATIONS: list[Mutation] = [
+    # ---- fast velocity: the a-posteriori bound and what it decides
+    Mutation("fast: sign of the bound's denominator correction", "solver/velocity/_fast.py",
+             "den = D[None, :] - eta * mass", "den = D[None, :] + eta * mass",
+             (FV, "-k", "formula or infinite or half")),
+    Mutation("fast: acceptance at tol instead of tol/2", "solver/velocity/_fast.py",
+             "return X, D, q, scale, 0.5 * self.tol * scale",
+             "return X, D, q, scale, 1.0 * self.tol * scale",
+             (FV, "-k", "half")),
+    Mutation("fast: a non-positive denominator accepted", "solver/velocity/_fast.py",
+             "return np.where(den > 0, B, np.inf)", "return B",
+             (FV, "-k", "infinite")),
+    Mutation("fast: failing targets not recomputed directly", "solver/velocity/_fast.py",
+             "X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)", "pass",
+             (FV, "-k", "half or concentrated")),
+]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str]:
+    try:
+        res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=timeout)  # fmt: skip
+        return res.returncode, res.stdout + res.stderr
+    except subprocess.TimeoutExpired:
+        return -1, "timeout"
+
+
+def private_copy(dest: Path) -> None:
+    """HEAD's tracked files plus the uncommitted changes to them, under ``dest``."""
+    arch = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True,
+                          check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--binary"],
+                          capture_output=True, check=True).stdout  # fmt: skip
+    if diff.strip():
+        subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, input=diff,
+                       check=True)  # fmt: skip
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean-up as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def audit(muts: list[Mutation], tree: Path, timeout: float, verbose: bool) -> list[tuple]:
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+    # the copy's package must be the one imported (not the editable install of ROOT)
+    rc, out = _run([sys.executable, "-c", "import solver; print(solver.__file__)"], tree, env, 120)
+    if rc != 0 or not out.strip().startswith(str(tree)):
+        raise SystemExit(f"mutate: the copy's package is not the one imported: {out.strip()}")
+    rows = []
+    for m in muts:
+        path = tree / m.file
+        orig = path.read_text()
+        count = orig.count(m.old)
+        if count != 1:
+            rows.append((m, f"stale ({count} matches)", 0.0))
+            print(f"{'STALE':9s} {m.name}  ({m.file}: {count} matches)", flush=True)
+            continue
+        t0 = time.perf_counter()
+        try:
+            path.write_text(orig.replace(m.old, m.new))
+            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                   *m.tests]  # fmt: skip
+            rc, out = _run(cmd, tree, env, timeout)
+        finally:
+            path.write_text(orig)
+        dt = time.perf_counter() - t0
+        if rc == 1:
+            verdict = "caught"
+        elif rc == 0:
+            verdict = "SURVIVED"
+        elif rc == -1:
+            verdict = "timeout"
+        else:
+            verdict = f"error (pytest exit {rc})"
+        rows.append((m, verdict, dt))
+        print(f"{verdict:9s} {m.name}  ({dt:.0f} s)", flush=True)
+        if verbose or verdict.startswith("error"):
+            print("    " + "\n    ".join(out.strip().splitlines()[-15:]), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-k", action="append", default=[], metavar="TEXT",
+                    help="only mutations whose name contains TEXT (repeatable)")  # fmt: skip
+    ap.add_argument("--list", action="store_true", help="print the mutations and exit")
+    ap.add_argument("--in-place", action="store_true",
+                    help="mutate the working tree itself (restored after each mutation)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutation")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the tests' output tail")
+    args = ap.parse_args(argv)
+    muts = [m for m in MUTATIONS if not args.k or any(k in m.name for k in args.k)]
+    if not muts:
+        print(f"mutate: no mutation matches {args.k}", file=sys.stderr)
+        return 2
+    if args.list:
+        for m in muts:
+            print(f"{m.name}  [{m.file}]")
+        return 0
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    tmp = None
+    try:
+        if args.in_place:
+            tree = ROOT
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="mutate-"))
+            private_copy(tmp)
+            tree = tmp
+        rows = audit(muts, tree, args.timeout, args.verbose)
+    except KeyboardInterrupt:
+        print("mutate: interrupted; the mutated file was restored", file=sys.stderr)
+        return 130
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    caught = sum(v == "caught" for _, v, _ in rows)
+    print(f"score: {caught}/{len(rows)} caught")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
