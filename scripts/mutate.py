@@ -53,6 +53,7 @@ W2 = "tests/test_wasserstein.py"
 CL = "tests/test_clusters.py"
 ST = "tests/test_stability.py"
 
+# fmt: off
 MUTATIONS: list[Mutation] = [
     # ---- fast velocity: the a-posteriori bound and what it decides
     Mutation("fast: sign of the bound's denominator correction", "solver/velocity/_fast.py",
@@ -68,7 +69,15 @@ MUTATIONS: list[Mutation] = [
     Mutation("fast: failing targets not recomputed directly", "solver/velocity/_fast.py",
              "X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)", "pass",
              (FV, "-k", "half or concentrated")),
+    # ---- Wasserstein distances
+    Mutation("w2: light-atom merge costed by the chord", "solver/analysis/_wasserstein.py",
+             "theta = 2.0 * np.arcsin(np.clip(dist / 2.0, 0.0, 1.0))", "theta = dist",
+             (W2, "-k", "light")),
+    Mutation("w2: rounding ratio inverted", "solver/analysis/_wasserstein.py",
+             "np.where(r > a, a / r, 1.0)", "np.where(r > a, r / a, 1.0)",
+             (W2, "-k", "rounded or sinkhorn")),
 ]
+# fmt: on
 
 
 def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str]:
@@ -140,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-k", action="append", default=[], metavar="TEXT",
                     help="only mutations whose name contains TEXT (repeatable)")  # fmt: skip
     ap.add_argument("--list", action="store_true", help="print the mutations and exit")
-    ap.add_argument("--in-place", action="store_true",
-                    help="mutate the working tree itself (restored after each mutation)")
+    ap.add_argument(
+        "--in-place",
+        action="store_true",
+        help="mutate the working tree itself (restored after each mutation)",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutation")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the tests' output tail")
     args = ap.parse_args(argv)
