@@ -76,6 +76,24 @@ MUTATIONS: list[Mutation] = [
     Mutation("w2: rounding ratio inverted", "solver/analysis/_wasserstein.py",
              "np.where(r > a, a / r, 1.0)", "np.where(r > a, r / a, 1.0)",
              (W2, "-k", "rounded or sinkhorn")),
+    # ---- clusters
+    Mutation("clusters: snap radius without its round-off margin",
+             "solver/analysis/_clusters.py",
+             "reach = radius * (1 + 1e-9)", "reach = radius",
+             (CL, "-k", "snap")),
+    Mutation("clusters: snap radius margin too wide", "solver/analysis/_clusters.py",
+             "reach = radius * (1 + 1e-9)", "reach = radius * (1 + 1e-6)",
+             (CL, "-k", "snap")),
+    Mutation("clusters: snap of free points strict", "solver/analysis/_clusters.py",
+             "join = dist[np.arange(free.size), near] <= reach",
+             "join = dist[np.arange(free.size), near] < radius",
+             (CL, "-k", "snap")),
+    Mutation("clusters: compiled walk certifies too early", "solver/analysis/_clusters.py",
+             "if best >= r2[c]:  # not certified", "if best >= 4 * r2[c]:  # not certified",
+             (CL, "-k", "compiled")),
+    Mutation("clusters: compiled walk never searches", "solver/analysis/_clusters.py",
+             "if best >= r2[c]:  # not certified", "if best < 0:  # not certified",
+             (CL, "-k", "compiled")),
 ]
 # fmt: on
 

@@ -557,6 +557,32 @@ def test_density_clusters_with_isolated_specks():
     assert np.all(np.isfinite(every.centres)) and len(every) >= 1 + 3 + 1  # specks are modes
 
 
+def _snap_reference(y, w, labels, R, anchor):
+    """:func:`solver.snap_to_clusters` written out from its docstring, one point at a time:
+    free points within ``R`` of an anchor join the nearest; then members within ``R`` of
+    their anchor move onto their centre (``R`` is a centroid distance itself: a relative
+    margin of 1e-9 keeps its own pairs)."""
+    k = int(labels.max()) + 1
+    lab = labels.copy()
+
+    def centres():
+        c = np.array([(w[lab == i, None] * y[lab == i]).sum(axis=0) for i in range(k)])
+        return c / np.linalg.norm(c, axis=1)[:, None]
+
+    a = np.array([anchor(c) for c in centres()])
+    for j in np.flatnonzero(lab < 0):
+        dist = np.linalg.norm(a - y[j], axis=1)
+        if dist.min() <= R * (1 + 1e-9):
+            lab[j] = int(np.argmin(dist))
+    c = centres()
+    a = np.array([anchor(ci) for ci in c])
+    out = y.copy()
+    for j in np.flatnonzero(lab >= 0):
+        if np.linalg.norm(y[j] - a[lab[j]]) <= R * (1 + 1e-9):
+            out[j] = c[lab[j]]
+    return out
+
+
 def test_run_reports_the_mass_outside_of_its_saved_densities():
     """``diagnostics.csv``'s ``mass_outside`` (ν) and ``mass_outside_base`` (μ) at a saved time
     are :func:`solver.cluster_mass_outside` of the saved densities, each snapped to its own
@@ -593,15 +619,18 @@ def test_run_reports_the_mass_outside_of_its_saved_densities():
             ("mass_outside_base", res.density, found[0].labels),
             ("mass_outside", res.density_perturbed, found[1].labels),
         ):
+            # the expected values from the definitions, brute force (not the library's code)
             m, centres = dens[k] * w, found[0].centres
-            y = solver.snap_to_clusters(res.centroids, m, labels, radius, anchors=cell_of)
-            want = solver.cluster_mass_outside(y, m, centres, 0.1)
+            y = _snap_reference(res.centroids, m, labels, radius, cell_of)
+            D = np.linalg.norm(y[:, None, :] - centres[None], axis=2).min(axis=1)
+            want = m[D >= 0.1].sum() / m.sum()
             assert res.column(col)[row] == pytest.approx(want, abs=1e-12), (t, col)
             reach = col.replace("mass_outside", "reach")
-            q = solver.cluster_reach(y, m, centres, 0.01)
+            q = max(Dj for Dj in D if m[D >= Dj].sum() > 0.01 * m.sum())
             assert res.column(reach)[row] == pytest.approx(q, abs=1e-12), (t, reach)
             checked += want > 0.05  # not only zeros: the flows are spread at first
-            moved += abs(want - solver.cluster_mass_outside(res.centroids, m, centres, 0.1)) > 0
+            D0 = np.linalg.norm(res.centroids[:, None, :] - centres[None], axis=2).min(axis=1)
+            moved += abs(want - m[D0 >= 0.1].sum() / m.sum()) > 0
     assert checked >= 2 and moved >= 1
 
 
@@ -751,3 +780,73 @@ def test_compiled_gradient_paths_find_the_kd_tree_cells(monkeypatch, graph):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.centres, b.centres)
         np.testing.assert_array_equal(a.masses, b.masses)
+
+
+def test_snap_radius_edge():
+    """Points at exactly ``R`` from their centre (rings at polar angle φ around e_z, with
+    ``R = 2 sin(φ/2)``, equal up to round-off: a few ulps) are snapped, and a
+    point of no cluster at ``R`` joins; at ``R (1 + 1e-7)`` nothing moves, at ``R (1 - 1e-7)``
+    everything does. The symmetric rings keep the centre at e_z to round-off."""
+    rng = np.random.default_rng(3)
+    phi = 0.3
+    R = 2 * np.sin(phi / 2)
+
+    def ring(angle, n=16):
+        az = 2 * np.pi * np.arange(n) / n + rng.uniform(0, 2 * np.pi)
+        return np.column_stack((np.sin(angle) * np.cos(az), np.sin(angle) * np.sin(az),
+                                np.full(n, np.cos(angle))))  # fmt: skip
+
+    def angle_at(chord):
+        return 2 * np.arcsin(chord / 2)
+
+    ez = np.array([0.0, 0.0, 1.0])
+    for f, snapped in ((1.0, True), (1 - 1e-7, True), (1 + 1e-7, False)):
+        rings = [ring(angle_at(R * f)) for _ in range(8)]
+        y = np.vstack([ez[None], *rings])
+        w = np.ones(len(y))
+        lab = np.zeros(len(y), dtype=np.int64)
+        lab[-16:] = -1  # the last ring: no cluster yet
+        dist = np.linalg.norm(y - ez, axis=1)[1:]
+        # at the edge R is the shortest of these computed distances (R is itself a computed
+        # distance in use): the others exceed it by round-off, which the margin absorbs
+        r = dist.min() if f == 1.0 else R
+        if f == 1.0:
+            assert np.sum(dist > r) > 100 and np.all(dist <= R * (1 + 1e-15))
+        out = solver.snap_to_clusters(y, w, lab, r)
+        moved = np.all(np.abs(out[1:] - ez) <= 1e-15, axis=1)
+        assert np.all(moved == snapped), (f, moved.sum())
+        if not snapped:
+            np.testing.assert_allclose(out[1:], y[1:], rtol=0, atol=1e-15)  # (normalised)
+
+
+def test_compiled_walk_finds_the_nearest_centroid_after_every_step():
+    """The compiled walk's cell after one step is the nearest centroid of the stepped point,
+    also on an adjacency where greedy descent stops early (a random ring graph: each point
+    linked to two random others), so that its certificate (nearer than half the distance
+    to the nearest non-neighbour) must send many walks to the full search. Each cell is its
+    own root and done, so the returned label is the cell after one step of length size_c."""
+    if C._nb is None:  # pragma: no cover - depends on the environment
+        pytest.skip("numba is not installed")
+    from scipy.sparse import csr_matrix
+
+    rng = np.random.default_rng(11)
+    n = 400
+    x = vmf_s2(rng, n, [0, 0, 1], 0.5)
+    order = rng.permutation(n)
+    a, b = order, np.roll(order, 1)
+    adj = csr_matrix((np.ones(2 * n), (np.r_[a, b], np.r_[b, a])), shape=(n, n))
+    adj.sum_duplicates()
+    g = rng.normal(size=(n, 3))
+    g -= np.sum(g * x, axis=1)[:, None] * x
+    gnorm = np.linalg.norm(g, axis=1)
+    for size in (0.02, 0.2, 1.0):  # within the cell, a few cells away, across the sphere
+        sizes = np.full(n, size)
+        k = int(np.diff(adj.indptr).max()) + 2
+        knn_d, knn_i = cKDTree(x).query(x, k=k)
+        ids = np.arange(n)
+        got = C._nb_gradient_walk(x, g, gnorm, sizes, np.ones(n, bool), ids, ids, adj.indptr,
+                                  adj.indices, knn_d, knn_i, 1)  # fmt: skip
+        y = x + (size / gnorm)[:, None] * g
+        y /= np.linalg.norm(y, axis=1)[:, None]
+        want = cKDTree(x).query(y)[1]
+        np.testing.assert_array_equal(got, want)
