@@ -26,6 +26,16 @@ from ._clusters import (
 )
 from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
 from ._exact import poisson_kernel, poisson_radius
+from ._response import (
+    ForgetfulAdapter,
+    ParticleTangent,
+    first_order_w2,
+    layer_jacobians,
+    most_forgetful_adapter,
+    particle_tangent,
+    random_adapter_c,
+    tied_jacobian,
+)
 from ._stability import (
     SpectralCriterion,
     WorstRankOne,
@@ -87,6 +97,14 @@ __all__ = [
     "w2_bound_constant",
     "WorstRankOne",
     "worst_rank_one_drift",
+    "ParticleTangent",
+    "particle_tangent",
+    "layer_jacobians",
+    "tied_jacobian",
+    "first_order_w2",
+    "random_adapter_c",
+    "ForgetfulAdapter",
+    "most_forgetful_adapter",
     "StandardTest",
     "nair_lauritzen",
     "williamson1",
