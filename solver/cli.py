@@ -1,4 +1,4 @@
-"""Command line: ``python -m solver {run,config} ...`` (see ``python -m solver --help``).
+"""Command line: ``python -m solver {run,validate,config,adapter,plot} ...`` (``--help``).
 
 Every rank runs the same command; only rank 0 prints. Invalid input exits with status 2 and
 a message naming the field to fix; a run that breaks down (NaN, negative density, lost mass)
@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("config", help="print the embedded default config (TOML)")
     c.add_argument("--check", type=Path, metavar="CONFIG", help="validate a config and exit")
+    a = sub.add_parser("adapter", help="one head of a Hugging Face model + PEFT LoRA adapter "
+                       "as [model] and [perturbation] TOML (stdout)")  # fmt: skip
+    a.add_argument("--base", type=Path, required=True, help="model folder (config.json, "
+                   "model.safetensors)")  # fmt: skip
+    a.add_argument("--adapter", type=Path, required=True, help="adapter folder "
+                   "(adapter_config.json, adapter_model.safetensors)")  # fmt: skip
+    a.add_argument("--layer", type=int, required=True, help="layer index (from 0)")
+    a.add_argument("--head", type=int, required=True, help="query head index (from 0)")
+    a.add_argument("--dim", type=int, help="project onto the top-k left singular subspace of "
+                   "V (k = 2, 3 for the PDE); the relative errors go to stderr")  # fmt: skip
     from .viz import add_plot_parser
 
     add_plot_parser(sub)
@@ -81,6 +91,18 @@ def _main(args, comm, errcomm) -> int:
             from .viz import plot_main
 
             return plot_main(args)
+        if args.command == "adapter":
+            from .nn._hf import adapter_toml, project_head, read_head
+
+            hm = read_head(args.base, args.adapter, args.layer, args.head)
+            if args.dim is not None:
+                hm = project_head(hm, args.dim)
+                if comm.rank == 0:
+                    errs = ", ".join(f"{k} {v:.3e}" for k, v in hm.errors.items())
+                    print(f"projection onto {args.dim} dimensions, relative Frobenius error: "
+                          f"{errs}", file=sys.stderr)  # fmt: skip
+            say(adapter_toml(hm), end="")
+            return 0
         if args.command == "config":
             if args.check is not None:
                 est = check_config(load_config(args.check), comm)
