@@ -292,7 +292,8 @@ def save_peft_adapter(folder, lora: dict, *, r: int, alpha: float) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     mods = sorted({m for per in lora.values() for m in per})
     cfg = {"peft_type": "LORA", "r": int(r), "lora_alpha": float(alpha),
-           "target_modules": [f"{m}_proj" for m in mods], "bias": "none"}  # fmt: skip
+           "target_modules": [f"{m}_proj" for m in mods], "bias": "none",
+           "layers_to_transform": sorted(int(l) for l in lora)}  # fmt: skip
     (folder / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     tensors = {}
     for l, per in lora.items():
