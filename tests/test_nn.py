@@ -125,6 +125,15 @@ def test_readout_lipschitz_constant():
     W1 = ot.emd2(w, w, ot.dist(x, y, metric="euclidean"))
     gap = np.linalg.norm(np.asarray(m.readout(p, jnp.asarray(x)) - m.readout(p, jnp.asarray(y))))
     assert 0 < gap <= m.readout_lipschitz(p) * W1
+    # attained: W_1 = 3 I (width = d), no bias, δ_0 against δ_{εu} (u the top right singular
+    # vector of W_2): the quotient is 3 ‖W_2‖ (1 − O(ε²)) = ‖W_2‖ ‖W_1‖
+    m = MeanFieldTransformer(d=3, layers=1, width=3, outputs=2)
+    p = dict(m.init(seed=5), r1=3.0 * np.eye(3), r1b=np.zeros(3))
+    u = np.linalg.svd(p["r2"])[2][0]
+    eps = 1e-4
+    x, y = np.zeros((1, 3)), eps * u[None]
+    gap = np.linalg.norm(np.asarray(m.readout(p, jnp.asarray(x)) - m.readout(p, jnp.asarray(y))))
+    assert gap / eps == pytest.approx(m.readout_lipschitz(p), rel=1e-6)
 
 
 def test_training_is_seeded_and_lowers_the_loss():
