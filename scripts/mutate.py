@@ -94,6 +94,22 @@ MUTATIONS: list[Mutation] = [
     Mutation("clusters: compiled walk never searches", "solver/analysis/_clusters.py",
              "if best >= r2[c]:  # not certified", "if best < 0:  # not certified",
              (CL, "-k", "compiled")),
+    # ---- stability bounds
+    Mutation("stability: each layer restarts from D = 0", "solver/analysis/_stability.py",
+             "D0 = float(_grow(D0, L, delta, t1 - t0))",
+             "D0 = float(_grow(0.0, L, delta, t1 - t0))",
+             (ST, "-k", "w2_bound")),
+    Mutation("stability: capped D not carried to the next layer",
+             "solver/analysis/_stability.py",
+             "D0 = min(D0, S0, 2.0)", "D0 = min(D0, 2.0)",
+             (ST, "-k", "w2_bound")),
+    Mutation("stability: a e^a term of L_mu dropped", "solver/analysis/_stability.py",
+             "v * (np.cosh(a) + a * np.exp(a))", "v * (np.cosh(a) + a)",
+             (ST,)),
+    Mutation("stability: the larger of the two rates", "solver/analysis/_stability.py",
+             "return float(min(sum(lipschitz_constants(A, V))",
+             "return float(max(sum(lipschitz_constants(A, V))",
+             (ST,)),
 ]
 # fmt: on
 
