@@ -38,6 +38,9 @@ from .analysis import (
     diagnostic_columns,
     direction_drift,
     find_clusters,
+    hyperbolic_centre,
+    hyperbolic_mean,
+    hyperbolic_poisson_kernel,
     lipschitz_constants,
     measure_cluster_times,
     perturbation_speed,
@@ -124,6 +127,9 @@ __all__ = [
     "spectral_criterion",
     "SpectralCriterion",
     # exact solutions (verification)
+    "hyperbolic_centre",
+    "hyperbolic_mean",
+    "hyperbolic_poisson_kernel",
     "poisson_kernel",
     "poisson_radius",
     # geometry and initial data

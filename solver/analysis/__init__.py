@@ -25,7 +25,13 @@ from ._clusters import (
     snap_to_clusters,
 )
 from ._diagnostics import check_state, density_diagnostics, diagnostic_columns, drift_diagnostics
-from ._exact import poisson_kernel, poisson_radius
+from ._exact import (
+    hyperbolic_centre,
+    hyperbolic_mean,
+    hyperbolic_poisson_kernel,
+    poisson_kernel,
+    poisson_radius,
+)
 from ._response import (
     ForgetfulAdapter,
     ParticleTangent,
@@ -86,6 +92,9 @@ __all__ = [
     "density_diagnostics",
     "drift_diagnostics",
     "check_state",
+    "hyperbolic_centre",
+    "hyperbolic_mean",
+    "hyperbolic_poisson_kernel",
     "poisson_kernel",
     "poisson_radius",
     "SpectralCriterion",
