@@ -52,6 +52,7 @@ FV = "tests/test_fast_velocity.py"
 W2 = "tests/test_wasserstein.py"
 CL = "tests/test_clusters.py"
 ST = "tests/test_stability.py"
+GM = "tests/test_geometry_model.py"
 
 # fmt: off
 MUTATIONS: list[Mutation] = [
@@ -110,6 +111,18 @@ MUTATIONS: list[Mutation] = [
              "return float(min(sum(lipschitz_constants(A, V))",
              "return float(max(sum(lipschitz_constants(A, V))",
              (ST,)),
+    # ---- model: adapters and the expression language
+    Mutation("lora: on='both' reuses the dV draw for dA", "solver/model/_lora.py",
+             'dA = self._draw(ell, 1) if self.on in ("A", "both") else zero',
+             'dA = self._draw(ell, 0) if self.on in ("A", "both") else zero',
+             (GM, "-k", "random")),
+    Mutation("lora: one stream for both kinds", "solver/model/_lora.py",
+             "rng = np.random.default_rng([self.seed, ell, which])",
+             "rng = np.random.default_rng([self.seed, ell])",
+             (GM, "-k", "random")),
+    Mutation("expression: node limit removed", "solver/model/_initial.py",
+             "if nodes > MAX_NODES:", "if False:",
+             (GM, "-k", "expression")),
 ]
 # fmt: on
 
