@@ -53,6 +53,7 @@ W2 = "tests/test_wasserstein.py"
 CL = "tests/test_clusters.py"
 ST = "tests/test_stability.py"
 GM = "tests/test_geometry_model.py"
+DG = "tests/test_dg.py"
 
 # fmt: off
 MUTATIONS: list[Mutation] = [
@@ -123,6 +124,15 @@ MUTATIONS: list[Mutation] = [
     Mutation("expression: node limit removed", "solver/model/_initial.py",
              "if nodes > MAX_NODES:", "if False:",
              (GM, "-k", "expression")),
+    # ---- DG limiter (solver/transport/_dg.py: mutated only in the private copy)
+    Mutation("dg: limiter theta = mean / (mean - low)", "solver/transport/_dg.py",
+             "theta = np.clip(m / np.maximum(-lo, 1e-300) * (1.0 - MARGIN), 0.0, 1.0)",
+             "theta = np.clip(m / np.maximum(m - lo, 1e-300) * (1.0 - MARGIN), 0.0, 1.0)",
+             (DG, "-k", "limiter")),
+    Mutation("dg: limiter without its margin", "solver/transport/_dg.py",
+             "theta = np.clip(m / np.maximum(-lo, 1e-300) * (1.0 - MARGIN), 0.0, 1.0)",
+             "theta = np.clip(m / np.maximum(-lo, 1e-300), 0.0, 1.0)",
+             (DG, "-k", "limiter")),
 ]
 # fmt: on
 
