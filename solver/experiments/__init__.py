@@ -14,6 +14,8 @@ case function(s), fit, plot and ``EXPERIMENT`` description:
    (:func:`run_lora_kinds`).
 6. :mod:`.two_clusters` — Fig 4: two-point clustering with ``Q̃ = K̃ = √β e_1e_1ᵀ``
    (:func:`run_two_clusters`).
+7. :mod:`.spectral_gap` — Prop 3.3, Remark 3.4 and T* with a spectral gap of ``V``
+   (:func:`run_spectral_gap`).
 
 Every ``run_*(params, out, comm=..., progress=..., budget=...)`` is :func:`run_experiment` on
 the module's ``EXPERIMENT``: check, ``params.toml``, the sweeps (:func:`run_sweep`, CSV files
@@ -26,7 +28,15 @@ Conventions: particles use RK4 with the projection retraction
 ``S^{d-1}``, d ≥ 3: network simplex); chordal distances ``|x − c|`` in the δ-cluster state.
 """
 
-from . import depth, fig2, lora_kinds, phase_diagram, random_adapters, two_clusters
+from . import (
+    depth,
+    fig2,
+    lora_kinds,
+    phase_diagram,
+    random_adapters,
+    spectral_gap,
+    two_clusters,
+)
 from ._common import point_mass_depth
 from ._experiment import Experiment, Run, Sweep, run_experiment
 from ._params import EXPERIMENT_NAMES, cli, load_presets, resolve_params
@@ -48,6 +58,7 @@ from .fig2 import run_fig2
 from .lora_kinds import lora_kind_case, run_lora_kinds
 from .phase_diagram import phase_case, run_phase_diagram
 from .random_adapters import random_adapter_case, run_random_adapters
+from .spectral_gap import gap_case, run_spectral_gap
 from .two_clusters import run_two_clusters, two_cluster_case
 
 __all__ = [
@@ -67,17 +78,20 @@ __all__ = [
     "run_depth",
     "run_lora_kinds",
     "run_two_clusters",
+    "run_spectral_gap",
     "phase_case",
     "random_adapter_case",
     "depth_case",
     "lora_kind_case",
     "two_cluster_case",
+    "gap_case",
     "fig2",
     "phase_diagram",
     "random_adapters",
     "depth",
     "lora_kinds",
     "two_clusters",
+    "spectral_gap",
     "Budget",
     "SweepError",
     "SweepResult",
