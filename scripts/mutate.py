@@ -133,6 +133,11 @@ MUTATIONS: list[Mutation] = [
              "theta = np.clip(m / np.maximum(-lo, 1e-300) * (1.0 - MARGIN), 0.0, 1.0)",
              "theta = np.clip(m / np.maximum(-lo, 1e-300), 0.0, 1.0)",
              (DG, "-k", "limiter")),
+    # ---- adaptive time steps
+    Mutation("adaptive: every step doubled", "solver/run.py",
+             "dt = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)",
+             "dt = min(2 * self.cfl * min(lim[1] for lim in lims), self.max_dt)",
+             ("tests/test_adaptive.py", "-k", "drifting")),
 ]
 # fmt: on
 

@@ -79,16 +79,20 @@ def angle(a, b):
 
 
 def test_adaptive_matches_fixed_steps_on_a_drifting_cluster():
-    """The perturbed cluster drifts by ~0.35 rad (6 cells); adaptive and fixed steps end at
-    the same place to a small fraction of the drift, with several times fewer steps."""
+    """The perturbed cluster drifts by 0.566 rad (9 cells); adaptive and fixed steps end at
+    the same place, with several times fewer steps. Measured (2026-12-07): adaptive vs fixed
+    1.5e-6 rad, both 3.2-3.4e-5 from the point mass, 97 against 1063 steps; with every
+    adaptive step doubled (cfl 1.8: capped stages) they are 8.3e-4 apart. Asserted: 5e-6
+    and 1e-4 (3x the measured values)."""
     fixed, mf, p, m0 = point_mass_run("fixed")
     adapt, ma, _, _ = point_mass_run("adaptive")
     disp = angle(p, m0)
     print(f"displacement {disp:.4f}; fixed: {len(fixed.step_times) - 1} steps, error "
           f"{angle(mf, p):.2e}; adaptive: {len(adapt.step_times) - 1} steps, error "
           f"{angle(ma, p):.2e}, {angle(ma, mf):.2e} from fixed")  # fmt: skip
-    assert angle(ma, mf) <= 0.01 * disp
-    assert angle(ma, p) <= 0.01 * disp
+    assert 0.5 < disp < 0.6
+    assert angle(ma, mf) <= 5e-6
+    assert angle(ma, p) <= 1e-4 and angle(mf, p) <= 1e-4
     assert len(adapt.step_times) * 5 < len(fixed.step_times)
     for r in (fixed, adapt):
         assert r.column("min").min() >= 0 and r.column("min_perturbed").min() >= 0
