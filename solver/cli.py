@@ -10,9 +10,13 @@ with the same status) within seconds instead of leaving the others waiting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -61,10 +65,36 @@ def main(argv: list[str] | None = None) -> int:
 
     comm = MPI.COMM_WORLD
     errcomm = comm.Dup()  # used only to find out whether every rank failed (all_failed)
+    with _plain_signals_and_warnings(comm):
+        try:
+            return _main(args, comm, errcomm)
+        finally:
+            errcomm.Free()
+
+
+@contextlib.contextmanager
+def _plain_signals_and_warnings(comm):
+    """SIGTERM raises :class:`~solver.parallel.Interrupted` (not PETSc's banner and
+    ``MPI_Abort(59)``; the time loop installs its own handlers, see
+    :class:`~solver.parallel.StopSignals`); warnings print as one line ``warning: ...`` on
+    the rank that met them. Both put back on return (``main`` is also called in-process)."""
+    from .parallel import Interrupted
+
+    def term(signum, frame):
+        raise Interrupted(signum)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, term) if main_thread else None
+    old_show, warnings.showwarning = warnings.showwarning, show
     try:
-        return _main(args, comm, errcomm)
+        yield
     finally:
-        errcomm.Free()
+        warnings.showwarning = old_show
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def _fail(comm, errcomm, code: int, msg: str) -> int:
@@ -83,7 +113,7 @@ def _fail(comm, errcomm, code: int, msg: str) -> int:
 
 def _main(args, comm, errcomm) -> int:
     from .io import ConfigError, check_config, default_config_text, load_config
-    from .parallel import RootError
+    from .parallel import Interrupted, RootError
 
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     try:
@@ -136,6 +166,16 @@ def _main(args, comm, errcomm) -> int:
             files = json.loads((args.output / "manifest.json").read_text())["files"]
             say(f"results in {args.output}/: {', '.join(files)}")
         return 0
+    except Interrupted as e:
+        if e.t is None:  # before or after the time loop, maybe on some ranks only
+            return _fail(comm, errcomm, e.exit_code, f"{e} outside the time loop")
+        resume = ("resume with --resume" if e.checkpoint and args.command == "run"
+                  else "nothing saved")  # fmt: skip
+        if comm.rank == 0:  # every rank stopped after the same step (StopSignals)
+            print(f"stopped at t = {e.t:.6g}; {resume}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return _fail(comm, errcomm, 130, "interrupted (SIGINT) outside the time loop")
     except (ConfigError, ValueError) as e:
         return _fail(comm, errcomm, 2, f"error: {e}")
     except FloatingPointError as e:

@@ -18,7 +18,9 @@ level 4; 23 s alone).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,6 +36,8 @@ __all__ = [
     "RootError",
     "all_failed",
     "abort_on_error",
+    "Interrupted",
+    "StopSignals",
 ]
 
 _USER_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
@@ -210,3 +214,65 @@ def abort_on_error(comm=None) -> None:
         comm.Abort(1)
 
     sys.excepthook = hook
+
+
+# --------------------------------------------------------------------------------------------
+# SIGINT / SIGTERM: stop every rank at the same step
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the work: ``signum``, the time ``t`` reached (``None`` when
+    it came before the time loop) and whether a checkpoint of ``t`` was written
+    (``checkpoint``). The exit status of a process it ends is ``128 + signum`` (130, 143)."""
+
+    def __init__(self, signum: int, t: float | None = None, checkpoint: bool = False):
+        self.signum, self.t, self.checkpoint = int(signum), t, checkpoint
+        where = "" if t is None else f" at t = {t:.6g}"
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}{where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopSignals:
+    """While active (``with StopSignals(comm) as stop:``), SIGINT and SIGTERM ask for a stop
+    instead of raising wherever the rank happens to be; :meth:`requested` (collective: one
+    ``allreduce`` of an int, none on one rank) returns the signal number on every rank as
+    soon as any rank got one, so that all ranks stop after the same step and none is left
+    waiting in a collective call (``mpiexec`` forwards both signals to every rank).
+
+    A second signal raises :class:`Interrupted` at once (the stop did not come soon enough).
+    Outside the main thread nothing is installed and :meth:`requested` only agrees on 0.
+    The previous handlers are put back on exit (SIG_DFL where the handler was not Python's,
+    e.g. PETSc's SIGTERM handler, whose banner and ``MPI_Abort(59)`` are not wanted).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.signum = 0
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.signum:
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+        self._old = {}
+
+    def requested(self) -> int:
+        """The signal number that asked for a stop on any rank, else 0 (collective)."""
+        if self.comm is None or self.comm.size == 1:
+            return self.signum
+        return int(self.comm.allreduce(self.signum, op=MPI.MAX))

@@ -23,6 +23,7 @@ files of a complete run.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ from .analysis import (
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .mesh import SphereMesh, load_mesh, sphere_mesh
 from .model import Density, Model
-from .parallel import on_root
+from .parallel import Interrupted, StopSignals, on_root
 from .transport import Clock, NonlocalField, PrescribedField, Transport, make_operator
 
 __all__ = ["Result", "evolve", "run_config", "initial_cell_averages", "mesh_from_config"]
@@ -351,15 +352,29 @@ class Checkpoint:
             if snaps.want_w2:
                 extra = {"w2": np.array([snaps.w2[i], snaps.w2_error[i]])}
         self.folder.write_snapshot(i, fields, **extra)
+        self.state(t, gathered, rows, i + 1)
+
+    def state(self, t: float, gathered, rows, saves: int) -> None:
+        """``checkpoint.npz`` alone: the states at ``t`` (any step, e.g. where a signal
+        stopped the run) after ``saves`` saved times (rank 0's count)."""
         self.folder.write_checkpoint(
-            t=t, saves=i + 1, diagnostics=np.array(rows), fingerprint=self.folder.fp,
+            t=t, saves=saves, diagnostics=np.array(rows), fingerprint=self.folder.fp,
             velocity_state=np.array(json.dumps([f.get_state() for f in self.fields])),
+            ranks=np.array(self.folder.comm.size),
             **{f"state{j}": g for j, g in enumerate(gathered)},
         )  # fmt: skip
 
     def restore(self, sm: SphereMesh, snaps: Snapshots, diag: Diagnostics, nflows: int):
         """The states from the checkpoint (snapshots and rows restored in place)."""
         z = self.folder.read_checkpoint(self.folder.fp)
+        ranks = int(z["ranks"]) if "ranks" in z else None
+        if ranks is not None and ranks != sm.comm.size and sm.comm.rank == 0:
+            warnings.warn(
+                f"resuming on {sm.comm.size} rank(s) a checkpoint written on {ranks}: the "
+                "results agree with an uninterrupted run to round-off (sums over the ranks "
+                "are taken in another order), not bit for bit",
+                RuntimeWarning, stacklevel=3,
+            )  # fmt: skip
         diag.rows = z["diagnostics"].tolist()
         for f, st in zip(self.fields, json.loads(str(z["velocity_state"])), strict=True):
             f.set_state(st)  # the fast method's degrees: the velocity as before, bit for bit
@@ -440,9 +455,20 @@ def evolve(
         every saved time, in ``Result.w2``, ``result.npz`` and ``w2.csv``.
     resume : bool
         Continue from ``output/checkpoint.npz``; refused, naming what differs, when the
-        checkpoint belongs to a run with other settings.
+        checkpoint belongs to a run with other settings (any setting that changes an output:
+        mesh, initial state, models, time grid, ``cfl``, stepping, velocity method and
+        tolerance, cluster state, ``w2``, ``vtx``). A checkpoint written on another number of
+        ranks is taken with a warning (round-off differences, not bit for bit).
     overwrite : bool
-        Replace a different run found in ``output`` (otherwise that is an error).
+        Replace a different run found in ``output`` (otherwise that is an error); only the
+        files its ``manifest.json`` lists are deleted, and a folder holding a file of a run's
+        name that no manifest lists (the user's ``config.toml``) is refused.
+
+    SIGINT and SIGTERM during the run stop every rank after the same step (one ``allreduce``
+    per step, :class:`solver.parallel.StopSignals`); with ``output`` the state of that step
+    is checkpointed (``resume=True`` continues bit for bit), and
+    :class:`solver.parallel.Interrupted` (a ``KeyboardInterrupt``) is raised with the time
+    reached. A second signal raises at once.
     degree : int
         0: DG0 (finite volumes); 1, 2: DG on curved cells.
     stepping, max_dt, tail_mass : str, float, float
@@ -509,9 +535,15 @@ def evolve(
     start = False
     if output is not None:
         fp = fingerprint(
-            sm, op, rho0, (model, perturbed), T=T, times=np.r_[clock.events, cfl],
+            sm, op, rho0, (model, perturbed), T=T, times=clock.events,
             velocity=velocity, method=method, tolerance=tolerance, degree=degree,
             stepping=f"{stepping} max_dt={max_dt!r} tail_mass={tail_mass!r}",
+            settings={  # every other setting that changes an output file
+                "cfl": repr(cfl),
+                "clusters": ("off" if clusters is None else
+                             f"delta={cluster_delta!r} tol={cluster_tol!r}"),
+                "w2": snaps.want_w2, "vtx": bool(vtx), "stop_after_exit": stop_after_exit,
+            },
         )  # fmt: skip
         folder = RunFolder(comm, output)
         folder.prepare(fp, resume=resume, overwrite=overwrite)
@@ -545,27 +577,37 @@ def evolve(
         if clock.is_save(t):
             save(t)
 
-    gathered = None
-    if not start:
-        record(0.0)
-    elif clusters is not None:
-        clusters.update([f[-1] for f in snaps.fields] if comm.rank == 0 else None)
-    t = diag.rows[-1][0]
-    bar = tqdm(
-        total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
-        unit="t", desc="evolve", dynamic_ncols=True,
-        bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]",
-    )  # fmt: skip
-    while t < T:
-        wanted, kind, us = flows.plan(t, 0.5 * (t + clock.next_event(t)))
-        dt, t_next = clock.land(t, wanted)
-        flows.step(t, dt, kind, us)
-        t = t_next
-        record(t)
-        bar.update(dt)
-        if stop_after_exit and clock.is_save(t):
-            if np.isfinite(_cluster_times(diag, cluster_delta)[1]):  # ν has left
-                break
+    # SIGINT / SIGTERM from here on: every rank stops after the same step (StopSignals)
+    with StopSignals(comm) as stop:
+        gathered = None
+        if not start:
+            record(0.0)
+        elif clusters is not None:
+            clusters.update([f[-1] for f in snaps.fields] if comm.rank == 0 else None)
+        t = diag.rows[-1][0]
+        bar = tqdm(
+            total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
+            unit="t", desc="evolve", dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]",
+        )  # fmt: skip
+        while t < T:
+            wanted, kind, us = flows.plan(t, 0.5 * (t + clock.next_event(t)))
+            dt, t_next = clock.land(t, wanted)
+            flows.step(t, dt, kind, us)
+            t = t_next
+            record(t)
+            bar.update(dt)
+            if stop_after_exit and clock.is_save(t):
+                if np.isfinite(_cluster_times(diag, cluster_delta)[1]):  # ν has left
+                    break
+            if signum := stop.requested():
+                if ckpt is not None and not clock.is_save(t):  # a saved time has its own
+                    ckpt.state(t, [sm.gather(s) for s in flows.states], diag.rows,
+                               len(snaps.fields[0]))  # fmt: skip
+                bar.close()
+                if writer is not None:
+                    writer.close()
+                raise Interrupted(signum, t, checkpoint=ckpt is not None)
     bar.close()
     if writer is not None:
         writer.close()

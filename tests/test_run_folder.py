@@ -2,10 +2,17 @@
 runs, a manifest written last, and no rank left waiting when another one fails."""
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+from conftest import ROOT, mpiexec
 from mpi4py import MPI
 
 import solver
@@ -41,15 +48,15 @@ def config(tmp_path, kappa=4.0, name="c.toml"):
     return p
 
 
-def crash_after(monkeypatch, n):
-    """Make the n-th SSP-RK3 step raise (a killed run)."""
+def signal_after(monkeypatch, n, signum=signal.SIGINT):
+    """Deliver ``signum`` to this process during the n-th SSP-RK3 step (Ctrl-C mid-run)."""
     calls = {"n": 0}
     real = _transport.Transport.step
 
     def step(self, rho, t, dt, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > n:
-            raise KeyboardInterrupt("killed")
+        if calls["n"] == n:
+            signal.raise_signal(signum)
         return real(self, rho, t, dt, *args, **kwargs)
 
     monkeypatch.setattr(_transport.Transport, "step", step)
@@ -57,17 +64,29 @@ def crash_after(monkeypatch, n):
 
 
 @pytest.mark.serial
-def test_resume_with_the_fast_method_is_bit_for_bit(tmp_path, monkeypatch, capsys):
-    """The default velocity method (auto: the fast expansion here) resumes bit for bit, and
-    the VTX series holds every saved time after the restart."""
+def test_ctrl_c_checkpoints_the_step_and_resume_is_bit_for_bit(tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-run: the run stops after that step with a checkpoint of it (not of the last
+    saved time), one line and exit 130; ``--resume`` then ends bit for bit as an uninterrupted
+    run, the default velocity method (auto: the fast expansion here) included, and the VTX
+    series holds every saved time after the restart."""
     cfg = config(tmp_path)
     assert main(["run", str(cfg), "--output", str(tmp_path / "ref"), "--no-progress"]) == 0
-    steps = len(solver.read_csv(tmp_path / "ref" / "diagnostics.csv")["t"]) - 1
-    real = crash_after(monkeypatch, steps)  # two flows: halfway, past the first saves
-    with pytest.raises(KeyboardInterrupt):
-        main(["run", str(cfg), "--output", str(tmp_path / "job"), "--no-progress"])
+    ref_t = solver.read_csv(tmp_path / "ref" / "diagnostics.csv")["t"]
+    saves = np.load(tmp_path / "ref" / "result.npz")["times"]
+    # the first step past halfway that ends between saved times (two flows: two calls a step)
+    k = next(k for k in range(len(ref_t) // 2, len(ref_t)) if ref_t[k] not in saves)
+    real = signal_after(monkeypatch, 2 * k - 1)
+    capsys.readouterr()
     job = tmp_path / "job"
-    assert (job / "checkpoint.npz").is_file() and not (job / "manifest.json").exists()
+    assert main(["run", str(cfg), "--output", str(job), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"stopped at t = \S+; resume with --resume", err), err
+    t_stop = float(err.split("t = ")[1].split(";")[0])
+    with np.load(job / "checkpoint.npz") as z:
+        t_ckpt = float(z["t"])
+    assert f"{t_ckpt:.6g}" == f"{t_stop:.6g}"
+    assert t_ckpt == ref_t[k]  # the step the signal came in, not the last saved time
+    assert not json.loads((job / "manifest.json").read_text())["complete"]
     monkeypatch.setattr(_transport.Transport, "step", real)
     assert main(["run", str(cfg), "--output", str(job), "--resume", "--no-progress"]) == 0
     a, b = np.load(tmp_path / "ref" / "result.npz"), np.load(job / "result.npz")
@@ -85,6 +104,83 @@ def test_resume_with_the_fast_method_is_bit_for_bit(tmp_path, monkeypatch, capsy
         )
         np.testing.assert_allclose(got["times"], ref["times"])
         np.testing.assert_allclose(got["times"], a["times"])
+
+
+#: about 23,000 fixed steps: a run that is still going when the signal comes
+LONG = """
+[mesh]
+sphere = 1
+cells = 64
+[model]
+Q = [[4.0, 0.0], [0.0, 4.0]]
+[perturbation]
+kind = "tied"
+dV = [[0.0, 0.0], [0.0, -0.3]]
+[initial]
+kind = "vmf"
+centre = [1.0, 0.0]
+kappa = 1.0
+[time]
+T = 1000.0
+stepping = "fixed"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("signum,target", [(signal.SIGINT, "mpiexec"),
+                                           (signal.SIGTERM, "one rank")])  # fmt: skip
+def test_a_signal_under_mpiexec_stops_every_rank(tmp_path, signum, target):
+    """Ctrl-C to ``mpiexec -n 2`` (it forwards SIGINT to every rank), or SIGTERM to one rank
+    only: every rank stops after the same step (no rank left in a collective call), the
+    checkpoint of that step is written, rank 0 prints one line, the exit status is 128 +
+    the signal. The timeout is the test of "no hang"."""
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(LONG)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "solver", "run", str(cfg), "-o",
+           str(out), "--no-progress"]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=ROOT)  # fmt: skip
+    try:
+        end = time.monotonic() + 300
+        while not (out / "checkpoint.npz").is_file():  # the time loop has started
+            assert p.poll() is None and time.monotonic() < end, p.communicate()
+            time.sleep(0.1)
+        if target == "mpiexec":
+            p.send_signal(signum)
+        else:
+            ranks = [c for proxy in _children(p.pid) for c in _children(proxy)]
+            assert len(ranks) == 2, ranks
+            os.kill(max(ranks), signum)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 128 + signum, stderr
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("[mpiexec@")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    m = re.fullmatch(r"stopped at t = (\S+); resume with --resume", lines[0])
+    assert m, stderr
+    with np.load(out / "checkpoint.npz") as z:
+        assert f"{float(z['t']):.6g}" == m.group(1) and int(z["ranks"]) == 2
+    assert float(m.group(1)) > 0
 
 
 @pytest.mark.serial
@@ -184,4 +280,4 @@ def test_a_run_that_breaks_down_exits_1(tmp_path, monkeypatch, capsys, bad, phra
     assert code == 1
     err = capsys.readouterr().err
     assert "run stopped" in err and phrase in err
-    assert not (tmp_path / "o" / "manifest.json").exists()  # not a complete run
+    assert not json.loads((tmp_path / "o" / "manifest.json").read_text())["complete"]

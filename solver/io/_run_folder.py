@@ -1,9 +1,10 @@
 """The output folder of a run: checked before the run, checkpointed while it runs, and a
-manifest written last.
+manifest written first (the files the run may write) and last (the complete set).
 
-* :func:`fingerprint` — one digest per setting that changes the answer (mesh, scheme,
-  initial density, model, time grid, velocity method); stored in the checkpoint and the
-  manifest, compared on ``--resume`` and before writing into a folder that holds a run.
+* :func:`fingerprint` — one entry per setting that changes any output (mesh, scheme,
+  initial density, model, time grid, stepping, cfl, velocity method and tolerance, cluster
+  state, W2 and VTX on or off); stored in the checkpoint and the manifest, compared on
+  ``--resume`` and before writing into a folder that holds a run.
 * :class:`RunFolder` — every file operation of a run, done on rank 0 through
   :func:`solver.parallel.on_root`, so that an I/O error ends every rank with the same message
   instead of leaving the others waiting at a barrier.
@@ -11,8 +12,11 @@ manifest written last.
 Files (see the README, "Output files"): ``result.npz``, ``diagnostics.csv``, ``w2.csv``,
 ``config.toml``, ``versions.json``, ``density.bp`` (VTX), ``checkpoint.npz`` (the states and
 diagnostic rows at the last saved time), ``snapshots/NNNNNN.npz`` (one per saved time, appended),
-and ``manifest.json``, written last: the files of the complete set, their sizes, and the
-fingerprint.
+and ``manifest.json``: written first with ``"complete": false``, the names the run may write
+and the fingerprint; rewritten last with ``"complete": true`` and the files of the complete
+set with their sizes. A folder's files of these names are deleted or replaced only where its
+manifest lists them: a file of the user's (a ``config.toml`` next to the output, say) makes
+the folder unsuitable, ``--overwrite`` or not.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from ._files import atomic_write, atomic_write_text, write_csv, write_versions
 
 __all__ = ["RunFolder", "fingerprint", "RUN_FILES"]
 
-#: Files and folders a run writes (all removed by ``overwrite``).
+#: Files and folders a run writes (removed by ``overwrite`` where the manifest lists them).
 RUN_FILES = ("result.npz", "diagnostics.csv", "w2.csv", "config.toml", "versions.json",
              "density.bp", "density.xdmf", "density.h5", "checkpoint.npz", "snapshots",
              "manifest.json")  # fmt: skip
@@ -59,8 +63,9 @@ def _model_digest(m, T: float) -> str:
 
 
 def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, degree,
-                stepping="") -> dict:  # fmt: skip
-    """Digests of the settings that change a run's answer (identical on every rank)."""
+                stepping="", settings: dict | None = None) -> dict:  # fmt: skip
+    """Digests of the settings that change a run's answer (identical on every rank);
+    ``settings``: further readable entries (``{"cfl": "0.9", ...}``) taken as they are."""
     cents = sm.gather(sm.centroids)
     state = sm.gather(op.cell_averages(rho0))
     fp = {
@@ -78,6 +83,7 @@ def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, 
         ),  # fmt: skip
     }
     fp.update(sm.comm.bcast({k: fp[k] for k in ("mesh", "initial")}, root=0))
+    fp.update({k: str(v) for k, v in (settings or {}).items()})
     return fp
 
 
@@ -85,10 +91,23 @@ def _differs(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _describe(keys: list[str], old: dict, new: dict) -> str:
+    """``"cfl (0.9 before, 0.8 now), mesh"``: the values where they are readable settings,
+    the names alone where they are digests."""
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        digest = any(isinstance(v, str) and len(v) == 16 and v.isalnum() for v in (a, b))
+        out.append(k if digest or a is None or b is None else f"{k} ({a} before, {b} now)")
+    return ", ".join(out)
+
+
 class RunFolder:
     """The output folder of a run; every method is collective (call it on every rank)."""
 
     def __init__(self, comm, path: str | os.PathLike):
+        if not str(path).strip():
+            raise ValueError("output must name a folder, got an empty path")
         self.comm, self.path = comm, Path(path)
         self.fp: dict = {}
 
@@ -111,27 +130,55 @@ class RunFolder:
             probe.unlink()
         except OSError as e:
             raise ValueError(f"--output {p} is not a writable folder: {e.strerror or e}") from None
-        for tmp in [*p.glob(".*.tmp"), *p.glob("snapshots/.*.tmp")]:
-            tmp.unlink()  # left by a write that was killed before its rename
-        old = self._stored_fingerprint()
+        # a run deletes and replaces only what a run recorded in manifest.json (written first)
+        recorded = self._recorded()
         held = [f for f in RUN_FILES if (p / f).exists()]
+        foreign = [f for f in held if f not in recorded]
+        if foreign:
+            raise ValueError(
+                f"--output {p} holds {', '.join(foreign)}, which no run recorded in "
+                f"{p / 'manifest.json'} (your own file?): a run writes files of these names, "
+                "so choose a new or empty folder (--overwrite deletes only the files a run's "
+                "manifest lists)"
+            )
+        for tmp in [*p.glob(".*.tmp"), *p.glob("snapshots/.*.tmp")]:
+            if tmp.parent != p or tmp.name.split(".")[1] in {f.split(".")[0] for f in RUN_FILES}:
+                tmp.unlink()  # left by a write that was killed before its rename
+        old = self._stored_fingerprint()
         if resume and (p / "checkpoint.npz").exists():
             if old is not None and (diff := _differs(old, fp)):
+                fix = ("run without --resume to replace it" if overwrite else
+                       "run without --resume into another folder, or with --overwrite (and "
+                       "without --resume) to replace it")  # fmt: skip
                 raise ValueError(
                     f"--resume: the checkpoint in {p} belongs to a run with other settings "
-                    f"({', '.join(diff)} differ): run without --resume into another folder, or "
-                    "with --overwrite to replace it"
+                    f"({_describe(diff, old, fp)}): {fix}"
                 )
             return
         if held and old != fp and not overwrite:
-            what = (f"settings that differ: {', '.join(_differs(old, fp))}" if old is not None
-                    else f"files {', '.join(held)}")  # fmt: skip
+            what = (f"settings that differ: {_describe(_differs(old, fp), old, fp)}"
+                    if old is not None else f"files {', '.join(held)}")  # fmt: skip
             raise ValueError(
                 f"--output {p} holds another run ({what}): choose another folder, or pass "
                 "--overwrite to replace it"
             )
         for f in held:  # the same run again, or overwrite: no stale file may survive
             shutil.rmtree(p / f) if (p / f).is_dir() else (p / f).unlink()
+        man = {"complete": False, "files": [f for f in RUN_FILES if f != "manifest.json"],
+               "fingerprint": fp}  # fmt: skip
+        atomic_write_text(p / "manifest.json", json.dumps(man, indent=2) + "\n")
+
+    def _recorded(self) -> set[str]:
+        """The names a run recorded in ``manifest.json`` (with the manifest itself)."""
+        f = self.path / "manifest.json"
+        if not f.is_file():
+            return set()
+        try:
+            files = json.loads(f.read_text())["files"]
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{f} is unreadable ({e}): remove it, or choose another "
+                             "folder") from None  # fmt: skip
+        return {str(n).rstrip("/") for n in files} | {"manifest.json"}
 
     def _stored_fingerprint(self) -> dict | None:
         for name, read in (("checkpoint.npz", self._ckpt_fp), ("manifest.json", self._man_fp)):
@@ -200,7 +247,9 @@ class RunFolder:
                     "and with --overwrite"
                 ) from None
             if diff := _differs(old, fp):
-                raise ValueError(f"--resume: checkpoint settings differ ({', '.join(diff)})")
+                raise ValueError(
+                    f"--resume: checkpoint settings differ ({_describe(diff, old, fp)})"
+                )
             return out
 
         return on_root(self.comm, read)
@@ -222,5 +271,5 @@ class RunFolder:
                 files[name] = f.stat().st_size
             elif f.is_dir():
                 files[name + "/"] = sum(g.stat().st_size for g in f.rglob("*") if g.is_file())
-        man = {"complete": True, "files": files, "fingerprint": self.fp}
+        man = {"complete": True, "files": files, "fingerprint": self.fp}  # the files it wrote
         atomic_write_text(self.path / "manifest.json", json.dumps(man, indent=2) + "\n")
