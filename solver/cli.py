@@ -22,6 +22,13 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+def _folder(text: str) -> Path:
+    """An output folder: not empty (``--output ''`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m solver",
@@ -32,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="evolve the base and perturbed flows of a TOML config")
     r.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")
-    r.add_argument("--output", "-o", type=Path, required=True, help="output folder")
+    r.add_argument("--output", "-o", type=_folder, required=True, help="output folder")
     r.add_argument("--resume", action="store_true", help="continue from output/checkpoint.npz")
     r.add_argument("--overwrite", action="store_true",
                    help="replace a different run found in the output folder")  # fmt: skip
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     v = sub.add_parser("validate", help="PDE vs particles (W2), Prop 3.1 bound, Prop 3.3 criterion")
     v.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")
-    v.add_argument("--output", "-o", type=Path, required=True, help="report folder")
+    v.add_argument("--output", "-o", type=_folder, required=True, help="report folder")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     c = sub.add_parser("config", help="print the embedded default config (TOML)")
     c.add_argument("--check", type=Path, metavar="CONFIG", help="validate a config and exit")

@@ -281,3 +281,116 @@ def test_a_run_that_breaks_down_exits_1(tmp_path, monkeypatch, capsys, bad, phra
     err = capsys.readouterr().err
     assert "run stopped" in err and phrase in err
     assert not json.loads((tmp_path / "o" / "manifest.json").read_text())["complete"]
+
+
+SMALL = """
+[mesh]
+sphere = 1
+cells = 32
+[model]
+V = [[1.0, 0.0], [0.0, 1.0]]
+[perturbation]
+dV = [[0.0, 0.0], [0.0, -0.3]]
+[initial]
+kind = "vmf"
+centre = [1.0, 0.0]
+kappa = 2.0
+[time]
+T = 0.2
+save_every = 0.1
+"""
+
+
+@pytest.mark.serial
+def test_overwrite_never_deletes_the_users_config(tmp_path, capsys):
+    """``run proj/config.toml --output proj [--overwrite]`` is refused: the run would replace
+    the user's config.toml (comments and all), which no run's manifest lists."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    cfg = proj / "config.toml"
+    text = "# my notes, kept\n" + SMALL
+    cfg.write_text(text)
+    for extra in ([], ["--overwrite"]):
+        assert main(["run", str(cfg), "--output", str(proj), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "config.toml" in err and "manifest" in err, err
+        assert cfg.read_text() == text
+        assert sorted(p.name for p in proj.iterdir()) == ["config.toml"]  # nothing written
+    # a folder holding a run: --overwrite deletes what its manifest lists, nothing else
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--output", str(out), "--no-progress"]) == 0
+    mine = out / "notes.txt"
+    mine.write_text("mine")
+    assert main(["run", str(cfg), "--output", str(out), "--no-progress", "--overwrite"]) == 0
+    assert mine.read_text() == "mine"
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("value", ["", " "])
+def test_empty_output_is_refused(tmp_path, capsys, monkeypatch, value):
+    """``--output ''`` used to write the whole run into the current folder."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(cfg), "--output", value, "--no-progress"])
+    assert e.value.code == 2
+    assert "--output" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+    with pytest.raises(ValueError, match="output"):
+        solver.evolve(solver.sphere_mesh(COMM, 1, cells=8), solver.Model(np.eye(2), np.eye(2),
+                      np.eye(2)), solver.Uniform(), 0.1, output=value, progress=False)  # fmt: skip
+
+
+#: (TOML line added, phrase of the refusal): each changes an output of the run
+CHANGES = [
+    ("[time]\ncfl = 0.8", "cfl (0.9 before, 0.8 now)"),
+    ("[clusters]\ndelta = 0.5", "clusters (delta=0.1 tol=0.01 before, delta=0.5 tol=0.01 now)"),
+    ("[output]\nw2 = false", "w2 (True before, False now)"),
+    ("[output]\nvtx = false", "vtx (True before, False now)"),
+    ("[velocity]\ntolerance = 1e-08", "velocity (auto tol=1e-10 before, auto tol=1e-08 now)"),
+    ('[time]\nstepping = "fixed"', "stepping"),
+    ("[time]\nsave_every = 0.05", "time_grid"),
+]
+
+
+@pytest.mark.serial
+def test_resume_refuses_every_changed_setting(tmp_path, capsys):
+    """Resuming with a setting that changes any output (diagnostics, W2, VTX, saves, steps) is
+    refused, naming it and its two values (it used to mix two runs' results, or crash)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--output", str(out), "--no-progress"]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    import tomllib
+
+    from solver.io import dump_toml
+
+    for patch, phrase in CHANGES:
+        raw = tomllib.loads(SMALL)
+        for sec, table in tomllib.loads(patch).items():
+            raw.setdefault(sec, {}).update(table)
+        other = tmp_path / "other.toml"
+        other.write_text(dump_toml(raw))
+        capsys.readouterr()
+        assert main(["run", str(other), "--output", str(out), "--resume", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert phrase in err and "--resume" in err, (patch, err)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # untouched
+    # --resume --overwrite: the advice does not repeat --overwrite
+    assert main(["run", str(other), "--output", str(out), "--resume", "--overwrite"]) == 2
+    assert "run without --resume to replace it" in capsys.readouterr().err
+
+
+@pytest.mark.mpi
+def test_resume_on_another_rank_count_is_stated(tmp_path, run):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "out"
+    p = run(["-m", "solver", "run", str(cfg), "--output", str(out), "--no-progress"])
+    assert p.returncode == 0, p.stderr
+    p = run(["-m", "solver", "run", str(cfg), "--output", str(out), "--resume", "--no-progress"],
+            2, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("warning: resuming on 2 rank(s) a checkpoint written on 1") == 1
