@@ -35,10 +35,12 @@ from ._exact import (
 from ._response import (
     ForgetfulAdapter,
     ParticleTangent,
+    PDEResponse,
     first_order_w2,
     layer_jacobians,
     most_forgetful_adapter,
     particle_tangent,
+    pde_response,
     random_adapter_c,
     tied_jacobian,
 )
@@ -114,6 +116,8 @@ __all__ = [
     "random_adapter_c",
     "ForgetfulAdapter",
     "most_forgetful_adapter",
+    "PDEResponse",
+    "pde_response",
     "StandardTest",
     "nair_lauritzen",
     "williamson1",
