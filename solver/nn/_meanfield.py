@@ -26,6 +26,7 @@ Kantorovich-Rubinstein, ``tanh`` being 1-Lipschitz), see :meth:`readout_lipschit
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +38,20 @@ jax, jnp = jax_modules()  # float64 from here on (this module is imported lazily
 __all__ = ["MeanFieldTransformer", "head_matrices"]
 
 
-def head_matrices(q, k, v, o, heads: int, xp=np):
+def head_matrices(q, k, v, o, heads: int, xp=np, *, stacked: bool = False):
     """``(A, V)`` of shape ``(H, d, d)`` from one layer's ``q, k, v`` ``(H d_h, d)`` and ``o``
-    ``(d, H d_h)``: ``A_a = W_k^{aT} W_q^a / sqrt(d_h)``, ``V_a = W_o^a W_v^a``."""
-    dh = q.shape[0] // heads
-    qh = q.reshape(heads, dh, -1)
-    kh = k.reshape(heads, dh, -1)
-    vh = v.reshape(heads, dh, -1)
-    oh = o.reshape(o.shape[0], heads, dh).transpose(1, 0, 2)
-    A = xp.einsum("hji,hjk->hik", kh, qh) / np.sqrt(dh)
-    V = xp.einsum("hij,hjk->hik", oh, vh)
+    ``(d, H d_h)``: ``A_a = W_k^{aT} W_q^a / sqrt(d_h)``, ``V_a = W_o^a W_v^a``;
+    ``stacked``: arrays with a leading layer axis, results ``(Lw, H, d, d)``."""
+    if not stacked:
+        A, V = head_matrices(q[None], k[None], v[None], o[None], heads, xp, stacked=True)
+        return A[0], V[0]
+    Lw, dh = q.shape[0], q.shape[1] // heads
+    qh = q.reshape(Lw, heads, dh, -1)
+    kh = k.reshape(Lw, heads, dh, -1)
+    vh = v.reshape(Lw, heads, dh, -1)
+    oh = o.reshape(Lw, o.shape[1], heads, dh).transpose(0, 2, 1, 3)
+    A = xp.einsum("lhji,lhjk->lhik", kh, qh) / np.sqrt(dh)
+    V = xp.einsum("lhij,lhjk->lhik", oh, vh)
     return A, V
 
 
@@ -121,11 +126,11 @@ class MeanFieldTransformer:
 
     def velocity(self, x, A, V):
         """``Σ_a P_x softmax_j(x_j^T A_a x_i) V_a x_j`` at every token of ``x`` (n, d)."""
-        logits = jnp.einsum("ia,hba,jb->hij", x, A, x)  # y_j^T A_a x_i
-        logits = logits - logits.max(axis=-1, keepdims=True)
-        p = jnp.exp(logits)
-        p = p / p.sum(axis=-1, keepdims=True)
-        num = jnp.einsum("hij,hab,jb->ia", p, V, x)
+        Ax = jnp.einsum("hba,ia->hib", A, x)  # row i: (A_a x_i)^T
+        logits = Ax @ x.T  # (h, i, j): x_j^T A_a x_i
+        p = jax.nn.softmax(logits, axis=-1)  # max-shifted
+        Vx = jnp.einsum("hab,jb->hja", V, x)  # row j: (V_a x_j)^T
+        num = (p @ Vx).sum(axis=0)
         return num - jnp.sum(num * x, axis=-1, keepdims=True) * x
 
     def layer_step(self, x, A, V):
@@ -143,13 +148,20 @@ class MeanFieldTransformer:
         return retract(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
 
     def flow(self, params: dict, x0, *, all_layers: bool = False):
-        """Tokens after the ``L`` layers from ``x0`` (n, d); ``all_layers``: (L + 1, n, d)."""
-        x, xs = x0, [x0]
-        for ell in range(self.layers):
-            A, V = self.attention(params, ell, jnp)
-            x = self.layer_step(x, A, V)
-            xs.append(x)
-        return jnp.stack(xs) if all_layers else x
+        """Tokens after the ``L`` layers from ``x0`` (n, d); ``all_layers``: (L + 1, n, d).
+        The layers run in an unrolled ``jax.lax.scan`` (its gradient is ~2x faster unrolled)."""
+        A, V = head_matrices(params["q"], params["k"], params["v"], params["o"], self.heads,
+                             jnp, stacked=True)  # fmt: skip
+        if self.tied:
+            A = jnp.broadcast_to(A, (self.layers, *A.shape[1:]))
+            V = jnp.broadcast_to(V, (self.layers, *V.shape[1:]))
+
+        def body(x, AV):
+            y = self.layer_step(x, *AV)
+            return y, y
+
+        x, xs = jax.lax.scan(body, x0, (A, V), unroll=True)
+        return jnp.concatenate([x0[None], xs]) if all_layers else x
 
     def readout(self, params: dict, x):
         """``r(μ) = W_2 mean_i tanh(W_1 x_i + b_1) + b_2`` for tokens ``x`` (n, d)."""
@@ -161,16 +173,22 @@ class MeanFieldTransformer:
         return self.readout(params, self.flow(params, self.embed(params, u)))
 
     def batched(self, fn: str = "apply"):
-        """``jax.vmap`` of :meth:`apply` (or ``"flow_all"``: every layer's tokens from the
-        embedding) over a batch of inputs ``(B, n, p)``, parameters shared."""
-        if fn == "apply":
-            return jax.vmap(self.apply, in_axes=(None, 0))
-        if fn == "flow_all":
-            return jax.vmap(lambda p, u: self.flow(p, self.embed(p, u), all_layers=True),
-                            in_axes=(None, 0))  # fmt: skip
-        raise ValueError(f"fn must be 'apply' or 'flow_all', got {fn!r}")
+        """Compiled ``jax.vmap`` of :meth:`apply` (or ``"flow_all"``: every layer's tokens
+        from the embedding) over a batch of inputs ``(B, n, p)``, parameters shared; one
+        compiled function per model and ``fn`` (cached)."""
+        if fn not in ("apply", "flow_all"):
+            raise ValueError(f"fn must be 'apply' or 'flow_all', got {fn!r}")
+        return _batched(self, fn)
 
     def readout_lipschitz(self, params: dict) -> float:
         """``‖W_2‖_op ‖W_1‖_op``: a Lipschitz constant of ``r`` in ``W_1`` (Euclidean cost)."""
         r1, r2 = np.asarray(params["r1"]), np.asarray(params["r2"])
         return float(np.linalg.norm(r2, 2) * np.linalg.norm(r1, 2))
+
+
+@functools.lru_cache(maxsize=64)
+def _batched(model: MeanFieldTransformer, fn: str):
+    if fn == "apply":
+        return jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))
+    return jax.jit(jax.vmap(lambda p, u: model.flow(p, model.embed(p, u), all_layers=True),
+                            in_axes=(None, 0)))  # fmt: skip

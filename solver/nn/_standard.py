@@ -104,8 +104,8 @@ class StandardTransformer:
         return x.mean(axis=0) @ params["head"].T + params["head_b"]
 
     def batched(self):
-        """``jax.vmap`` of :meth:`apply` over a batch ``(B, n, p)``."""
-        return jax.vmap(self.apply, in_axes=(None, 0))
+        """Compiled ``jax.vmap`` of :meth:`apply` over a batch ``(B, n, p)``."""
+        return jax.jit(jax.vmap(self.apply, in_axes=(None, 0)))
 
 
 def mean_field_matrices(model: StandardTransformer, params: dict, layer: int):
@@ -124,7 +124,7 @@ def hidden_state_gap(model: StandardTransformer, params: dict, u) -> np.ndarray:
     attention matrices (one step of size 1 per layer) from the same normalised embedding."""
     import ot
 
-    hs = np.asarray(model.hidden_states(params, jnp.asarray(u)))
+    hs = np.asarray(jax.jit(model.hidden_states)(params, jnp.asarray(u)))
     mf = MeanFieldTransformer(d=model.d, layers=1, step=1.0, heads=model.heads)
     x = jnp.asarray(hs[0])
     n = len(x)

@@ -9,6 +9,7 @@ compiled once (``jax.jit``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -28,9 +29,13 @@ def train(
     steps: int,
     lr: float,
     mask=None,
+    args: tuple = (),
 ) -> tuple[dict, np.ndarray]:
-    """Adam on ``loss(trainable, batch)``; ``mask`` (same pytree, 0/1 arrays) freezes the
-    entries where it is 0 (sparse fine-tuning). Returns ``(trained pytree (NumPy), losses)``."""
+    """Adam on ``loss(trainable, batch, *args)``; ``mask`` (same pytree, 0/1 arrays) freezes
+    the entries where it is 0 (sparse fine-tuning); ``args``: arrays the loss reads (data,
+    frozen weights), passed to the compiled step rather than baked into it, so that a later
+    call with the same ``loss`` object and shapes reuses the compiled step. Returns
+    ``(trained pytree (NumPy), losses)``."""
     if not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not (np.isfinite(lr) and lr > 0):
@@ -40,11 +45,24 @@ def train(
     m = tu.tree_map(jnp.zeros_like, p)
     v = tu.tree_map(jnp.zeros_like, p)
     mk = None if mask is None else tu.tree_map(jnp.asarray, mask)
+    args = tu.tree_map(jnp.asarray, args)
+    step = _adam_step(loss, float(lr))
+    losses = np.empty(steps)
+    for i in range(steps):
+        p, m, v, val = step(p, m, v, float(i + 1), batches(i), mk, args)
+        losses[i] = float(val)
+    return tu.tree_map(np.asarray, p), losses
+
+
+@functools.lru_cache(maxsize=64)
+def _adam_step(loss: Callable, lr: float):
+    """One compiled Adam step of ``loss`` (beta1 = 0.9, beta2 = 0.999, eps = 1e-8)."""
+    tu = jax.tree_util
     b1, b2, eps = 0.9, 0.999, 1e-8
 
     @jax.jit
-    def step(p, m, v, k, batch):
-        val, g = jax.value_and_grad(loss)(p, batch)
+    def step(p, m, v, k, batch, mk, args):
+        val, g = jax.value_and_grad(loss)(p, batch, *args)
         if mk is not None:
             g = tu.tree_map(lambda a, b: a * b, g, mk)
         m = tu.tree_map(lambda a, b: b1 * a + (1 - b1) * b, m, g)
@@ -53,8 +71,4 @@ def train(
         p = tu.tree_map(lambda a, mm, vv: a - lr * (mm / c1) / (jnp.sqrt(vv / c2) + eps), p, m, v)
         return p, m, v, val
 
-    losses = np.empty(steps)
-    for i in range(steps):
-        p, m, v, val = step(p, m, v, float(i + 1), batches(i))
-        losses[i] = float(val)
-    return tu.tree_map(np.asarray, p), losses
+    return step
