@@ -154,6 +154,7 @@ def _main(args, comm, errcomm) -> int:
                 say(default_config_text(), end="")
             return 0
         cfg = load_config(args.config)
+        check_config(cfg, comm)  # the checks of `config --check`, before any output is made
         if args.command == "validate":
             from .validate import validate
 

@@ -18,6 +18,7 @@ from ._config import (
     dump_toml,
     estimate_resources,
     load_config,
+    mesh_defect,
     resolve_config,
     toml_value,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "dump_toml",
     "toml_value",
     "check_config",
+    "mesh_defect",
     "estimate_resources",
     "atomic_write",
     "atomic_write_text",

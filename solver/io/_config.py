@@ -41,6 +41,7 @@ __all__ = [
     "toml_value",
     "estimate_resources",
     "check_config",
+    "mesh_defect",
 ]
 
 
@@ -120,6 +121,15 @@ INITIAL_KINDS = {
 MAX_STEPS = 10**7
 MAX_SNAPSHOT_BYTES = 2 * 1024**3
 MAX_CELLS = 10**7
+#: ``validate``: the largest particle system, and particles x steps x seeds over all sizes
+#: (about 1e5 particle-steps a second for the fast path on one core: a day at the limit)
+MAX_PARTICLES = 10**6
+MAX_PARTICLE_WORK = 10**10
+#: the sharpest von Mises-Fisher blob (width 1/sqrt(kappa) = 1e-4, far below any cell; the
+#: density is NaN from about 1e15)
+MAX_KAPPA = 1e8
+#: mixtures of mixtures nested deeper than this are refused (not a RecursionError)
+MAX_DEPTH = 16
 
 
 def default_config_text() -> str:
@@ -174,9 +184,13 @@ def _matrix(name: str, v, d: int, cols: int | None = None) -> list:
 def _kind(name: str, table: dict, kinds: dict[str, set], default: str | None) -> str:
     """The table's kind: given (its other keys must belong to it) or inferred from its keys."""
     given = set(table) - {"kind"}
+    unknown = sorted(given - set().union(*kinds.values()))
+    if unknown:
+        allowed = sorted({"kind"}.union(*kinds.values()))
+        raise ConfigError(f"unknown key(s) {unknown} in {name}; allowed: {allowed}")
     if "kind" in table:
         kind = table["kind"]
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             raise ConfigError(f"{name}.kind must be one of {sorted(kinds)}, got {kind!r}")
         extra = sorted(given - kinds[kind])
         if extra:
@@ -259,6 +273,9 @@ def resolve_config(raw: dict) -> dict:
     if v["method"] not in ("direct", "fast", "auto"):
         raise ConfigError(f"velocity.method must be direct, fast or auto, got {v['method']!r}")
     v["tolerance"] = _num("velocity.tolerance", v["tolerance"], positive=True)
+    if v["tolerance"] >= 1:
+        raise ConfigError(f"velocity.tolerance must be in (0, 1) (a relative error of the fast "
+                          f"method), got {v['tolerance']}")  # fmt: skip
     c = cfg["clusters"]
     c["delta"] = _num("clusters.delta", c["delta"], positive=True)
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
@@ -378,10 +395,13 @@ def estimate_resources(cfg: dict, *, cells: int | None = None,
     the circle of ``n`` segments and ``3^{1/4} sqrt(a)/6`` for the icosphere (the equilateral
     triangle of area ``a = 4π/N``, an upper bound of the smallest cell's ratio); a mesh file
     gives ``cells`` and ``min_ratio`` (else the mesh terms are omitted). Then
-    ``steps >= max(T/dt_max, T/save_every, T/layer_length)`` (``steps_set_by`` names the key
-    of the largest term), ``saves = ceil(T/save_every) + 1``
-    and ``snapshot_bytes = saves · cells · 8 · flows`` (the saved densities, 2 flows with a
-    perturbation).
+    ``steps >= max(T/dt_max, T/save_every, T/layer_length, T/max_dt)`` (``max_dt`` for
+    adaptive stepping; ``steps_set_by`` names the key of the largest term),
+    ``saves = ceil(T/save_every) + 1`` and ``snapshot_bytes = saves · cells · 8 · flows`` (the
+    saved densities, 2 flows with a perturbation). The speed is ``max ‖V(t)‖₂`` over the base
+    ``V``, ``V + ΔV`` of a tied perturbation and of the first 64 random adapters on ``V``.
+    ``validate``'s particles: ``particle_steps = ceil(T/particle_dt)`` and ``particle_work =
+    particle_steps · seeds · Σ sizes``.
     """
     m, t, p = cfg["mesh"], cfg["time"], cfg["perturbation"]
     T = t["T"]
@@ -393,23 +413,39 @@ def estimate_resources(cfg: dict, *, cells: int | None = None,
         else:
             min_ratio = 3**0.25 * math.sqrt(4 * math.pi / cells) / 6
     V = np.array(cfg["model"]["V"])
-    speed = float(np.linalg.norm(V, 2))
+    speed, speed_key = float(np.linalg.norm(V, 2)), "model.V"
     if "dV" in p or "B" in p:
         dV = np.array(p["dV"]) if "dV" in p else np.array(p["B"]) @ np.array(p["A"]).T
         speed = max(speed, float(np.linalg.norm(V + dV, 2)))
+    if p["kind"] == "random" and p["on"] in ("V", "both"):  # the first layers' exact ΔV
+        lora = RandomLoRA(d=V.shape[0], eta=p["eta"], h=p["layer_length"], s=tuple(p["s"]),
+                          seed=p["seed"], on=p["on"])  # fmt: skip
+        layers = min(64, math.ceil(T / p["layer_length"] - 1e-12))
+        lora_speed = max(float(np.linalg.norm(V + lora.at(k * lora.h)[1], 2))
+                         for k in range(layers))  # fmt: skip
+        if lora_speed > speed:
+            speed, speed_key = lora_speed, "perturbation.eta"
     saves = math.ceil(T / t["save_every"] - 1e-12) + 1
     bounds = {"time.save_every": float(saves - 1)}
+    if t["stepping"] == "adaptive":  # no step is longer than max_dt
+        bounds["time.max_dt"] = float(math.ceil(T / t["max_dt"] - 1e-12))
     if p["kind"] == "random":
         bounds["perturbation.layer_length"] = float(math.ceil(T / p["layer_length"] - 1e-12))
     dt_max = None
     if min_ratio is not None and speed > 0:
         dt_max = t["cfl"] * min_ratio / speed
-        bounds["time.T, time.cfl or the mesh (mesh.refinement / mesh.cells)"] = T / dt_max
+        key = (f"the speed bound {speed:.3g} ({speed_key}) with time.T, time.cfl and the "
+               "mesh (mesh.refinement / mesh.cells)")  # fmt: skip
+        bounds[key] = T / dt_max
     cause = max(bounds, key=bounds.get)
     flows = 1 if p["kind"] == "none" else 2
+    v = cfg["validation"]
+    particle_steps = math.ceil(T / v["particle_dt"] - 1e-12)
     return {"cells": cells, "dt_max": dt_max, "steps": math.ceil(bounds[cause]),
             "steps_set_by": cause, "saves": saves,
-            "snapshot_bytes": None if cells is None else saves * cells * 8 * flows}  # fmt: skip
+            "snapshot_bytes": None if cells is None else saves * cells * 8 * flows,
+            "particle_steps": particle_steps,
+            "particle_work": particle_steps * v["seeds"] * sum(v["sizes"])}  # fmt: skip
 
 
 def _refuse(est: dict) -> None:
@@ -418,6 +454,18 @@ def _refuse(est: dict) -> None:
         raise ConfigError(
             f"this run needs at least {est['steps']:.3g} time steps (limit {MAX_STEPS:.0e}{dt}),"
             f" set by {est['steps_set_by']}: change it"
+        )
+    if est.get("particle_steps", 0) > MAX_STEPS:
+        raise ConfigError(
+            f"validate's particles would take {est['particle_steps']:.3g} steps of "
+            f"validation.particle_dt (limit {MAX_STEPS:.0e}): raise validation.particle_dt"
+        )
+    if est.get("particle_work", 0) > MAX_PARTICLE_WORK:
+        raise ConfigError(
+            f"validate's particle runs would take {est['particle_work']:.3g} particle-steps "
+            f"(validation.sizes x validation.seeds x steps; limit {MAX_PARTICLE_WORK:.0e}, "
+            "about a day): lower validation.sizes or validation.seeds, or raise "
+            "validation.particle_dt"
         )
     b = est["snapshot_bytes"]
     if b is not None and b > MAX_SNAPSHOT_BYTES:
@@ -445,6 +493,10 @@ def _resolve_validation(v: dict, mesh: dict) -> None:
         raise ConfigError("validation.sizes must list at least two particle counts")
     v["sizes"] = sorted(_num("validation.sizes[]", x, integer=True, positive=True)
                         for x in v["sizes"])  # fmt: skip
+    if v["sizes"][-1] > MAX_PARTICLES:
+        raise ConfigError(f"validation.sizes: {v['sizes'][-1]} particles is more than "
+                          f"{MAX_PARTICLES:.0e} (positions of every saved time are kept): "
+                          "lower it")  # fmt: skip
     v["seeds"] = _num("validation.seeds", v["seeds"], integer=True, positive=True)
     v["particle_dt"] = _num("validation.particle_dt", v["particle_dt"], positive=True)
     if v["w2_method"] not in ("auto", "exact", "sinkhorn", "sliced"):
@@ -453,7 +505,10 @@ def _resolve_validation(v: dict, mesh: dict) -> None:
         )
 
 
-def _resolve_initial(name: str, ini: dict, d: int) -> dict:
+def _resolve_initial(name: str, ini: dict, d: int, depth: int = 0) -> dict:
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{name}: mixtures nested more than {MAX_DEPTH} deep; flatten them "
+                          "into one mixture")  # fmt: skip
     if not isinstance(ini, dict):
         raise ConfigError(f'{name} must be a table, e.g. {{ kind = "vmf", ... }}, got {ini!r}')
     kind = _kind(name, ini, INITIAL_KINDS, "uniform")
@@ -467,6 +522,9 @@ def _resolve_initial(name: str, ini: dict, d: int) -> dict:
             raise ConfigError(f"{name}.centre must be a non-zero list of {d} numbers")
         out["centre"] = c.tolist()
         out["kappa"] = _num(f"{name}.kappa", ini["kappa"], nonneg=True)
+        if out["kappa"] > MAX_KAPPA:
+            raise ConfigError(f"{name}.kappa must be <= {MAX_KAPPA:.0e} (a blob of width "
+                              f"1/sqrt(kappa) below any cell), got {out['kappa']:.3g}")
     elif kind == "mixture":
         comps = ini.get("components")
         if not isinstance(comps, list) or not comps:
@@ -479,7 +537,8 @@ def _resolve_initial(name: str, ini: dict, d: int) -> dict:
             raise ConfigError(f"{name}.weights must have a positive sum")
         out["weights"] = w
         out["components"] = [
-            _resolve_initial(f"{name}.components[{i}]", c, d) for i, c in enumerate(comps)
+            _resolve_initial(f"{name}.components[{i}]", c, d, depth + 1)
+            for i, c in enumerate(comps)
         ]
     elif kind == "expression":
         if "expression" not in ini:
@@ -494,11 +553,59 @@ def _resolve_initial(name: str, ini: dict, d: int) -> dict:
     return out
 
 
+def mesh_defect(points: np.ndarray, cells: np.ndarray) -> str | None:
+    """What keeps a mesh of S^1 (segments) or S^2 (triangles) from being a closed,
+    consistently oriented mesh covering the sphere once; ``None`` when it is one.
+
+    Closed: every facet (a vertex of the circle, an edge of the sphere) lies in exactly two
+    cells. Oriented: the signed angle of every cell seen from the centre (``atan2`` of the
+    segment; the solid angle ``2 atan2(a·(b×c), 1 + a·b + b·c + c·a)`` of the triangle, Van
+    Oosterom and Strackee 1983) has one sign. Covered once: the angles sum to ``±2π`` (circle)
+    or ``±4π`` (sphere), to ``1e-6`` relative (the sum is exact up to round-off for any
+    closed oriented mesh of degree one).
+    """
+    points, cells = np.asarray(points, float), np.asarray(cells)
+    if len(cells) == 0:
+        return "it has no cells"
+    nv = cells.shape[1]
+    if nv == 2:
+        facets = cells.reshape(-1, 1)
+    else:
+        facets = np.sort(cells[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), axis=1)
+    _, counts = np.unique(facets, axis=0, return_counts=True)
+    kind = "vertices" if nv == 2 else "edges"
+    if np.any(counts == 1):
+        return (f"it is not closed ({int(np.sum(counts == 1))} {kind} lie in one cell only: "
+                "an open boundary)")  # fmt: skip
+    if np.any(counts > 2):
+        return f"{int(np.sum(counts > 2))} {kind} lie in more than two cells"
+    p = points / np.linalg.norm(points, axis=1, keepdims=True)
+    if nv == 2:
+        a, b = p[cells[:, 0]], p[cells[:, 1]]
+        ang = np.arctan2(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0], np.sum(a * b, axis=1))
+        full = 2 * np.pi
+    else:
+        a, b, c = (p[cells[:, i]] for i in range(3))
+        num = np.einsum("ij,ij->i", a, np.cross(b, c))
+        den = 1 + np.einsum("ij,ij->i", a, b) + np.einsum("ij,ij->i", b, c)
+        den += np.einsum("ij,ij->i", c, a)
+        ang = 2 * np.arctan2(num, den)
+        full = 4 * np.pi
+    if 0 < np.sum(ang > 0) < len(ang):
+        return (f"its cells are not consistently oriented ({int(np.sum(ang < 0))} of "
+                f"{len(ang)} turn the other way)")  # fmt: skip
+    cover = abs(float(ang.sum())) / full
+    if abs(cover - 1) > 1e-6:
+        return f"it covers the sphere {cover:.6g} times, not once"
+    return None
+
+
 def check_config(cfg: dict, comm=None) -> dict:
     """Every check of a resolved config short of the time loop; the resource estimate.
 
     Builds the model and the initial density, builds the mesh (generated meshes: the pure
-    NumPy generators; a mesh file: read with DOLFINx on ``comm``, default ``COMM_SELF``),
+    NumPy generators; a mesh file: read with DOLFINx on ``comm``, default ``COMM_SELF``, and
+    checked by :func:`mesh_defect`: closed, consistently oriented, covering the sphere once),
     evaluates the initial density at the cell centroids (finite, >= 0, not all zero) and
     refuses runs beyond the limits of :func:`estimate_resources`. Raises :class:`ConfigError`
     (or ``ValueError``) naming the key to fix; returns the resource estimate.
@@ -517,6 +624,11 @@ def check_config(cfg: dict, comm=None) -> dict:
         if sm.gdim != base.d:
             raise ConfigError(f"mesh.file is a mesh of S^{sm.gdim - 1} but the model has "
                               f"d = {base.d} (model.V is {base.d} x {base.d})")  # fmt: skip
+        mesh = sm.gather_mesh()
+        defect = sm.comm.bcast(mesh_defect(*mesh) if sm.comm.rank == 0 else None, root=0)
+        if defect is not None:
+            raise ConfigError(f"mesh.file {m['file']}: {defect}; the solver needs a closed "
+                              "mesh covering the sphere once")  # fmt: skip
         x, reduce = sm.centroids, sm.comm.allreduce
         est = estimate_resources(cfg, cells=sm.num_cells, min_ratio=sm.min_area_per_perimeter())
     else:
@@ -536,18 +648,34 @@ def check_config(cfg: dict, comm=None) -> dict:
 
 
 def load_config(path: str | Path | None) -> dict:
-    """Read, validate and resolve a TOML config (``None``: the embedded default)."""
+    """Read, validate and resolve a TOML config (``None``: the embedded default).
+
+    A relative ``mesh.file`` is taken relative to the config file's folder (the resolved
+    config holds the absolute path)."""
     if path is None:
         text, where = default_config_text(), "<default config>"
     else:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist or is not a file")
-        text, where = p.read_text(), str(p)
+        try:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}: "
+                              f"{e.reason}): save it as UTF-8") from None  # fmt: skip
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: tables or arrays nested too deeply") from None
+    mesh = raw.get("mesh")
+    if path is not None and isinstance(mesh, dict) and isinstance(mesh.get("file"), str):
+        f = Path(mesh["file"]).expanduser()
+        if mesh["file"] and not f.is_absolute():  # relative to the config, not to the cwd
+            mesh["file"] = str(Path(path).resolve().parent / f)
     return resolve_config(raw)
 
 
