@@ -230,7 +230,11 @@ def test_phase_diagram_pde(tmp_path):
     # one value up to the cluster's last settling (measured 3e-5 relative)
     law = (c["eps"] * c["t_exit_pointmass"])[fin]
     assert np.ptp(law) < 1e-4 * law[0]
-    assert b1["prefactor_lo"] <= b1["prefactor"] <= b1["prefactor_hi"]
+    # at slope −1 the prefactor is the geometric mean of ε t_exit, and its bootstrap interval
+    # (means of resampled logs) lies between the smallest and largest ε t_exit, not a point
+    et = (c["eps"] * c["t_exit"])[fin]
+    assert b1["prefactor"] == pytest.approx(np.exp(np.mean(np.log(et))), rel=1e-12)
+    assert et.min() <= b1["prefactor_lo"] < b1["prefactor_hi"] <= et.max()
     assert abs(b1["prefactor"] / law[0] - 1) < 0.15
     # particles drawn from ρ0 converge to the PDE: for the largest n the median over draws
     # and ε of |t_exit − t_PDE| / t_PDE is within 1.5 σ_rel(n) (σ_rel: the 1/√n spread of the
@@ -258,27 +262,41 @@ def test_bootstrap_loglog_recovers_a_power_law():
     """y = c x^−1 e^{σ Z} (σ = 0.1, k points in [1e-3, 0.1], 100 seeded replicates): the 95 %
     intervals of the slope (free) and of the prefactor (slope −1) hold the true values in
     85–100 % of the replicates (percentile bootstrap: close to 95 %, a little less for few
-    points; binomial sd over 100 replicates 2–3 %), and the slope interval narrows like
-    1/√k (k = 10 → 160: about 4 times; the ratio of the mean widths within [2.5, 6])."""
-    c, widths = 0.25, {}
-    for k in (10, 160):
+    points; binomial sd over 100 replicates 2–3 %). The point estimates are the least-squares
+    fits (to round-off), and the mean interval widths are those of the normal theory,
+    ``2 · 1.96 σ / √Sxx`` (slope; ``Sxx = Σ (log x − mean)²``) and ``2 · 1.96 σ / √k``
+    (log-prefactor): measured 0.974 / 0.898 of it at k = 10 and 0.974 / 0.968 at k = 160;
+    asserted within 20 % and 8 % (3x the measured shortfall), so the slope interval narrows
+    like 1/√Sxx."""
+    c, z = 0.25, 1.959964
+    for k, within in ((10, 0.2), (160, 0.08)):
         x = np.geomspace(1e-3, 0.1, k)
-        hit, hit1, w = 0, 0, []
+        lx = np.log(x)
+        hit, hit1, w, w1 = 0, 0, [], []
         for rep in range(100):
             y = c / x * np.exp(0.1 * np.random.default_rng(rep).normal(size=k))
             b = bootstrap_loglog(x, y, n_boot=1000, seed=rep)
-            assert b["n_points"] == k and b["slope_lo"] <= b["slope"] <= b["slope_hi"]
+            slope, logc = np.polyfit(lx, np.log(y), 1)
+            assert b["n_points"] == k and b["slope"] == pytest.approx(slope, abs=1e-12)
+            assert b["prefactor"] == pytest.approx(np.exp(logc), rel=1e-12)
             hit += b["slope_lo"] < -1 < b["slope_hi"]
             b1 = bootstrap_loglog(x, y, n_boot=1000, seed=rep, fixed_slope=-1.0)
             assert b1["slope"] == b1["slope_lo"] == b1["slope_hi"] == -1.0
+            assert b1["prefactor"] == pytest.approx(np.exp(np.mean(np.log(y) + lx)), rel=1e-12)
             hit1 += b1["prefactor_lo"] < c < b1["prefactor_hi"]
             w.append(b["slope_hi"] - b["slope_lo"])
+            w1.append(np.log(b1["prefactor_hi"] / b1["prefactor_lo"]))
         assert 85 <= hit <= 100 and 85 <= hit1 <= 100, (k, hit, hit1)
-        widths[k] = np.mean(w)
-    assert 2.5 < widths[10] / widths[160] < 6, widths
+        theory = 2 * z * 0.1 / np.sqrt(np.sum((lx - lx.mean()) ** 2))
+        assert abs(np.mean(w) / theory - 1) < within, (k, np.mean(w) / theory)
+        assert abs(np.mean(w1) / (2 * z * 0.1 / np.sqrt(k)) - 1) < within, k
     x = np.geomspace(1e-3, 0.1, 10)
     y = c / x * np.exp(0.1 * np.random.default_rng(0).normal(size=10))
-    assert bootstrap_loglog(x, y, seed=3) == bootstrap_loglog(x, y, seed=3)  # deterministic
+    # the seed fixes the resamples: the same seed the same interval, another seed another
+    # interval about the same estimate
+    b3, b4 = bootstrap_loglog(x, y, seed=3), bootstrap_loglog(x, y, seed=4)
+    assert bootstrap_loglog(x, y, seed=3) == b3 and b3["slope"] == b4["slope"]
+    assert b3["slope_lo"] != b4["slope_lo"] and b3["prefactor_hi"] != b4["prefactor_hi"]
     # exact data: a zero-width interval at the true values; too few points: nan
     x = np.array([1.0, 2.0, 4.0])
     b = bootstrap_loglog(x, 3 * x**-1.0)
@@ -321,8 +339,9 @@ def test_random_adapters(tmp_path):
     assert all(r["cells"] == p["pde_cells"] for r in pde)
     s = summary(tmp_path)
     part, fpde = s["fits"]["particles"], s["fits"]["pde"]
-    assert part["gamma_lo"] < 0 < part["gamma_hi"] < 0.5
-    assert fpde["gamma_hi"] < 0.5
+    # both solvers exclude γ = ±1/2 (a law in η_L alone, or its inverse); particles hold 0
+    assert -0.5 < part["gamma_lo"] < 0 < part["gamma_hi"] < 0.5
+    assert -0.5 < fpde["gamma_lo"] and fpde["gamma_hi"] < 0.5
     q = s["pde_over_particles"]
     assert 1 / 1.5 < q["min"] and q["max"] < 1.5, q
 
@@ -756,7 +775,9 @@ def test_phase_diagram_euclidean_geometries(tmp_path, geometry):
     else:
         eps = np.array([r["eps"] for r in pert])
         assert np.all(np.isfinite(tx)) and np.all(np.diff(tx) < 0)
-        assert np.all(np.abs(tx * eps - 1) < 0.3), tx * eps  # t_exit ≈ 1.05/ε (small preset)
+        # measured ε t_exit = 1.022, 1.026, 1.031, 1.045 (ε = 0.02 .. 0.08): within 1.1
+        # (2x the largest excess over 1/ε), and never before 1/ε
+        assert np.all((tx * eps > 1.0) & (tx * eps < 1.1)), tx * eps
 
 
 def test_lora_kinds_worst_adapter_beats_aligned(tmp_path):
