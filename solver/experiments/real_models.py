@@ -41,12 +41,14 @@ Sweeps: ``pretrain.csv``, ``finetune.csv``, ``norm.csv``, ``standard.csv``; mode
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_text
 from ._common import memo
 from ._experiment import Experiment, Sweep, run_experiment
 from ._figures import figure, save_png
@@ -309,6 +311,12 @@ def head_spectra(A: np.ndarray, V: np.ndarray) -> dict:
             "A_rank": int(np.sum(s > 1e-8 * s[0]))}  # fmt: skip
 
 
+def _jsonable_spectra(sp: dict) -> dict:
+    """:func:`head_spectra` as JSON: eigenvalues as ``[re, im]`` pairs."""
+    return {k: ([[float(z.real), float(z.imag)] for z in v] if k.endswith("_eig") else v)
+            for k, v in sp.items()}  # fmt: skip
+
+
 def token_scalar_products(xs: np.ndarray) -> np.ndarray:
     """Average ``<x_i, x_j>`` over pairs ``i != j`` per layer (Fig 16), ``xs`` (B, L+1, n, d):
     ``(|Σ_i x_i|² − n) / (n (n − 1))`` averaged over the batch."""
@@ -361,16 +369,22 @@ def finetune_case(p: dict, case: dict, run) -> dict:
     ol, oa = _evaluate(model, ft, uo, yo)
     nl, na = _evaluate(model, ft, un, yn)
 
-    # dA, dV read back from the saved folders (the adapter command's reader), per head
+    # dA, dV read back from the saved folders (the adapter command's reader), per head;
+    # spectra of the base and fine-tuned heads beside the adapter (spectra.json)
     dVn, dAn, err, gap, ratio = 0.0, 0.0, 0.0, -math.inf, 0.0
+    spectra = []
     for h in range(model.heads):
         hm = read_head(bf, af, 0, h)
         A_ft, V_ft = (M[h] for M in model.attention(ft, 0))
         err = max(err, float(np.abs(hm.A + hm.dA - A_ft).max()),
                   float(np.abs(hm.V + hm.dV - V_ft).max()))  # fmt: skip
         dVn, dAn = max(dVn, np.linalg.norm(hm.dV, 2)), max(dAn, np.linalg.norm(hm.dA, 2))
-        gap = max(gap, head_spectra(hm.A, hm.V)["V_gap"])
+        sb, sf = head_spectra(hm.A, hm.V), head_spectra(hm.A + hm.dA, hm.V + hm.dV)
+        gap = max(gap, sb["V_gap"])
         ratio = max(ratio, _prop33_ratio(hm.V, hm.dV))
+        spectra.append({"layer": 0, "head": h, "base": _jsonable_spectra(sb),
+                        "finetuned": _jsonable_spectra(sf)})  # fmt: skip
+    atomic_write_text(af / "spectra.json", json.dumps(spectra, indent=1) + "\n")
 
     flows = model.batched("flow_all")
     xb = np.asarray(flows(base, jnp.asarray(uo)))
@@ -560,8 +574,8 @@ def _summary(p: dict, rows: dict) -> dict:
 
 def _plot(p: dict, rows: dict, summary: dict, out: Path) -> Path:
     fine, norm = rows["finetune"], rows["norm"]
-    fig = figure(15, 8.5)
-    ax = fig.subplots(2, 3).ravel()
+    fig = figure(19, 8.5)
+    ax = fig.subplots(2, 4).ravel()
     for m in p["methods"]:
         sel = [r for r in fine if r["method"] == m]
         ax[0].scatter([r["w2"] for r in sel], [r["old_loss"] - r["old_loss_base"] for r in sel],
@@ -605,6 +619,20 @@ def _plot(p: dict, rows: dict, summary: dict, out: Path) -> Path:
     ax[5].set_xlabel("layer")
     ax[5].set_ylabel("W2(hidden states, mean-field flow)")
     ax[5].set_title("standard transformer", fontsize=9)
+    d, m = max(p["dims"]), p["methods"][0]
+    spec = adapter_folder(out, d, m, 0) / "spectra.json"
+    if spec.is_file():
+        for sp in json.loads(spec.read_text()):
+            for which, marker, k in (("base", "o", 6), ("finetuned", "x", 7)):
+                ev = np.array(sp[which]["V_eig"])
+                ax[k].scatter(ev[:, 0], ev[:, 1], marker=marker, s=24,
+                              label=f"head {sp['head']}: gap {sp[which]['V_gap']:.3f}, "
+                              f"rank A {sp[which]['A_rank']}")  # fmt: skip
+        for k, which in ((6, "base"), (7, f"after {m}, seed 0")):
+            ax[k].set_title(f"eigenvalues of V per head, d = {d}, {which} (Fig 1)", fontsize=9)
+            ax[k].set_xlabel("Re λ")
+            ax[k].set_ylabel("Im λ")
+            ax[k].legend(fontsize=7)
     fig.suptitle(f"real_models: n = {p['n']}, L = {p['layers']}, d in {p['dims']}, "
                  f"{p['seeds']} seeds per method", fontsize=10)  # fmt: skip
     return save_png(fig, out / "real_models.png")
