@@ -170,3 +170,34 @@ def test_pde_response_converges_s2():
     q = np.linalg.norm(r.moment[-1])
     assert r.differences[0] > 1.5 * r.differences[1]
     assert r.differences[1] < 2e-3 * q
+
+
+def test_linear_response_experiment(tmp_path):
+    """The linear_response experiment on its tiny preset (S^1, n = 32, T = 6, L = 1, 4, 16, 8
+    draws). Identities of the exact response: c_1 (one layer) is the RMS response of a random
+    unit rank-one tied adapter (``‖J‖_F/(d√n)``, s = 1); the most forgetful rank-one adapter
+    beats that RMS (a maximum over the unit rank-one adapters is at least their RMS), rank two
+    beats rank one (nested sets) and equals σ_1/√n at full rank. The γ interval comes from the
+    draws alone and contains the mean of the per-draw γ."""
+    from solver.experiments import load_presets, read_rows, run_linear_response
+
+    p = load_presets("linear_response")["tiny"]
+    s = run_linear_response(p, tmp_path, progress=False)
+    ex = read_rows(tmp_path / "exact.csv")
+    fg = read_rows(tmp_path / "forgetful.csv")
+    assert len(ex) == len(p["Ls"]) * p["seeds"] and len(fg) == 2 * p["seeds"]
+    assert (tmp_path / "linear_response.png").is_file()
+    for seed in range(p["seeds"]):
+        c1 = next(r["c"] for r in ex if r["seed"] == seed and r["L"] == 1)
+        f1, f2 = (next(r for r in fg if r["seed"] == seed and r["rank"] == k) for k in (1, 2))
+        assert c1 == pytest.approx(f1["random_rank1"], rel=1e-10)
+        assert f1["w2"] >= f1["random_rank1"] and f2["w2"] >= f1["w2"] - 1e-12
+        assert f2["w2"] == pytest.approx(f2["sigma1"], rel=1e-10)
+    # L = 4 from the 16-layer Jacobians against a 4-layer computation (another step grid)
+    x0 = sample_particles(Uniform(), p["n"], 2, seed=p["x0_seed"] + 1)
+    _, J4 = layer_jacobians(Model(np.eye(2), np.eye(2), np.eye(2)), x0, p["T"], 4, dt=p["dt"])
+    c4 = next(r["c"] for r in ex if r["seed"] == 1 and r["L"] == 4)
+    assert c4 == pytest.approx(random_adapter_c(J4), rel=1e-6)
+    g = s["gamma"]["2"]
+    assert g["gamma_lo"] <= np.mean(g["gamma_per_draw"]) <= g["gamma_hi"]
+    assert len(g["gamma_per_draw"]) == p["seeds"]
