@@ -16,6 +16,8 @@ case function(s), fit, plot and ``EXPERIMENT`` description:
    (:func:`run_two_clusters`).
 7. :mod:`.spectral_gap` — Prop 3.3, Remark 3.4 and T* with a spectral gap of ``V``
    (:func:`run_spectral_gap`).
+8. :mod:`.linear_response` — Thm 4.2's ``c_L`` by exact linear response, and the most
+   forgetful adapters (:func:`run_linear_response`).
 
 Every ``run_*(params, out, comm=..., progress=..., budget=...)`` is :func:`run_experiment` on
 the module's ``EXPERIMENT``: check, ``params.toml``, the sweeps (:func:`run_sweep`, CSV files
@@ -31,6 +33,7 @@ Conventions: particles use RK4 with the projection retraction
 from . import (
     depth,
     fig2,
+    linear_response,
     lora_kinds,
     phase_diagram,
     random_adapters,
@@ -55,6 +58,7 @@ from ._sweep import (
 )
 from .depth import depth_case, run_depth
 from .fig2 import run_fig2
+from .linear_response import run_linear_response
 from .lora_kinds import lora_kind_case, run_lora_kinds
 from .phase_diagram import phase_case, run_phase_diagram
 from .random_adapters import random_adapter_case, run_random_adapters
@@ -79,6 +83,7 @@ __all__ = [
     "run_lora_kinds",
     "run_two_clusters",
     "run_spectral_gap",
+    "run_linear_response",
     "phase_case",
     "random_adapter_case",
     "depth_case",
@@ -92,6 +97,7 @@ __all__ = [
     "lora_kinds",
     "two_clusters",
     "spectral_gap",
+    "linear_response",
     "Budget",
     "SweepError",
     "SweepResult",
