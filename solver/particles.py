@@ -55,7 +55,9 @@ import numpy as np
 from scipy.linalg import expm
 from tqdm.auto import tqdm
 
+from .io._config import MAX_STEPS
 from .model import Density, Model
+from .model._lora import as_real
 from .parallel import allgather_rows
 from .transport import time_grid
 from .velocity import FastVelocity, equal_weight_velocity
@@ -75,6 +77,8 @@ VELOCITY_METHODS = ("direct", "fast", "auto")
 #: measured crossover (scripts/bench_particles.py: ``A = I``, tolerance 1e-10, one thread;
 #: between 250 and 500 particles on S^1 and on S^2).
 FAST_MIN_N = {2: 500, 3: 500}
+#: :func:`sample_particles` refuses more (8 n d bytes of positions each)
+MAX_SAMPLES = 10**8
 BLOCK_BYTES = 1 << 24
 
 
@@ -106,8 +110,12 @@ def euclidean_velocity(
 
 def sample_particles(density: Density, n: int, d: int, seed: int = 0) -> np.ndarray:
     """``n`` i.i.d. samples on S^{d-1} of the same density the PDE starts from."""
-    if int(n) != n or n < 1:
-        raise ValueError(f"number of particles must be a positive integer, got {n}")
+    n = as_real("n (number of particles)", n, integer=True, positive=True)
+    if n > MAX_SAMPLES:
+        raise ValueError(f"n = {n:.3g} particles need {n * d * 8 / 1e9:.3g} GB (limit "
+                         f"{MAX_SAMPLES:.0e} particles): lower n")  # fmt: skip
+    if as_real("d", d, integer=True) < 2:
+        raise ValueError(f"d must be >= 2 (points on S^(d-1)), got {d}")
     return density.sample(int(n), int(d), np.random.default_rng(seed))
 
 
@@ -170,9 +178,20 @@ def simulate_particles(
         raise ValueError(f"tolerance (of the fast velocity) must be in (0, 1), got {tolerance}")
     sphere = geometry == "sphere"
     rescaled = geometry == "euclidean-rescaled"
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a solver.Model, got {type(model).__name__}")
+    T = as_real("T", T, positive=True)
+    if T / as_real("dt", dt, positive=True) > MAX_STEPS:
+        raise ValueError(f"dt = {dt!r} makes {T / dt:.3g} steps to T = {T:g} (limit "
+                         f"{MAX_STEPS:.0e}): raise dt")  # fmt: skip
+    if save_every is not None and T / as_real("save_every", save_every, positive=True) > MAX_STEPS:
+        raise ValueError(f"save_every = {save_every!r} makes {T / save_every:.3g} saves: raise it")
+    if np.iscomplexobj(x0):
+        raise TypeError("x0 must be real, got complex entries")
     x0 = np.asarray(x0, dtype=float)
-    if x0.ndim != 2 or x0.shape[1] != model.d:
-        raise ValueError(f"x0 must be (n, {model.d}) for this model, got shape {x0.shape}")
+    if x0.ndim != 2 or x0.shape[1] != model.d or len(x0) == 0:
+        raise ValueError(f"x0 must be (n, {model.d}) with n >= 1 for this model, got shape "
+                         f"{x0.shape}")  # fmt: skip
     if not np.all(np.isfinite(x0)):
         raise ValueError("x0 contains NaN or infinite entries")
     if sphere and np.abs(np.linalg.norm(x0, axis=1) - 1).max() > 1e-8:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mpi4py.MPI import MAX as MPI_MAX
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
@@ -48,8 +49,10 @@ from .analysis import (
     wasserstein_sphere,
 )
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
+from .io._config import MAX_STEPS
 from .mesh import SphereMesh, load_mesh, sphere_mesh
 from .model import Density, Model
+from .model._lora import as_real
 from .parallel import Interrupted, StopSignals, on_root
 from .transport import Clock, NonlocalField, PrescribedField, Transport, make_operator
 
@@ -499,6 +502,9 @@ def evolve(
     >>> float(res.column("mass")[-1])  # doctest: +SKIP
     1.0
     """
+    _check_evolve_arguments(sm, model, perturbed, T, cfl, save_every, method, tolerance,
+                            degree, stepping, max_dt, tail_mass, cluster_delta, cluster_tol,
+                            output)  # fmt: skip
     comm = sm.comm
     op = make_operator(sm, degree)
     sm = op.sm  # DG1/DG2 work on the curved (P2) version of the mesh: same cells, same keys
@@ -513,17 +519,34 @@ def evolve(
                   for m in (model, perturbed) if m is not None]  # fmt: skip
 
     if isinstance(initial, np.ndarray):
+        if initial.dtype.kind not in "iuf":
+            raise TypeError(f"initial must be an array of real numbers, got {initial.dtype}")
         rho0 = np.asarray(initial, dtype=float)
         if rho0.shape[:1] != (sm.num_owned,):
             raise ValueError(f"initial state must have {sm.num_owned} rows (owned cells)")
-        rho0 = rho0 / sm.integrate(op.cell_averages(rho0))
+        avg = op.cell_averages(rho0)
+        bad = comm.allreduce(int(not np.all(np.isfinite(rho0))) + 2 * int(np.any(avg < 0)),
+                             op=MPI_MAX)  # fmt: skip
+        if bad & 1:
+            raise ValueError("initial contains NaN or infinite entries")
+        if bad & 2:  # never flipped or clipped: a negative density is the caller's mistake
+            raise ValueError("initial has negative cell averages: a density must be >= 0")
+        mass = sm.integrate(avg)
+        if not mass > 0:
+            raise ValueError("initial has zero mass: a density must be positive somewhere")
+        rho0 = rho0 / mass
     else:
         rho0 = op.initial_state(initial)
     speed_max = max(f.speed(T) for f in fields)
     jumps = [m.breakpoints(T) for m in (model, perturbed) if m is not None]
     clock = Clock(T, save_every, np.concatenate([np.zeros(0), *jumps]))
+    dt_fixed = op.max_time_step(speed_max, cfl)
+    if stepping == "fixed" and T / dt_fixed > MAX_STEPS:
+        raise ValueError(f"T = {T:g} takes {T / dt_fixed:.3g} fixed steps of {dt_fixed:.3g} "
+                         f"(limit {MAX_STEPS:.0e}; the speed bound {speed_max:.3g} of the "
+                         "model's V): lower T or the speed, or coarsen the mesh")  # fmt: skip
     flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
-                  tail_mass=tail_mass, dt_fixed=op.max_time_step(speed_max, cfl))  # fmt: skip
+                  tail_mass=tail_mass, dt_fixed=dt_fixed)  # fmt: skip
 
     if stop_after_exit and (cluster_delta is None or not flows.two):
         raise ValueError("stop_after_exit needs a perturbed model and cluster_delta")
@@ -627,6 +650,42 @@ def evolve(
     if folder is not None:
         on_root(comm, _write_results, folder, res, mesh_arrays)
     return res
+
+
+def _check_evolve_arguments(sm, model, perturbed, T, cfl, save_every, method, tolerance,
+                            degree, stepping, max_dt, tail_mass, cluster_delta, cluster_tol,
+                            output) -> None:  # fmt: skip
+    """:func:`evolve`'s arguments, at the call: types (``TypeError``), ranges and the number
+    of steps and saves (``ValueError``, at most ``MAX_STEPS`` of each), each naming the
+    argument; nothing coerced."""
+    if not isinstance(sm, SphereMesh):
+        raise TypeError(f"sm must be a SphereMesh (solver.sphere_mesh, solver.load_mesh), got "
+                        f"{type(sm).__name__}")  # fmt: skip
+    for name, m in (("model", model), ("perturbed", perturbed)):
+        if m is not None and not isinstance(m, Model):
+            raise TypeError(f"{name} must be a solver.Model, got {type(m).__name__}")
+    T = as_real("T", T, positive=True)
+    if as_real("cfl", cfl, positive=True) > 1:
+        raise ValueError(f"cfl must be in (0, 1] (positivity of SSP-RK3), got {cfl!r}")
+    if save_every is not None and T / as_real("save_every", save_every, positive=True) > MAX_STEPS:
+        raise ValueError(f"save_every = {save_every!r} makes {T / save_every:.3g} saves (limit "
+                         f"{MAX_STEPS:.0e}): raise it")  # fmt: skip
+    if method not in ("auto", "direct", "fast"):
+        raise ValueError(f"method must be 'auto', 'direct' or 'fast', got {method!r}")
+    as_real("tolerance", tolerance, positive=True, below=1.0)
+    if isinstance(degree, bool) or degree not in (0, 1, 2):
+        raise ValueError(f"degree must be 0, 1 or 2, got {degree!r}")
+    if stepping not in ("adaptive", "fixed"):
+        raise ValueError(f"stepping must be 'adaptive' or 'fixed', got {stepping!r}")
+    if T / as_real("max_dt", max_dt, positive=True) > MAX_STEPS and stepping == "adaptive":
+        raise ValueError(f"max_dt = {max_dt!r} makes at least {T / max_dt:.3g} steps (limit "
+                         f"{MAX_STEPS:.0e}): raise it")  # fmt: skip
+    as_real("tail_mass", tail_mass, nonneg=True, below=1.0)
+    if cluster_delta is not None:
+        as_real("cluster_delta", cluster_delta, positive=True)
+    as_real("cluster_tol", cluster_tol, nonneg=True, below=1.0)
+    if output is not None and not isinstance(output, str | Path):
+        raise TypeError(f"output must be a path (str or Path), got {type(output).__name__}")
 
 
 def _cluster_times(diag: Diagnostics, delta: float) -> tuple[float, float]:

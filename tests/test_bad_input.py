@@ -390,3 +390,66 @@ def test_relative_mesh_file_is_read_from_the_config_folder(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(["config", "--check", "proj/c.toml"]) == 0, capsys.readouterr().err
     assert "64 cells" in capsys.readouterr().out
+
+
+def _library_calls():
+    """(id, call, exception, phrase): public functions validate at the call, naming the
+    argument; nothing is flipped, clipped or coerced."""
+    import numpy as np
+    from mpi4py import MPI
+
+    import solver
+
+    sm = solver.sphere_mesh(MPI.COMM_SELF, 1, cells=10)
+    M = solver.Model(np.eye(2), np.eye(2), np.eye(2))
+    U = solver.Uniform()
+
+    def evolve(**kw):
+        args = {"initial": U, "T": 0.1, "progress": False} | kw
+        return lambda: solver.evolve(sm, M, **args)
+
+    return [
+        ("RandomLoRA eta as text", lambda: solver.RandomLoRA(d=2, eta="0.1", h=0.1), TypeError,
+         "eta"),
+        ("RandomLoRA d = 3.5", lambda: solver.RandomLoRA(d=3.5, eta=0.1, h=0.1), ValueError,
+         "RandomLoRA d"),
+        ("RandomLoRA seed = -1", lambda: solver.RandomLoRA(d=2, eta=0.1, h=0.1, seed=-1),
+         ValueError, "seed"),
+        ("evolve T as text", evolve(T="1"), TypeError, "T must be a real number"),
+        ("evolve all-negative initial", evolve(initial=-np.ones(10)), ValueError, "negative"),
+        ("evolve NaN initial", evolve(initial=np.full(10, np.nan)), ValueError, "NaN"),
+        ("evolve zero initial", evolve(initial=np.zeros(10)), ValueError, "zero mass"),
+        ("evolve cluster_delta = -1", evolve(cluster_delta=-1), ValueError, "cluster_delta"),
+        ("evolve max_dt = 1e-7", evolve(T=10.0, max_dt=1e-7), ValueError, "max_dt"),
+        ("evolve cfl = 2", evolve(cfl=2.0), ValueError, "cfl"),
+        ("evolve mesh not a mesh", lambda: solver.evolve(None, M, U, 0.1), TypeError, "sm"),
+        ("complex Q", lambda: solver.Model(1j * np.eye(2), np.eye(2), np.eye(2)), TypeError,
+         "model.Q must be real"),
+        ("1 x 1 model", lambda: solver.Model(np.eye(1), np.eye(1), np.eye(1)), ValueError,
+         "d >= 2"),
+        ("Q = K = 1e200 I", lambda: solver.Model(1e200 * np.eye(2), 1e200 * np.eye(2),
+                                                 np.eye(2)), ValueError, "overflows"),
+        ("simulate_particles dt = 1e-9",
+         lambda: solver.simulate_particles(M, np.array([[1.0, 0.0]]), 1.0, dt=1e-9),
+         ValueError, "dt = 1e-09"),
+        ("simulate_particles empty x0", lambda: solver.simulate_particles(M, np.zeros((0, 2)),
+                                                                          1.0),
+         ValueError, "x0"),
+        ("sample_particles n = 1e9", lambda: solver.sample_particles(U, 10**9, 3), ValueError,
+         "GB"),
+        ("sample_particles d = 0", lambda: solver.sample_particles(U, 10, 0), ValueError,
+         "d must be >= 2"),
+        ("sample_particles n as text", lambda: solver.sample_particles(U, "10", 2), TypeError,
+         "n (number of particles)"),
+    ]  # fmt: skip
+
+
+LIBRARY_IDS = [c[0] for c in _library_calls()]
+
+
+@pytest.mark.parametrize("i", range(len(LIBRARY_IDS)), ids=LIBRARY_IDS)
+def test_library_calls_validate_their_arguments(i):
+    _, call, exc, phrase = _library_calls()[i]
+    with pytest.raises(exc) as e:
+        call()
+    assert phrase in str(e.value)

@@ -29,9 +29,16 @@ class Model:
     def __init__(self, Q, K, V, perturbation: Perturbation | None = None):
         self.V = as_matrix("model.V", V)
         self.d = self.V.shape[0]
+        if self.d < 2:
+            raise ValueError("model.V must be d x d with d >= 2 (tokens on the sphere "
+                             f"S^(d-1)), got {self.d} x {self.d}")  # fmt: skip
         self.Q = as_matrix("model.Q", Q, self.d)
         self.K = as_matrix("model.K", K, self.d)
-        self.A = self.K.T @ self.Q
+        with np.errstate(all="ignore"):
+            self.A = self.K.T @ self.Q
+        if not np.all(np.isfinite(self.A)) or np.abs(self.A).max() > 1e150:
+            raise ValueError("model.K^T model.Q (the bilinear form A) overflows (entries beyond "
+                             "1e150): scale Q and K down")  # fmt: skip
         if perturbation is not None and perturbation.d != self.d:
             raise ValueError(
                 f"perturbation is {perturbation.d}-dimensional but the model has d = {self.d}"

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "as_matrix",
+    "as_real",
     "Perturbation",
     "TiedLoRA",
     "RandomLoRA",
@@ -29,8 +30,37 @@ __all__ = [
 ]
 
 
+def as_real(name: str, v, *, integer: bool = False, positive: bool = False,
+            nonneg: bool = False, below: float | None = None) -> float | int:  # fmt: skip
+    """A real number argument, checked at the call: ``TypeError`` naming ``name`` for a
+    string, a boolean, a complex or any non-number (nothing is coerced), ``ValueError`` for
+    NaN, infinity, a non-integer where ``integer``, ``v <= 0`` where ``positive``, ``v < 0``
+    where ``nonneg`` and ``v >= below``."""
+    if isinstance(v, bool | str | bytes) or not isinstance(v, int | float | np.integer |
+                                                             np.floating):  # fmt: skip
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}"[:200])
+    if not np.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    if integer and int(v) != v:
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {v!r}")
+    if nonneg and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v!r}")
+    if below is not None and v >= below:
+        raise ValueError(f"{name} must be < {below!r}, got {v!r}")
+    return int(v) if integer else float(v)
+
+
 def as_matrix(name: str, M, d: int | None = None) -> np.ndarray:
-    """Validate a square finite real matrix (of size ``d`` when given)."""
+    """Validate a square finite real matrix (of size ``d`` when given); complex entries are a
+    ``TypeError`` (never silently dropped)."""
+    try:
+        complex_ = np.iscomplexobj(np.asarray(M))
+    except (TypeError, ValueError):  # ragged: reported below
+        complex_ = False
+    if complex_:
+        raise TypeError(f"{name} must be real, got complex entries")
     try:
         M = np.array(M, dtype=float)
     except (TypeError, ValueError) as e:
@@ -118,12 +148,16 @@ class RandomLoRA(Perturbation):
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.d < 1:
+        if as_real("RandomLoRA d", self.d, integer=True) < 1:
             raise ValueError(f"perturbation dimension d must be >= 1, got {self.d}")
-        if not (np.isfinite(self.eta) and self.eta >= 0):
-            raise ValueError(f"perturbation.eta must be finite and >= 0, got {self.eta}")
-        if not (np.isfinite(self.h) and self.h > 0):
-            raise ValueError(f"perturbation.layer_length must be > 0, got {self.h}")
+        as_real("perturbation.eta (RandomLoRA eta)", self.eta, nonneg=True)
+        as_real("perturbation.layer_length (RandomLoRA h)", self.h, positive=True)
+        as_real("perturbation.seed (RandomLoRA seed)", self.seed, integer=True, nonneg=True)
+        if isinstance(self.s, str | bytes) or not isinstance(self.s, Sequence | np.ndarray):
+            raise TypeError(f"perturbation.s (RandomLoRA s) must be a list of singular values, "
+                            f"got {self.s!r}")  # fmt: skip
+        for v in self.s:
+            as_real("perturbation.s[] (RandomLoRA s)", v, nonneg=True)
         if self.on not in ("V", "A", "both"):
             raise ValueError(f"perturbation.on must be 'V', 'A' or 'both', got {self.on!r}")
         s = np.asarray(self.s, dtype=float)
