@@ -138,6 +138,12 @@ MUTATIONS: list[Mutation] = [
              "dt = min(self.cfl * min(lim[1] for lim in lims), self.max_dt)",
              "dt = min(2 * self.cfl * min(lim[1] for lim in lims), self.max_dt)",
              ("tests/test_adaptive.py", "-k", "drifting")),
+    Mutation("ssp-rk3: third stage at t + dt", "solver/transport/_stepping.py",
+             "euler(t + 0.5 * dt, r2)", "euler(t + dt, r2)",
+             (DG, "-k", "ssp_rk3")),
+    Mutation("ssp-rk3: second stage at t", "solver/transport/_stepping.py",
+             "euler(t + dt, r1)", "euler(t, r1)",
+             (DG, "-k", "ssp_rk3")),
 ]
 # fmt: on
 
