@@ -71,6 +71,10 @@ MUTATIONS: list[Mutation] = [
     Mutation("fast: failing targets not recomputed directly", "solver/velocity/_fast.py",
              "X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)", "pass",
              (FV, "-k", "half or concentrated")),
+    Mutation("fast: degree weight b_l off by a factor (both back-ends)",
+             "solver/velocity/_harmonics.py",
+             "return _FOUR_PI * f", "return 1.01 * _FOUR_PI * f",
+             ("tests/test_fast_backends.py",)),
     # ---- Wasserstein distances
     Mutation("w2: light-atom merge costed by the chord", "solver/analysis/_wasserstein.py",
              "theta = 2.0 * np.arcsin(np.clip(dist / 2.0, 0.0, 1.0))", "theta = dist",
