@@ -175,19 +175,24 @@ def on_root(comm, fn, *args, root: int = 0, **kwargs):
     return out
 
 
-def all_failed(comm, timeout: float = 10.0) -> bool:
+#: Seconds :func:`all_failed` waits by default for the other ranks to fail too (a test that
+#: makes one rank fail alone lowers it: the outcome is the same, the wait is not paid).
+FAIL_WAIT = 10.0
+
+
+def all_failed(comm, timeout: float | None = None) -> bool:
     """Called by a rank that failed: ``True`` when every rank of ``comm`` fails too.
 
     A non-blocking barrier on ``comm`` (give a communicator used for nothing else, e.g. a
     ``Dup`` made at start-up, so that it matches only other failing ranks) completes when all
-    ranks have entered it; after ``timeout`` seconds without that, some rank is still working
-    or waiting elsewhere, and the caller should ``Abort`` (an error on one rank must end every
-    rank, never hang the job).
+    ranks have entered it; after ``timeout`` seconds (default :data:`FAIL_WAIT`) without that,
+    some rank is still working or waiting elsewhere, and the caller should ``Abort`` (an error
+    on one rank must end every rank, never hang the job).
     """
     if comm.size == 1:
         return True
     req = comm.Ibarrier()
-    end = time.monotonic() + timeout
+    end = time.monotonic() + (FAIL_WAIT if timeout is None else timeout)
     while not req.Test():
         if time.monotonic() > end:
             return False

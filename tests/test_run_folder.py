@@ -241,7 +241,9 @@ def test_two_ranks_unwritable_output_exit_nonzero(tmp_path, run):
 
 ONE_RANK_FAILS = """
 from mpi4py import MPI
+import solver.parallel
 from solver.cli import _fail
+solver.parallel.FAIL_WAIT = 0.5  # rank 1 never fails: any wait ends the same way
 comm = MPI.COMM_WORLD
 err = comm.Dup()
 if comm.rank == 0:
