@@ -24,64 +24,6 @@ try:  # pragma: no cover - depends on how DOLFINx was installed
 except ImportError:
     pass
 
-from .analysis import (
-    Clusters,
-    SpectralCriterion,
-    WassersteinResult,
-    cluster_direction,
-    cluster_mass_outside,
-    cluster_reach,
-    cluster_times,
-    crossing_times,
-    delta_cluster_state,
-    density_clusters,
-    diagnostic_columns,
-    direction_drift,
-    find_clusters,
-    hyperbolic_centre,
-    hyperbolic_mean,
-    hyperbolic_poisson_kernel,
-    lipschitz_constants,
-    measure_cluster_times,
-    perturbation_speed,
-    point_mass_radius,
-    poisson_kernel,
-    poisson_radius,
-    snap_to_clusters,
-    spectral_criterion,
-    w2_bound,
-    w2_bound_constant,
-    wasserstein,
-    wasserstein_circle,
-    wasserstein_sphere,
-)
-from .io import (
-    ConfigError,
-    build_initial,
-    build_model,
-    default_config_text,
-    load_config,
-    load_result,
-    read_csv,
-)
-from .mesh import circle_mesh, geodesic_distance, icosphere, normalize
-from .model import (
-    Density,
-    Expression,
-    Mixture,
-    Model,
-    Perturbation,
-    RandomLoRA,
-    ScheduledLoRA,
-    TiedLoRA,
-    Uniform,
-    VonMisesFisher,
-    low_rank,
-    sphere_area,
-)
-from .particles import ParticleResult, retract, sample_particles, simulate_particles
-from .velocity import NonlocalVelocity, attention_velocity, tangent_project
-
 __all__ = [
     "__version__",
     "dolfinx_version",
@@ -168,28 +110,59 @@ __all__ = [
     "read_vtx",
 ]
 
+#: every public name -> its module, imported on first use (PEP 562): ``import solver`` and
+#: ``python -m solver --help`` load no SciPy, POT, numba or DOLFINx; ``from solver import X``
+#: and ``solver.X`` import what ``X`` needs
 _LAZY = {
-    "SphereMesh": ".mesh",
-    "sphere_mesh": ".mesh",
-    "load_mesh": ".mesh",
-    "evolve": ".run",
-    "run_config": ".run",
-    "Result": ".run",
-    "validate": ".validate",
-    "plot_run": ".viz",
-    "animate_run": ".viz",
-    "plot_diagnostics": ".viz",
-    "to_pyvista": ".viz",
-    "read_vtx": ".viz",
+    **dict.fromkeys(
+        ("Clusters", "SpectralCriterion", "WassersteinResult", "cluster_direction",
+         "cluster_mass_outside", "cluster_reach", "cluster_times", "crossing_times",
+         "delta_cluster_state", "density_clusters", "diagnostic_columns", "direction_drift",
+         "find_clusters", "hyperbolic_centre", "hyperbolic_mean", "hyperbolic_poisson_kernel",
+         "lipschitz_constants", "measure_cluster_times", "perturbation_speed",
+         "point_mass_radius", "poisson_kernel", "poisson_radius", "snap_to_clusters",
+         "spectral_criterion", "w2_bound", "w2_bound_constant", "wasserstein",
+         "wasserstein_circle", "wasserstein_sphere"),
+        ".analysis"),
+    **dict.fromkeys(
+        ("ConfigError", "build_initial", "build_model", "default_config_text", "load_config",
+         "load_result", "read_csv"),
+        ".io"),
+    **dict.fromkeys(
+        ("SphereMesh", "circle_mesh", "geodesic_distance", "icosphere", "load_mesh", "normalize",
+         "sphere_mesh"),
+        ".mesh"),
+    **dict.fromkeys(
+        ("Density", "Expression", "Mixture", "Model", "Perturbation", "RandomLoRA",
+         "ScheduledLoRA", "TiedLoRA", "Uniform", "VonMisesFisher", "low_rank", "sphere_area"),
+        ".model"),
+    **dict.fromkeys(
+        ("ParticleResult", "retract", "sample_particles", "simulate_particles"),
+        ".particles"),
+    **dict.fromkeys(("Result", "evolve", "run_config"), ".run"),
+    **dict.fromkeys(("validate",), ".validate"),
+    **dict.fromkeys(("NonlocalVelocity", "attention_velocity", "tangent_project"), ".velocity"),
+    **dict.fromkeys(
+        ("animate_run", "plot_diagnostics", "plot_run", "read_vtx", "to_pyvista"),
+        ".viz"),
 }
+
+_SUBPACKAGES = {"analysis", "cli", "experiments", "io", "mesh", "model", "parallel",
+                "particles", "run", "transport", "validate", "velocity", "viz", "nn"}
 
 
 def __getattr__(name: str):
     # DOLFINx is imported only when a mesh is needed, so particles, model and Wasserstein
-    # work without it.
+    # work without it; nothing heavy is imported before a name is used.
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    if name in _SUBPACKAGES:  # ``solver.analysis`` after ``import solver``, as before
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'solver' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def dolfinx_version() -> str:
