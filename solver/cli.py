@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evolve the token density under base and LoRA-perturbed weights and measure the drift.",
         epilog="Run in parallel with: mpiexec -n 2 python -m solver run CONFIG.toml --output DIR",
     )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="evolve the base and perturbed flows of a TOML config")
     r.add_argument("config", nargs="?", type=Path, help="TOML config (default: embedded default)")

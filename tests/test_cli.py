@@ -178,3 +178,19 @@ def test_validate_on_a_mesh_file(tmp_path):
     assert main(["validate", str(write(tmp_path, cfg)), "--output", str(out), "--no-progress"]) == 0
     rows = np.loadtxt(out / "pde_vs_particles.csv", delimiter=",", skiprows=1)
     assert set(rows[:, 0]) == {64}  # the level column holds the file mesh's cell count
+
+
+HEAVY = ("numpy", "scipy", "ot", "numba", "dolfinx", "petsc4py", "pyvista", "matplotlib")
+
+
+def test_help_and_version_load_nothing_heavy(run):
+    """``--help`` and ``--version`` build the parser without the numerical stack (lazy
+    imports: it took 1.45 s with SciPy, POT and numba imported up front); the check is on
+    what is imported, not on a time."""
+    code = ("import sys\nfrom solver.cli import main\nfor a in (['--help'], ['--version']):\n"
+            "    try:\n        main(a)\n    except SystemExit as e:\n        assert e.code == 0\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n")  # fmt: skip
+    p = run(["-c", code])
+    assert p.returncode == 0, p.stderr
+    assert "python -m solver 0." in p.stdout and "plot" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == "HEAVY []", p.stdout

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._plots import animate_run, plot_diagnostics, plot_run
-
 __all__ = ["add_plot_parser", "plot_main"]
 
 
@@ -57,6 +55,8 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 
 def plot_main(args: argparse.Namespace) -> int:
     """Run ``python -m solver plot``; exit status 0, or 2 with a message for bad input."""
+    from ._plots import animate_run, plot_diagnostics, plot_run  # on use: --help stays fast
+
     try:  # under mpiexec, one rank draws
         from mpi4py import MPI
 
