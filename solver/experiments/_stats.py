@@ -3,7 +3,9 @@
 Distances: ``W2`` is geodesic (radians), exact (``S^1``: quantiles; ``S^{d-1}``, d ≥ 3:
 network simplex); the δ-cluster distance is chordal, ``|x − c|``. Reductions ignore
 non-finite values (a case that never crosses a level records ``nan``). Confidence intervals
-are percentile bootstraps over the independent units of a sweep (:func:`bootstrap`).
+are percentile bootstraps over the independent random units of a sweep (draws, adapters:
+:func:`bootstrap`), never over the points of deterministic runs: a fit to deterministic data
+(:func:`inverse_fit`) reports its residual, not an interval.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = [
     "bootstrap_loglog",
     "delta_distance",
     "directions",
+    "inverse_fit",
     "loglog_fit",
     "nanmax",
     "nanmean",
@@ -99,6 +102,30 @@ def bootstrap(stat, n: int, *, n_boot: int = 2000, level: float = 0.9, seed: int
         return est, float("nan"), float("nan")
     lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
     return est, float(lo), float(hi)
+
+
+def inverse_fit(eps, t) -> dict:
+    """Least squares ``t ≈ L/ε + b`` (linear in ``1/ε``) over the finite positive pairs.
+
+    The exit law of a point mass is exactly ``L/ε`` (``b = 0``); a spread measure adds the
+    offset ``b`` it accumulates before it collapses. Returns ``L``, ``b``, ``rms_residual``
+    (``(mean (t − L/ε − b)²)^{1/2}``: on deterministic data the only measure of misfit) and
+    ``n_points``; ``nan`` with fewer than two distinct ε (one point: ``L = ε t`` with
+    ``b = 0`` is not a fit and is not returned).
+    """
+    x, y = np.asarray(eps, float).ravel(), np.asarray(t, float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"eps and t must have the same length, got {x.size} and {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+    out = {"L": float("nan"), "b": float("nan"), "rms_residual": float("nan"),
+           "n_points": int(ok.sum())}  # fmt: skip
+    if len(np.unique(x[ok])) < 2:
+        return out
+    u = 1.0 / x[ok]
+    L, b = np.polyfit(u, y[ok], 1)
+    res = y[ok] - (L * u + b)
+    out.update(L=float(L), b=float(b), rms_residual=float(np.sqrt(np.mean(res**2))))
+    return out
 
 
 def loglog_fit(x, y) -> tuple[float, float]:

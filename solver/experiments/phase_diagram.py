@@ -39,8 +39,11 @@ times converge to the PDE's as ``n → ∞``), read through the same measure-lev
 (:func:`solver.analysis.cluster_mass_outside` ``<= pde_tol``, its crossings interpolated
 through the reach :func:`solver.analysis.cluster_reach`). :func:`phase_convergence` gives per
 ``n`` the median and 10–90 % band over the draws and the median relative distance to the
-PDE; the PDE's and the particles' ``t_exit(ε)`` are fitted with bootstrap intervals
-(:func:`bootstrap_loglog`). Each sweep's measured wall time is in ``timing.json`` and in the
+PDE. ``t_exit(ε)`` is fitted as ``L/ε + b`` (:func:`inverse_fit`) and ``L`` set against the
+point-mass law's ``ln(tan φ0 / tan(φ0 − Δθ))``: for the deterministic PDE runs without an
+interval (their residual instead), for the particles with a percentile bootstrap over the
+draws (the random units: whole draws resampled, the per-ε medians refitted). Each sweep's
+measured wall time is in ``timing.json`` and in the
 figure's titles.
 """
 
@@ -65,7 +68,7 @@ from ._common import draw_density, e2_perturbation, identity_model, memo, point_
 from ._experiment import Experiment, Run, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
-from ._stats import bootstrap_loglog, delta_distance, loglog_fit, nanmedian, rows_where
+from ._stats import bootstrap, delta_distance, inverse_fit, loglog_fit, nanmedian, rows_where
 from ._sweep import as_columns
 
 __all__ = [
@@ -375,8 +378,9 @@ def phase_convergence(p: dict, conv_rows, pde_rows, sphere: int, n_boot: int = 2
     (draws without a finite time left out; ``missed``: their number). Per ``n``: the median
     over draws and ε of the relative distance ``|t − t_PDE| / t_PDE`` (a missed time counts
     as ``inf``; ε where both miss are left out) for ``t_exit`` and ``t_enter``; the fit
-    ``t_exit ≈ c ε^a`` of the per-ε medians with bootstrap intervals over the ε
-    (:func:`bootstrap_loglog`, free slope and slope −1)."""
+    ``t_exit ≈ L/ε + b`` of the per-ε medians (:func:`inverse_fit`) with a 90 % percentile
+    bootstrap over the draws (``n_boot`` resamples of whole draws, seed 0; a resample whose
+    medians leave fewer than two ε is dropped)."""
     pde = {r["eps"]: r for r in pde_rows if r["sphere"] == sphere}
     out = {}
     for n in p["conv_n"]:
@@ -401,15 +405,25 @@ def phase_convergence(p: dict, conv_rows, pde_rows, sphere: int, n_boot: int = 2
                 de.append(_relative_distance(c["t_enter"], pde[e]["t_enter"]))
         dx = np.concatenate(dx) if dx else np.array([np.nan])
         de = np.concatenate(de) if de else np.array([np.nan])
-        fit = bootstrap_loglog(eps, per["median_exit"], n_boot=n_boot, seed=0)
-        fit1 = bootstrap_loglog(eps, per["median_exit"], n_boot=n_boot, seed=0, fixed_slope=-1)
+        fit = inverse_fit(eps, per["median_exit"])
+        seeds = sorted({r["seed"] for r in rows})
+        tab = {(r["seed"], r["eps"]): r["t_exit"] for r in rows}
+        grid = np.array([[tab.get((sd, e), np.nan) for e in eps] for sd in seeds])
+
+        def L_of(idx, grid=grid, eps=eps):
+            with np.errstate(all="ignore"):
+                med = [np.median(v[np.isfinite(v)]) if np.isfinite(v).any() else np.nan
+                       for v in grid[idx].T]  # fmt: skip
+            return inverse_fit(eps, med)["L"]
+
+        _, fit["L_lo"], fit["L_hi"] = bootstrap(L_of, len(seeds), n_boot=n_boot, level=0.9)
         out[int(n)] = {
             "eps": eps, **per, "draws": len(rows) // len(eps),
             "distance_exit": float(np.median(dx[~np.isnan(dx)])) if (~np.isnan(dx)).any()
             else float("nan"),
             "distance_enter": float(np.median(de[~np.isnan(de)])) if (~np.isnan(de)).any()
             else float("nan"),
-            "fit": fit, "fit_slope_minus_one": fit1,
+            "fit": fit,
         }  # fmt: skip
     return out
 
@@ -434,22 +448,22 @@ def phase_fit(rows, sphere) -> dict:
     }  # fmt: skip
 
 
-def phase_pde_fit(rows, sphere, n_boot: int = 2000) -> dict:
-    """The PDE's transition curve ``t_exit ≈ c ε^{−α}`` (finite exits) and ``ε t_exit``;
-    ``bootstrap``: :func:`bootstrap_loglog` (slope and prefactor intervals over the ε),
-    ``bootstrap_slope_minus_one``: the prefactor at slope −1 with its interval."""
+def phase_pde_fit(rows, sphere) -> dict:
+    """The PDE's transition curve, deterministic (one run per ε: no interval). ``alpha``: the
+    least-squares exponent of ``t_exit ≈ c ε^{−α}``; ``inverse``: ``t_exit ≈ L/ε + b``
+    (:func:`inverse_fit`, with its residual), over all finite exits and over those later than
+    3 ``t_base_enter``; ``L_pointmass``: the point-mass law's ``ε t_exit_pointmass``
+    (``ln(tan φ0 / tan(φ0 − Δθ))``, median over ε) and ``L / L_pointmass``."""
     c = as_columns([r for r in rows if r["sphere"] == sphere])
     slope, pref = loglog_fit(c["eps"], c["t_exit"])
     with np.errstate(invalid="ignore"):
         late = c["t_exit"] >= 3 * c["t_base_enter"]  # well after the clustering (nan: False)
+    inv = inverse_fit(c["eps"], c["t_exit"])
+    Lpm = nanmedian(c["eps"] * c["t_exit_pointmass"])
     return {
         "alpha": -slope, "prefactor": pref, "n_points": int(np.isfinite(c["t_exit"]).sum()),
-        "bootstrap": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot, seed=0),
-        "bootstrap_slope_minus_one": bootstrap_loglog(c["eps"], c["t_exit"], n_boot=n_boot,
-                                                      seed=0, fixed_slope=-1.0),
-        "n_late_exits": int(late.sum()),
-        "bootstrap_late_exits": bootstrap_loglog(c["eps"][late], c["t_exit"][late],
-                                                 n_boot=n_boot, seed=0),
+        "inverse": inv, "inverse_late_exits": inverse_fit(c["eps"][late], c["t_exit"][late]),
+        "n_late_exits": int(late.sum()), "L_pointmass": Lpm, "L_over_pointmass": inv["L"] / Lpm,
         "base_t_enter": nanmedian(c["t_base_enter"]),
         "median_ratio_to_pointmass": nanmedian(c["t_exit"] / c["t_exit_pointmass"]),
         "eps": c["eps"], "t_enter": c["t_enter"], "t_exit": c["t_exit"],
@@ -480,21 +494,20 @@ def phase_summary(p: dict, rows: dict) -> dict:
     conv = {f"S{s}": phase_convergence(p, rows["particles"], rows["pde"], float(s))
             for s in conv_spheres}  # fmt: skip
     for name, f in pde_fits.items():
-        b, b1 = f["bootstrap"], f["bootstrap_slope_minus_one"]
+        v, vl = f["inverse"], f["inverse_late_exits"]
         report.append(
             f"  PDE {name} (initial {p['pde_initial']!r}, tol = {p['pde_tol']}, "
             f"T = {p['pde_T']}): alpha = {f['alpha']:.3f}, c = {f['prefactor']:.3g}, "
             f"{f['n_points']} exits; base flow t_enter = {f['base_t_enter']:.3g}; "
             f"median t_exit / point-mass = {f['median_ratio_to_pointmass']:.3f}"
         )
-        bl = f["bootstrap_late_exits"]
-        report.append(f"    bootstrap 95 %: slope {b['slope']:.4f} [{b['slope_lo']:.4f}, "
-                      f"{b['slope_hi']:.4f}], c = {b['prefactor']:.4g} [{b['prefactor_lo']:.4g}, "
-                      f"{b['prefactor_hi']:.4g}]; at slope -1: c = {b1['prefactor']:.4g} "
-                      f"[{b1['prefactor_lo']:.4g}, {b1['prefactor_hi']:.4g}]; over the "
-                      f"{f['n_late_exits']} exits after 3 t_base_enter: slope "
-                      f"{bl['slope']:.4f} [{bl['slope_lo']:.4f}, "
-                      f"{bl['slope_hi']:.4f}]")  # fmt: skip
+        report.append(
+            f"    t_exit = L/eps + b (deterministic runs: no interval): L = "
+            f"{v['L']:.4f}, b = {v['b']:.3f}, rms residual {v['rms_residual']:.3g} over "
+            f"{v['n_points']} exits; point-mass law L = {f['L_pointmass']:.4f} "
+            f"(L/L_pm = {f['L_over_pointmass']:.4f}); over the {f['n_late_exits']} "
+            f"exits after 3 t_base_enter: L = {vl['L']:.4f}, b = {vl['b']:.3f}"
+        )
         report.append("    eps       t_enter   t_exit    eps*t_exit  point-mass  t_forgotten")
         for row in zip(f["eps"], f["t_enter"], f["t_exit"], f["eps_t_exit"],
                        f["t_exit_pointmass"], f["t_forgotten"], strict=True):  # fmt: skip
@@ -506,13 +519,12 @@ def phase_summary(p: dict, rows: dict) -> dict:
             "over draws and eps of |t - t_PDE| / t_PDE; fit of the median t_exit"
         )
         for n, c in per_n.items():
-            b, b1 = c["fit"], c["fit_slope_minus_one"]
+            b = c["fit"]
             report.append(
                 f"    n = {n:<6} draws {c['draws']}: exit {c['distance_exit']:.4f}, "
-                f"enter {c['distance_enter']:.4f}; slope {b['slope']:.3f} "
-                f"[{b['slope_lo']:.3f}, {b['slope_hi']:.3f}], c = {b['prefactor']:.4g}"
-                f"; at -1: c = {b1['prefactor']:.4g} [{b1['prefactor_lo']:.4g}, "
-                f"{b1['prefactor_hi']:.4g}]; missed exits {sum(c['missed_exit'])}"
+                f"enter {c['distance_enter']:.4f}; median t_exit = L/eps + b: L = "
+                f"{b['L']:.4f} [{b['L_lo']:.4f}, {b['L_hi']:.4f}] (90 %, bootstrap over the "
+                f"draws), b = {b['b']:.3f}; missed exits {sum(c['missed_exit'])}"
             )
             for e, md, lo, hi in zip(c["eps"], c["median_exit"], c["q10_exit"], c["q90_exit"],
                                      strict=True):  # fmt: skip
@@ -558,9 +570,10 @@ def _cost(timing: dict | None, csv: str) -> str:
 
 def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, conv=None,
                        timing=None) -> Path:  # fmt: skip
-    """Phases over (ε, t), log-log, one panel per sphere: the PDE's four phases (measure-level
-    state) with the particles' ``t_enter``/``t_exit`` on top where the PDE ran, else the
-    particles' three phases; ``conv`` (:func:`phase_convergence` per sphere): the medians
+    """Phases over (ε, t), log-log, one panel per sphere: where the PDE ran, its four phases
+    (measure-level state), its exits and the point-mass law from its base cluster, with the
+    particles drawn from the same ρ0 (``conv``); elsewhere the particles' three phases with
+    their law and fit; ``conv`` (:func:`phase_convergence` per sphere): the medians
     over the draws of ``t_exit`` (solid) and ``t_enter`` (dashed) per ``n`` with their
     10–90 % bands. Titles: mesh, n, seeds, measured wall time of the sweeps (``timing``)."""
     from matplotlib.colors import ListedColormap
@@ -586,8 +599,11 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
             ax.pcolormesh(_eps_edges(q["eps"]), tedges, ph, cmap=cmap, vmin=-0.5, vmax=3.5,
                           shading="flat")  # fmt: skip
             ax.plot(q["eps"], q["t_exit"], "ks", ms=4, label="PDE t_exit")
-            ax.plot(eps, tx, "o-", color="0.2", mfc="w", ms=4, lw=1, label="particles t_exit")
-            ax.plot(eps, te, "^--", color="0.2", mfc="w", ms=4, lw=1, label="particles t_enter")
+            # the particles of phase.csv start from another measure (the draw, not ρ0): only
+            # the particles drawn from ρ0 (conv, below) are drawn over the PDE's phases
+            if np.isfinite(q["t_exit_pointmass"]).any():
+                ax.plot(q["eps"], q["t_exit_pointmass"], "k--", lw=1,
+                        label="point-mass law (PDE's base cluster)")  # fmt: skip
             names = PHASE_NAMES
         else:
             ph = phase_map(t, te, tx)
@@ -595,9 +611,9 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
             ax.plot(eps, tx, "ko", ms=3, label="t_exit (measured)")
             ax.plot(eps, te, "k^", ms=3, label="t_enter (measured)")
             names = PHASE_NAMES[:3]
-        if np.isfinite(c["t_exit_pointmass"]).any():
+        if not pde and np.isfinite(c["t_exit_pointmass"]).any():
             ax.plot(eps, c["t_exit_pointmass"], "k--", lw=1, label="point-mass law")
-        if np.isfinite(f["alpha"]):
+        if not pde and np.isfinite(f["alpha"]):
             ax.plot(eps, f["prefactor"] * eps ** (-f["alpha"]), "k:", lw=1.5,
                     label=f"particles fit ε^(−{f['alpha']:.2f})")  # fmt: skip
         for k, (n, cv) in enumerate(((conv or {}).get(f"S{s}") or {}).items()):
