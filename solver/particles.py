@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import expm
-from tqdm.auto import tqdm
 
+from .io import progress as progress_bar
 from .io._config import MAX_STEPS
 from .model import Density, Model
 from .model._lora import as_real
@@ -261,8 +261,8 @@ def simulate_particles(
     x = x0[lo:hi].copy()
     snaps = [x0.copy()]
     saved_set = set(int(s) for s in saved[1:])
-    bar = tqdm(total=len(times) - 1, disable=(not progress) or rank != 0, delay=2.0,
-               desc="particles", unit="step")  # fmt: skip
+    bar = progress_bar(len(times) - 1, disable=(not progress) or rank != 0, delay=2.0,
+                       desc="particles", unit="step")  # fmt: skip
     # all (few) particles here, direct sum on the sphere: each step one compiled call
     compiled = _nb is not None and sphere and fast is None and size == 1 and n <= COMPILED_MAX_N
     for k in range(len(times) - 1):

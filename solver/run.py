@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from mpi4py.MPI import MAX as MPI_MAX
 from scipy.spatial import cKDTree
-from tqdm.auto import tqdm
 
 from .analysis import (
     centre_distances,
@@ -49,6 +48,7 @@ from .analysis import (
     wasserstein_sphere,
 )
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
+from .io import progress as progress_bar
 from .io._config import MAX_STEPS
 from .mesh import SphereMesh, load_mesh, sphere_mesh
 from .model import Density, Model
@@ -608,8 +608,8 @@ def evolve(
         elif clusters is not None:
             clusters.update([f[-1] for f in snaps.fields] if comm.rank == 0 else None)
         t = diag.rows[-1][0]
-        bar = tqdm(
-            total=T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
+        bar = progress_bar(
+            T, initial=t, disable=(not progress) or comm.rank != 0, delay=2.0,
             unit="t", desc="evolve", dynamic_ncols=True,
             bar_format="{l_bar}{bar}| t = {n:.4g}/{total:.4g} [{elapsed}<{remaining}]",
         )  # fmt: skip

@@ -194,3 +194,19 @@ def test_help_and_version_load_nothing_heavy(run):
     assert p.returncode == 0, p.stderr
     assert "python -m solver 0." in p.stdout and "plot" in p.stdout
     assert p.stdout.strip().splitlines()[-1] == "HEAVY []", p.stdout
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    """stderr not a terminal: one plain line per tenth of the run (no carriage returns)."""
+    from solver.io import PlainProgress, progress
+
+    f = (tmp_path / "log").open("w")
+    bar = PlainProgress(30.0, desc="evolve", unit="t", file=f)
+    for _ in range(300):
+        bar.update(0.1)
+    bar.close()
+    f.close()
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert len(lines) == 10, lines
+    assert lines[-1].startswith("evolve: t = 30/30 (100 %)") and "\r" not in "".join(lines)
+    assert isinstance(progress(1.0), PlainProgress)  # pytest captures stderr: not a terminal

@@ -32,6 +32,7 @@ from ._files import (
     write_csv,
     write_versions,
 )
+from ._progress import PlainProgress, progress
 from ._run_folder import RUN_FILES, RunFolder, fingerprint
 
 _DOLFINX = {"FieldWriter": "._vtx"}
@@ -60,6 +61,8 @@ __all__ = [
     "RunFolder",
     "fingerprint",
     "RUN_FILES",
+    "progress",
+    "PlainProgress",
     *_DOLFINX,
 ]
 
