@@ -7,8 +7,8 @@ projection retraction ``R_x(v) = (x + v) / |x + v|`` for every stage point and f
 update, so particles stay on the sphere to round-off while the scheme keeps order 4
 (the retraction agrees with the exponential map to second order).
 
-``geometry="euclidean"``: the time-rescaled Euclidean model of the authors' public code,
-tokens ``z_i ∈ R^d`` (no projection, no normalisation),
+``geometry="euclidean"``: the static Euclidean model (no time rescaling: the weights do not
+depend on ``t``), tokens ``z_i ∈ R^d`` (no projection, no normalisation),
 
 .. math::
 
