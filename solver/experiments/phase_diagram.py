@@ -4,12 +4,12 @@ curve ``t_exit(ε)`` and its exponent.
 Sweep: ``phase.csv`` (one row per sphere and ε; ε = 0 is the base flow); figure
 ``phase_diagram.png``. Command line: ``scripts/exp_phase_diagram.py``.
 
-``geometry = "euclidean"`` runs the particle part in the authors' setting instead: the
-time-rescaled Euclidean model ``ż_i = Σ_j P_ij Ṽ (z_j − z_i)`` (:func:`simulate_particles`
-with ``geometry="euclidean"``), ``x_0`` uniform in ``[−1, 1]^d`` (``d = sphere + 1``),
-``Q = K = I``, ``Ṽ = diag(1, 1 − ε, 1, ...)``; the δ-criterion is the same (final base
-positions). The point-mass law is a sphere law (in R^d a collapsed cluster is at rest for any
-``Ṽ``): ``nan`` there.
+``geometry = "euclidean-rescaled"`` runs the particle part in the authors' setting instead: the
+time-rescaled Euclidean model of their public code (:func:`simulate_particles` with that
+geometry: ``P_ij ∝ exp⟨Q e^{tV} z_i, K e^{tV} z_j⟩``), ``geometry = "euclidean"`` the static
+one, ``ż_i = Σ_j P_ij Ṽ (z_j − z_i)``; both with ``x_0`` uniform in ``[−1, 1]^d``
+(``d = sphere + 1``), ``Q = K = I``, ``Ṽ = diag(1, 1 − ε, 1, ...)``; the δ-criterion is the
+same (final base positions). The point-mass law is a sphere law: ``nan`` there.
 
 The PDE sweep (``pde.csv``, ``geometry = "sphere"`` only): for every sphere of
 ``pde_spheres`` and every ε, one :func:`solver.evolve` of the base and perturbed flows (DG0,
@@ -633,7 +633,8 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
         ax.set_xlim(edges[0], edges[-1])
         ax.set_xlabel("perturbation norm ε")
         ax.set_ylabel("time (depth) t")
-        where = f"S^{s}" if p["geometry"] == "sphere" else f"R^{s + 1} (Euclidean, rescaled)"
+        where = {"sphere": f"S^{s}", "euclidean": f"R^{s + 1} (Euclidean, static)"}.get(
+            p["geometry"], f"R^{s + 1} (Euclidean, time-rescaled)")  # fmt: skip
         what = f"n = {p['n']}, seed {p['seed']} (sweep {_cost(timing, 'phase.csv')})"
         if pde:
             what = (f"PDE {pde[0]['cells']} cells (sweep {_cost(timing, 'pde.csv')}); particles "
