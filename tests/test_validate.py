@@ -66,3 +66,20 @@ def test_validate_report(tmp_path, name):
     for f in ("report.md", "pde_vs_particles.csv", "stability.csv", "w2_vs_n.png",
               "stability.png"):  # fmt: skip
         assert (tmp_path / f).stat().st_size > 0
+    assert s["pde_vs_particles"]["note"] in (tmp_path / "report.md").read_text()
+
+
+def test_w2_floor_note_says_when_w2_stops_falling():
+    """The report says when W2 no longer falls with n (the mesh floor) and when it falls at
+    the Monte Carlo rate; the W2 rising with n of a small S^1 config used to be reported as a
+    bare "W2 ~ n^0.27"."""
+    from solver.validate import w2_floor_note
+
+    ns = [100, 400, 1600]
+    mc = [0.1 * n**-0.5 for n in ns]
+    assert "falls as n^-0.50" in w2_floor_note(ns, mc)
+    floor = [0.05, 0.03, 0.031]  # falls, then rises: the floor from n = 400
+    note = w2_floor_note(ns, floor)
+    assert "mesh error floor is reached" in note and "from n = 400 to 1600" in note
+    slow = [0.05, 0.05 * 4**-0.2, 0.05 * 16**-0.2]  # slope -0.2 > -1/4 from the start
+    assert "from n = 100 to 400" in w2_floor_note(ns, slow)
