@@ -6,16 +6,18 @@ Each mutation is one text replacement ``(file, old, new)`` that must match exact
 failure of the audit, so the list follows the code), plus the pytest node ids or ``-k``
 expressions that guard that property. A mutation is *caught* when those tests fail.
 
-By default the audit works on a private copy of the repository (``git archive HEAD`` into a
-temporary directory, with ``git diff HEAD`` applied on top, so uncommitted edits of tracked
-files are included): the shared working tree is never touched, other developers' runs are
-not disturbed, and a crash or Ctrl-C leaves nothing mutated. ``--in-place`` mutates the
-working tree itself (restoring each file in a ``finally`` block, also on Ctrl-C and
-SIGTERM); use it only on files nobody else is editing.
+By default the audit works on a private copy of the last commit (``git archive HEAD`` into
+a temporary directory): the shared working tree is never touched, other developers' runs
+are not disturbed, half-done edits in the tree do not enter the score, and a crash or
+Ctrl-C leaves nothing mutated. ``--worktree`` copies the working tree instead (HEAD, plus
+``git diff HEAD`` and the untracked files git does not ignore), to try tests before
+committing them. ``--in-place`` mutates the working tree itself (restoring each file in a
+``finally`` block, also on Ctrl-C and SIGTERM); use it only on files nobody else edits.
 
 Usage::
 
-    python scripts/mutate.py                 # all mutations, private copy
+    python scripts/mutate.py                 # all mutations, on a private copy of HEAD
+    python scripts/mutate.py --worktree -k w2   # with the uncommitted tests too
     python scripts/mutate.py --list          # names only
     python scripts/mutate.py -k lora -k w2   # mutations whose name contains any of these
 
@@ -148,6 +150,29 @@ MUTATIONS: list[Mutation] = [
     Mutation("ssp-rk3: second stage at t", "solver/transport/_stepping.py",
              "euler(t + dt, r1)", "euler(t, r1)",
              (DG, "-k", "ssp_rk3")),
+    # ---- resume safety
+    Mutation("resume: cfl left out of the fingerprint", "solver/run.py",
+             '"cfl": repr(cfl),', "",
+             ("tests/test_run_folder.py", "-k", "resume_refuses")),
+    # ---- further realistic slips in the same modules
+    Mutation("w2: geodesic cost not raised to p", "solver/analysis/_wasserstein.py",
+             "    if p != 1:\n        M **= p\n", "",
+             (W2, "-k", "sphere")),
+    Mutation("w2: dual bound from one c-transform only", "solver/analysis/_wasserstein.py",
+             "return float(a @ f2 + b @ g)", "return float(a @ f + b @ g)",
+             (W2, "-k", "dual or sinkhorn or bracket")),
+    Mutation("stability: ΔA term with the larger ‖V‖", "solver/analysis/_stability.py",
+             "_op(dV) + min(v, vt) * _op(dA)", "_op(dV) + max(v, vt) * _op(dA)",
+             (ST,)),
+    Mutation("clusters: mass outside counts the sphere of radius δ inside",
+             "solver/analysis/_clusters.py",
+             "outside = centre_distances(y, centres) >= delta",
+             "outside = centre_distances(y, centres) > delta",
+             (CL,)),
+    Mutation("fast: round-off model without the chunk term", "solver/velocity/_fast.py",
+             "(math.sqrt(r) + math.sqrt(self.chunk) + math.sqrt(self.C) + n + 1)",
+             "(math.sqrt(r) + math.sqrt(self.C) + n + 1)",
+             (FV, "-k", "formula")),
 ]
 # fmt: on
 
@@ -161,16 +186,26 @@ def _run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> tuple[int, str
         return -1, "timeout"
 
 
-def private_copy(dest: Path) -> None:
-    """HEAD's tracked files plus the uncommitted changes to them, under ``dest``."""
-    arch = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True,
-                          check=True).stdout  # fmt: skip
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--binary"],
-                          capture_output=True, check=True).stdout  # fmt: skip
+def private_copy(dest: Path, worktree: bool = False) -> None:
+    """HEAD's tracked files under ``dest``; with ``worktree`` also the uncommitted changes
+    to them and the untracked files that git does not ignore."""
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True,
+                              check=True).stdout  # fmt: skip
+
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=git("archive", "HEAD"), check=True)
+    if not worktree:
+        return
+    diff = git("diff", "HEAD", "--binary")
     if diff.strip():
         subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=dest, input=diff,
                        check=True)  # fmt: skip
+    for name in git("ls-files", "--others", "--exclude-standard", "-z").split(b"\0"):
+        if name:
+            src, dst = ROOT / name.decode(), dest / name.decode()
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM -> the same clean-up as Ctrl-C
@@ -226,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="mutate the working tree itself (restored after each mutation)",
     )
+    ap.add_argument(
+        "--worktree",
+        action="store_true",
+        help="copy the working tree (uncommitted and untracked files) instead of HEAD",
+    )
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per mutation")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the tests' output tail")
     args = ap.parse_args(argv)
@@ -244,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             tree = ROOT
         else:
             tmp = Path(tempfile.mkdtemp(prefix="mutate-"))
-            private_copy(tmp)
+            private_copy(tmp, worktree=args.worktree)
             tree = tmp
         rows = audit(muts, tree, args.timeout, args.verbose)
     except KeyboardInterrupt:

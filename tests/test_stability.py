@@ -301,7 +301,8 @@ def test_w2_bound_layers_compose():
 
 def test_lipschitz_constants_and_rate_hand_values():
     """``L_x = v (1 + a)``, ``L_μ = v (cosh a + a e^a)`` at ``a = 2`` (where ``a e^a = 14.78`` is
-    most of ``L_μ = 18.54``), and the rate takes the smaller sum of the two models."""
+    most of ``L_μ = 18.54``), the rate takes the smaller sum of the two models, and the speed
+    the smaller ``‖V‖`` in its ``ΔA`` term."""
     A, V = 2.0 * np.diag([1.0, -1.0, 0.5]), 3.0 * np.eye(3)
     Lx, Lmu = S.lipschitz_constants(A, V)
     assert Lx == pytest.approx(3.0 * 3.0, rel=1e-14)
@@ -310,6 +311,10 @@ def test_lipschitz_constants_and_rate_hand_values():
     c = 3.0 + np.cosh(2.0) + 2.0 * np.exp(2.0)
     assert S.growth_rate(A, V, np.zeros((3, 3)), dV) == pytest.approx(2.0 * c, rel=1e-14)
     assert S.growth_rate(A, V, np.zeros((3, 3)), -dV) == pytest.approx(3.0 * c, rel=1e-14)
+    # δ = min(‖ΔV‖ + min(‖V‖, ‖V + ΔV‖) ‖ΔA‖, ‖V‖ + ‖V + ΔV‖): 1 + 2 · 0.5, then the cap 5
+    dA = 0.5 * np.eye(3)
+    assert S.perturbation_speed(A, V, dA, dV) == pytest.approx(2.0, rel=1e-14)
+    assert S.perturbation_speed(A, V, 8 * dA, dV) == pytest.approx(5.0, rel=1e-14)
 
 
 def test_w2_bound_three_layers_by_hand():

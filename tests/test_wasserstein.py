@@ -524,3 +524,15 @@ def test_rounded_plan_has_the_marginals_exactly():
         # an exact coupling is left as it is
         np.testing.assert_allclose(W._round_to_coupling(np.outer(a, b), a, b), np.outer(a, b),
                                    rtol=1e-14, atol=0)  # fmt: skip
+
+
+def test_dual_lower_bound_hand_values():
+    """Two atoms each, ``M = [[1, 2], [3, 1]]``, uniform marginals (optimum 1: stay put). From
+    the infeasible potential ``f = (5, 0)``: ``g = min_i (M_ij − f_i) = (−4, −3)``, then
+    ``f' = min_j (M_ij − g_j) = (5, 4)`` and ``a·f' + b·g = 1``, the optimum (the single
+    transform ``a·f + b·g = −1`` is valid but loose); from ``f = 0`` it is ``1`` as well."""
+    M = np.array([[1.0, 2.0], [3.0, 1.0]])
+    a = b = np.array([0.5, 0.5])
+    assert W._dual_lower_bound(np.array([5.0, 0.0]), a, b, M) == pytest.approx(1.0, abs=1e-15)
+    assert W._dual_lower_bound(np.zeros(2), a, b, M) == pytest.approx(1.0, abs=1e-15)
+    assert W._dual_lower_bound(np.array([0.0, 9.0]), a, b, M) <= 1.0 + 1e-15
