@@ -453,3 +453,13 @@ def test_library_calls_validate_their_arguments(i):
     with pytest.raises(exc) as e:
         call()
     assert phrase in str(e.value)
+
+
+@pytest.mark.parametrize("junk", [b"", b"not a zip", b"PK\x03\x04truncated"])
+def test_plot_of_a_corrupt_result_names_the_file(tmp_path, capsys, junk):
+    """A truncated or overwritten result.npz: exit 2, the file named, no traceback and no
+    advice to load with allow_pickle (unsafe)."""
+    (tmp_path / "result.npz").write_bytes(junk)
+    rc, err = outcome(["plot", str(tmp_path)], capsys)
+    assert rc == 2 and "result.npz is not a readable result file" in err, err
+    assert "allow_pickle" not in err and "Traceback" not in err

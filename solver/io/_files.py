@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -125,5 +126,9 @@ def load_result(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     p = Path(folder) / "result.npz"
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: is {folder} the output folder of a run?")
-    with np.load(p) as z:
-        return {k: z[k] for k in z.files}
+    try:  # never with allow_pickle: a result holds plain arrays only
+        with np.load(p) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{p} is not a readable result file ({type(e).__name__}); it may "
+                         "be truncated or overwritten: rerun the run into a new folder") from None

@@ -164,7 +164,8 @@ def vtk_arrays(run: Run, mesh=None):
 
 
 def read_vtx(path: str | os.PathLike) -> dict:
-    """Read the VTX series ``density.bp`` of a run (needs the ``adios2`` Python package).
+    """Read the VTX series ``density.bp`` of a run (needs the ``adios2`` Python package);
+    ``path`` is the ``.bp`` folder or the run's output folder that holds ``density.bp``.
 
     This reads what ParaView's ADIOS2 VTX reader reads: the VTK schema stored in the file
     (attribute ``vtk.xml``), the mesh of every rank's block and the cell fields per step.
@@ -181,8 +182,11 @@ def read_vtx(path: str | os.PathLike) -> dict:
             "reading VTX needs the adios2 Python package (pip install adios2)"
         ) from None
     path = Path(path)
+    if path.is_dir() and path.suffix != ".bp" and (path / "density.bp").is_dir():
+        path = path / "density.bp"  # a run's output folder
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found (a VTX series is a folder *.bp)")
+        raise FileNotFoundError(f"{path} not found (a VTX series is a folder *.bp, or give "
+                                "the run's output folder)")  # fmt: skip
     with adios2.FileReader(str(path)) as f:
         xml = f.read_attribute_string("vtk.xml")
         xml = xml[0] if isinstance(xml, list) else xml
