@@ -18,6 +18,9 @@ case function(s), fit, plot and ``EXPERIMENT`` description:
    (:func:`run_spectral_gap`).
 8. :mod:`.linear_response` — Thm 4.2's ``c_L`` by exact linear response, and the most
    forgetful adapters (:func:`run_linear_response`).
+9. :mod:`.real_models` — trained transformers (JAX, extra ``ml``) fine-tuned by LoRA, full
+   and sparse fine-tuning: measured forgetting beside ``W2`` of the flows
+   (:func:`run_real_models`).
 
 Every ``run_*(params, out, comm=..., progress=..., budget=...)`` is :func:`run_experiment` on
 the module's ``EXPERIMENT``: check, ``params.toml``, the sweeps (:func:`run_sweep`, CSV files
@@ -37,6 +40,7 @@ from . import (
     lora_kinds,
     phase_diagram,
     random_adapters,
+    real_models,
     spectral_gap,
     two_clusters,
 )
@@ -62,6 +66,7 @@ from .linear_response import run_linear_response
 from .lora_kinds import lora_kind_case, run_lora_kinds
 from .phase_diagram import phase_case, run_phase_diagram
 from .random_adapters import random_adapter_case, run_random_adapters
+from .real_models import run_real_models
 from .spectral_gap import gap_case, run_spectral_gap
 from .two_clusters import run_two_clusters, two_cluster_case
 
@@ -84,6 +89,7 @@ __all__ = [
     "run_two_clusters",
     "run_spectral_gap",
     "run_linear_response",
+    "run_real_models",
     "phase_case",
     "random_adapter_case",
     "depth_case",
@@ -98,6 +104,7 @@ __all__ = [
     "two_clusters",
     "spectral_gap",
     "linear_response",
+    "real_models",
     "Budget",
     "SweepError",
     "SweepResult",

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 EXPERIMENT_NAMES = ("fig2", "phase_diagram", "random_adapters", "depth", "lora_kinds",
-                    "two_clusters", "spectral_gap", "linear_response")  # fmt: skip
+                    "two_clusters", "spectral_gap", "linear_response", "real_models")  # fmt: skip
 
 
 def load_presets(name: str) -> dict:
