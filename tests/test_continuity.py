@@ -173,3 +173,26 @@ def test_s1_run_is_continuous_in_its_initial_data():
         diff = np.abs(outs[0] - outs[1]).max() / np.abs(outs[0]).max()
         print(f"S^1 DG{degree}: data moved by 1e-14, output by {diff:.2e} of the peak")
         assert diff <= 1e-10
+
+
+def test_dg1_cluster_weight_is_continuous_at_its_thresholds():
+    """DG1's cluster weight (transport/_dg.py) at the edge of the criterion: a cell exactly
+    twice its lightest neighbour, flow converging on it. Data moved by ±1e-14 move the weight
+    by round-off times the ramps' slope (the 0/1 criterion it replaces jumped from 0 to 1)."""
+    sm = solver.sphere_mesh(COMM, 2, refinement=2)
+    op = solver.transport.DGUpwind(sm, 1)
+    if op.sm.num_owned == 0:
+        pytest.skip("no owned cells on this rank")
+    x = solver.normalize(op.Vu.tabulate_dof_coordinates()[:, :3])
+    st = op._stencil
+    k = 0
+    c = st["cen"][k]
+    op.u.x.array[:] = (c[None, :] - (x @ c)[:, None] * x).ravel()  # towards the cell
+    avg = np.full(op.sm.num_owned, 0.5)
+    avg[k] = 1.0  # exactly 2x its neighbours (and a local maximum)
+    tau = op.cluster_cells(avg)
+    assert tau[k] == 1.0
+    for delta in (1e-14, -1e-14):
+        moved = avg.copy()
+        moved[k] *= 1 + delta
+        assert np.abs(op.cluster_cells(moved) - tau).max() <= 1e-10

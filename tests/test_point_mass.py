@@ -22,9 +22,10 @@ Measured (relative error = angle(PDE mean, ODE point) / angle(ODE point, start))
 * ``flux="facet"`` (the vertex-velocity upwind scheme) pins the cluster: on S^1 it moves by
   5.5 % of the displacement in the issue's case and lags by 41 % in the first case below, so
   these tests fail for it (checked below).
-* DG1 (:class:`~solver.transport.DGUpwind`) with its cluster zones (transport/_dg.py): 0.30 %
-  and 0.75 % on S^1, 6.0 % on S^2 at level 2; without the
-  zones 9.3 % in the first S^1 case and 94.5 % in the issue's case (pinned).
+* DG1 (:class:`~solver.transport.DGUpwind`) with its cluster zones (transport/_dg.py): 0.07 %
+  and 1.1 % on S^1, 0.22 - 0.44 % on S^2 at level 3 (four cases, one with a non-symmetric
+  rank-one ``dV``); without the zones 9.3 % in the first S^1 case and 94.5 % in the issue's
+  case (pinned).
 """
 
 import numpy as np
@@ -51,13 +52,15 @@ def mean_direction(op, rho: np.ndarray) -> np.ndarray:
     return m / np.linalg.norm(m)
 
 
-def drift(op, eps, T, e, x0, kappa, cfl=0.5):
-    """``(ODE displacement, PDE error, base-flow displacement)`` in radians."""
+def drift(op, eps, T, e, x0, kappa, cfl=0.5, f=None):
+    """``(ODE displacement, PDE error, base-flow displacement)`` in radians, for
+    ``Ṽ = I - ε e fᵀ`` (``f = e`` by default: the symmetric rank-one case)."""
     d = op.sm.gdim
     eye = np.eye(d)
     e = np.asarray(e, float) / np.linalg.norm(e)
+    f = e if f is None else np.asarray(f, float) / np.linalg.norm(f)
     x0 = np.asarray(x0, float) / np.linalg.norm(x0)
-    Vt = eye - eps * np.outer(e, e)
+    Vt = eye - eps * np.outer(e, f)
     rho0 = op.initial_state(lambda x: np.exp(kappa * (x @ x0 - 1.0)))
     m0 = mean_direction(op, rho0)
     out = []
@@ -178,22 +181,34 @@ def test_facet_flux_pins_the_cluster():
 
 @pytest.mark.parametrize("eps,T,e,x0", CASES_S1)
 def test_point_mass_drift_dg1_s1(eps, T, e, x0):
-    """DG1 with its cluster zones (transport/_dg.py): measured 0.30 % and 0.75 %."""
+    """DG1 with its cluster zones (transport/_dg.py): measured 0.07 % and 1.1 % (the fast drift
+    of the second case keeps the cluster at the edge of the zone criterion; 0.87 % with a
+    0/1 criterion, which is discontinuous in the data)."""
     op = DGUpwind(solver.sphere_mesh(COMM, 1, cells=120), 1)
     disp, err, base = drift(op, eps, T, e, x0, kappa=1e5)
     assert err <= 0.02 * disp
     assert base <= 1e-3 * disp
 
 
-def test_point_mass_drift_dg1_s2():
-    """Icosphere level 2 (h ≈ 0.2): the cluster crosses more than two cells. The zone cells
-    are first order: measured 6.0 % here."""
-    op = DGUpwind(solver.sphere_mesh(COMM, 2, refinement=2), 1)
+CASES_DG1_S2 = [  # (eps, T, e, x0, f): Ṽ = I - ε e fᵀ, symmetric and not
+    (*CASES_S2[0], None),
+    (0.25, 4.0, (1.0, -0.5, 0.2), (0.3, 1.0, 0.8), (0.2, 1.0, -0.4)),
+]
+
+
+@pytest.mark.parametrize("eps,T,e,x0,f", CASES_DG1_S2)
+def test_point_mass_drift_dg1_s2(eps, T, e, x0, f):
+    """DG1 on icosphere level 3 (h ≈ 0.1), rank-one perturbations symmetric and not: the
+    cluster zones (two layers of neighbours) move a sub-cell cluster as DG0 does. Measured
+    0.35 % and 0.44 % (and 0.22 %, 0.39 % for the other two S^2 cases above); with one layer
+    of neighbours 3.0 % in the first case. Tolerance 2 % (the issue's bar), the base flow at
+    rest within 0.5 % of the displacement (measured 1.2e-4 and 4.3e-4 rad of 0.49 / 0.52)."""
+    op = DGUpwind(solver.sphere_mesh(COMM, 2, refinement=3), 1)
     h = np.sqrt(4 * np.pi / op.sm.num_cells)
-    disp, err, base = drift(op, *CASES_S2[0], kappa=1e4)
-    assert disp > 2 * h
-    assert err <= 0.08 * disp
-    assert base <= 1e-2 * disp
+    disp, err, base = drift(op, eps, T, e, x0, kappa=1e4, f=f)
+    assert disp > 3 * h
+    assert err <= 0.02 * disp
+    assert base <= 5e-3 * disp
 
 
 def test_dg1_without_cluster_zones_lags():
