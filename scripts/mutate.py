@@ -219,6 +219,7 @@ def audit(muts: list[Mutation], tree: Path, timeout: float, verbose: bool) -> li
     if rc != 0 or not out.strip().startswith(str(tree)):
         raise SystemExit(f"mutate: the copy's package is not the one imported: {out.strip()}")
     rows = []
+    baseline: dict[tuple, int] = {}  # the unmutated code must pass each selection first
     for m in muts:
         path = tree / m.file
         orig = path.read_text()
@@ -227,11 +228,17 @@ def audit(muts: list[Mutation], tree: Path, timeout: float, verbose: bool) -> li
             rows.append((m, f"stale ({count} matches)", 0.0))
             print(f"{'STALE':9s} {m.name}  ({m.file}: {count} matches)", flush=True)
             continue
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *m.tests]
+        if m.tests not in baseline:
+            baseline[m.tests] = _run(cmd, tree, env, timeout)[0]
+        if baseline[m.tests] != 0:
+            rows.append((m, "baseline fails", 0.0))
+            print(f"{'BASELINE':9s} {m.name}  (its tests fail without the mutation: "
+                  f"pytest {' '.join(m.tests)})", flush=True)  # fmt: skip
+            continue
         t0 = time.perf_counter()
         try:
             path.write_text(orig.replace(m.old, m.new))
-            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   *m.tests]  # fmt: skip
             rc, out = _run(cmd, tree, env, timeout)
         finally:
             path.write_text(orig)
@@ -278,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name}  [{m.file}]")
         return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     tmp = None
     try:
         if args.in_place:
