@@ -191,6 +191,10 @@ def _main(args, comm, errcomm) -> int:
         return _fail(comm, errcomm, 2, f"error: {e}")
     except FloatingPointError as e:
         return _fail(comm, errcomm, 1, f"run stopped: {e}")
+    except MemoryError as e:
+        return _fail(comm, errcomm, 1, f"out of memory{f' ({e})' if str(e) else ''}: "
+                     "`config --check` prints the saved data's size; lower mesh.refinement, "
+                     "raise time.save_every, or run on more ranks")  # fmt: skip
     except (RootError, OSError) as e:
         return _fail(comm, errcomm, 1, f"error writing the output: {e}")
     except Exception:
