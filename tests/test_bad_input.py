@@ -256,6 +256,7 @@ ROWS = [
         2,
         "validation.particle_dt",
     ),
+    ("flat 600-term sum", expr("+".join(["x*0 + 1"] * 200)), "check", 2, "a flat sum"),
     ("config not UTF-8", toml().encode() + b"# \xff\xfe\n", "check", 2, "c.toml is not UTF-8"),
     ("empty --output", toml(), "run-empty-output", 2, "must name a folder"),
     ("run refuses what check refuses", toml(time="T = 1e9"), "run", 2, "time.T"),

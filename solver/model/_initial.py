@@ -242,7 +242,14 @@ def parse_expression(source: str) -> ast.Expression:
         if nodes > MAX_NODES:
             raise ValueError(f"{_WHAT} has more than {MAX_NODES} syntax nodes; simplify it")
         if depth > MAX_DEPTH:
-            raise ValueError(f"{_WHAT} is nested too deeply (at most {MAX_DEPTH} levels)")
+            spine, n = 0, tree.body  # a + b + c + ... is BinOp(BinOp(a, b), c): a left spine
+            while isinstance(n, ast.BinOp):
+                spine, n = spine + 1, n.left
+            chain = spine >= MAX_DEPTH
+            hint = ("; a flat sum or product of more terms is that deep (a + b + c nests "
+                    "left to right): fewer terms, or group them as (a + b) + (c + d)"
+                    if chain else "")  # fmt: skip
+            raise ValueError(f"{_WHAT} is nested too deeply (at most {MAX_DEPTH} levels{hint})")
         _check_node(node, src)
         kids = node.args if isinstance(node, ast.Call) else ast.iter_child_nodes(node)
         stack.extend((c, depth + 1) for c in kids if isinstance(c, ast.expr))
