@@ -45,7 +45,8 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
         default="gif",
         help="animation over all saved times (default gif)",
     )
-    p.add_argument("--fps", type=float, default=3.0, help="frames per second of the animation")
+    p.add_argument("--fps", type=float, default=10.0,
+                   help="frames per second of the animation (default 10)")  # fmt: skip
     p.add_argument("--no-diagnostics", action="store_true", help="skip diagnostics.png")
     p.add_argument(
         "--show", action="store_true", help="also open an interactive window (needs a display)"

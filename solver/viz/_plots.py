@@ -35,6 +35,7 @@ from ._scenes import (
     face_on_direction,
     has_display,
     hidden_fraction,
+    pan_directions,
     pyvista,
     pyvista_grid,
 )
@@ -48,11 +49,13 @@ def _out_dir(run: Run, out) -> Path:
     return d
 
 
-def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=False) -> list:
+def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=False,
+            views=None) -> list:  # fmt: skip
     """Draw the saved times ``ks`` in one scene: PNGs at ``paths``, else the RGB images.
 
     ``clim``: a fixed colour range, or ``None`` for one per time; ``warp``: as in
-    :func:`plot_run`; ``show``: then open an interactive window at the last time.
+    :func:`plot_run`; ``show``: then open an interactive window at the last time;
+    ``views``: S^2 camera directions per saved time (``None``: the final mass's).
     """
     if show and not has_display():
         warnings.warn("no display: cannot open an interactive window", stacklevel=3)
@@ -61,7 +64,8 @@ def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=Fal
         scene = CircleScene(run, window_size)
     else:
         w = 0.5 if warp is True else float(warp or 0.0)
-        scene = SphereScene(pyvista(), run, window_size, warp=w, off_screen=True, mesh=mesh)
+        scene = SphereScene(pyvista(), run, window_size, warp=w, off_screen=True, mesh=mesh,
+                            views=views)  # fmt: skip
     images = []
     try:
         for i, k in enumerate(ks):
@@ -77,7 +81,8 @@ def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=Fal
     if show and run.sphere_dim == 2:  # a new, on-screen scene
         pv = pyvista(off_screen=False)
         pv.OFF_SCREEN = False
-        scene = SphereScene(pv, run, WINDOW, warp=w, off_screen=False, mesh=mesh)
+        scene = SphereScene(pv, run, WINDOW, warp=w, off_screen=False, mesh=mesh,
+                            views=views)  # fmt: skip
         scene.show_time(ks[-1], clim)
         scene.pl.show()
     return images
@@ -122,8 +127,11 @@ def plot_run(
     odir = _out_dir(run, out)
     fixed = run.clim(None) if clim == "global" else None
     paths = [odir / f"density_t{run.times[k]:g}.png" for k in ks]
+    views = None  # S^2: each picture framed face-on to the mass of its own time
+    if run.sphere_dim == 2:
+        views = {k: face_on_direction(run, k) for k in ks}
     _render(run, ks, fixed, window_size=window_size, warp=warp, mesh=mesh, paths=paths,
-            show=show)  # fmt: skip
+            show=show, views=views)  # fmt: skip
     return paths
 
 
@@ -131,7 +139,7 @@ def animate_run(
     folder: str | os.PathLike,
     out: str | os.PathLike | None = None,
     *,
-    fps: float = 3.0,
+    fps: float = 10.0,
     warp: bool | float = False,
     clim: str = "global",
     window_size=FRAME,
@@ -156,8 +164,9 @@ def animate_run(
     else:
         path = _out_dir(run, out) / "density.gif"
     fixed = run.clim(None) if clim == "global" else None
+    views = pan_directions(run) if run.sphere_dim == 2 else None  # t = 0 on the initial mass
     frames = _render(run, range(len(run.times)), fixed, window_size=window_size, warp=warp,
-                     mesh=mesh)  # fmt: skip
+                     mesh=mesh, views=views)  # fmt: skip
     _write_animation(path, frames, fps)
     return path
 
@@ -176,7 +185,7 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
     from PIL import Image
 
     # Pillow directly: one GIF frame per image. One palette for the whole animation, from a
-    # sample of all frames, and dithering: smooth shading and the colour bar stay unbanded.
+    # sample of all frames, without dithering: dithered flat cells speckle from frame to frame
     sample = np.concatenate([f[::4, ::4].reshape(-1, 3) for f in frames])
     side = int(np.ceil(np.sqrt(len(sample))))
     mosaic = np.zeros((side * side, 3), np.uint8)
@@ -184,7 +193,7 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
     pal = Image.fromarray(mosaic.reshape(side, side, 3)).quantize(
         colors=256, method=Image.Quantize.MEDIANCUT
     )
-    ims = [Image.fromarray(f).quantize(palette=pal, dither=Image.Dither.FLOYDSTEINBERG)
+    ims = [Image.fromarray(f).quantize(palette=pal, dither=Image.Dither.NONE)
            for f in frames]  # fmt: skip
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(round(1000 / fps)),
                 loop=0, optimize=False, disposal=1)  # fmt: skip

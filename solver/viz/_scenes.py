@@ -32,6 +32,7 @@ __all__ = [
     "has_display",
     "hidden_fraction",
     "face_on_direction",
+    "pan_directions",
     "pyvista",
     "pyvista_grid",
 ]
@@ -96,10 +97,11 @@ def _panel_window(window, n: int) -> tuple[int, int]:
     return (int(round(w * (n + 0.3) / 2.3 / 16)) * 16, int(h))
 
 
-def face_on_direction(run: Run) -> np.ndarray:
-    """Unit vector the S^2 camera looks from: face-on to where the final mass is.
+def face_on_direction(run: Run, k: int = -1) -> np.ndarray:
+    """Unit vector the S^2 camera looks from: face-on to where the mass of saved time ``k``
+    is (default: the final one).
 
-    With ``w_j`` the final masses of both flows (``ρ_j |K_j|``, base plus perturbed) at the
+    With ``w_j`` the masses of both flows at ``k`` (``ρ_j |K_j|``, base plus perturbed) at the
     cell centres ``x_j``, the direction maximises the face-on visible mass
     ``F(v) = Σ_j w_j max(<x_j, v>, 0)`` (a point mass at ``e`` gives ``v = e``; two clusters
     give their bisector, both in view). ``F`` is maximised from the best of a few hundred
@@ -107,7 +109,7 @@ def face_on_direction(run: Run) -> np.ndarray:
     iteration ``v ← Σ_{<x_j,v> > 0} w_j x_j / |·|``, which never decreases ``F``.
     """
     x = run.centroids
-    w = sum(f[-1] for f in run.fields) * run.areas
+    w = sum(f[k] for f in run.fields) * run.areas
     w = np.where(w > 0, w, 0.0)
     k = np.arange(256) + 0.5  # Fibonacci points: evenly spread starting directions
     z = 1 - 2 * k / len(k)
@@ -128,6 +130,24 @@ def face_on_direction(run: Run) -> np.ndarray:
             break
         v = new
     return v
+
+
+def pan_directions(run: Run) -> np.ndarray:
+    """A camera direction per saved time for an animation: from face-on to the initial
+    mass (t = 0 framed on it) to face-on to the final mass, along the great circle, at a
+    constant angle per frame (``(nt, 3)``, unit rows)."""
+    a, b = face_on_direction(run, 0), face_on_direction(run, -1)
+    nt = len(run.times)
+    theta = float(np.arccos(np.clip(a @ b, -1.0, 1.0)))
+    s = np.linspace(0.0, 1.0, nt)[:, None]
+    if theta < 1e-9:
+        return np.repeat(b[None], nt, axis=0)
+    if np.pi - theta < 1e-6:  # opposite: any great circle through both; take one
+        ortho = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        ortho /= np.linalg.norm(ortho)
+        return np.cos(np.pi * s) * a + np.sin(np.pi * s) * ortho
+    out = (np.sin((1 - s) * theta) * a + np.sin(s * theta) * b) / np.sin(theta)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def hidden_fraction(run: Run, direction, k: int) -> list[float]:
@@ -159,8 +179,11 @@ def pyvista_grid(pv, run: Run, mesh=None):
 class SphereScene:
     """Two linked PyVista panels (base, perturbed) whose fields are updated per saved time."""
 
-    def __init__(self, pv, run: Run, window, *, warp: float, off_screen: bool, mesh=None):
+    def __init__(self, pv, run: Run, window, *, warp: float, off_screen: bool, mesh=None,
+                 views=None):  # fmt: skip
         self.pv, self.run, self.warp = pv, run, float(warp)
+        #: a camera direction per saved time (None: the final mass's, for every time)
+        self.views = views
         grid, self.order = pyvista_grid(pv, run, mesh)
         self.unit = np.asarray(grid.points).copy()
         n = len(run.fields)
@@ -199,18 +222,26 @@ class SphereScene:
         self.radius = 1.0 + 0.5 * self.warp
         self.pl.subplot(0, 0)
         self.pl.add_axes(color="black", line_width=2)
-        self.view = d = face_on_direction(run)
-        up = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
         aspect = window[0] / (n + 0.3) / window[1]  # of one panel
-        dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
-        self.pl.camera_position = [tuple(dist * d), (0.0, 0.0, 0.0), tuple(up - (up @ d) * d)]
-        self.pl.camera.view_angle = 30.0
+        self.dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
+        self.aim(face_on_direction(run))  # show_time re-aims where views are given
         if n > 1:
             self.pl.link_views(list(range(n)))
+
+    def aim(self, d: np.ndarray) -> None:
+        """Look at the centre from direction ``d`` (the panels are linked)."""
+        self.view = d = np.asarray(d, dtype=float)
+        up = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        self.pl.subplot(0, 0)
+        self.pl.camera_position = [tuple(self.dist * d), (0.0, 0.0, 0.0),
+                                   tuple(up - (up @ d) * d)]  # fmt: skip
+        self.pl.camera.view_angle = 30.0
 
     def show_time(self, k: int, clim) -> None:
         run = self.run
         lo, hi = clim if clim is not None else run.clim(k)
+        if self.views is not None:
+            self.aim(self.views[k])
         for i, g in enumerate(self.meshes):
             vals = run.fields[i][k][self.order]
             g.cell_data["density"][:] = vals  # in place: the mapper keeps this array
