@@ -10,7 +10,7 @@ which the cluster directions of the two flows are dtheta = 2 arcsin(delta / 2) a
 PDE (d = 2: the vMF density, DG0 on pde_cells cells, adaptive steps; random adapters of the
 first pde_seeds seeds, the particles' adapters of the same seed) measures it on the first
 moments at every step. T* = c eps^-alpha is fitted on the mean over seeds with a 90 %
-bootstrap interval on alpha (over seeds; over the eps points for one deterministic run).
+bootstrap interval on alpha over the seeds (none for one run per eps: a deterministic curve).
 Outputs: depth.csv (particles, one row per kind, d, theta0, eps, seed), pde.csv, depth.png,
 summary.json, params.toml.
 

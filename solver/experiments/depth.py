@@ -16,7 +16,8 @@ Mises-Fisher cloud (κ) centred at angle θ0, seed ``s`` for the draw and (rando
 PDE (``d = 2`` only): the same vMF density, DG0 on ``pde_cells`` cells, adaptive steps, the
 angle between the two flows' first moments at every step; random adapters with seed ``s``
 (the particles' adapters of the same seed), ``s < pde_seeds``; tied once (deterministic).
-The exponent ``α`` of ``T* = c ε^{−α}`` comes with a bootstrap interval (:func:`depth_fits`).
+The exponent ``α`` of ``T* = c ε^{−α}`` comes with a bootstrap interval over the seeds, none
+for a single seed (:func:`depth_fits`).
 
 Sweeps: ``depth.csv`` (particles, one row per kind, d, θ0, ε, seed) and ``pde.csv``; figure
 ``depth.png``. Command line: ``scripts/exp_depth.py``.
@@ -223,25 +224,21 @@ def depth_pde_case(p: dict, case: dict, run: Run) -> dict | None:
 
 def _exponent(eps: np.ndarray, tstar: np.ndarray):
     """``α`` of ``T* = c ε^{−α}`` with its bootstrap interval: ``tstar`` (seeds, ε); log of the
-    mean over the seeds against log ε; resampling seeds (their adapters and draws are shared by
-    all ε), or, with one seed (deterministic runs), the ε points themselves."""
+    mean over the seeds against log ε; the interval resamples the seeds (their adapters and
+    draws, shared by all ε, are the random units). One seed (a deterministic run, or a single
+    draw): no interval (``nan``): resampling the ε points of one run would measure the
+    curvature of the curve, not an uncertainty."""
     ok = np.isfinite(tstar).all(axis=0)
     eps, tstar = eps[ok], tstar[:, ok]
     if len(eps) < 2:
         return float("nan"), float("nan"), float("nan")
-    if tstar.shape[0] > 1:
 
-        def stat(idx):
-            return -np.polyfit(np.log(eps), np.log(tstar[idx].mean(axis=0)), 1)[0]
+    def stat(idx):
+        return -np.polyfit(np.log(eps), np.log(tstar[idx].mean(axis=0)), 1)[0]
 
-        return bootstrap(stat, tstar.shape[0], n_boot=N_BOOT, level=LEVEL)
-
-    def stat_points(idx):
-        if len(np.unique(idx)) < 2:
-            return float("nan")
-        return -np.polyfit(np.log(eps[idx]), np.log(tstar[0, idx]), 1)[0]
-
-    return bootstrap(stat_points, len(eps), n_boot=N_BOOT, level=LEVEL)
+    if tstar.shape[0] == 1:
+        return float(stat(np.arange(1))), float("nan"), float("nan")
+    return bootstrap(stat, tstar.shape[0], n_boot=N_BOOT, level=LEVEL)
 
 
 def depth_fits(rows) -> dict:
