@@ -374,7 +374,8 @@ def test_depth(tmp_path):
         ratio = c["T_star_direction"] / c["T_star_law"]
         assert np.all(np.abs(ratio - 1) < 0.1), (solver, ratio)
         (tied,) = [f for k, f in fits[solver].items() if k.startswith("tied")]
-        assert 0.9 < tied["exponent_lo"] <= tied["exponent_hi"] < 1.1
+        # one tied run per ε (tiny: 1 seed): no interval, the fitted exponent itself
+        assert 0.9 < tied["exponent"] < 1.1 and tied["exponent_lo"] is None  # nan: null
         (rnd,) = [f for k, f in fits[solver].items() if k.startswith("random")]
         assert rnd["censored"] == 0 and rnd["exponent_lo"] > 1.0, (solver, rnd)
     q = summary(tmp_path)["pde_over_particles"]
