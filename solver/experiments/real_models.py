@@ -81,10 +81,10 @@ PRESETS = {
               "methods": list(METHODS), "seeds": 3, "norm_layers": [2, 4, 8],
               "norm_etas": [0.1, 0.3, 1.0, 3.0, 10.0], "norm_steps": 150},
     "paper": {**_COMMON, "dims": [2, 3, 8, 16], "layers": 6, "pretrain_count": 4096,
-              "pretrain_steps": 600, "finetune_count": 512, "finetune_steps": 300,
-              "methods": list(METHODS), "seeds": 6, "norm_layers": [2, 4, 8, 16],
-              "norm_etas": [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0], "norm_steps": 400,
-              "norm_seeds": 3, "std_steps": 600, "std_inputs": 8},
+              "pretrain_steps": 400, "finetune_count": 512, "finetune_steps": 150,
+              "methods": list(METHODS), "seeds": 4, "norm_layers": [2, 4, 8, 16],
+              "norm_etas": [0.1, 0.3, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0], "norm_steps": 300,
+              "norm_seeds": 3, "std_steps": 400, "std_inputs": 8},
 }  # fmt: skip
 
 PRETRAIN_COLUMNS = ("loss_before", "loss", "acc", "train_s")
