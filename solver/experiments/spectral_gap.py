@@ -154,9 +154,12 @@ def point_mass_angle(V, Vt, p0, times) -> np.ndarray:
     """``∠(e^{tV} p0, e^{tṼ} p0)`` at ``times``: the angle between a point mass moved by the
     base and by the perturbed flow (``X[δ_p](p) = P_p V p``, whatever ``A``)."""
     p0 = np.asarray(p0, dtype=float)
+    # e^{t(M − c I)} p0 has the direction of e^{tM} p0 and no overflow (c: top real part)
+    V0 = V - np.linalg.eigvals(V).real.max() * np.eye(len(p0))
+    Vt0 = Vt - np.linalg.eigvals(Vt).real.max() * np.eye(len(p0))
     out = []
     for t in times:
-        a, b = expm(t * V) @ p0, expm(t * Vt) @ p0
+        a, b = expm(t * V0) @ p0, expm(t * Vt0) @ p0
         out.append(float(angle(a / np.linalg.norm(a), b / np.linalg.norm(b))))
     return np.array(out)
 
