@@ -396,3 +396,41 @@ def test_resume_on_another_rank_count_is_stated(tmp_path, run):
             2, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stderr.count("warning: resuming on 2 rank(s) a checkpoint written on 1") == 1
+
+
+FULL_DISK = """
+import sys
+import numpy as np
+from mpi4py import MPI
+import solver
+from solver.io import FieldWriter
+sm = solver.sphere_mesh(MPI.COMM_SELF, 2, refinement=3)
+w = FieldWriter(sm, sys.argv[1], ["density"])
+try:
+    for k in range(50):
+        w.write(float(k), [np.ones(sm.num_owned)])
+    w.close()
+except OSError as e:
+    print("OSError:", e)
+"""
+
+
+@pytest.mark.serial
+def test_a_full_disk_under_vtx_is_an_os_error_not_an_abort(tmp_path, run):
+    """ADIOS2 on a full disk (its data file is /dev/full: every write fails with ENOSPC):
+    the write raises OSError naming the series, without ANSI colours, and the process ends
+    normally (it used to end in std::terminate, SIGABRT, exit 134, from the writer's
+    destructor flushing again)."""
+    from dolfinx.io import has_adios2
+
+    if not has_adios2 or not os.path.exists("/dev/full"):
+        pytest.skip("needs DOLFINx with ADIOS2 and /dev/full")
+    (tmp_path / "density.bp").mkdir()
+    (tmp_path / "density.bp" / "data.0").symlink_to("/dev/full")
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK)
+    p = run([str(script), str(tmp_path / "density")])
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert "OSError: cannot write the VTX series" in p.stdout and "No space left" in p.stdout
+    assert "\x1b[" not in out and "terminate" not in out, out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import re
 from pathlib import Path
 
 try:  # the PyPI DOLFINx wheel loads MPI through mpi4py: this import must come first
@@ -15,6 +17,8 @@ from dolfinx import fem, io
 from ..mesh import SphereMesh
 
 __all__ = ["FieldWriter"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # ADIOS2 colours its messages
 
 
 class FieldWriter:
@@ -37,13 +41,36 @@ class FieldWriter:
             self._xdmf = True
 
     def write(self, t: float, fields: list[np.ndarray]) -> None:
+        """Append the fields at time ``t``. A failed write (a full disk: ADIOS2 raises) closes
+        the writer at once and raises ``OSError`` naming the file, without ANSI colours:
+        left open, the writer would throw again from its destructor at exit, which ends the
+        process with ``std::terminate`` (SIGABRT, exit 134) instead of the documented 1."""
+        if self._w is None:
+            raise OSError(f"the VTX series {self.path} was closed after a failed write")
         for f, v in zip(self.functions, fields, strict=True):
             f.x.array[: self.sm.num_owned] = v
             f.x.scatter_forward()
             if self._xdmf:  # pragma: no cover
                 self._w.write_function(f, t)
         if not self._xdmf:
-            self._w.write(t)
+            try:
+                self._w.write(t)
+            except RuntimeError as e:
+                self._abandon()
+                msg = " ".join(_ANSI.sub("", str(e)).split())
+                raise OSError(f"cannot write the VTX series {self.path}: {msg}") from None
+
+    def _abandon(self) -> None:
+        w, self._w = self._w, None
+        try:
+            w.close()  # flushes again and fails again: here, where it can be caught
+        except RuntimeError:
+            # the C++ destructor would flush a third time and throw where nothing can catch
+            # it (std::terminate): the writer is never destroyed (one reference kept for
+            # good; the process is about to report the error and exit)
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(getattr(w, "_cpp_object", w)))
 
     def close(self) -> None:
-        self._w.close()
+        if self._w is not None:
+            w, self._w = self._w, None
+            w.close()
