@@ -464,3 +464,24 @@ def test_plot_of_a_corrupt_result_names_the_file(tmp_path, capsys, junk):
     rc, err = outcome(["plot", str(tmp_path)], capsys)
     assert rc == 2 and "result.npz is not a readable result file" in err, err
     assert "allow_pickle" not in err and "Traceback" not in err
+
+
+UNREADABLE = {  # file content -> the phrase naming what is wrong (DOLFINx blamed the .h5)
+    "empty file": (b"", "is not an XDMF file (not XML"),
+    "random bytes": (bytes(range(256)) * 8, "is not an XDMF file (not XML"),
+    "no grid": (b'<?xml version="1.0"?><Xdmf Version="3.0"><Domain/></Xdmf>', "holds no mesh"),
+    "h5 missing": (None, "circle_64.h5, which does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_unreadable_mesh_files_are_named_for_what_they_are(tmp_path, capsys, case):
+    content, phrase = UNREADABLE[case]
+    f = tmp_path / "circle_64.xdmf"
+    if content is None:  # the .xdmf without its heavy-data file
+        f.write_bytes((MESHES / "circle_64.xdmf").read_bytes())
+    else:
+        f.write_bytes(content)
+    for c in ("check", "run"):
+        rc, err = outcome(argv(tmp_path, toml(mesh=f'file = "{f}"'), c), capsys)
+        assert rc == 2 and phrase in err and "Traceback" not in err, (c, err)

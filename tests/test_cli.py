@@ -114,7 +114,7 @@ def test_unreadable_and_off_sphere_meshes(tmp_path, capsys):
     junk.write_text("not xml at all")
     cfg = GOOD.replace("sphere = 1\ncells = 32", f'file = "{junk}"')
     assert main(["run", str(write(tmp_path, cfg)), "--output", str(tmp_path / "o")]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "is not an XDMF file" in capsys.readouterr().err
 
     sm = solver.sphere_mesh(MPI.COMM_SELF, 1, cells=16)
     sm.mesh.geometry.x[:] *= 1.1

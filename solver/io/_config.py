@@ -600,6 +600,28 @@ def mesh_defect(points: np.ndarray, cells: np.ndarray) -> str | None:
     return None
 
 
+def xdmf_problem(path: str | Path) -> str | None:
+    """What is wrong with an XDMF mesh file before DOLFINx reads it (which blames the
+    ``.h5`` file for any of these): not XML, no ``<Grid>``, or a missing heavy-data file
+    named by a ``DataItem``; ``None`` when none of these."""
+    import xml.etree.ElementTree as ET
+
+    p = Path(path)
+    try:
+        root = ET.parse(p).getroot()
+    except (ET.ParseError, UnicodeDecodeError) as e:
+        return f"{p} is not an XDMF file (not XML: {e})"
+    if root.find(".//Grid") is None:
+        return f"{p} holds no mesh (no <Grid> in the XDMF)"
+    for item in root.iter("DataItem"):
+        text = (item.text or "").strip()
+        if item.get("Format") == "HDF" and ":" in text:
+            h5 = p.parent / text.split(":", 1)[0]
+            if not h5.is_file():
+                return f"{p} refers to {h5}, which does not exist (copy it next to the .xdmf)"
+    return None
+
+
 def check_config(cfg: dict, comm=None) -> dict:
     """Every check of a resolved config short of the time loop; the resource estimate.
 
@@ -620,6 +642,9 @@ def check_config(cfg: dict, comm=None) -> dict:
 
         from ..mesh import load_mesh
 
+        if Path(m["file"]).suffix.lower() == ".xdmf" and Path(m["file"]).is_file():
+            if (problem := xdmf_problem(m["file"])) is not None:
+                raise ConfigError(f"mesh.file: {problem}")
         sm = load_mesh(comm or MPI.COMM_SELF, m["file"], project=m["project"])
         if sm.gdim != base.d:
             raise ConfigError(f"mesh.file is a mesh of S^{sm.gdim - 1} but the model has "
