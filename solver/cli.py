@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -197,5 +198,6 @@ def _main(args, comm, errcomm) -> int:
                      "raise time.save_every, or run on more ranks")  # fmt: skip
     except (RootError, OSError) as e:
         return _fail(comm, errcomm, 1, f"error writing the output: {e}")
-    except Exception:
-        return _fail(comm, errcomm, 1, f"internal error:\n{traceback.format_exc()}")
+    except Exception:  # a bug: the traceback, without the colour codes of C++ messages
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", traceback.format_exc())
+        return _fail(comm, errcomm, 1, f"internal error:\n{tb}")
