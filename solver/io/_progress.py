@@ -16,7 +16,8 @@ __all__ = ["progress", "PlainProgress"]
 
 class PlainProgress:
     """The part of tqdm's interface the loops use (``update``, ``close``, ``n``), as lines
-    ``"{desc}: {n}/{total} (p %), {elapsed} s, about {left} s left"``: one per ``every`` of
+    ``"{desc}: {n}/{total} (p %), {elapsed} s, about {left} s left"`` (the rate measured after
+the first update, which may include a compilation): one per ``every`` of
     the total, and after ``seconds`` without a line; nothing while disabled or in the first
     ``delay`` seconds."""
 
@@ -27,7 +28,7 @@ class PlainProgress:
         self.disable, self.file, self.delay = disable, file, delay
         self.every, self.seconds = every, seconds
         self.start = self.last = time.monotonic()
-        self.n0 = self.n
+        self.first: tuple[float, float] | None = None
         self.next = self._step_after(self.n)
 
     def _step_after(self, n: float) -> float:
@@ -37,6 +38,8 @@ class PlainProgress:
     def update(self, k: float = 1.0) -> None:
         self.n += k
         now = time.monotonic()
+        if self.first is None:  # the rate is taken after the first update: a first step
+            self.first = (now, self.n)  # that compiles (numba) says nothing of the others
         if self.disable or now - self.start < self.delay:  # short loops say nothing
             self.next = self._step_after(self.n)
         elif self.n >= self.next or now - self.last >= self.seconds:
@@ -46,8 +49,8 @@ class PlainProgress:
     def _line(self, now: float) -> None:
         self.last = now
         elapsed = now - self.start
-        done = self.n - self.n0
-        left = elapsed * (self.total - self.n) / done if done > 0 else float("nan")
+        t1, n1 = self.first
+        left = (now - t1) * (self.total - self.n) / (self.n - n1) if self.n > n1 else float("nan")
         pct = 100 * self.n / self.total if self.total else 100.0
         if self.unit == "t":  # the time of an evolution
             where = f"t = {self.n:.4g}/{self.total:.4g}"
