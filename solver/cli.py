@@ -180,14 +180,17 @@ def _main(args, comm, errcomm) -> int:
         return 0
     except Interrupted as e:
         if e.t is None:  # before or after the time loop, maybe on some ranks only
-            return _fail(comm, errcomm, e.exit_code, f"{e} outside the time loop")
+            return _fail(comm, errcomm, e.exit_code, f"{e} (at once: outside the time loop, or "
+                         "a second signal); a checkpoint already written resumes with "
+                         "--resume")  # fmt: skip
         resume = ("resume with --resume" if e.checkpoint and args.command == "run"
                   else "nothing saved")  # fmt: skip
         if comm.rank == 0:  # every rank stopped after the same step (StopSignals)
             print(f"stopped at t = {e.t:.6g}; {resume}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        return _fail(comm, errcomm, 130, "interrupted (SIGINT) outside the time loop")
+        return _fail(comm, errcomm, 130, "stopped by SIGINT outside the time loop; a "
+                     "checkpoint already written resumes with --resume")  # fmt: skip
     except (ConfigError, ValueError) as e:
         return _fail(comm, errcomm, 2, f"error: {e}")
     except FloatingPointError as e:
