@@ -572,20 +572,22 @@ def _summary(p: dict, rows: dict) -> dict:
             "standard_w2_per_layer": w2l}  # fmt: skip
 
 
+def _by_method(ax, p: dict, rows: list[dict], x, y) -> None:
+    """Scatter ``(x(r), y(r))`` of the fine-tuning rows, one colour per method."""
+    for m in p["methods"]:
+        sel = [r for r in rows if r["method"] == m]
+        ax.scatter([x(r) for r in sel], [y(r) for r in sel], label=m, s=18)
+
+
 def _plot(p: dict, rows: dict, summary: dict, out: Path) -> Path:
     fine, norm = rows["finetune"], rows["norm"]
     fig = figure(19, 8.5)
     ax = fig.subplots(2, 4).ravel()
-    for m in p["methods"]:
-        sel = [r for r in fine if r["method"] == m]
-        ax[0].scatter([r["w2"] for r in sel], [r["old_loss"] - r["old_loss_base"] for r in sel],
-                      label=m, s=18)  # fmt: skip
+    _by_method(ax[0], p, fine, lambda r: r["w2"], lambda r: r["old_loss"] - r["old_loss_base"])
     ax[0].set_xlabel("W2(μ_T, ν_T) (geodesic, particles)")
     ax[0].set_ylabel("old-task loss increase (measured forgetting)")
     ax[0].legend(fontsize=7)
-    for m in p["methods"]:
-        sel = [r for r in fine if r["method"] == m]
-        ax[1].scatter([r["w2"] for r in sel], [r["lip_ratio_max"] for r in sel], label=m, s=18)
+    _by_method(ax[1], p, fine, lambda r: r["w2"], lambda r: r["lip_ratio_max"])
     ax[1].axhline(1.0, color="k", ls="--", lw=0.8, label="the bound (Kantorovich-Rubinstein)")
     ax[1].set_xlabel("W2(μ_T, ν_T) (geodesic, particles)")
     ax[1].set_ylabel("max over inputs |r(μ_T) − r(ν_T)| / (Lip · W1)")
@@ -610,9 +612,7 @@ def _plot(p: dict, rows: dict, summary: dict, out: Path) -> Path:
     ax[3].set_xlabel("layer")
     ax[3].set_ylabel("mean <x_i, x_j> (Fig 16)")
     ax[3].legend(fontsize=7)
-    for m in p["methods"]:
-        sel = [r for r in fine if r["method"] == m]
-        ax[4].scatter([r["dV_norm"] for r in sel], [r["old_acc"] for r in sel], label=m, s=18)
+    _by_method(ax[4], p, fine, lambda r: r["dV_norm"], lambda r: r["old_acc"])
     ax[4].set_xlabel("max ‖ΔV‖ over heads (read back from the saved adapter)")
     ax[4].set_ylabel("old-task accuracy after fine-tuning")
     std = summary.get("standard_w2_per_layer", [])

@@ -23,6 +23,7 @@ normalised hidden states, layer by layer.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,11 @@ class StandardTransformer:
         return jax.jit(jax.vmap(self.apply, in_axes=(None, 0)))
 
 
+@functools.lru_cache(maxsize=16)
+def _hidden_jit(model: StandardTransformer):
+    return jax.jit(model.hidden_states)
+
+
 def mean_field_matrices(model: StandardTransformer, params: dict, layer: int):
     """``(A, V)`` (H, d, d) of layer ``layer`` on normalised tokens (module docstring)."""
     d, H = model.d, model.heads
@@ -124,7 +130,7 @@ def hidden_state_gap(model: StandardTransformer, params: dict, u) -> np.ndarray:
     attention matrices (one step of size 1 per layer) from the same normalised embedding."""
     import ot
 
-    hs = np.asarray(jax.jit(model.hidden_states)(params, jnp.asarray(u)))
+    hs = np.asarray(_hidden_jit(model)(params, jnp.asarray(u)))
     mf = MeanFieldTransformer(d=model.d, layers=1, step=1.0, heads=model.heads)
     x = jnp.asarray(hs[0])
     n = len(x)
