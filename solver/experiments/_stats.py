@@ -19,7 +19,6 @@ from ..analysis import centre_distances, cluster_direction, wasserstein, wassers
 __all__ = [
     "angle",
     "bootstrap",
-    "bootstrap_loglog",
     "delta_distance",
     "directions",
     "inverse_fit",
@@ -136,68 +135,6 @@ def loglog_fit(x, y) -> tuple[float, float]:
         return float("nan"), float("nan")
     a, b = np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)
     return float(a), float(math.exp(b))
-
-
-def bootstrap_loglog(
-    x,
-    y,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-    fixed_slope: float | None = None,
-) -> dict:
-    r"""Power law ``y ≈ c x^a`` by least squares in log-log, with percentile bootstrap
-    intervals (the ``(x, y)`` points resampled with replacement).
-
-    Free slope: ``(a, log c)`` minimise ``Σ_k (log y_k − log c − a log x_k)²``. With
-    ``fixed_slope = a0``: ``log c = mean_k(log y_k − a0 log x_k)`` (``slope_lo = slope_hi =
-    a0``). Only the points with finite positive ``x`` and ``y`` count. Each of ``n_boot``
-    resamples (``numpy.random.default_rng(seed)``: deterministic) is refitted; a free-slope
-    resample with fewer than two distinct ``x`` has no slope and is skipped. The interval is
-    the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the refits. It measures how much
-    the fit depends on which points were taken, i.e. scatter and curvature about the power
-    law, not a model error: with two points it is degenerate (both fits of a line are the
-    line). Returns ``slope``, ``slope_lo``, ``slope_hi``, ``prefactor``, ``prefactor_lo``,
-    ``prefactor_hi`` and ``n_points`` (nan where fewer than 2 points, 1 with a fixed slope).
-    """
-    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
-    if int(n_boot) != n_boot or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
-    lx, ly = np.log(x[ok]), np.log(y[ok])
-    k = lx.size
-    out = dict.fromkeys(("slope", "slope_lo", "slope_hi", "prefactor", "prefactor_lo",
-                         "prefactor_hi"), float("nan"))  # fmt: skip
-    out["n_points"] = int(k)
-    if k < (1 if fixed_slope is not None else 2) or (fixed_slope is None and np.ptp(lx) == 0):
-        return out
-
-    def fit(ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slopes and log-prefactors of the resamples ``ix`` (rows)."""
-        u, v = lx[ix], ly[ix]
-        if fixed_slope is not None:
-            return np.full(len(ix), float(fixed_slope)), np.mean(v - fixed_slope * u, axis=1)
-        um, vm = u.mean(axis=1, keepdims=True), v.mean(axis=1, keepdims=True)
-        sxx = np.sum((u - um) ** 2, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            a = np.sum((u - um) * (v - vm), axis=1) / sxx
-        a[np.ptp(u, axis=1) == 0] = np.nan  # one distinct x: no slope
-        return a, vm[:, 0] - a * um[:, 0]
-
-    a, b = fit(np.arange(k)[None, :])
-    ab, bb = fit(np.random.default_rng(seed).integers(0, k, size=(int(n_boot), k)))
-    good = np.isfinite(ab)
-    q = [(1 - level) / 2, (1 + level) / 2]
-    slo, shi = np.quantile(ab[good], q)
-    blo, bhi = np.quantile(bb[good], q)
-    out.update(slope=float(a[0]), slope_lo=float(slo), slope_hi=float(shi),
-               prefactor=math.exp(b[0]), prefactor_lo=math.exp(blo),
-               prefactor_hi=math.exp(bhi))  # fmt: skip
-    return out
 
 
 def _finite_reduce(fn, x) -> float:
