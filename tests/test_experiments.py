@@ -35,7 +35,6 @@ from solver.experiments import (
     resolve_params,
     run_sweep,
 )
-from solver.experiments._stats import bootstrap_loglog
 from solver.experiments.fig2 import s2_mesh_size
 from solver.io import ConfigError
 from solver.model import Uniform
@@ -256,56 +255,6 @@ def test_phase_diagram_pde(tmp_path):
     assert conv[str(n)]["distance_exit"] < conv[str(min(p["conv_n"]))]["distance_exit"]
     parts = read_rows(out / "particles.csv")
     assert len(parts) == sum(p["conv_seeds"]) * len(conv[str(n)]["eps"])
-
-
-def test_bootstrap_loglog_recovers_a_power_law():
-    """y = c x^−1 e^{σ Z} (σ = 0.1, k points in [1e-3, 0.1], 100 seeded replicates): the 95 %
-    intervals of the slope (free) and of the prefactor (slope −1) hold the true values in
-    85–100 % of the replicates (percentile bootstrap: close to 95 %, a little less for few
-    points; binomial sd over 100 replicates 2–3 %). The point estimates are the least-squares
-    fits (to round-off), and the mean interval widths are those of the normal theory,
-    ``2 · 1.96 σ / √Sxx`` (slope; ``Sxx = Σ (log x − mean)²``) and ``2 · 1.96 σ / √k``
-    (log-prefactor): measured 0.974 / 0.898 of it at k = 10 and 0.974 / 0.968 at k = 160;
-    asserted within 20 % and 8 % (3x the measured shortfall), so the slope interval narrows
-    like 1/√Sxx."""
-    c, z = 0.25, 1.959964
-    for k, within in ((10, 0.2), (160, 0.08)):
-        x = np.geomspace(1e-3, 0.1, k)
-        lx = np.log(x)
-        hit, hit1, w, w1 = 0, 0, [], []
-        for rep in range(100):
-            y = c / x * np.exp(0.1 * np.random.default_rng(rep).normal(size=k))
-            b = bootstrap_loglog(x, y, n_boot=1000, seed=rep)
-            slope, logc = np.polyfit(lx, np.log(y), 1)
-            assert b["n_points"] == k and b["slope"] == pytest.approx(slope, abs=1e-12)
-            assert b["prefactor"] == pytest.approx(np.exp(logc), rel=1e-12)
-            hit += b["slope_lo"] < -1 < b["slope_hi"]
-            b1 = bootstrap_loglog(x, y, n_boot=1000, seed=rep, fixed_slope=-1.0)
-            assert b1["slope"] == b1["slope_lo"] == b1["slope_hi"] == -1.0
-            assert b1["prefactor"] == pytest.approx(np.exp(np.mean(np.log(y) + lx)), rel=1e-12)
-            hit1 += b1["prefactor_lo"] < c < b1["prefactor_hi"]
-            w.append(b["slope_hi"] - b["slope_lo"])
-            w1.append(np.log(b1["prefactor_hi"] / b1["prefactor_lo"]))
-        assert 85 <= hit <= 100 and 85 <= hit1 <= 100, (k, hit, hit1)
-        theory = 2 * z * 0.1 / np.sqrt(np.sum((lx - lx.mean()) ** 2))
-        assert abs(np.mean(w) / theory - 1) < within, (k, np.mean(w) / theory)
-        assert abs(np.mean(w1) / (2 * z * 0.1 / np.sqrt(k)) - 1) < within, k
-    x = np.geomspace(1e-3, 0.1, 10)
-    y = c / x * np.exp(0.1 * np.random.default_rng(0).normal(size=10))
-    # the seed fixes the resamples: the same seed the same interval, another seed another
-    # interval about the same estimate
-    b3, b4 = bootstrap_loglog(x, y, seed=3), bootstrap_loglog(x, y, seed=4)
-    assert bootstrap_loglog(x, y, seed=3) == b3 and b3["slope"] == b4["slope"]
-    assert b3["slope_lo"] != b4["slope_lo"] and b3["prefactor_hi"] != b4["prefactor_hi"]
-    # exact data: a zero-width interval at the true values; too few points: nan
-    x = np.array([1.0, 2.0, 4.0])
-    b = bootstrap_loglog(x, 3 * x**-1.0)
-    assert b["slope_lo"] == pytest.approx(-1, abs=1e-12)
-    assert b["slope_hi"] == pytest.approx(-1, abs=1e-12)
-    assert b["prefactor"] == pytest.approx(3, rel=1e-12)
-    assert math.isnan(bootstrap_loglog([1.0, np.nan], [1.0, 2.0])["slope"])
-    with pytest.raises(ValueError, match="same length"):
-        bootstrap_loglog([1.0, 2.0], [1.0])
 
 
 def test_random_adapters(tmp_path):
