@@ -28,6 +28,7 @@ from ..model import (
     VonMisesFisher,
     low_rank,
 )
+from ..model._lora import as_real
 
 __all__ = [
     "defaults",
@@ -138,17 +139,12 @@ def default_config_text() -> str:
 
 
 def _num(name: str, v, *, integer=False, positive=False, nonneg=False) -> float | int:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ConfigError(f"{name} must be a number, got {v!r}")
-    if not math.isfinite(v):
-        raise ConfigError(f"{name} must be finite, got {v!r}")
-    if integer and int(v) != v:
-        raise ConfigError(f"{name} must be an integer, got {v!r}")
-    if positive and v <= 0:
-        raise ConfigError(f"{name} must be > 0, got {v!r}")
-    if nonneg and v < 0:
-        raise ConfigError(f"{name} must be >= 0, got {v!r}")
-    return int(v) if integer else float(v)
+    """:func:`solver.model.as_real`, its errors as :class:`ConfigError` (a TOML value of
+    the wrong type is bad input, exit 2, like a wrong value)."""
+    try:
+        return as_real(name, v, integer=integer, positive=positive, nonneg=nonneg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def _numbers(name: str, v, depth: int) -> np.ndarray:
