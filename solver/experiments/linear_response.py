@@ -34,7 +34,7 @@ from ..analysis import layer_jacobians, most_forgetful_adapter, random_adapter_c
 from ..model import Uniform
 from ..particles import sample_particles
 from ..velocity import attention_velocity
-from ._common import identity_model, memo
+from ._common import identity_model
 from ._experiment import Experiment, Sweep, run_experiment
 from ._figures import figure, save_png
 from ._params import positive, require
@@ -65,12 +65,25 @@ def response_check(p: dict) -> None:
     require(p, "Ls", all(Lm % L == 0 for L in p["Ls"]), f"depths dividing max(Ls) = {Lm}")
 
 
-def _jacobians(p: dict, d: int, seed: int):
-    """``(x_T, J)`` of draw ``seed`` at ``max(Ls)`` layers (cached per process)."""
-    x0 = sample_particles(Uniform(), p["n"], d, seed=p["x0_seed"] + seed)
+_CACHE: dict = {}
+
+
+def _response(p: dict, d: int, seed: int) -> dict:
+    """Draw ``seed``'s exact response (cached per process, small: per ``L`` of ``Ls`` its
+    ``c_L``, the tied Jacobian and the largest speed at ``T``): one computation of the
+    per-layer Jacobians at ``max(Ls)`` layers serves both sweeps."""
     Lm = max(p["Ls"])
-    key = ("response", d, p["n"], p["x0_seed"] + seed, p["T"], p["dt"], Lm)
-    return memo(key, lambda: layer_jacobians(identity_model(d), x0, p["T"], Lm, dt=p["dt"]))
+    key = (d, p["n"], p["x0_seed"] + seed, p["T"], p["dt"], Lm, tuple(p["Ls"]), tuple(p["s"]))
+    if key not in _CACHE:
+        x0 = sample_particles(Uniform(), p["n"], d, seed=p["x0_seed"] + seed)
+        x, J = layer_jacobians(identity_model(d), x0, p["T"], Lm, dt=p["dt"])
+        c = {L: random_adapter_c(J.reshape(L, Lm // L, *J.shape[1:]).sum(axis=1), p["s"])
+             for L in p["Ls"]}  # fmt: skip
+        w = np.full(len(x), 1.0 / len(x))
+        v = attention_velocity(x, x, w, np.eye(d), np.eye(d))
+        _CACHE[key] = {"c": c, "tied": J.sum(axis=0),
+                       "speed": float(np.linalg.norm(v, axis=1).max())}  # fmt: skip
+    return _CACHE[key]
 
 
 def exact_cases(p: dict) -> list[dict]:
@@ -85,21 +98,15 @@ def forgetful_cases(p: dict) -> list[dict]:
 
 def exact_case(p: dict, case: dict) -> dict:
     """``c_L`` of one draw and depth (module doc) and the draw's largest speed at ``T``."""
-    d, L = int(case["d"]), int(case["L"])
-    x, J = _jacobians(p, d, int(case["seed"]))
-    Lm = J.shape[0]
-    Jc = J.reshape(L, Lm // L, *J.shape[1:]).sum(axis=1)
-    w = np.full(len(x), 1.0 / len(x))
-    speed = np.linalg.norm(attention_velocity(x, x, w, np.eye(d), np.eye(d)), axis=1).max()
-    return {"c": random_adapter_c(Jc, p["s"]), "max_speed_T": float(speed)}
+    r = _response(p, int(case["d"]), int(case["seed"]))
+    return {"c": r["c"][case["L"]], "max_speed_T": r["speed"]}
 
 
 def forgetful_case(p: dict, case: dict) -> dict:
     """The most forgetful unit adapter of rank ``r`` for a tied ``ΔV`` (first-order ``W2`` per
     unit ``ε``), a random unit rank-one adapter's RMS, and ``σ_1/√n``."""
     d = int(case["d"])
-    _, J = _jacobians(p, d, int(case["seed"]))
-    Jt = J.sum(axis=0)
+    Jt = _response(p, d, int(case["seed"]))["tied"]
     f = most_forgetful_adapter(Jt, int(case["rank"]))
     n = Jt.shape[1]
     return {"w2": f.w2, "random_rank1": float(np.sqrt(np.sum(Jt**2) / n) / d),
