@@ -507,7 +507,7 @@ def test_bound_is_its_formula_and_holds_at_every_degree(backend):
         assert np.all(np.abs(D - D_exact) <= eta * w.sum())
         err = np.linalg.norm(X - Xd, axis=1)
         assert np.all(err[ok] <= B[ok])
-    assert mixed >= 50  # measured 194 targets over the degrees 4-14
+    assert mixed >= 50, mixed  # measured 266 (70, 89, 107 at degrees 4, 8, 10)
 
 
 def test_bound_of_a_tiny_or_negative_denominator_is_infinite():
