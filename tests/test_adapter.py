@@ -16,6 +16,8 @@ from safetensors.numpy import save_file  # noqa: E402
 from solver.cli import main  # noqa: E402
 from solver.io import build_model, resolve_config  # noqa: E402
 
+pytestmark = pytest.mark.serial  # the command prints on rank 0 only
+
 D, H, HKV, DH, LAYERS, R, ALPHA = 12, 4, 2, 5, 2, 2, 6.0  # q: (20, 12), k/v: (10, 12)
 MOD = "model.layers.{l}.self_attn.{m}_proj.weight"
 LORA = "base_model.model.model.layers.{l}.self_attn.{m}_proj.lora_{ab}.weight"

@@ -174,6 +174,7 @@ def test_standard_transformer_hidden_states():
         StandardTransformer(d=6, layers=1, heads=4)
 
 
+@pytest.mark.serial  # a subprocess: under mpiexec it would inherit the rank's MPI set-up
 def test_import_solver_needs_no_jax():
     code = ("import sys, solver, solver.nn, solver.cli; solver.cli.build_parser(); "
             "assert 'jax' not in sys.modules, 'jax imported'")  # fmt: skip
