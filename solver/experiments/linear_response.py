@@ -192,7 +192,12 @@ def plot_linear_response(p: dict, rows: dict, s: dict, path: Path) -> Path:
         ax2.scatter(np.full(len(g), k) + np.linspace(-0.2, 0.2, len(g)), g, s=8, c=col)
         ax2.errorbar([k + 0.35], [f["gamma_mean"]], yerr=[[f["gamma_mean"] - f["gamma_lo"]],
                      [f["gamma_hi"] - f["gamma_mean"]]], fmt="ks", capsize=4)  # fmt: skip
-    ax1.set(xscale="log", xlabel="depth L (layers)", ylabel="exact c_L (RMS over adapters)")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="depth L (layers)",
+        ylabel="exact c_L (RMS over adapters)",
+    )
     ax1.legend(fontsize=7)
     ax2.axhline(0, color="k", lw=0.8, ls=":")
     ax2.set_xticks(range(len(s["gamma"])), [f"d = {d}" for d in s["gamma"]])
