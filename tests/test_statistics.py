@@ -66,3 +66,23 @@ def test_bootstrap_interval_covers_and_degenerates():
     assert 0.78 <= hits / 200 <= 0.96
     est, lo, hi = bootstrap(lambda i: 3.0, 1)
     assert est == lo == hi == 3.0
+
+
+def test_random_fit_names_and_drops_the_draws_not_clustered():
+    """Thm 4.2's γ (random_adapters.random_fit) with one dominating draw: 10 seeds with
+    W2 = 5 r at L = 1 and 64 (γ = 0) except seed 0, 20x larger at L = 64 and still moving at T
+    (base speed 0.5 > SPEED_TOL). γ over all seeds is pulled up (log of the RMS: 0.446); the
+    draw is named, and without it γ = 0 with a zero-width interval (the rest is exact)."""
+    from solver.experiments.random_adapters import SPEED_TOL, random_fit
+
+    rows = []
+    for seed in range(10):
+        for L in (1, 64):
+            w = 0.05 * (20 if (seed == 0 and L == 64) else 1)
+            rows.append({"L": L, "ratio": 0.01, "seed": seed, "w2": w,
+                         "max_speed_T": 0.5 if seed == 0 else SPEED_TOL / 10})  # fmt: skip
+    f = random_fit({"linear_max": 0.5}, rows)
+    assert f["not_clustered"] == [0]
+    assert f["gamma"] > 0.4
+    g, lo, hi = f["gamma_clustered"]
+    assert abs(g) < 1e-12 and abs(lo) < 1e-12 and abs(hi) < 1e-12
