@@ -272,6 +272,17 @@ class _Dealer:
             self.poll(block=True)
 
 
+def _import_dolfinx() -> None:
+    """Import DOLFINx (if installed) on every rank before the ranks part ways: its first
+    import initialises PETSc, which is collective over ``COMM_WORLD``, so a rank that builds
+    the first mesh of a sweep alone would wait there for ranks that never build one (a
+    depth sweep with one PDE case on two ranks hung)."""
+    try:
+        import dolfinx  # noqa: F401
+    except ImportError:  # pragma: no cover - particles-only installs
+        pass
+
+
 def _run_dealt(order, cases, keys, compute, format_rows, take, comm):
     """Compute the positions ``order`` of ``cases``, each on whichever rank is free first.
 
@@ -282,6 +293,8 @@ def _run_dealt(order, cases, keys, compute, format_rows, take, comm):
     of every failed case)`` on every rank: all ranks leave together, none waits for ever."""
     size = 1 if comm is None else comm.size
     rank = 0 if comm is None else comm.rank
+    if size > 1:
+        _import_dolfinx()
     comm = comm.Dup() if size > 1 else None  # its own message space, freed below
     failure, errors = None, []
 
