@@ -91,7 +91,7 @@ def test_point_mass_drift_s1(eps, T, e, x0):
     h = 2 * np.pi / 120
     disp, err, base = drift(op, eps, T, e, x0, kappa=1e5)  # width 0.003 << h = 0.052
     assert disp > 5 * h
-    assert err <= 0.01 * disp
+    assert err <= 0.01 * disp  # measured 0.045 %, 0.26 % (2026-12-07): 3.8x margin
     assert base <= 1e-3 * disp
 
 
@@ -110,7 +110,7 @@ def test_point_mass_drift_s2(eps, T, e, x0):
     h = np.sqrt(4 * np.pi / op.sm.num_cells)
     disp, err, base = drift(op, eps, T, e, x0, kappa=1e4)  # width 0.01 << h
     assert disp > 3 * h
-    assert err <= 0.02 * disp
+    assert err <= 0.006 * disp  # measured 0.19 %, 0.14 %, 0.085 % (2026-12-07): 3x margin
     assert base <= 0.01 * h  # the collapse onto the mesh shifts the mean by 2e-4 - 4e-4 rad
 
 
@@ -167,7 +167,7 @@ def test_donor_flux_without_first_moment_lags_on_triangles():
     the tolerance above), so the tests above check what the directional outflow does."""
     op = DG0Upwind(solver.sphere_mesh(COMM, 2, refinement=3), "donor", first_moment=False)
     disp, err, _ = drift(op, *CASES_S2[0], kappa=1e4)
-    assert err >= 0.04 * disp
+    assert 0.03 * disp <= err <= 0.12 * disp  # measured 5.8 %: a factor 2 either way
 
 
 def test_facet_flux_pins_the_cluster():
@@ -176,7 +176,7 @@ def test_facet_flux_pins_the_cluster():
     drift below the attraction at the facets) it moves by 5.5 % of it."""
     op = DG0Upwind(solver.sphere_mesh(COMM, 1, cells=120), "facet")
     disp, err, _ = drift(op, *CASES_S1[0], kappa=1e5)
-    assert err >= 0.2 * disp
+    assert 0.2 * disp <= err <= 0.8 * disp  # measured 41 %: a factor 2 either way
 
 
 @pytest.mark.parametrize("eps,T,e,x0", CASES_S1)
@@ -217,7 +217,7 @@ def test_dg1_without_cluster_zones_lags():
     check what the zones do."""
     op = DGUpwind(solver.sphere_mesh(COMM, 1, cells=120), 1, clusters=False)
     disp, err, _ = drift(op, *CASES_S1[0], kappa=1e5)
-    assert err >= 0.05 * disp
+    assert 0.05 * disp <= err <= 0.2 * disp  # measured 9.3 %: a factor 2 either way
 
 
 @pytest.mark.parametrize("flux", ["facet", "donor"])
