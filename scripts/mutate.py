@@ -173,6 +173,18 @@ MUTATIONS: list[Mutation] = [
              "(math.sqrt(r) + math.sqrt(self.chunk) + math.sqrt(self.C) + n + 1)",
              "(math.sqrt(r) + math.sqrt(self.C) + n + 1)",
              (FV, "-k", "formula")),
+    Mutation("dg0: a cone accepted only where g >= 0 exactly (else a_K = 0)",
+             "solver/transport/_dg0.py",
+             "    pair = np.argmax(g.min(axis=2), axis=1)\n",
+             "    pair = np.argmax(g.min(axis=2), axis=1)\n"
+             "    ek = ek * (g.min(axis=2).max(axis=1) >= 0)[:, None]\n",
+             ("tests/test_continuity.py", "-k", "cone_edges and numpy")),
+    Mutation("dg0: the first-moment correction in every cell (no cluster weight)",
+             "solver/transport/_dg0.py", "CLUSTER = (0.6, 0.9)", "CLUSTER = (2.0, 3.0)",
+             ("tests/test_transport.py", "-k", "Smooth and s2")),
+    Mutation("dg1: cluster zones of one layer of neighbours", "solver/transport/_dg.py",
+             "    CLUSTER_RINGS = 2", "    CLUSTER_RINGS = 1",
+             ("tests/test_point_mass.py", "-k", "dg1_s2")),
 ]
 # fmt: on
 
