@@ -146,8 +146,10 @@ def w2_floor_note(ns, means) -> str:
                 "particles only shrink the Monte Carlo part; refine the mesh "
                 "(`validation.levels`) to lower the floor.")  # fmt: skip
     fit = np.polyfit(np.log(ns), np.log(means), 1)[0]
-    return (f"W2 falls as n^{fit:.2f} over these n (Monte Carlo rate: -0.5): the mesh error "
-            "floor lies below the particle error here.")
+    return (
+        f"W2 falls as n^{fit:.2f} over these n (Monte Carlo rate: -0.5): the mesh error "
+        "floor lies below the particle error here."
+    )
 
 
 def validate(comm, cfg: dict, output: str | Path, *, progress: bool = True) -> dict:

@@ -206,8 +206,9 @@ ROWS = [
     ("kind as a list", toml(perturbation='kind = ["tied"]'), "check", 2, "perturbation.kind"),
     (
         "mixture nested 2,000 deep",
-        toml(initial='kind = "mixture"\ncomponents = [' + MIX * 2000 + "{}" + "] }" * 2000
-             + "]"),  # fmt: skip
+        toml(
+            initial='kind = "mixture"\ncomponents = [' + MIX * 2000 + "{}" + "] }" * 2000 + "]"
+        ),  # fmt: skip
         "check",
         2,
         "nested too deeply",

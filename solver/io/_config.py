@@ -519,8 +519,10 @@ def _resolve_initial(name: str, ini: dict, d: int, depth: int = 0) -> dict:
         out["centre"] = c.tolist()
         out["kappa"] = _num(f"{name}.kappa", ini["kappa"], nonneg=True)
         if out["kappa"] > MAX_KAPPA:
-            raise ConfigError(f"{name}.kappa must be <= {MAX_KAPPA:.0e} (a blob of width "
-                              f"1/sqrt(kappa) below any cell), got {out['kappa']:.3g}")
+            raise ConfigError(
+                f"{name}.kappa must be <= {MAX_KAPPA:.0e} (a blob of width "
+                f"1/sqrt(kappa) below any cell), got {out['kappa']:.3g}"
+            )
     elif kind == "mixture":
         comps = ini.get("components")
         if not isinstance(comps, list) or not comps:

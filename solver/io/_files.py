@@ -130,5 +130,7 @@ def load_result(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(p) as z:
             return {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{p} is not a readable result file ({type(e).__name__}); it may "
-                         "be truncated or overwritten: rerun the run into a new folder") from None
+        raise ValueError(
+            f"{p} is not a readable result file ({type(e).__name__}); it may "
+            "be truncated or overwritten: rerun the run into a new folder"
+        ) from None

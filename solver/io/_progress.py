@@ -16,10 +16,10 @@ __all__ = ["progress", "PlainProgress"]
 
 class PlainProgress:
     """The part of tqdm's interface the loops use (``update``, ``close``, ``n``), as lines
-    ``"{desc}: {n}/{total} (p %), {elapsed} s, about {left} s left"`` (the rate measured after
-the first update, which may include a compilation): one per ``every`` of
-    the total, and after ``seconds`` without a line; nothing while disabled or in the first
-    ``delay`` seconds."""
+        ``"{desc}: {n}/{total} (p %), {elapsed} s, about {left} s left"`` (the rate measured after
+    the first update, which may include a compilation): one per ``every`` of
+        the total, and after ``seconds`` without a line; nothing while disabled or in the first
+        ``delay`` seconds."""
 
     def __init__(self, total: float, initial: float = 0.0, desc: str = "", unit: str = "",
                  disable: bool = False, file=None, every: float = 0.1,

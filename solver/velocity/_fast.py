@@ -131,6 +131,8 @@ def _quick_tail(R: float, m: int, d: int) -> float:
     else:
         g = (2 * l + 1) * math.sqrt(math.pi / (2 * R)) * ive(l + 0.5, R)
     return float(1.0 - g.sum())
+
+
 #: Moving points: the truncation tails are tabulated once per ``A`` at ``r = ‖A‖₂ · g`` for
 #: these ``g`` (geometric, 0.45 % apart, the top one above ``‖A‖₂`` by a round-off margin)
 #: and each target takes the grid value at or above ``r_i = |A x_i| <= ‖A‖₂``: an upper
