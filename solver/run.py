@@ -117,7 +117,8 @@ class Flows:
     outflow is capped at their content (the operator's ``euler_step``: positive and
     conservative for any step). After clustering the velocity is small where the mass is, and
     the step grows with the slow dynamics instead of being held by nearly empty cells. DG1 and
-    DG2 (no positivity limit of their own) take the a-priori step in both modes.
+    DG2 take adaptive steps the same way, with each cell's positivity step at its own speed
+    (``DGUpwind.step_limits``) and capped stages for the light cells (``DGUpwind.euler_step``).
     """
 
     def __init__(self, op, fields: list, rho0: np.ndarray, *, stepping: str = "adaptive",
@@ -149,7 +150,8 @@ class Flows:
         ``"explicit"`` (SSP-RK3) or ``"capped"`` (SSP-RK3 of capped Euler stages)."""
         if self.stepping == "fixed" or not hasattr(self.op, "positivity_time_step"):
             # the a-priori step; DG0's capped stages keep it positive whatever the flux
-            return self.dt_fixed, "capped" if hasattr(self.op, "euler_step") else "explicit", None
+            capped = getattr(self.op, "capped_fixed_steps", False)
+            return self.dt_fixed, "capped" if capped else "explicit", None
         states = self.states
         us = [f(t_param, t, s) for f, s in zip(self.fields, states, strict=True)]
         if not hasattr(self.op, "step_limits"):

@@ -102,7 +102,7 @@ from ..mesh import GEOMETRY_DEGREE, SphereMesh, curve, normalize
 from ..parallel import normalised_errors
 from ..velocity import tangent_project
 from ._dg0 import cell_stencil, directional_velocity
-from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
+from ._forms import check_cfl, mass_floor, unit_mass, upwind_flux, upwind_outflows
 
 __all__ = ["DGUpwind", "MAX_DEGREE", "CFL_FACTOR"]
 
@@ -155,6 +155,10 @@ class DGUpwind:
     source_degree : int, optional
         Degree of the cell quadrature of the nonlocal integral (default ``2 * degree``).
     """
+
+    #: fixed steps are the a-priori step, positive for the plain stages: no capping there
+    #: (capped stages, :meth:`euler_step`, serve the adaptive steps' light cells)
+    capped_fixed_steps = False
 
     def __init__(
         self,
@@ -353,13 +357,21 @@ class DGUpwind:
 
     def rhs(self, velocity: np.ndarray, state: np.ndarray) -> np.ndarray:
         """``d state/dt`` on owned cells for owned nodal ``velocity`` and an owned state."""
+        return self._rhs(velocity, state)
+
+    def _rhs(self, velocity, state, theta: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`rhs`, with the outflow of each owned cell scaled by ``theta`` (the capped
+        stages of :meth:`euler_step`: the cell's density in the flux form is ``θ_K ρ``, so
+        what leaves ``K`` is scaled and what enters it is not; the zone weights are those of
+        the unscaled averages)."""
         u = self.u.x
         u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
         u.scatter_forward()
-        self.rho.x.array[self._dofs] = self.nodal(state)
+        nodal = self.nodal(state)
+        self.rho.x.array[self._dofs] = nodal if theta is None else nodal * theta[:, None]
         self.rho.x.scatter_forward()
         if self.clusters:
-            troubled = self._zone = self._set_cluster_fields(state[:, 0])
+            troubled = self._zone = self._set_cluster_fields(state[:, 0], theta)
         b = self._b
         b.array[:] = 0.0
         fem.assemble_vector(b.array, self.form)
@@ -371,6 +383,59 @@ class DGUpwind:
         out[:, 1:] = g[:, 1:] - g[:, :1]
         if self.clusters:
             out[:, 1:] *= 1.0 - troubled[:, None]  # cluster cells stay constant
+        return out
+
+    def _cell_limits(self, velocity: np.ndarray) -> np.ndarray:
+        """``Δt_K = CFL_FACTOR · |K| / (|∂K| U_K)``: the positivity step of each owned cell
+        with its own speed ``U_K`` — the largest nodal ``|u|`` of the cell and (with the
+        cluster zones, whose donor flux reads the neighbours' velocities) of its neighbours,
+        times the Lebesgue constant of the velocity's nodes (1 for P1; P2: 5/4 on intervals,
+        5/3 on triangles), so a bound of ``|u|`` on the cell. The a-priori step
+        (:meth:`max_time_step`) is the same with one global speed."""
+        u = self.u.x
+        u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
+        u.scatter_forward()
+        gdim = self.sm.gdim
+        speed = np.linalg.norm(u.array.reshape(-1, gdim), axis=1)[self.Vu.dofmap.list].max(axis=1)
+        own = speed[: self._nown]
+        if self.clusters:
+            own = np.maximum(own, speed[self._stencil["nbr"]].max(axis=1))
+        leb = 1.0 if self.Vu.element.basix_element.degree == 1 else (1.25 if gdim == 2 else 5 / 3)
+        fac = CFL_FACTOR[gdim - 1][self.degree]
+        return fac * self.sm.areas / (self.sm.perimeters * np.maximum(leb * own, 1e-300))
+
+    def positivity_time_step(self, velocity: np.ndarray) -> float:
+        """``min_K Δt_K`` (:meth:`_cell_limits`), the same on every rank."""
+        local = float(np.min(self._cell_limits(velocity), initial=np.inf))
+        return self.sm.comm.allreduce(local, op=MPI.MIN)
+
+    def step_limits(self, velocity: np.ndarray, state: np.ndarray, tail: float) -> tuple:
+        """``(Δt_+, Δt_m)``: :meth:`positivity_time_step` over all cells and over the cells
+        that hold all but ``tail`` of the mass (:func:`mass_floor`), as
+        :meth:`DG0Upwind.step_limits`; steps between the two take :meth:`euler_step`."""
+        lim = self._cell_limits(velocity)
+        m = state[:, 0] * self.sm.areas
+        floor = mass_floor(self.sm.comm, m, tail)
+        comm = self.sm.comm
+        low = (float(np.min(lim, initial=np.inf)), float(np.min(lim[m >= floor], initial=np.inf)))
+        return tuple(comm.allreduce(x, op=MPI.MIN) for x in low)
+
+    def euler_step(self, velocity: np.ndarray, state: np.ndarray, dt: float) -> np.ndarray:
+        """Forward Euler ``state + Δt d state/dt`` with the outflow of every cell whose
+        positivity step ``Δt_K`` (:meth:`_cell_limits`) is below ``Δt`` scaled by
+        ``θ_K = Δt_K / Δt`` and its slopes set to zero (a constant cell sends out at most what
+        it holds in ``Δt_K``): the light cells that adaptive steps leave out of the step
+        (:meth:`step_limits`) stay positive, as DG0's capped cells do, and mass is
+        conserved (the scaled flux leaves ``K`` and enters its neighbour). Where no cell is
+        capped this is the plain Euler stage."""
+        theta = np.minimum(1.0, self._cell_limits(velocity) / dt)
+        capped = theta < 1.0
+        if not self.sm.comm.allreduce(bool(capped.any()), op=MPI.LOR):
+            return state + dt * self._rhs(velocity, state)
+        state = state.copy()
+        state[capped, 1:] = 0.0
+        out = state + dt * self._rhs(velocity, state, theta)
+        out[capped, 1:] = 0.0
         return out
 
     #: layers of neighbours around a cluster cell that go with it (one layer left the S^2
@@ -417,10 +482,13 @@ class DGUpwind:
         t.scatter_forward()
         return zone
 
-    def _set_cluster_fields(self, averages: np.ndarray) -> np.ndarray:
+    def _set_cluster_fields(self, averages: np.ndarray, theta=None) -> np.ndarray:
         """Cell averages, cluster indicator, centroid velocity and its directional velocity
         for the flux form; returns the owned cluster cells."""
         troubled = self.cluster_cells(averages)  # also sets rbar and tau (owned + ghosts)
+        if theta is not None:  # the capped cells' averages in the donor flux (euler_step)
+            self.rbar.x.array[: self._nown] = averages * theta
+            self.rbar.x.scatter_forward()
         if not self.sm.comm.allreduce(bool(troubled.any()), op=MPI.LOR):  # all τ = 0
             self.form = self._plain_form  # no zone anywhere: the DG scheme alone (cheaper)
             return troubled

@@ -146,7 +146,7 @@ from dolfinx import fem, la
 from scipy import sparse
 
 from ..mesh import SphereMesh, normalize
-from ._forms import check_cfl, unit_mass, upwind_flux, upwind_outflows
+from ._forms import check_cfl, mass_floor, unit_mass, upwind_flux, upwind_outflows
 
 __all__ = [
     "DG0Upwind",
@@ -186,6 +186,9 @@ class DG0Upwind:
     """
 
     degree = 0
+    #: fixed steps take the capped stages of :meth:`euler_step`: the a-priori step does not
+    #: bound the directional outflow (module doc, "Positivity")
+    capped_fixed_steps = True
 
     def __init__(self, sm: SphereMesh, flux: str = "donor", first_moment: bool = True):
         if flux not in FLUXES:
@@ -296,9 +299,7 @@ class DG0Upwind:
         moves at most one cell. Identical on every rank."""
         out = self._outflow(velocity)
         m = rho * self.sm.areas
-        allm = np.sort(np.concatenate(self.sm.comm.allgather(m)))
-        k = int(np.searchsorted(np.cumsum(allm), tail * allm.sum(), side="right"))
-        floor = allm[k] if k < allm.size else np.inf  # cells below it hold <= tail of the mass
+        floor = mass_floor(self.sm.comm, m, tail)  # cells below it hold <= tail of the mass
         return self._min_ratio(out), self._min_ratio(out, m >= floor)
 
     def euler_step(self, velocity: np.ndarray, rho: np.ndarray, dt: float) -> np.ndarray:

@@ -118,7 +118,7 @@ def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[n
     """
     times, _ = time_grid(T, op.max_time_step(field.speed(T), cfl))
     flow = Transport(op, field)
-    capped = hasattr(op, "euler_step")  # DG0: positive for any step (see DG0Upwind)
+    capped = getattr(op, "capped_fixed_steps", False)  # DG0: positive for any step
     comm, sm = op.sm.comm, op.sm
     mass0 = sm.integrate(op.cell_averages(state))
     drift, low = 0.0, float(np.min(op.cell_averages(state), initial=np.inf))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import ufl
 
-__all__ = ["upwind_outflows", "upwind_flux", "check_cfl", "unit_mass"]
+__all__ = ["upwind_outflows", "upwind_flux", "check_cfl", "unit_mass", "mass_floor"]
 
 
 def upwind_outflows(u, msh, donor: bool = False, direction=None):
@@ -61,3 +61,12 @@ def unit_mass(sm, averages: np.ndarray) -> float:
     if not mass > 0:
         raise ValueError("initial density is zero everywhere on the mesh: nothing to evolve")
     return mass
+
+
+def mass_floor(comm, m: np.ndarray, tail: float) -> float:
+    """The smallest cell mass among the cells that hold all but ``tail`` of the total: the
+    cells below it (the lightest, together at most ``tail`` of the mass) do not limit
+    adaptive steps. ``m``: this rank's cell masses; the same value on every rank."""
+    allm = np.sort(np.concatenate(comm.allgather(m)))
+    k = int(np.searchsorted(np.cumsum(allm), tail * allm.sum(), side="right"))
+    return allm[k] if k < allm.size else np.inf
