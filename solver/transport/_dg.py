@@ -266,7 +266,7 @@ class DGUpwind:
                 cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
             )
         self._b = la.vector(self.V.dofmap.index_map, 1)
-        self._zone = None  # owned cells of the cluster zones at the last rhs
+        self._zone = None  # cluster weight τ of the owned cells at the last rhs
 
     def _tab(self, points: np.ndarray) -> np.ndarray:
         """Reference DG basis at ``points``: ``(np, n)``."""
@@ -359,19 +359,23 @@ class DGUpwind:
         """``d state/dt`` on owned cells for owned nodal ``velocity`` and an owned state."""
         return self._rhs(velocity, state)
 
+    def _set_velocity(self, velocity: np.ndarray) -> None:
+        """The owned nodal velocity, and the ghosts' by a forward scatter."""
+        u = self.u.x
+        u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
+        u.scatter_forward()
+
     def _rhs(self, velocity, state, theta: np.ndarray | None = None) -> np.ndarray:
         """:meth:`rhs`, with the outflow of each owned cell scaled by ``theta`` (the capped
         stages of :meth:`euler_step`: the cell's density in the flux form is ``θ_K ρ``, so
         what leaves ``K`` is scaled and what enters it is not; the zone weights are those of
         the unscaled averages)."""
-        u = self.u.x
-        u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
-        u.scatter_forward()
+        self._set_velocity(velocity)
         nodal = self.nodal(state)
         self.rho.x.array[self._dofs] = nodal if theta is None else nodal * theta[:, None]
         self.rho.x.scatter_forward()
         if self.clusters:
-            troubled = self._zone = self._set_cluster_fields(state[:, 0], theta)
+            tau = self._zone = self._set_cluster_fields(state[:, 0], theta)
         b = self._b
         b.array[:] = 0.0
         fem.assemble_vector(b.array, self.form)
@@ -382,7 +386,7 @@ class DGUpwind:
         out[:, 0] = bk.sum(axis=1) / self.sm.areas  # tested with q = 1: exact mass balance
         out[:, 1:] = g[:, 1:] - g[:, :1]
         if self.clusters:
-            out[:, 1:] *= 1.0 - troubled[:, None]  # cluster cells stay constant
+            out[:, 1:] *= 1.0 - tau[:, None]  # cluster cells stay constant
         return out
 
     def _cell_limits(self, velocity: np.ndarray) -> np.ndarray:
@@ -392,11 +396,10 @@ class DGUpwind:
         times the Lebesgue constant of the velocity's nodes (1 for P1; P2: 5/4 on intervals,
         5/3 on triangles), so a bound of ``|u|`` on the cell. The a-priori step
         (:meth:`max_time_step`) is the same with one global speed."""
-        u = self.u.x
-        u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
-        u.scatter_forward()
+        self._set_velocity(velocity)
         gdim = self.sm.gdim
-        speed = np.linalg.norm(u.array.reshape(-1, gdim), axis=1)[self.Vu.dofmap.list].max(axis=1)
+        nodes = np.linalg.norm(self.u.x.array.reshape(-1, gdim), axis=1)
+        speed = nodes[self.Vu.dofmap.list].max(axis=1)  # local cells, ghosts included
         own = speed[: self._nown]
         if self.clusters:
             own = np.maximum(own, speed[self._stencil["nbr"]].max(axis=1))
@@ -485,13 +488,13 @@ class DGUpwind:
     def _set_cluster_fields(self, averages: np.ndarray, theta=None) -> np.ndarray:
         """Cell averages, cluster indicator, centroid velocity and its directional velocity
         for the flux form; returns the owned cluster cells."""
-        troubled = self.cluster_cells(averages)  # also sets rbar and tau (owned + ghosts)
+        tau = self.cluster_cells(averages)  # also sets rbar and tau (owned + ghosts)
         if theta is not None:  # the capped cells' averages in the donor flux (euler_step)
             self.rbar.x.array[: self._nown] = averages * theta
             self.rbar.x.scatter_forward()
-        if not self.sm.comm.allreduce(bool(troubled.any()), op=MPI.LOR):  # all τ = 0
+        if not self.sm.comm.allreduce(bool(tau.any()), op=MPI.LOR):  # all τ = 0
             self.form = self._plain_form  # no zone anywhere: the DG scheme alone (cheaper)
-            return troubled
+            return tau
         self.form = self._zone_form
         gdim = self.sm.gdim
         un = self.u.x.array.reshape(-1, gdim)
@@ -500,7 +503,7 @@ class DGUpwind:
         self.uc.x.array[:] = uc.ravel()
         self.a.x.array[: self._nown * gdim] = directional_velocity(uc, self._stencil).ravel()
         self.a.x.scatter_forward()
-        return troubled
+        return tau
 
     # --- errors ---------------------------------------------------------------------------
 
