@@ -11,6 +11,7 @@ from scipy.spatial.transform import Rotation
 
 import solver
 import solver.analysis._clusters as C
+from solver.analysis._clusters import _walks
 from solver.model import VonMisesFisher
 from solver.run import ClusterState
 
@@ -760,9 +761,7 @@ def test_compiled_gradient_paths_find_the_kd_tree_cells(monkeypatch, graph):
     """The compiled gradient paths (a walk over the adjacency, certified nearest or searched)
     against the k-d tree's nearest-centroid queries step by step (without numba): the same
     labels, centres and masses on noisy multi-modal densities, whose many paths are long."""
-    from solver.analysis import _clusters
-
-    if _clusters._nb is None:  # pragma: no cover - depends on the environment
+    if _walks._nb is None:  # pragma: no cover - depends on the environment
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(5)
     mus = [unit(v) for v in rng.normal(size=(4, 3))]
@@ -774,7 +773,7 @@ def test_compiled_gradient_paths_find_the_kd_tree_cells(monkeypatch, graph):
         m = masses * (1 + noise * rng.random(len(masses)))
         a = solver.density_clusters(cen, m, areas, min_mass=1e-4, **kw)
         with monkeypatch.context() as mp:
-            mp.setattr(_clusters, "_nb", None)
+            mp.setattr(_walks, "_nb", None)
             b = solver.density_clusters(cen, m, areas, min_mass=1e-4, **kw)
         assert len(a) >= 3
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -825,7 +824,7 @@ def test_compiled_walk_finds_the_nearest_centroid_after_every_step():
     linked to two random others), so that its certificate (nearer than half the distance
     to the nearest non-neighbour) must send walks to the full search. Each cell is its
     own root and done, so the returned label is the cell after one step of length size_c."""
-    if C._nb is None:  # pragma: no cover - depends on the environment
+    if _walks._nb is None:  # pragma: no cover - depends on the environment
         pytest.skip("numba is not installed")
     from scipy.sparse import csr_matrix
 
@@ -845,8 +844,8 @@ def test_compiled_walk_finds_the_nearest_centroid_after_every_step():
         k = int(np.diff(adj.indptr).max()) + 2
         knn_d, knn_i = cKDTree(x).query(x, k=k)
         ids = np.arange(n)
-        got = C._nb_gradient_walk(x, g, gnorm, sizes, np.ones(n, bool), ids, ids, adj.indptr,
-                                  adj.indices, knn_d, knn_i, 1)  # fmt: skip
+        got = _walks._nb_gradient_walk(x, g, gnorm, sizes, np.ones(n, bool), ids, ids, adj.indptr,
+                                       adj.indices, knn_d, knn_i, 1)  # fmt: skip
         y = x + (size / gnorm)[:, None] * g
         y /= np.linalg.norm(y, axis=1)[:, None]
         want = cKDTree(x).query(y)[1]
