@@ -102,6 +102,11 @@ def hyperbolic_centre(z0: np.ndarray, V: np.ndarray, t: float | np.ndarray) -> n
         return 0.5 * (1 + z @ z) * w - (z @ w) * z
 
     ts = np.atleast_1d(np.asarray(t, dtype=float))
+    if not np.all(np.isfinite(ts)) or ts[0] < 0 or np.any(np.diff(ts) < 0):
+        raise ValueError(f"t must be finite, >= 0 and increasing, got {t!r}")
+    if ts[-1] == 0.0:  # solve_ivp needs an interval of positive length
+        out = np.tile(z0, (ts.size, 1))
+        return out[0] if np.ndim(t) == 0 else out
     sol = solve_ivp(rhs, (0.0, float(ts[-1])), z0, method="DOP853", t_eval=ts, rtol=1e-13,
                     atol=1e-13)  # fmt: skip
     out = sol.y.T
