@@ -56,7 +56,7 @@ from scipy.linalg import expm
 
 from .io import progress as progress_bar
 from .io._config import MAX_STEPS
-from .model import Density, Model
+from .model import Density, Model, MultiHeadModel
 from .model._lora import as_real
 from .parallel import allgather_rows
 from .transport import time_grid
@@ -207,6 +207,9 @@ def simulate_particles(
             f"geometry={geometry!r}, d = {model.d}; pass velocity='direct' (or 'auto', which "
             "takes the direct sum there)"
         )
+    if not sphere and isinstance(model, MultiHeadModel):
+        raise ValueError(f"geometry={geometry!r} takes one head: several heads "
+                         "(MultiHeadModel) run on the sphere only")  # fmt: skip
     if rescaled and len(model.breakpoints(T)):
         raise ValueError("geometry='euclidean-rescaled' needs parameters without jumps (e^{tV})")
     size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
@@ -264,7 +267,14 @@ def simulate_particles(
     bar = progress_bar(len(times) - 1, disable=(not progress) or rank != 0, delay=2.0,
                        desc="particles", unit="step")  # fmt: skip
     # all (few) particles here, direct sum on the sphere: each step one compiled call
-    compiled = _nb is not None and sphere and fast is None and size == 1 and n <= COMPILED_MAX_N
+    compiled = (
+        _nb is not None
+        and sphere
+        and fast is None
+        and size == 1
+        and n <= COMPILED_MAX_N
+        and np.ndim(model.parameters(0.0)[0]) == 2
+    )  # several heads: the Python loop
     for k in range(len(times) - 1):
         t, h = times[k], times[k + 1] - times[k]
         A, V = model.parameters(t + 0.5 * h)

@@ -13,7 +13,7 @@ array([[1.  , 0.  ],
        [0.  , 0.99]])
 """
 
-from ._attention import Model
+from ._attention import Model, MultiHeadModel
 from ._initial import (
     Density,
     Expression,
@@ -27,6 +27,7 @@ from ._lora import Perturbation, RandomLoRA, ScheduledLoRA, TiedLoRA, as_matrix,
 
 __all__ = [
     "Model",
+    "MultiHeadModel",
     "Perturbation",
     "TiedLoRA",
     "RandomLoRA",

@@ -17,7 +17,8 @@ uses the particles as both targets and sources. Both go through :func:`attention
 (the direct sum, the reference of every faster method), except that the particle system,
 whose sources are few and equally weighted, takes :func:`equal_weight_velocity`: the same
 sum in compiled loops (numba, when installed), free of the dozen NumPy calls per evaluation
-that dominate the direct sum below a few hundred particles.
+that dominate the direct sum below a few hundred particles. Several heads (``A``, ``V`` of
+shape ``(H, d, d)``, :class:`solver.model.MultiHeadModel`): the sum of the heads' velocities.
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def _log_weights(w: np.ndarray) -> np.ndarray:
         return np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf)
 
 
+def _sum_heads(fn, x, y, w, A, V, **kw) -> np.ndarray:
+    """``Σ_a fn(x, y, w, A[a], V[a])`` over the heads of stacked ``A``, ``V`` (H, d, d)."""
+    if np.shape(V) != np.shape(A) or len(A) == 0:
+        raise ValueError(f"stacked heads: A and V must both be (H, d, d) with H >= 1, got "
+                         f"{np.shape(A)} and {np.shape(V)}")  # fmt: skip
+    out = fn(x, y, w, A[0], V[0], **kw)
+    for a in range(1, len(A)):
+        out = out + fn(x, y, w, A[a], V[a], **kw)
+    return out
+
+
 def attention_velocity(
     x: np.ndarray,
     y: np.ndarray,
@@ -66,14 +78,17 @@ def attention_velocity(
         Sources on the unit sphere.
     w : (n,) array
         Non-negative weights (need not sum to one: the softmax normalises).
-    A, V : (d, d) arrays
-        ``A = Kᵀ Q`` and the value matrix.
+    A, V : (d, d) arrays, or (H, d, d) for ``H`` heads
+        ``A = Kᵀ Q`` and the value matrix; stacked: the sum of the heads' velocities
+        (:class:`solver.model.MultiHeadModel`).
 
     Returns
     -------
     (m, d) array
         ``X[μ](x_i)``, tangent at ``x_i`` to round-off.
     """
+    if np.ndim(A) == 3:
+        return _sum_heads(attention_velocity, x, y, w, A, V, block_bytes=block_bytes)
     x = np.ascontiguousarray(x, dtype=float)
     y = np.ascontiguousarray(y, dtype=float)
     m, d = x.shape
@@ -120,6 +135,9 @@ def equal_weight_velocity(x: np.ndarray, y: np.ndarray, A: np.ndarray, V: np.nda
     tests/test_geometry_model.py). No checks: for callers that have validated ``x``, ``y``
     (unit rows, ``(m, d)`` and ``(n, d)``, n >= 1) and ``A``, ``V``.
     """
+    if np.ndim(A) == 3:  # heads: (H, d, d)
+        return _sum_heads(lambda x, y, w, A, V: equal_weight_velocity(x, y, A, V), x, y, None,
+                          A, V)  # fmt: skip
     if _nb is None or len(y) > COMPILED_MAX_N:
         return attention_velocity(x, y, np.full(len(y), 1.0 / len(y)), A, V)
     f = np.ascontiguousarray

@@ -527,7 +527,14 @@ class FastVelocity:
         return X, D, q, scale, 0.5 * self.tol * scale
 
     def __call__(self, w: np.ndarray, A: np.ndarray, V: np.ndarray) -> np.ndarray:
-        """Velocity at this rank's targets; ``w`` are the gathered, key-ordered weights."""
+        """Velocity at this rank's targets; ``w`` are the gathered, key-ordered weights.
+        ``A``, ``V`` of shape ``(H, d, d)``: the sum over the heads, each evaluated as one
+        (the cache then holds at least ``H`` setups); :attr:`report` is the heads' combined
+        one (``"fast"`` when every head was: the largest degree and relative bound (each head's
+        bound is relative to its own ``max_i |X_i|``), the recomputed targets summed; else the
+        first head's that was not)."""
+        if np.ndim(A) == 3:
+            return self._heads(w, A, V)
         A = np.ascontiguousarray(A, dtype=float)
         V = np.ascontiguousarray(V, dtype=float)
         w = np.asarray(w, dtype=float)
@@ -595,6 +602,30 @@ class FastVelocity:
             )
         self.report = st.report
         return X
+
+    def _heads(self, w, A, V) -> np.ndarray:
+        if np.shape(V) != np.shape(A) or len(A) == 0:
+            raise ValueError(f"stacked heads: A and V must both be (H, d, d) with H >= 1, got "
+                             f"{np.shape(A)} and {np.shape(V)}")  # fmt: skip
+        self.cache = max(self.cache, len(A))
+        out, reps = None, []
+        for a in range(len(A)):
+            v = self(w, A[a], V[a])
+            out = v if out is None else out + v
+            reps.append(self.report)
+        slow = [r for r in reps if r["method"] != "fast"]
+        self.report = (
+            slow[0]
+            if slow
+            else {
+                **reps[0],
+                "degree": max(int(r["degree"]) for r in reps),
+                "bound": float(max(r["bound"] for r in reps)),
+                "direct_targets": int(sum(r["direct_targets"] for r in reps)),
+                "heads": len(A),
+            }
+        )
+        return out
 
     def _check(self, st, X, B, w, A, V, scale) -> bool:
         """Compare with the direct sum on a sample of targets (new ``A`` only)."""
