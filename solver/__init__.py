@@ -8,6 +8,13 @@ Flat public API (``import solver``) over subpackages that follow the data path::
 
 from __future__ import annotations
 
+# `python -m solver`: a signal before the command takes over its signals is held until it can
+# stop every rank alike (one line, 130/143), not a traceback from inside an import (_startup)
+from . import _startup
+
+if _startup.is_solver_command():
+    _startup.record_signals()
+
 import importlib
 import os
 

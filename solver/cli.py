@@ -79,33 +79,72 @@ def main(argv: list[str] | None = None) -> int:
     with _plain_signals_and_warnings(comm):
         try:
             return _main(args, comm, errcomm)
+        except KeyboardInterrupt as e:  # a signal held while starting up (_release)
+            signum = getattr(e, "signum", signal.SIGINT)
+            return _fail(comm, errcomm, 128 + signum, _stopped_outside(signum))
         finally:
             errcomm.Free()
 
 
+def _stopped_outside(signum: int = signal.SIGINT) -> str:
+    return (f"stopped by {signal.Signals(signum).name} outside the time loop; a checkpoint "
+            "already written resumes with --resume")  # fmt: skip
+
+
 @contextlib.contextmanager
 def _plain_signals_and_warnings(comm):
-    """SIGTERM raises :class:`~solver.parallel.Interrupted` (not PETSc's banner and
-    ``MPI_Abort(59)``; the time loop installs its own handlers, see
-    :class:`~solver.parallel.StopSignals`); warnings print as one line ``warning: ...`` on
-    the rank that met them. Both put back on return (``main`` is also called in-process)."""
-    from .parallel import Interrupted
-
-    def term(signum, frame):
-        raise Interrupted(signum)
+    """SIGINT and SIGTERM are held (:mod:`solver._startup`) until :func:`_release`, once the
+    command's modules are imported: a KeyboardInterrupt inside an import left DOLFINx's C++
+    module half made (segmentation fault) or mpiexec reporting a killed process. Then SIGTERM
+    raises :class:`~solver.parallel.Interrupted` (not PETSc's banner and ``MPI_Abort(59)``)
+    and SIGINT ``KeyboardInterrupt``; the time loop installs its own handlers, see
+    :class:`~solver.parallel.StopSignals`. Warnings print as one line ``warning: ...`` on
+    the rank that met them. All put back on return (``main`` is also called in-process)."""
+    from . import _startup
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
     main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, term) if main_thread else None
+    old = _startup.record_signals() if main_thread else {}
     old_show, warnings.showwarning = warnings.showwarning, show
     try:
         yield
     finally:
         warnings.showwarning = old_show
-        if main_thread:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+        _startup.clear()
+        for s, h in old.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)
+
+
+def _import_for(args) -> None:
+    """Import the modules of the command (DOLFINx and its C++ module included)."""
+    import importlib
+
+    names = {"plot": ["solver.viz._plots"], "adapter": ["solver.nn._hf"],
+             "run": ["dolfinx", "solver.run"], "validate": ["dolfinx", "solver.validate"],
+             "config": ["dolfinx"] if getattr(args, "check", None) else []}  # fmt: skip
+    for name in names.get(args.command, []):
+        importlib.import_module(name)
+
+
+def _release() -> None:
+    """End the hold of :func:`_plain_signals_and_warnings`: a signal held is raised now (every
+    rank got it from mpiexec: they all stop here), later ones raise where they come."""
+    from . import _startup
+    from .parallel import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def term(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signum := _startup.pending():
+        _startup.clear()
+        raise Interrupted(signum)
 
 
 def _fail(comm, errcomm, code: int, msg: str) -> int:
@@ -128,6 +167,8 @@ def _main(args, comm, errcomm) -> int:
 
     say = print if comm.rank == 0 else (lambda *a, **k: None)
     try:
+        _import_for(args)  # with the signals held (a KeyboardInterrupt in an import crashes)
+        _release()
         if args.command == "plot":
             from .viz import plot_main
 
@@ -189,8 +230,7 @@ def _main(args, comm, errcomm) -> int:
             print(f"stopped at t = {e.t:.6g}; {resume}", file=sys.stderr, flush=True)
         return e.exit_code
     except KeyboardInterrupt:
-        return _fail(comm, errcomm, 130, "stopped by SIGINT outside the time loop; a "
-                     "checkpoint already written resumes with --resume")  # fmt: skip
+        return _fail(comm, errcomm, 130, _stopped_outside())
     except (ConfigError, ValueError) as e:
         return _fail(comm, errcomm, 2, f"error: {e}")
     except FloatingPointError as e:

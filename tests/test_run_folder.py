@@ -183,6 +183,54 @@ def test_a_signal_under_mpiexec_stops_every_rank(tmp_path, signum, target):
     assert float(m.group(1)) > 0
 
 
+def _loaded(pid: int, lib: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return lib in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("lib", ["mpi4py/MPI.", "libdolfinx"])
+def test_ctrl_c_while_starting_up_under_mpiexec(tmp_path, lib):
+    """Ctrl-C to ``mpiexec -n 2`` as soon as both ranks have loaded MPI, while they import
+    SciPy, DOLFINx and set up (before the time loop): one line, exit 130 on every rank, no
+    traceback, nothing left waiting. Without :mod:`solver._startup` holding the signal, a
+    rank left while the other waited in ``MPI_Init`` (hang), printed a traceback from inside
+    an import, or was ended by SIGINT (CPython's ``exit_sigint`` after a KeyboardInterrupt in
+    ``exec``'d import code: status 2 from mpiexec)."""
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(LONG)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "solver", "run", str(cfg), "-o",
+           str(out), "--no-progress"]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=ROOT)  # fmt: skip
+    try:
+        end = time.monotonic() + 120
+        while True:
+            ranks = [c for proxy in _children(p.pid) for c in _children(proxy)]
+            if len(ranks) == 2 and all(_loaded(r, lib) for r in ranks):
+                break
+            assert p.poll() is None and time.monotonic() < end, p.communicate()
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 130, (stdout, stderr)
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("[mpiexec@")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert re.fullmatch(r"stopped by SIGINT \(at once: outside the time loop.*resumes with "
+                        r"--resume", lines[0]), stderr  # fmt: skip
+    assert "BAD TERMINATION" not in stdout, stdout
+    assert not (out / "checkpoint.npz").exists()  # it came before the time loop
+
+
 @pytest.mark.serial
 def test_resume_with_another_config_is_refused(tmp_path, monkeypatch, capsys):
     cfg = config(tmp_path)
