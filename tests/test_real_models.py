@@ -41,8 +41,8 @@ def out(tmp_path_factory):
 
 
 def test_outputs(out):
-    for f in ("pretrain.csv", "finetune.csv", "norm.csv", "standard.csv", "summary.json",
-              "real_models.png", "params.toml"):  # fmt: skip
+    for f in ("pretrain.csv", "finetune.csv", "norm.csv", "standard.csv", "pde.csv",
+              "standard_pde.csv", "summary.json", "real_models.png", "params.toml"):  # fmt: skip
         assert (out / f).is_file(), f
     fine = read_rows(out / "finetune.csv")
     assert len(fine) == len(TINY["dims"]) * len(TINY["methods"]) * TINY["seeds"]
@@ -107,6 +107,30 @@ def test_readback_and_spectra_of_the_saved_weights(out, capsys):
         want = np.sort_complex(np.linalg.eigvals(Wf["o"][:, d:] @ Wf["v"][d:]).astype(complex))
         assert np.allclose(np.sort_complex(np.linalg.eigvals(Vft).astype(complex)), want,
                            atol=1e-12)  # fmt: skip
+
+
+def test_pde_on_the_trained_heads_beside_the_particles(out):
+    """The PDE (all heads, read back from the saved folders) from one input's token law: its
+    W2(μ_T, ν_T) is that of the particles from tokens of the same law (the transformer's own
+    steps) within the 200-token sampling and 64-cell mesh errors (tiny: PDE / particles
+    0.88-0.94 measured; bounds 0.6-1.4), for every method; the fine-tuned flow moved."""
+    rows = read_rows(out / "pde.csv")
+    assert len(rows) == len(TINY["methods"]) * TINY["pde_seeds"]
+    for r in rows:
+        assert r["w2_pde"] > 0.05, r
+        assert 0.6 < r["w2_pde"] / r["w2_particles_big"] < 1.4, r
+    s = json.loads((out / "summary.json").read_text())
+    assert s["pde"]["2"]["items"] == len(rows)
+
+
+def test_standard_transformer_on_the_pde_layer_by_layer(out):
+    """One row per layer 0..L; at layer 0 the hidden states are the particles' start (the same
+    tokens: W2 0 between them, and the same W2 to the PDE's initial density)."""
+    rows = sorted(read_rows(out / "standard_pde.csv"), key=lambda r: r["layer"])
+    assert [r["layer"] for r in rows] == list(range(TINY["std_layers"] + 1))
+    assert rows[0]["w2_particles_hidden"] == 0.0
+    assert rows[0]["w2_pde_hidden"] == rows[0]["w2_pde_particles"] > 0
+    assert all(r["w2_particles_hidden"] > 0 for r in rows[1:])
 
 
 def test_norm_transition_rows(out):

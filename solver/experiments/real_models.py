@@ -69,13 +69,16 @@ _COMMON = {"n": 64, "step": 0.5, "heads": 2, "width": 16, "batch": 32, "lr": 0.0
            "rank": 2, "alpha": 4.0, "sparse_rows": 1, "few_count": 16, "eval_count": 128,
            "ft_lr": 0.02, "depth": 2.0, "norm_d": 3, "norm_seeds": 2, "std_d": 16,
            "std_heads": 4, "std_layers": 3, "std_steps": 150, "std_inputs": 4,
-           "n_boot": 1000}  # fmt: skip
+           "n_boot": 1000, "pde_seeds": 1, "pde_cells": 128, "pde_refinement": 2,
+           "pde_particles": 1000, "pde_draws": 4, "pde_law_seed": 0, "std_pde_d": 3,
+           "std_pde_heads": 3, "std_pde_n": 1000, "std_pde_dt": 0.125}  # fmt: skip
 PRESETS = {
     "tiny": {**_COMMON, "dims": [2], "layers": 2, "pretrain_count": 256, "pretrain_steps": 40,
              "finetune_count": 128, "finetune_steps": 30, "methods": ["lora_v", "full", "sparse"],
              "seeds": 2, "norm_layers": [2, 4], "norm_etas": [0.3, 3.0], "norm_steps": 30,
              "eval_count": 48, "std_steps": 20, "std_inputs": 2, "std_layers": 2,
-             "n_boot": 200},
+             "n_boot": 200, "pde_cells": 64, "pde_refinement": 1, "pde_particles": 200,
+             "pde_draws": 2, "std_pde_n": 200, "std_pde_dt": 0.25},
     "small": {**_COMMON, "dims": [2, 3, 8], "layers": 4, "pretrain_count": 1024,
               "pretrain_steps": 200, "finetune_count": 256, "finetune_steps": 100,
               "methods": list(METHODS), "seeds": 3, "norm_layers": [2, 4, 8],
@@ -84,7 +87,8 @@ PRESETS = {
               "pretrain_steps": 400, "finetune_count": 512, "finetune_steps": 150,
               "methods": list(METHODS), "seeds": 4, "norm_layers": [2, 4, 8, 16],
               "norm_etas": [0.1, 0.3, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0], "norm_steps": 300,
-              "norm_seeds": 3, "std_steps": 400, "std_inputs": 8},
+              "norm_seeds": 3, "std_steps": 400, "std_inputs": 8, "pde_seeds": 2,
+              "pde_cells": 256, "pde_refinement": 3, "pde_particles": 2000},
 }  # fmt: skip
 
 PRETRAIN_COLUMNS = ("loss_before", "loss", "acc", "train_s")
@@ -96,6 +100,10 @@ FINETUNE_COLUMNS = (
 )  # fmt: skip
 NORM_COLUMNS = ("old_loss", "old_acc", "dV_norm")
 STANDARD_COLUMNS = ("w2", "loss", "acc")
+PDE_COLUMNS = ("w2_pde", "w2_particles_n", "w2_particles_n_sd", "w2_particles_big", "cells",
+               "steps", "pde_s")  # fmt: skip
+STANDARD_PDE_COLUMNS = ("w2_pde_hidden", "w2_pde_particles", "w2_particles_hidden", "loss",
+                        "acc", "pde_s")  # fmt: skip
 
 
 def _check(p: dict) -> None:
@@ -103,7 +111,13 @@ def _check(p: dict) -> None:
              "few_count", "eval_count", "ft_lr", "depth", "norm_d", "norm_seeds", "std_d",
              "std_heads", "std_layers", "std_steps", "std_inputs", "n_boot", "dims", "layers",
              "pretrain_count", "pretrain_steps", "finetune_count", "finetune_steps", "seeds",
-             "norm_layers", "norm_etas", "norm_steps")  # fmt: skip
+             "norm_layers", "norm_etas", "norm_steps", "pde_cells", "pde_refinement",
+             "pde_particles", "pde_draws", "std_pde_d", "std_pde_heads", "std_pde_n",
+             "std_pde_dt")  # fmt: skip
+    require(p, "pde_seeds", isinstance(p["pde_seeds"], int) and 0 <= p["pde_seeds"] <= p["seeds"],
+            "an integer in [0, seeds] (the PDE runs seeds 0..pde_seeds-1)")  # fmt: skip
+    require(p, "std_pde_d", p["std_pde_d"] in (2, 3), "2 or 3 (the PDE's S^1, S^2)")
+    require(p, "std_pde_heads", p["std_pde_d"] % p["std_pde_heads"] == 0, "a divisor of std_pde_d")
     require(p, "dims", all(d >= 2 for d in p["dims"]), "a list of dimensions >= 2")
     require(p, "norm_d", p["norm_d"] >= 2, ">= 2")
     require(p, "methods", all(m in METHODS for m in p["methods"]), f"a list of {METHODS}")
@@ -427,6 +441,129 @@ def _finetune_cases(p: dict) -> list[dict]:
             for s in range(p["seeds"])]  # fmt: skip
 
 
+# ---- the PDE on the trained heads ---------------------------------------------------------
+def projected_normal_density(mean, cov):
+    r"""The law of ``z / |z|`` for ``z ~ N(mean, cov)`` in ``R^d`` (``d = 2, 3``) as a density
+    on ``S^{d-1}`` (surface measure): ``f(x) = ∫_0^∞ r^{d-1} φ(r x) dr``, ``φ`` the normal
+    density; in closed form with ``a = xᵀ Σ⁻¹ x``, ``β = xᵀ Σ⁻¹ m / a``, ``G = √(2π/a)
+    Φ(β √a)``: ``∫_0^∞ r e^{-a (r-β)²/2} dr = e^{-aβ²/2}/a + β G`` (d = 2) and
+    ``∫_0^∞ r² e^{-a (r-β)²/2} dr = β e^{-aβ²/2}/a + (β² + 1/a) G`` (d = 3), times
+    ``(2π)^{-d/2} |Σ|^{-1/2} e^{-(mᵀΣ⁻¹m − aβ²)/2}``. Returns ``f`` of ``x`` (N, d)."""
+    from scipy.special import ndtr
+
+    mean, cov = np.asarray(mean, dtype=float), np.asarray(cov, dtype=float)
+    d = len(mean)
+    if d not in (2, 3):
+        raise ValueError(f"mean must have 2 or 3 entries (S^1, S^2), got {d}")
+    if cov.shape != (d, d) or np.linalg.eigvalsh(0.5 * (cov + cov.T))[0] <= 0:
+        raise ValueError(f"cov must be a positive definite {d} x {d} matrix")
+    P = np.linalg.inv(cov)
+    c0 = float(mean @ P @ mean)
+    scale = (2 * math.pi) ** (-d / 2) / math.sqrt(np.linalg.det(cov))
+
+    def f(x):
+        x = np.asarray(x, dtype=float)
+        a = np.einsum("ij,jk,ik->i", x, P, x)
+        beta = x @ (P @ mean) / a
+        g = np.sqrt(2 * math.pi / a) * ndtr(beta * np.sqrt(a))
+        e = np.exp(-0.5 * c0)  # e^{-(c0 - aβ²)/2} e^{-aβ²/2}
+        if d == 2:
+            return scale * (e / a + np.exp(-0.5 * (c0 - a * beta**2)) * beta * g)
+        return scale * (e * beta / a + np.exp(-0.5 * (c0 - a * beta**2)) * (beta**2 + 1 / a) * g)
+
+    return f
+
+
+def _pde_law(seed: int):
+    """One input's token law ``u = c m + s ξ`` (:func:`~solver.nn.make_task`): ``(m, c, s)``."""
+    rng = np.random.default_rng([int(seed), 24])
+    m = rng.normal(size=3)
+    return m / np.linalg.norm(m), float(rng.uniform(0.5, 1.5)), float(rng.uniform(0.5, 1.5))
+
+
+def _law_tokens(law, n: int, seed: int) -> np.ndarray:
+    m, c, s = law
+    return c * m + s * np.random.default_rng([int(seed), 25]).normal(size=(int(n), 3))
+
+
+def _pde_mesh(p: dict, comm, d: int):
+    from ..mesh import sphere_mesh
+
+    if d == 2:
+        return sphere_mesh(comm, 1, cells=int(p["pde_cells"]))
+    return sphere_mesh(comm, 2, refinement=int(p["pde_refinement"]))
+
+
+def _cell_w2(res, d: int, a: np.ndarray, b: np.ndarray) -> float:
+    """Geodesic ``W2`` between two DG0 densities given as cell masses: S^1 with each cell's
+    mass spread over its arc (:func:`w2_cells_s1`); S^2 with centroid atoms."""
+    from ._stats import w2_cells_s1
+
+    if d == 2:
+        return w2_cells_s1(res.centroids, a, b, 32)
+    c = res.centroids / np.linalg.norm(res.centroids, axis=1, keepdims=True)
+    return w2(c, c, a / a.sum(), b / b.sum())
+
+
+def _cells_points_w2(res, k: int, x: np.ndarray) -> float:
+    """Geodesic ``W2`` (exact) between the PDE density saved at index ``k`` (centroid atoms)
+    and the equally weighted tokens ``x``."""
+    c = res.centroids / np.linalg.norm(res.centroids, axis=1, keepdims=True)
+    a = np.clip(res.density[k] * res.areas, 0, None)
+    return w2(c, x, a / a.sum(), np.full(len(x), 1.0 / len(x)))
+
+
+def pde_case(p: dict, case: dict, run) -> dict | None:
+    """The PDE on one fine-tuned model (``d = 2, 3``; every head, :class:`MultiHeadModel`):
+    ``A_a``, ``V_a``, ``ΔA_a``, ``ΔV_a`` read back from the saved folders, the base and the
+    fine-tuned flow from the token law of one input (``u = c m + s ξ`` embedded: a projected
+    normal density, :func:`projected_normal_density`) to ``T = L h``, ``W2`` of the final
+    densities; beside it the particles (the transformer's own RK4 steps of size ``h``) from
+    tokens of the same law: ``n`` tokens (mean over ``pde_draws`` draws) and
+    ``pde_particles``."""
+    from ..model import MultiHeadModel, TiedLoRA
+    from ..nn import read_head
+    from ..particles import simulate_particles
+    from ..run import evolve
+
+    d, method, seed = int(case["d"]), str(case["method"]), int(case["seed"])
+    model = _model(p, d, p["layers"])
+    bf, af = base_folder(run.out, d, p["layers"]), adapter_folder(run.out, d, method, seed)
+    hm = [read_head(bf, af, 0, h) for h in range(model.heads)]
+    base = MultiHeadModel.from_AV([m.A for m in hm], [m.V for m in hm])
+    pert = base.perturbed([TiedLoRA(m.dA, m.dV) for m in hm])
+    params = load_base(bf, model)
+    E, e = params["embed"], params["embed_bias"]
+    law = _pde_law(p["pde_law_seed"])
+    m, c, s = law
+    dens = projected_normal_density(c * E @ m + e, s * s * E @ E.T)
+    T = model.depth
+    t0 = time.perf_counter()
+    res = evolve(_pde_mesh(p, run.comm, d), base, dens, T, perturbed=pert, w2=False, vtx=False,
+                 progress=False, cluster_delta=None)  # fmt: skip
+    secs = time.perf_counter() - t0
+    if run.comm.rank != 0:
+        return None
+    w2_pde = _cell_w2(res, d, res.density[-1] * res.areas, res.density_perturbed[-1] * res.areas)
+
+    def particles(n, draw):
+        z = _law_tokens(law, n, draw) @ E.T + e
+        x0 = z / np.linalg.norm(z, axis=1, keepdims=True)
+        xb, xf = (simulate_particles(mm, x0, T, dt=model.step).positions[-1] for mm in (base, pert))
+        return w2(xb, xf)
+
+    small = [particles(p["n"], k) for k in range(int(p["pde_draws"]))]
+    return {"w2_pde": w2_pde, "w2_particles_n": float(np.mean(small)),
+            "w2_particles_n_sd": float(np.std(small)),
+            "w2_particles_big": particles(p["pde_particles"], 999), "cells": len(res.areas),
+            "steps": len(res.step_times) - 1, "pde_s": secs}  # fmt: skip
+
+
+def _pde_cases(p: dict) -> list[dict]:
+    return [{"d": d, "method": m, "seed": s} for d in p["dims"] if d <= 3
+            for m in p["methods"] for s in range(p["pde_seeds"])]  # fmt: skip
+
+
 # ---- norm transition -----------------------------------------------------------------------
 def norm_case(p: dict, case: dict, run) -> dict:
     """Per-layer base with ``L`` layers of length ``depth / L``; i.i.d. ``ΔV^ℓ = η u vᵀ``
@@ -457,15 +594,12 @@ def _norm_cases(p: dict) -> list[dict]:
 
 
 # ---- standard transformer ------------------------------------------------------------------
-def standard_case(p: dict, case: dict) -> list[dict]:
-    """Train a standard transformer on the old task; ``W2`` per layer between its normalised
-    hidden states and the mean-field flow of its attention (mean over ``std_inputs``)."""
-    from ..nn import StandardTransformer, hidden_state_gap, train
+def _train_standard(p: dict, st, seed: int):
+    """Train ``st`` on the old task (``std_steps`` Adam steps): ``(params, held-out loss,
+    accuracy)``."""
+    from ..nn import train
     from ..nn._meanfield import jnp
 
-    seed = int(case["seed"])
-    st = StandardTransformer(d=int(p["std_d"]), layers=int(p["std_layers"]),
-                             heads=int(p["std_heads"]), mlp=2 * int(p["std_d"]))  # fmt: skip
     u, y = _data(p, "old", p["pretrain_count"], seed)
     f = st.batched()
     U, Y = jnp.asarray(u), jnp.asarray(y)
@@ -480,8 +614,81 @@ def standard_case(p: dict, case: dict) -> list[dict]:
     params, _ = train(loss, st.init(seed=seed), batches, steps=int(p["std_steps"]), lr=p["lr"])
     ue, ye = _data(p, "old", p["eval_count"], 777)
     out = np.asarray(f(params, jnp.asarray(ue)))[:, 0]
-    ev_loss = float(_bce(jnp.asarray(out), jnp.asarray(ye)))
-    acc = float(np.mean((out > 0) == (ye > 0.5)))
+    loss = float(_bce(jnp.asarray(out), jnp.asarray(ye)))
+    return params, loss, float(np.mean((out > 0) == (ye > 0.5)))
+
+
+def standard_flow_model(st, params):
+    """The mean-field flow of a :class:`~solver.nn.StandardTransformer`'s attention as a
+    :class:`~solver.model.MultiHeadModel`: on ``[ℓ, ℓ + 1)`` head ``a`` has the matrices
+    ``A_a^ℓ``, ``V_a^ℓ`` of :func:`~solver.nn.mean_field_matrices` (one unit of time per
+    layer, as :func:`~solver.nn.hidden_state_gap` steps), jumps at ``1, ..., L − 1``."""
+    from ..model import Model, MultiHeadModel, ScheduledLoRA
+    from ..nn import mean_field_matrices
+
+    L, d = st.layers, st.d
+    AV = [mean_field_matrices(st, params, ell) for ell in range(L)]
+    heads = []
+    for a in range(st.heads):
+
+        def fn(t, a=a):
+            ell = min(max(int(math.floor(t)), 0), L - 1)
+            return AV[ell][0][a] - AV[0][0][a], AV[ell][1][a] - AV[0][1][a]
+
+        heads.append(Model.from_AV(AV[0][0][a], AV[0][1][a],
+                                   ScheduledLoRA(d, fn, jumps=tuple(range(1, L)))))  # fmt: skip
+    return MultiHeadModel(heads)
+
+
+def standard_pde_case(p: dict, case: dict, run) -> list[dict] | None:
+    """A standard transformer of width ``std_pde_d`` (<= 3: the PDE's sphere) with
+    ``std_pde_heads`` heads, trained on the old task; from the token law of one input
+    (embedded, normalised: :func:`projected_normal_density`), per layer ``ℓ``: ``W2`` between
+    the PDE of its attention's mean-field flow (:func:`standard_flow_model`) and the model's
+    own normalised hidden states of ``std_pde_n`` tokens of that law (``w2_pde_hidden``), the
+    particles of that flow from the same tokens (RK4, ``dt = std_pde_dt``;
+    ``w2_pde_particles``), and particles against hidden states (``w2_particles_hidden``)."""
+    from ..nn import StandardTransformer
+    from ..nn._meanfield import jnp
+    from ..particles import simulate_particles
+    from ..run import evolve
+
+    d, seed = int(p["std_pde_d"]), int(case["seed"])
+    st = StandardTransformer(d=d, layers=int(p["std_layers"]), heads=int(p["std_pde_heads"]),
+                             mlp=2 * d)  # fmt: skip
+    params, loss, acc = _train_standard(p, st, seed)
+    flow = standard_flow_model(st, params)
+    E = np.asarray(params["embed"])
+    law = _pde_law(p["pde_law_seed"])
+    m, c, s = law
+    L = st.layers
+    t0 = time.perf_counter()
+    dens = projected_normal_density(c * E @ m, s * s * E @ E.T)
+    res = evolve(_pde_mesh(p, run.comm, d), flow, dens, float(L), save_every=1.0, w2=False,
+                 vtx=False, progress=False, cluster_delta=None)  # fmt: skip
+    secs = time.perf_counter() - t0
+    if run.comm.rank != 0:
+        return None
+    u = _law_tokens(law, p["std_pde_n"], 998)
+    hs = np.asarray(st.hidden_states(params, jnp.asarray(u)))
+    xs = simulate_particles(flow, hs[0], float(L), dt=float(p["std_pde_dt"]),
+                            save_every=1.0).positions  # fmt: skip
+    return [{"layer": ell, "w2_pde_hidden": _cells_points_w2(res, ell, hs[ell]),
+             "w2_pde_particles": _cells_points_w2(res, ell, xs[ell]),
+             "w2_particles_hidden": w2(xs[ell], hs[ell]), "loss": loss, "acc": acc,
+             "pde_s": secs} for ell in range(L + 1)]  # fmt: skip
+
+
+def standard_case(p: dict, case: dict) -> list[dict]:
+    """Train a standard transformer on the old task; ``W2`` per layer between its normalised
+    hidden states and the mean-field flow of its attention (mean over ``std_inputs``)."""
+    from ..nn import StandardTransformer, hidden_state_gap
+
+    seed = int(case["seed"])
+    st = StandardTransformer(d=int(p["std_d"]), layers=int(p["std_layers"]),
+                             heads=int(p["std_heads"]), mlp=2 * int(p["std_d"]))  # fmt: skip
+    params, ev_loss, acc = _train_standard(p, st, seed)
+    ue, _ = _data(p, "old", p["eval_count"], 777)
     gaps = np.mean([hidden_state_gap(st, params, ue[i]) for i in range(int(p["std_inputs"]))],
                    axis=0)  # fmt: skip
     return [{"layer": ell, "w2": float(g), "loss": ev_loss, "acc": acc}
@@ -567,9 +774,56 @@ def _summary(p: dict, rows: dict) -> dict:
     rep.append(f"  standard transformer (d = {p['std_d']}, {p['std_heads']} heads): W2 per "
                f"layer to the mean-field flow of its attention "
                f"{[round(v, 4) for v in w2l]}")  # fmt: skip
+    pde = _pde_summary(p, rows.get("pde", []), fine, rep)
+    sp = rows.get("standard_pde", [])
+    std_pde = {k: [float(r[k]) for r in sorted(sp, key=lambda r: r["layer"])]
+               for k in ("w2_pde_hidden", "w2_pde_particles", "w2_particles_hidden")}  # fmt: skip
+    if sp:
+        rep.append(f"  standard transformer (d = {p['std_pde_d']}, {p['std_pde_heads']} heads, "
+                   f"{p['std_pde_n']} tokens of one input's law), per layer: W2(PDE, hidden "
+                   f"states) {[round(v, 4) for v in std_pde['w2_pde_hidden']]}; W2(PDE, "
+                   f"particles of the same flow) "
+                   f"{[round(v, 4) for v in std_pde['w2_pde_particles']]}; W2(particles, "
+                   "hidden states) "
+                   f"{[round(v, 4) for v in std_pde['w2_particles_hidden']]}")  # fmt: skip
     return {"report": rep, "spearman": corr, "lipschitz": {"violations": viol, "active": active,
             "max_ratio": tight}, "norm_half_eta": half, "norm_slope": slope,
-            "standard_w2_per_layer": w2l}  # fmt: skip
+            "standard_w2_per_layer": w2l, "pde": pde, "standard_pde": std_pde}  # fmt: skip
+
+
+def _pde_summary(p: dict, pde: list[dict], fine: list[dict], rep: list[str]) -> dict:
+    """Per ``d``: the PDE's ``W2`` beside the particles' per method (means over the PDE
+    seeds), the Spearman correlation of the PDE's ``W2`` with the measured forgetting of the
+    same items, and the median ratio PDE / particles at ``pde_particles`` tokens."""
+    out = {}
+    key = {(r["d"], r["method"], r["seed"]): r for r in fine}
+    for d in sorted({r["d"] for r in pde}):
+        rd = [r for r in pde if r["d"] == d and (r["d"], r["method"], r["seed"]) in key]
+        if not rd:
+            continue
+        forget = [key[(r["d"], r["method"], r["seed"])]["old_loss"]
+                  - key[(r["d"], r["method"], r["seed"])]["old_loss_base"] for r in rd]  # fmt: skip
+        ratio = [r["w2_pde"] / r["w2_particles_big"] for r in rd if r["w2_particles_big"] > 0]
+        out[str(d)] = {
+            "spearman_pde": _spearman([r["w2_pde"] for r in rd], forget),
+            "spearman_particles_big": _spearman([r["w2_particles_big"] for r in rd], forget),
+            "median_pde_over_particles": float(np.median(ratio)) if ratio else math.nan,
+            "items": len(rd), "cells": int(rd[0]["cells"]),
+            "per_method": {m: {k: float(np.mean([r[k] for r in rd if r["method"] == m]))
+                               for k in ("w2_pde", "w2_particles_n", "w2_particles_big")}
+                           for m in p["methods"] if any(r["method"] == m for r in rd)},
+        }  # fmt: skip
+        o = out[str(d)]
+        rep.append(f"  PDE on the trained heads, d = {d} ({o['cells']} cells, all "
+                   f"{p['heads']} heads): Spearman(W2_PDE, old-loss increase) = "
+                   f"{o['spearman_pde']:.3f} over {len(rd)} items (particles at "
+                   f"{p['pde_particles']} tokens: {o['spearman_particles_big']:.3f}); median "
+                   f"W2_PDE / W2_particles = {o['median_pde_over_particles']:.3f}")  # fmt: skip
+        for m, v in o["per_method"].items():
+            rep.append(f"    {m:<9} W2: PDE {v['w2_pde']:.4f}, particles n = {p['n']} "
+                       f"{v['w2_particles_n']:.4f}, n = {p['pde_particles']} "
+                       f"{v['w2_particles_big']:.4f}")  # fmt: skip
+    return out
 
 
 def _by_method(ax, p: dict, rows: list[dict], x, y) -> None:
@@ -649,10 +903,15 @@ EXPERIMENT = Experiment(
               columns=PRETRAIN_COLUMNS, desc="pre-training", needs_run=True),
         Sweep("finetune.csv", _finetune_cases, "finetune_case", key=("d", "method", "seed"),
               columns=FINETUNE_COLUMNS, desc="fine-tuning", needs_run=True),
+        Sweep("pde.csv", _pde_cases, "pde_case", key=("d", "method", "seed"),
+              columns=PDE_COLUMNS, desc="PDE on the trained heads", needs_run=True),
         Sweep("norm.csv", _norm_cases, "norm_case", key=("L", "eta", "seed"),
               columns=NORM_COLUMNS, desc="norm transition", needs_run=True),
         Sweep("standard.csv", lambda p: [{"seed": 0}], "standard_case", key=("seed",),
               columns=("layer", *STANDARD_COLUMNS), desc="standard transformer"),
+        Sweep("standard_pde.csv", lambda p: [{"seed": 0}], "standard_pde_case", key=("seed",),
+              columns=("layer", *STANDARD_PDE_COLUMNS), desc="standard transformer (PDE)",
+              needs_run=True),
     ),
     summarize=_summary,
     plot=_plot,
