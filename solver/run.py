@@ -425,6 +425,7 @@ def evolve(
     cluster_delta: float | None = 0.1,
     cluster_tol: float = 1e-2,
     stop_after_exit: bool = False,
+    active: float | None = None,
 ) -> Result:
     """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -492,6 +493,14 @@ def evolve(
         End the run at the first saved time after ν has left the δ-cluster state (its
         forgetting time is then known and what follows is forgetting): ``Result.times`` and
         the densities end there. Needs ``cluster_delta`` and a perturbation.
+    active : float, optional
+        The mass tail ``τ`` of the active set (``None``, the default: the full evaluation).
+        The velocity is evaluated at the nodes of the cells that hold all but ``τ`` of the
+        mass and of their facet neighbours only, from the sources that hold all but an
+        error-controlled tail (its bound kept within ``tolerance``): after clustering a few
+        cells (:class:`solver.transport.NonlocalField`, :mod:`solver.transport._active`).
+        The light cells, together at most ``τ`` of the mass at every stage, do not move as in
+        the full run; mass and positivity are kept exactly as before.
 
     Examples
     --------
@@ -517,7 +526,9 @@ def evolve(
     else:
         if model is None:
             raise ValueError("give a model (attention weights) or a prescribed velocity")
-        fields = [NonlocalField(op, m, method=method, tolerance=tolerance)
+        if active is not None:
+            as_real("active", active, nonneg=True, below=1.0)
+        fields = [NonlocalField(op, m, method=method, tolerance=tolerance, active=active)
                   for m in (model, perturbed) if m is not None]  # fmt: skip
 
     if isinstance(initial, np.ndarray):

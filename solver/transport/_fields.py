@@ -29,9 +29,14 @@ class NonlocalField:
     Sources and weights are the operator's quadrature of the measure (DG0: cell centroids
     on the sphere, weights ``ρ_K |K|``); targets are the operator's owned velocity nodes.
     See :class:`solver.NonlocalVelocity` for the MPI layout.
+
+    ``active``: ``None`` (every target, every source) or the mass tail ``τ`` of the active
+    set: the velocity at the nodes of the cells that hold all but ``τ`` of the mass and of
+    their neighbours only (zero elsewhere; :mod:`solver.transport._active`), from the sources
+    that hold all but an error-controlled tail (:meth:`solver.NonlocalVelocity.evaluate_active`).
     """
 
-    def __init__(self, op, model: Model, *, method="direct", tolerance=1e-10):
+    def __init__(self, op, model: Model, *, method="direct", tolerance=1e-10, active=None):
         sm = op.sm
         if model.d != sm.gdim:
             raise ValueError(
@@ -43,9 +48,17 @@ class NonlocalField:
             sm.comm, op.targets, op.source_points, op.source_keys, method=method,
             tolerance=tolerance,
         )  # fmt: skip
+        self.active = None
+        if active is not None:
+            from ._active import ActiveTargets  # DOLFINx
+
+            self.active = ActiveTargets(op, active)
 
     def __call__(self, t_param: float, t: float, state: np.ndarray) -> np.ndarray:
         A, V = self.model.parameters(t_param)
+        if self.active is not None:
+            return self.eval.evaluate_active(self.op.source_weights(state), A, V,
+                                             self.active(state))  # fmt: skip
         return self.eval(self.op.source_weights(state), A, V)
 
     def speed(self, T: float) -> float:

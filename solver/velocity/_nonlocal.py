@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..parallel import allgather_rows, share_cores
+from ._active import ActiveSum
 from ._direct import attention_velocity
 from ._fast import FastVelocity
+from ._harmonics import num_terms
 
 __all__ = ["NonlocalVelocity"]
 
@@ -87,6 +89,7 @@ class NonlocalVelocity:
         self._fast = None
         self._fast_options = dict(fast_options or {})
         self._warned_moving = False
+        self._active = None  # ActiveSum, made at the first call of evaluate_active
         self.report: dict = {"method": "direct"}
         # the same on every rank (gathered sources), even where a rank has no targets
         d = self.sources.shape[1] if self.sources is not None else self.targets.shape[-1]
@@ -148,3 +151,55 @@ class NonlocalVelocity:
         y = self.sources if sources is None else self.gather(sources)
         self.report = {"method": "direct"}
         return attention_velocity(self.targets, y, w, A, V)
+
+    #: cost model of :meth:`evaluate_active`, seconds per unit (measured on one core with
+    #: scripts/bench_active.py: the compiled direct sum ~4 ns per target-source pair, the
+    #: fast expansion's moments and targets ~1 ns per point and term)
+    PAIR_COST, TERM_COST = 4e-9, 1e-9
+
+    def evaluate_active(
+        self, weights: np.ndarray, A: np.ndarray, V: np.ndarray, active: np.ndarray
+    ) -> np.ndarray:
+        """Velocity at the active targets (``active``: this rank's boolean mask over its
+        targets) from the sources that hold all but an error-controlled tail of the mass
+        (:class:`solver.velocity._active.ActiveSum`); zero at the other targets.
+
+        Where the full evaluation is cheaper (cost model :attr:`PAIR_COST`,
+        :attr:`TERM_COST` against the fast expansion at its current degree), it is done
+        instead and every target gets its velocity. The error at the active targets is
+        within :attr:`tolerance` (relative, max norm over the targets evaluated) either way.
+        Collective; fixed sources, one head only (else the full evaluation).
+        """
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (len(self.targets),):
+            raise ValueError(f"active must be a boolean mask of shape ({len(self.targets)},), "
+                             f"got {active.shape}")  # fmt: skip
+        if self.sources is None or np.ndim(A) != 2:
+            return self(weights, A, V)
+        w = self.gather(weights)
+        idx = np.flatnonzero(active)
+        nt = int(self.comm.allreduce(idx.size)) if self.comm.size > 1 else idx.size
+        ns = int(np.count_nonzero(w > 0))
+        if self._active is not None and "sources" in self._active.report:
+            ns = self._active.report["sources"]  # the last call's active sources
+        if self._fast is not None:
+            st = self._fast._setups.get(np.ascontiguousarray(A, dtype=float).tobytes())
+            if st is None or (st.mode == "fast" and st.new):  # degree not known yet
+                full = True
+            elif st.mode == "fast":
+                terms = num_terms(st.n_use, self._fast.d)
+                full = self.TERM_COST * (self._fast.N + self._fast.M) * terms < (
+                    self.PAIR_COST * nt * ns
+                )
+            else:  # the fast method uses the direct sum for this A
+                full = False
+            if full:
+                out = self._fast(w, A, V)
+                self.report = self._fast.report
+                return out
+        if self._active is None:
+            self._active = ActiveSum(self.comm, self.sources, tolerance=self.tolerance)
+        out = np.zeros_like(self.targets)
+        out[idx] = self._active(w, self.targets[idx], A, V)
+        self.report = dict(self._active.report, targets=nt)
+        return out
