@@ -21,8 +21,8 @@ import basix.ufl
 import numpy as np
 from dolfinx import mesh
 
-from ._geometry import circle_mesh, icosphere, normalize
-from ._sphere import SphereMesh, partitioner
+from ._geometry import normalize
+from ._sphere import SphereMesh, check_comm, generate, partitioner
 
 __all__ = ["CurvedSphereMesh", "curved_sphere_mesh", "curve", "p2_cells", "GEOMETRY_DEGREE"]
 
@@ -74,16 +74,8 @@ def curved_sphere_mesh(
 
     Same vertices, cells and cell order as :func:`solver.sphere_mesh` with the same arguments.
     """
-    if sphere == 1:
-        if cells is None:
-            raise ValueError("mesh.cells is required for the circle (sphere = 1)")
-        points, conn = circle_mesh(cells)
-    elif sphere == 2:
-        if refinement is None:
-            raise ValueError("mesh.refinement is required for the sphere (sphere = 2)")
-        points, conn = icosphere(refinement)
-    else:
-        raise ValueError(f"mesh.sphere must be 1 (circle) or 2 (sphere), got {sphere}")
+    check_comm(comm)
+    points, conn, _ = generate(sphere, refinement, cells)
     return _create_p2(comm, points, conn)
 
 
@@ -93,6 +85,9 @@ def curve(sm: SphereMesh) -> CurvedSphereMesh:
     The global mesh is gathered on rank 0 in original cell order and redistributed, so a mesh
     read from a file works as well as a generated one. A curved mesh is returned as it is.
     """
+    if not isinstance(sm, SphereMesh):
+        raise TypeError(f"curve needs a SphereMesh (solver.sphere_mesh, solver.load_mesh), got "
+                        f"{type(sm).__name__}")  # fmt: skip
     if isinstance(sm, CurvedSphereMesh):
         return sm
     msh, comm = sm.mesh, sm.comm

@@ -31,14 +31,23 @@ def geodesic_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(np.sum(x * y, axis=-1), -1.0, 1.0))
 
 
+def whole(name: str, v, lo: int, hi: int | None = None) -> int:
+    """``v`` as an int in ``lo..hi``: TypeError naming ``name`` for anything but an integer
+    (``True``, ``2.0``, ``"2"`` and ``None`` included), ValueError out of range."""
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {v!r} ({type(v).__name__})")
+    if v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be {rng}, got {v}")
+    return int(v)
+
+
 def circle_mesh(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The unit circle as ``n`` equal segments (gdim 2).
 
     Vertex ``k`` sits at angle ``2πk/n``; cell ``k`` joins vertices ``k`` and ``k+1 mod n``.
     """
-    if int(n) != n or n < 3:
-        raise ValueError(f"a circle mesh needs an integer number of cells >= 3, got {n}")
-    n = int(n)
+    n = whole("circle mesh cells n", n, 3)
     th = 2 * np.pi * np.arange(n) / n
     points = np.column_stack([np.cos(th), np.sin(th)])
     cells = np.column_stack([np.arange(n), (np.arange(n) + 1) % n]).astype(np.int64)
@@ -61,7 +70,7 @@ def _icosahedron() -> tuple[np.ndarray, np.ndarray]:
 
 def icosphere_cells(level: int) -> int:
     """Number of triangles of the icosphere of a given refinement level: ``20 * 4**level``."""
-    return 20 * 4**level
+    return 20 * 4 ** whole("icosphere level", level, 0)
 
 
 def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,13 +79,9 @@ def icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
     Each refinement splits every triangle into four at the edge midpoints, which are
     projected onto the sphere: ``20 * 4**level`` cells, ``10 * 4**level + 2`` vertices.
     """
-    if int(level) != level or not 0 <= level <= MAX_ICOSPHERE_LEVEL:
-        raise ValueError(
-            f"icosphere refinement level must be an integer in 0..{MAX_ICOSPHERE_LEVEL}, "
-            f"got {level}"
-        )
+    level = whole("icosphere refinement level", level, 0, MAX_ICOSPHERE_LEVEL)
     x, c = _icosahedron()
-    for _ in range(int(level)):
+    for _ in range(level):
         edges = np.concatenate([c[:, [0, 1]], c[:, [1, 2]], c[:, [2, 0]]])
         edges.sort(axis=1)
         uniq, inv = np.unique(edges, axis=0, return_inverse=True)

@@ -24,7 +24,7 @@ from dolfinx import fem, io, la, mesh
 from mpi4py import MPI
 
 from ..parallel import gather_ordered, share_cores
-from ._geometry import circle_mesh, icosphere, normalize
+from ._geometry import MAX_ICOSPHERE_LEVEL, circle_mesh, icosphere, normalize, whole
 
 __all__ = ["SphereMesh", "sphere_mesh", "load_mesh", "partitioner", "ON_SPHERE_TOL"]
 
@@ -154,6 +154,13 @@ def _assemble_owned(form, V) -> np.ndarray:
     return b.array[: V.dofmap.index_map.size_local].copy()
 
 
+def check_comm(comm) -> None:
+    """TypeError unless ``comm`` is an mpi4py communicator (``None`` was an AttributeError)."""
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError("comm must be an mpi4py communicator (MPI.COMM_WORLD, MPI.COMM_SELF), "
+                        f"got {comm!r}")  # fmt: skip
+
+
 def partitioner():
     return mesh.create_cell_partitioner(mesh.GhostMode.shared_facet, 2)
 
@@ -163,22 +170,35 @@ def sphere_mesh(comm, sphere: int, refinement: int | None = None, cells: int | N
 
     The mesh is generated on rank 0 and partitioned over ``comm``.
     """
-    if sphere == 1:
-        if cells is None:
-            raise ValueError("mesh.cells is required for the circle (sphere = 1)")
-        points, conn = circle_mesh(cells)
-        cell = "interval"
-    elif sphere == 2:
-        if refinement is None:
-            raise ValueError("mesh.refinement is required for the sphere (sphere = 2)")
-        points, conn = icosphere(refinement)
-        cell = "triangle"
-    else:
-        raise ValueError(f"mesh.sphere must be 1 (circle) or 2 (sphere), got {sphere}")
+    check_comm(comm)
+    points, conn, cell = generate(sphere, refinement, cells)
     if comm.rank != 0:
         points, conn = np.zeros((0, points.shape[1])), np.zeros((0, conn.shape[1]), np.int64)
     el = basix.ufl.element("Lagrange", cell, 1, shape=(points.shape[1],))
     return SphereMesh(mesh.create_mesh(comm, conn, el, points, partitioner=partitioner()))
+
+
+def generate(sphere: int, refinement: int | None = None, cells: int | None = None):
+    """``(points, cells, cell name)`` of the mesh :func:`sphere_mesh` makes, its arguments
+    checked (TypeError/ValueError naming the argument)."""
+    if whole("sphere_mesh sphere", sphere, 1, 2) == 1:
+        if cells is None:
+            raise ValueError("mesh.cells is required for the circle (sphere = 1)")
+        if refinement is not None:
+            raise ValueError("sphere_mesh refinement applies to sphere = 2; the circle "
+                             "(sphere = 1) takes cells")  # fmt: skip
+        points, conn = circle_mesh(whole("sphere_mesh cells", cells, 3))
+        cell = "interval"
+    else:
+        if refinement is None:
+            raise ValueError("mesh.refinement is required for the sphere (sphere = 2)")
+        if cells is not None:
+            raise ValueError("sphere_mesh cells applies to sphere = 1; the sphere (sphere = 2) "
+                             "takes refinement")  # fmt: skip
+        points, conn = icosphere(whole("sphere_mesh refinement", refinement, 0,
+                                       MAX_ICOSPHERE_LEVEL))  # fmt: skip
+        cell = "triangle"
+    return points, conn, cell
 
 
 def load_mesh(comm, path: str | os.PathLike, *, project: bool = False) -> SphereMesh:
@@ -187,6 +207,9 @@ def load_mesh(comm, path: str | os.PathLike, *, project: bool = False) -> Sphere
     Every vertex must lie on the unit sphere (to ``1e-8``); with ``project=True`` vertices
     are projected radially onto it instead.
     """
+    check_comm(comm)
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"load_mesh path must be a file path (str or Path), got {path!r}")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"mesh.file: {path} does not exist or is not a file")
