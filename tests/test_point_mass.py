@@ -211,6 +211,20 @@ def test_point_mass_drift_dg1_s2(eps, T, e, x0, f):
     assert base <= 5e-3 * disp
 
 
+def test_point_mass_drift_dg2_s2():
+    """DG2 with the same cluster zones, icosphere level 2 (h ≈ 0.2), the non-symmetric
+    rank-one perturbation: measured 0.16 % (0.63 % for the symmetric case; S^1 at 120 cells
+    0.016 % and 1.6 %; level 3 0.33 %, 11 min on a loaded machine, so level 2 here), the base
+    flow moved 5.7e-4 rad of 0.53. Tolerance 2 % (the issue's bar); the base flow within
+    0.5 % of the displacement."""
+    op = DGUpwind(solver.sphere_mesh(COMM, 2, refinement=2), 2)
+    eps, T, e, x0, f = CASES_DG1_S2[1]
+    disp, err, base = drift(op, eps, T, e, x0, kappa=1e4, f=f)
+    assert disp > 2 * np.sqrt(4 * np.pi / op.sm.num_cells)
+    assert err <= 0.02 * disp
+    assert base <= 5e-3 * disp
+
+
 def test_dg1_without_cluster_zones_lags():
     """The same S^1 case without the zones lags by 9.3 % of its displacement (30 times the
     0.30 % with them; in the issue's case, ε = 0.01, it is pinned: 94.5 %), so the tests above
