@@ -81,21 +81,24 @@ class ActiveTargets:
         heavy = m >= tail_cut(m, self.tail * self._total(m), sm.comm)
         f = self._flag.x
         f.array[:nown] = heavy
-        f.scatter_forward()
-        ring = f.array[self._nbr].max(axis=1) > 0
-        act = heavy | ring
-        f.array[:nown] = act
-        f.scatter_forward()
+        if sm.comm.size > 1:
+            f.scatter_forward()  # the ghosts' flags (one rank: no ghosts)
+        nb = self._nbr
+        act = heavy.copy()
+        for i in range(nb.shape[1]):  # the ring: a heavy neighbour
+            act |= f.array[nb[:, i]] > 0
         if self._cell_nodes is None:
-            mask = act
-        else:
-            v = self._nodes
-            v.array[:] = 0.0
-            cells = np.flatnonzero(f.array > 0)
-            v.array[self._cell_nodes[cells].ravel()] = 1.0
+            return act
+        f.array[:nown] = act
+        if sm.comm.size > 1:
+            f.scatter_forward()
+        v = self._nodes
+        v.array[:] = 0.0
+        cells = np.flatnonzero(f.array > 0)
+        v.array[self._cell_nodes[cells].ravel()] = 1.0
+        if sm.comm.size > 1:
             v.scatter_reverse(la.InsertMode.add)
-            mask = v.array[: op.num_targets] > 0
-        return mask
+        return v.array[: op.num_targets] > 0
 
 
 def _one_per_cell(op) -> bool:

@@ -63,11 +63,16 @@ def tail_cut(values: np.ndarray, tail: float, comm=None) -> float:
     same on every rank. Everything at or above ``θ`` is kept."""
     if not tail > 0:
         return 0.0
-    v = values[values < tail]
-    with np.errstate(divide="ignore"):
-        e = np.log2(tail / np.where(v > 0, v, 1e-300))  # v < tail·2^-k  <=>  e > k
-    b = np.clip(np.ceil(e) - 1, 0, TAIL_LADDER).astype(np.int64)
-    s = np.bincount(b, v, TAIL_LADDER + 1)[::-1].cumsum()[::-1]  # s[k] = Σ_{v < tail 2^-k} v
+    values = np.asarray(values, dtype=float)
+    if _nb is not None:
+        s = _nb_ladder(values, float(tail), TAIL_LADDER)
+    else:  # pragma: no cover - without numba
+        v = values[values < tail]
+        with np.errstate(divide="ignore", over="ignore"):
+            e = np.log2(tail / v)  # v < tail·2^-k  <=>  e > k (v = 0: e = inf)
+        b = np.clip(np.ceil(e) - 1, 0, TAIL_LADDER).astype(np.int64)
+        s = np.bincount(b, v, TAIL_LADDER + 1)
+    s = s[::-1].cumsum()[::-1]  # s[k] = Σ_{v < tail 2^-k} v
     if comm is not None and comm.size > 1:
         s = comm.allreduce(s)
     ok = np.flatnonzero(s <= tail)
@@ -79,9 +84,8 @@ def split_tail(w: np.ndarray, tail: float) -> tuple[np.ndarray, float]:
     ``tail`` of the weight (all at or above :func:`tail_cut`), and the weight ``δ <= tail``
     of the others."""
     theta = tail_cut(w, tail)
-    keep = w >= theta if theta > 0 else w > 0
-    active = np.flatnonzero(keep & (w > 0))
-    return active, float(w[~keep & (w > 0)].sum()) if theta > 0 else 0.0
+    active = np.flatnonzero(w >= theta) if theta > 0 else np.flatnonzero(w > 0)
+    return active, float(np.sum(np.where(w < theta, np.maximum(w, 0.0), 0.0)))
 
 
 def active_sum(x, y, w, A, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,6 +112,19 @@ def active_sum(x, y, w, A, V) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 if _nb is not None:
+
+    @_nb.njit(cache=True)
+    def _nb_ladder(values, tail, K):
+        """``s[b]``: the sum of the values ``v < tail`` whose rung is ``b``
+        (``b = ceil(log2(tail / v)) - 1`` clipped to ``[0, K]``; 0 goes to rung ``K``)."""
+        s = np.zeros(K + 1)
+        for v in values:
+            if v < tail:
+                b = K
+                if v > 0:
+                    b = min(K, max(0, math.ceil(math.log2(tail / v)) - 1))
+                s[b] += v
+        return s
 
     @_nb.njit(cache=True)
     def _nb_active_sum(x, Ay, Vy, logw):

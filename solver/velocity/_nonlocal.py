@@ -125,7 +125,10 @@ class NonlocalVelocity:
         return allgather_rows(self.comm, a, self._counts)
 
     def gather(self, local: np.ndarray) -> np.ndarray:
-        """Gather a per-source array from all ranks in global-key order."""
+        """Gather a per-source array from all ranks in global-key order (one rank: no
+        communication, one reordering copy)."""
+        if self.comm.size == 1:
+            return np.asarray(local)[self._order]
         return self._gather(local)[self._order]
 
     def __call__(
