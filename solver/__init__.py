@@ -61,6 +61,7 @@ __all__ = [
     "cluster_times",
     "cluster_mass_outside",
     "cluster_reach",
+    "atoms_distance",
     "point_mass_radius",
     "snap_to_clusters",
     "crossing_times",
@@ -125,6 +126,7 @@ _LAZY = {
         (
             "Clusters",
             "SpectralCriterion",
+            "atoms_distance",
             "WassersteinResult",
             "cluster_direction",
             "cluster_mass_outside",

@@ -232,9 +232,18 @@ class ClusterState:
     14.69, 14.72 at 128, 256, 512 cells (particles, n = 20,000: 14.53 and 14.96), but 14.00
     and 13.88 at 1,024 and 2,048 (``h = 0.006, 0.003``; docs/experiments.md). The phase
     diagram's meshes (``h ≈ 0.05``, drift at most 0.037) are inside.
+
+    ``atoms_w2_base`` and ``atoms_w2``: each flow's Wasserstein distance to the measures on
+    the base centres ``C`` (:func:`solver.analysis.atoms_distance`, ``p = 2``, cell masses at
+    the centroids, no snap), ``(Σ_K m_K min_c |y_K - c|^2 / Σ_K m_K)^{1/2}``: the
+    δ-cluster state ``atoms_w2 < delta`` is continuous in the data, and its entry and exit
+    converge monotonically under refinement, at first order (phase diagram's tiny S^1 case,
+    ε = 0.0218: exit 12.378, 12.473, 12.527, 12.549 at 128, 256, 512, 1,024 cells, where the
+    reach's is 12.57, 12.58, 10.73, 11.81).
     """
 
-    columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach"]
+    columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach",
+               "atoms_w2_base", "atoms_w2"]  # fmt: skip
     #: the clusters are found without the lightest cells, together ``LIGHT * tol`` of the
     #: mass (``density_clusters(light=...)``): they count where they are, so the masses
     #: outside move by at most that, and the search skips the tail's thousands of modes
@@ -252,6 +261,7 @@ class ClusterState:
         self.labels: list[np.ndarray] = []  # each flow's basins on the owned cells
         self.counts: list[int] = []  # and their number
         self.dist = np.zeros(0)  # owned centroids' distances to the centres
+        self.unit_dist = np.zeros(0)  # the same from the centroids projected to the sphere
 
     def update(self, gathered: list[np.ndarray] | None) -> None:
         """New clusters from both flows' cell averages at a saved time (gathered on rank 0)."""
@@ -267,6 +277,8 @@ class ClusterState:
         self.counts = [int(lab.max(initial=-1)) + 1 for lab in labels]
         if len(self.centres):
             self.dist = centre_distances(self.sm.centroids, self.centres)
+            y = self.sm.centroids
+            self.unit_dist = centre_distances(y / np.linalg.norm(y, axis=1)[:, None], self.centres)
 
     def _cell_of(self, centres: np.ndarray) -> np.ndarray:
         """The centroid of the cell holding each centre (the nearest one)."""
@@ -294,12 +306,24 @@ class ClusterState:
         q = mass_reach(*(np.concatenate(a) for a in zip(*parts, strict=True)), self.tol, total)
         return float(far / total), q
 
+    def _atoms_w2(self, avg: np.ndarray) -> float:
+        """:func:`solver.analysis.atoms_distance` (``p = 2``) of the cell masses at the
+        centroids (projected to the sphere), over the ranks; the diameter 2 before any
+        clusters."""
+        if len(self.centres) == 0:
+            return 2.0
+        w = avg * self.sm.areas
+        s = np.array([np.sum(w * self.unit_dist**2), np.sum(w)])
+        if self.sm.comm.size > 1:
+            s = self.sm.comm.allreduce(s)
+        return float(np.sqrt(s[0] / s[1]))
+
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
         (mb, qb), (m, q) = (
             self._outside(a, lab, k)
             for a, lab, k in zip(avgs, self.labels, self.counts, strict=True)
         )
-        return [float(len(self.centres)), mb, m, qb, q]
+        return [float(len(self.centres)), mb, m, qb, q, *(self._atoms_w2(a) for a in avgs)]
 
 
 class Snapshots:
@@ -487,7 +511,8 @@ def evolve(
     cluster_delta, cluster_tol : float
         With a perturbation: the measure-level δ-cluster state of ν against the clusters of μ
         (:class:`ClusterState`: diagnostics columns ``clusters``, ``mass_outside_base``,
-        ``mass_outside``, ``reach_base``, ``reach``; ``Result.t_enter``, ``Result.t_exit``).
+        ``mass_outside``, ``reach_base``, ``reach``, ``atoms_w2_base``, ``atoms_w2``;
+        ``Result.t_enter``, ``Result.t_exit``).
         ``None``: not computed.
     stop_after_exit : bool
         End the run at the first saved time after ν has left the δ-cluster state (its

@@ -285,6 +285,61 @@ def test_mass_outside_weights_and_times():
         solver.cluster_mass_outside(x, np.ones(2), c, 1.0)
 
 
+def test_atoms_distance_is_the_wasserstein_distance_to_the_atoms():
+    """``W_p(μ, P(C))``: exact optimal transport (POT, chordal cost) from ``μ`` to its
+    nearest-atom push-forward equals it, and to any other measure on ``C`` is no smaller;
+    1-Lipschitz in ``W_p(μ, μ')`` (a distance to a set: to round-off); ``p = ∞`` is the
+    particle criterion ``max min |x - c|`` over the atoms of positive weight; hand values,
+    time axes, bad ``p`` refused."""
+    import ot
+
+    rng = np.random.default_rng(8)
+    centres = np.array([unit([1, 0, 0]), unit([0, 1, 1]), unit([-1, 0.2, 0])])
+    x = np.vstack([vmf_s2(rng, 40, c, 30.0) for c in centres] + [vmf_s2(rng, 10, [0, 0, 1], 1)])
+    w = rng.uniform(0.2, 1.0, len(x))
+    a = w / w.sum()
+    chord = np.linalg.norm(x[:, None] - centres[None], axis=-1)
+    near = np.argmin(chord, axis=1)
+    for p in (1.0, 2.0, 3.5):
+        D = solver.atoms_distance(x, w, centres, p)
+        push = np.bincount(near, weights=a, minlength=3)
+        assert ot.emd2(a, push, chord**p) ** (1 / p) == pytest.approx(D, rel=1e-12)
+        for _ in range(5):  # any other measure on the atoms is farther
+            other = rng.dirichlet(np.ones(3))
+            assert ot.emd2(a, other, chord**p) ** (1 / p) >= D * (1 - 1e-12)
+        # μ' = μ moved: |D(μ) - D(μ')| <= W_p(μ, μ') (chordal cost, exact)
+        y = Rotation.from_rotvec(0.05 * rng.normal(size=3)).apply(x[::-1])
+        b = rng.uniform(0.2, 1.0, len(y))
+        Wp = ot.emd2(a, b / b.sum(), np.linalg.norm(x[:, None] - y[None], axis=-1) ** p)
+        gap = abs(D - solver.atoms_distance(y, b, centres, p))
+        assert 0.01 * Wp ** (1 / p) < gap <= Wp ** (1 / p) * (1 + 1e-9)
+    # p = ∞: the particle criterion over the atoms of positive weight
+    w0 = w.copy()
+    w0[-10:] = 0.0  # the spread atoms carry no mass
+    dmin = chord.min(axis=1)
+    assert solver.atoms_distance(x, w0, centres, np.inf) == dmin[:-10].max()
+    assert solver.atoms_distance(x, None, centres, np.inf) == dmin.max()
+    assert solver.delta_cluster_state(x, centres, dmin.max() * (1 + 1e-12))
+    # hand values: distances 0, √2, √2 with weights 2, 1, 1 -> (2·0 + 2·2^{p/2}) / 4
+    e = np.eye(3)
+    for p in (1.0, 2.0, 4.0):
+        want = (0.5 * np.sqrt(2) ** p) ** (1 / p)
+        got = solver.atoms_distance(e, [2.0, 1.0, 1.0], e[:1], p)
+        assert got == pytest.approx(want, rel=1e-15)
+    # a time axis on the weights (fixed centroids), and on the points
+    wt = np.array([[1.0, 0, 0], [1.0, 1.0, 2.0]])
+    np.testing.assert_allclose(solver.atoms_distance(e, wt, e[:1]), [0.0, np.sqrt(1.5)],
+                               rtol=1e-15)  # fmt: skip
+    xt = np.stack([x, x[::-1]])
+    np.testing.assert_allclose(solver.atoms_distance(xt, None, centres),
+                               solver.atoms_distance(x, None, centres), rtol=1e-15)  # fmt: skip
+    for bad in (0.5, np.nan, -np.inf):
+        with pytest.raises(ValueError, match="p must be"):
+            solver.atoms_distance(x, w, centres, bad)
+    with pytest.raises(ValueError, match="non-negative"):
+        solver.atoms_distance(e, [1.0, -1.0, 1.0], e[:1])
+
+
 def test_cluster_reach_is_the_state_at_every_delta():
     """``q_tol < δ`` exactly when ``m_δ <= tol``, for every δ (ties and δ at an atom's own
     distance included); equal weights with ``tol < 1/n``: the particle criterion's max-min

@@ -8,6 +8,7 @@ ranks); nothing imports DOLFINx.
 from ..parallel import normalised_errors
 from ._clusters import (
     Clusters,
+    atoms_distance,
     centre_distances,
     cluster_direction,
     cluster_mass_outside,
@@ -80,6 +81,7 @@ __all__ = [
     "cluster_times",
     "cluster_mass_outside",
     "cluster_reach",
+    "atoms_distance",
     "centre_distances",
     "mass_reach",
     "reach_candidates",

@@ -19,6 +19,9 @@ measure-level version :func:`cluster_mass_outside`.
 - :func:`point_mass_radius`, :func:`snap_to_clusters`: the reach of a point mass on a mesh
   (cells sharing a vertex) and the cell masses within it moved onto their cluster's centre,
   so that the state of a collapsed cluster is read at its centre, not at its cells.
+- :func:`atoms_distance`: ``W_p(μ, P(C))``, the Wasserstein distance from ``μ`` to the
+  measures on the atoms ``C``: ``(Σ_j w_j min_c |y_j - c|^p / Σ_j w_j)^{1/p}``; ``< δ`` is a
+  δ-cluster state continuous in the data (``p = ∞``: the particle criterion).
 - :func:`cluster_times`: first time a state holds, first later time it fails.
 - :func:`crossing_times`, :func:`measure_cluster_times`: the same for ``f <= level`` (or
   ``f < level``), with the crossings interpolated linearly between the samples.
@@ -33,6 +36,7 @@ and :mod:`._times` (entry and exit times along a time series).
 
 from ._modes import Clusters, density_clusters, find_clusters
 from ._state import (
+    atoms_distance,
     centre_distances,
     cluster_direction,
     cluster_mass_outside,
@@ -52,6 +56,7 @@ __all__ = [
     "density_clusters",
     "delta_cluster_state",
     "cluster_mass_outside",
+    "atoms_distance",
     "centre_distances",
     "cluster_reach",
     "mass_reach",
