@@ -71,7 +71,8 @@ _COMMON = {"n": 64, "step": 0.5, "heads": 2, "width": 16, "batch": 32, "lr": 0.0
            "std_heads": 4, "std_layers": 3, "std_steps": 150, "std_inputs": 4,
            "n_boot": 1000, "pde_seeds": 1, "pde_cells": 128, "pde_refinement": 2,
            "pde_particles": 1000, "pde_draws": 4, "pde_law_seed": 0, "std_pde_d": 3,
-           "std_pde_heads": 3, "std_pde_n": 1000, "std_pde_dt": 0.125}  # fmt: skip
+           "std_pde_heads": 3, "std_pde_n": 1000, "std_pde_dt": 0.125,
+           "train_dtype": "float32"}  # fmt: skip
 PRESETS = {
     "tiny": {**_COMMON, "dims": [2], "layers": 2, "pretrain_count": 256, "pretrain_steps": 40,
              "finetune_count": 128, "finetune_steps": 30, "methods": ["lora_v", "full", "sparse"],
@@ -117,6 +118,7 @@ def _check(p: dict) -> None:
     require(p, "pde_seeds", isinstance(p["pde_seeds"], int) and 0 <= p["pde_seeds"] <= p["seeds"],
             "an integer in [0, seeds] (the PDE runs seeds 0..pde_seeds-1)")  # fmt: skip
     require(p, "std_pde_d", p["std_pde_d"] in (2, 3), "2 or 3 (the PDE's S^1, S^2)")
+    require(p, "train_dtype", p["train_dtype"] in ("float32", "float64"), '"float32" or "float64"')
     require(p, "std_pde_heads", p["std_pde_d"] % p["std_pde_heads"] == 0, "a divisor of std_pde_d")
     require(p, "dims", all(d >= 2 for d in p["dims"]), "a list of dimensions >= 2")
     require(p, "norm_d", p["norm_d"] >= 2, ">= 2")
@@ -188,8 +190,26 @@ def _fit(model, method: str, p: dict, trainable, base, u, y, *, steps, lr, seed,
         return jnp.asarray(np.random.default_rng([seed, i]).choice(len(u), B, replace=False))
 
     loss = _loss(model, method, float(p["alpha"]))
-    return train(loss, trainable, batches, steps=int(steps), lr=float(lr), mask=mask,
-                 args=(base, u, y))  # fmt: skip
+    low = _in_train_dtype(p)
+    out, losses = train(loss, low(trainable), batches, steps=int(steps), lr=float(lr),
+                        mask=None if mask is None else low(mask),
+                        args=(low(base), low(u), low(y)))  # fmt: skip
+    return _as_float64(out), losses
+
+
+def _in_train_dtype(p: dict):
+    """Cast a pytree of arrays to ``train_dtype`` (float32: Adam steps cost about a third of
+    float64's CPU time, scripts/bench_real_models.py; evaluation stays in float64)."""
+    from ..nn._meanfield import jax
+
+    dt = np.dtype(p["train_dtype"])
+    return lambda t: jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=dt), t)
+
+
+def _as_float64(t):
+    from ..nn._meanfield import jax
+
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float64), t)
 
 
 def base_folder(out, d: int, L: int, tied: bool = True) -> Path:
@@ -268,16 +288,23 @@ def _method_setup(p: dict, model, base: dict, method: str, seed: int, u, y):
     if method == "full":
         return dict(base), None
     # sparse: the rows of W_v with the largest gradient norm of the new task's loss
-    from ..nn._meanfield import jax, jnp
+    from ..nn._meanfield import jnp
 
-    f = model.batched()
-    g = jax.grad(lambda v: _bce(f(dict(base, v=v), jnp.asarray(u))[:, 0], jnp.asarray(y)))(
-        jnp.asarray(base["v"]))  # fmt: skip
+    g = _value_grad(model)(jnp.asarray(base["v"]), base, jnp.asarray(u), jnp.asarray(y))
     norms = np.linalg.norm(np.asarray(g), axis=-1).ravel()
     mask = np.zeros(norms.size)
     mask[np.argsort(norms)[::-1][: int(p["sparse_rows"])]] = 1.0
     mask = np.broadcast_to(mask.reshape(base["v"].shape[:2])[..., None], base["v"].shape).copy()
     return {"v": np.zeros_like(base["v"])}, {"v": mask}
+
+
+@functools.lru_cache(maxsize=16)
+def _value_grad(model):
+    """Compiled gradient of the mean BCE with respect to ``W_v`` (one per model)."""
+    from ..nn._meanfield import jax
+
+    f = model.batched()
+    return jax.jit(jax.grad(lambda v, base, U, Y: _bce(f(dict(base, v=v), U)[:, 0], Y)))
 
 
 def _save_adapter(folder: Path, model, base: dict, ft: dict, trainable, method, p) -> None:
@@ -602,7 +629,8 @@ def _train_standard(p: dict, st, seed: int):
 
     u, y = _data(p, "old", p["pretrain_count"], seed)
     f = st.batched()
-    U, Y = jnp.asarray(u), jnp.asarray(y)
+    low = _in_train_dtype(p)
+    U, Y = jnp.asarray(low(u)), jnp.asarray(low(y))
     B = min(int(p["batch"]), len(u))
 
     def loss(t, idx):
@@ -611,7 +639,9 @@ def _train_standard(p: dict, st, seed: int):
     def batches(i):
         return jnp.asarray(np.random.default_rng([seed, i]).choice(len(u), B, replace=False))
 
-    params, _ = train(loss, st.init(seed=seed), batches, steps=int(p["std_steps"]), lr=p["lr"])
+    params, _ = train(loss, low(st.init(seed=seed)), batches, steps=int(p["std_steps"]),
+                      lr=p["lr"])  # fmt: skip
+    params = _as_float64(params)
     ue, ye = _data(p, "old", p["eval_count"], 777)
     out = np.asarray(f(params, jnp.asarray(ue)))[:, 0]
     loss = float(_bce(jnp.asarray(out), jnp.asarray(ye)))

@@ -27,6 +27,7 @@ Kantorovich-Rubinstein, ``tanh`` being 1-Lipschitz), see :meth:`readout_lipschit
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,7 @@ def head_matrices(q, k, v, o, heads: int, xp=np, *, stacked: bool = False):
     kh = k.reshape(Lw, heads, dh, -1)
     vh = v.reshape(Lw, heads, dh, -1)
     oh = o.reshape(Lw, o.shape[1], heads, dh).transpose(0, 2, 1, 3)
-    A = xp.einsum("lhji,lhjk->lhik", kh, qh) / np.sqrt(dh)
+    A = xp.einsum("lhji,lhjk->lhik", kh, qh) / math.sqrt(dh)  # a weak type: keeps float32
     V = xp.einsum("lhij,lhjk->lhik", oh, vh)
     return A, V
 

@@ -24,6 +24,7 @@ normalised hidden states, layer by layer.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,7 @@ class StandardTransformer:
 
     @staticmethod
     def _norm(h, g):
-        return np.sqrt(h.shape[-1]) * g * h / jnp.linalg.norm(h, axis=-1, keepdims=True)
+        return math.sqrt(h.shape[-1]) * g * h / jnp.linalg.norm(h, axis=-1, keepdims=True)
 
     def _layer(self, p, ell, h):
         H, dh = self.heads, self.d // self.heads
@@ -82,7 +83,7 @@ class StandardTransformer:
         q = (z @ p["q"][ell].T).reshape(-1, H, dh)
         k = (z @ p["k"][ell].T).reshape(-1, H, dh)
         v = (z @ p["v"][ell].T).reshape(-1, H, dh)
-        logits = jnp.einsum("iha,jha->hij", q, k) / np.sqrt(dh)
+        logits = jnp.einsum("iha,jha->hij", q, k) / math.sqrt(dh)
         att = jax.nn.softmax(logits, axis=-1)
         mix = jnp.einsum("hij,jha->iha", att, v).reshape(-1, self.d)
         h = h + mix @ p["o"][ell].T
