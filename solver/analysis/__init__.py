@@ -35,10 +35,12 @@ from ._exact import (
 )
 from ._response import (
     ForgetfulAdapter,
+    MeasureTangent,
     ParticleTangent,
     PDEResponse,
     first_order_w2,
     layer_jacobians,
+    measure_tangent,
     most_forgetful_adapter,
     particle_tangent,
     pde_response,
@@ -120,6 +122,8 @@ __all__ = [
     "most_forgetful_adapter",
     "PDEResponse",
     "pde_response",
+    "MeasureTangent",
+    "measure_tangent",
     "StandardTest",
     "nair_lauritzen",
     "williamson1",

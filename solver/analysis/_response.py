@@ -47,8 +47,11 @@ maximising ``|J(M)|`` is its top right singular vector, ``σ_1`` the first-order
 norm times ``√n``; with rank ``r`` (``M = B Cᵀ``, ``B, C ∈ R^{d×r}``) the maximum is found by
 alternating the two factors, each step a top singular vector (:func:`most_forgetful_adapter`).
 
-The PDE. No tangent-linear DG scheme: :func:`pde_response` gives the response of the first
-moment by symmetric differences in ``ε``, with their convergence.
+The PDE. The tangent-linear mean-field flow in Lagrangian form (:func:`measure_tangent`):
+the PDE's solution is the push-forward of ``μ_0`` by the flow of its own velocity, and the
+first variation of that flow is computed exactly on the mesh quadrature of ``μ_0`` (weighted
+atoms at the cell centroids); it converges with the mesh, and :func:`pde_response` (symmetric
+differences in ``ε`` of the Eulerian DG0 scheme) is checked against it.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ __all__ = [
     "COMPLEX_STEP",
     "PDEResponse",
     "pde_response",
+    "MeasureTangent",
+    "measure_tangent",
 ]
 
 #: the imaginary step of the complex-step derivative (no cancellation: any tiny value works)
@@ -86,11 +91,14 @@ class ParticleTangent:
     times: np.ndarray
 
 
-def _velocity(x: np.ndarray, A: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """Batched attention velocity ``P_{x_i}(V Σ_j w_ij x_j)``, ``w_ij ∝ e^{x_jᵀ A x_i}``;
-    ``x`` (m, n, d), ``A``, ``V`` (m, d, d), complex, analytic in every entry."""
+def _velocity(x: np.ndarray, A: np.ndarray, V: np.ndarray, logw=None) -> np.ndarray:
+    """Batched attention velocity ``P_{x_i}(V Σ_j w_ij x_j)``, ``w_ij ∝ ω_j e^{x_jᵀ A x_i}``
+    (``log ω`` = ``logw`` (n,), uniform by default); ``x`` (m, n, d), ``A``, ``V`` (m, d, d),
+    complex, analytic in every entry."""
     xt = x.transpose(0, 2, 1)
     logits = (x @ A.transpose(0, 2, 1)) @ xt  # [m, i, j] = (A x_i) · x_j
+    if logw is not None:
+        logits = logits + logw
     logits = logits - logits.real.max(axis=2, keepdims=True)
     w = np.exp(logits)
     w /= w.sum(axis=2, keepdims=True)
@@ -113,6 +121,7 @@ def particle_tangent(
     jumps=(),
     t0: float = 0.0,
     dx0: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> ParticleTangent:
     """Derivative of the particles at ``t0 + T`` in ``m`` directions of the weights.
 
@@ -122,7 +131,9 @@ def particle_tangent(
     breakpoints, all measured from ``t0``), and ``dx`` its exact derivative (module doc: the
     complex step). ``dx0`` (m, n, d): a derivative of the start ``x0`` in each direction
     (default zero), so that ``dx0 = e_k`` with ``dA = dV = 0`` gives the propagator's column
-    ``k`` of the scheme's map from ``t0`` to ``t0 + T``.
+    ``k`` of the scheme's map from ``t0`` to ``t0 + T``. ``weights`` (n,), positive: the
+    atoms' masses of a weighted empirical measure ``Σ_i ω_i δ_{x_i}`` (uniform by default), the
+    velocity its attention field (:func:`measure_tangent`).
     """
     from ..transport import time_grid
 
@@ -140,6 +151,12 @@ def particle_tangent(
     if np.shape(dA0) != (m, d, d) or np.shape(dV0) != (m, d, d):
         raise ValueError(f"directions(t) must return two (m, {d}, {d}) arrays, got "
                          f"{np.shape(dA0)} and {np.shape(dV0)}")  # fmt: skip
+    logw = None
+    if weights is not None:
+        weights = np.asarray(weights, dtype=float)
+        if weights.shape != (len(x0),) or not np.all(np.isfinite(weights)) or weights.min() <= 0:
+            raise ValueError(f"weights must be {len(x0)} positive finite masses, one per particle")
+        logw = np.log(weights / weights.sum())
     h = COMPLEX_STEP
     x = np.broadcast_to(x0.astype(complex), (m, *x0.shape)).copy()
     if dx0 is not None:
@@ -155,10 +172,10 @@ def particle_tangent(
         dA, dV = directions(t + 0.5 * s)
         Ac = A[None] + 1j * h * np.asarray(dA, dtype=float)
         Vc = V[None] + 1j * h * np.asarray(dV, dtype=float)
-        k1 = _velocity(x, Ac, Vc)
-        k2 = _velocity(_retract(x, 0.5 * s * k1), Ac, Vc)
-        k3 = _velocity(_retract(x, 0.5 * s * k2), Ac, Vc)
-        k4 = _velocity(_retract(x, s * k3), Ac, Vc)
+        k1 = _velocity(x, Ac, Vc, logw)
+        k2 = _velocity(_retract(x, 0.5 * s * k1), Ac, Vc, logw)
+        k3 = _velocity(_retract(x, 0.5 * s * k2), Ac, Vc, logw)
+        k4 = _velocity(_retract(x, s * k3), Ac, Vc, logw)
         x = _retract(x, s / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
     return ParticleTangent(x=x[0].real.copy(), dx=x.imag / h, times=t0 + times)
 
@@ -215,11 +232,15 @@ def layer_jacobians(model, x0: np.ndarray, T: float, L: int, *, dt: float = 0.01
     return x, J
 
 
-def first_order_w2(dx: np.ndarray) -> np.ndarray:
-    """``(1/n Σ_i |δx_i|²)^{1/2}`` over the last two axes: ``W2 / |ε|`` to first order (module
-    doc)."""
+def first_order_w2(dx: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """``(Σ_i ω_i |δx_i|²)^{1/2}`` over the last two axes (``ω_i = 1/n`` by default, else the
+    normalised ``weights``): ``W2 / |ε|`` to first order for distinct atoms (module doc)."""
     dx = np.asarray(dx, dtype=float)
-    return np.sqrt(np.mean(np.sum(dx * dx, axis=-1), axis=-1))
+    sq = np.sum(dx * dx, axis=-1)
+    if weights is None:
+        return np.sqrt(np.mean(sq, axis=-1))
+    w = np.asarray(weights, dtype=float)
+    return np.sqrt(sq @ (w / w.sum()))
 
 
 def random_adapter_c(J: np.ndarray, s=(1.0,)) -> float:
@@ -306,8 +327,9 @@ def pde_response(sm, model, initial, T: float, dV, eps=(0.04, 0.02, 0.01), **evo
     """The PDE's response of the first moment ``m_T = ∫ x dν_T`` to a tied ``δV`` by the
     symmetric difference ``(m_T(V + ε δV) − m_T(V − ε δV)) / (2ε)`` for each ``ε``.
 
-    A tangent-linear DG scheme is not implemented; this quotient is the documented substitute.
-    It differs from the derivative by ``O(ε²)`` for a smooth scheme; the upwind flux
+    The exact tangent is :func:`measure_tangent` (Lagrangian); this quotient of the Eulerian
+    scheme differs from it by the DG0 error (tests/test_response.py). The quotient differs
+    from the scheme's derivative by ``O(ε²)`` for a smooth scheme; the upwind flux
     ``max(u·n, 0)`` is not smooth where ``u·n`` changes sign, so the quotient's differences
     are returned and tested to shrink (tests/test_response.py). The first moment, not ``W2``:
     ``W2`` between two DG0 densities with cell-centroid atoms behaves like ``√(s h)`` for a
@@ -347,3 +369,71 @@ def pde_response(sm, model, initial, T: float, dV, eps=(0.04, 0.02, 0.01), **evo
         steps = sm.comm.bcast(steps, root=0)
     diff = np.linalg.norm(np.diff(q, axis=0), axis=1)
     return PDEResponse(eps=eps, moment=q, differences=diff, steps=np.array(steps))
+
+
+@dataclass(frozen=True)
+class MeasureTangent:
+    """The Lagrangian tangent of the mean-field flow on a mesh quadrature of ``μ_0``: atoms
+    ``x0`` (n, d) at the start (cell centroids, original cell order), ``x`` (n, d) at ``T``
+    with masses ``weights`` (n,, sum 1), their derivatives ``dx``
+    (m, n, d) in ``m`` tied directions; ``moment`` (m, d) ``= Σ_i ω_i δx_i``, the first
+    moment's derivative; ``w2`` (m,) ``= (Σ_i ω_i |δx_i|²)^{1/2}`` (:func:`first_order_w2`)."""
+
+    x0: np.ndarray
+    x: np.ndarray
+    dx: np.ndarray
+    weights: np.ndarray
+    moment: np.ndarray
+    w2: np.ndarray
+
+
+def measure_tangent(sm, model, initial, T: float, dV, dA=None, *, dt: float = 0.01,
+                    degree: int = 4) -> MeasureTangent:  # fmt: skip
+    r"""The tangent-linear mean-field flow in tied directions ``(δA, δV)``, in Lagrangian form.
+
+    The PDE's solution is the push-forward ``μ_t = (Φ_t)_\# μ_0`` by the flow of its own
+    velocity, ``∂_t Φ_t = X_{A,V}[μ_t](Φ_t)``. Its first variation in the weights,
+
+    .. math::
+
+        ∂_t δΦ = D_x X[μ_t](Φ_t)\, δΦ + \Big(\int D_μ X[μ_t](Φ_t, Φ_t(y))\, δΦ(y)\,
+            dμ_0(y)\Big) + (∂_{A,V} X[μ_t])(Φ_t)\,(δA, δV),
+
+    is the tangent-linear PDE written on the Lagrangian labels (``δμ_t = −div(μ_t δΦ∘Φ_t^{-1})``
+    is its Eulerian form). Here ``μ_0`` is replaced by its mesh quadrature, atoms at the cell
+    centroids with the cells' masses ``ρ_K |K|`` (cell averages by ``degree``-point quadrature),
+    and the weighted atoms' RK4 scheme is differentiated exactly (:func:`particle_tangent`
+    with ``weights``): no ``ε``, no sign switch of an upwind flux. The first moment's derivative
+    ``∫ δΦ_T dμ_0`` converges as the mesh is refined (to second order for a smooth ``μ_0``:
+    the centroid rule), and is what :func:`pde_response` estimates by differences of the
+    Eulerian DG0 scheme (tests/test_response.py compares them). ``w2`` is the first-order
+    ``W2/|ε|`` of the atoms (exact for distinct atoms); for a continuum it bounds the first-order
+    ``W2`` from above (equality when ``δΦ∘Φ_T^{-1}`` is a gradient field).
+
+    ``sm``: a :class:`solver.mesh.SphereMesh` (any number of ranks: the atoms are gathered,
+    every rank returns the same); ``initial``: a density (``solver.model`` initial laws or a
+    callable); ``dV``, ``dA``: (d, d) or (m, d, d), ``dA`` zero by default; ``dt``: the RK4
+    step. Cost: ``m`` trajectories of ``n`` = number of cells interacting atoms.
+    """
+    from ..run import initial_cell_averages
+
+    d = model.d
+    dV = np.asarray(dV, dtype=float)
+    dV = dV[None] if dV.ndim == 2 else dV
+    if dV.ndim != 3 or dV.shape[1:] != (d, d) or not np.all(np.isfinite(dV)):
+        raise ValueError(f"dV must be finite, ({d}, {d}) or (m, {d}, {d}); got {dV.shape}")
+    dA = np.zeros_like(dV) if dA is None else np.asarray(dA, dtype=float)
+    dA = dA[None] if dA.ndim == 2 else dA
+    if dA.shape != dV.shape or not np.all(np.isfinite(dA)):
+        raise ValueError(f"dA must be finite with dV's shape {dV.shape}, got {dA.shape}")
+    if sm.gdim != d:
+        raise ValueError(f"the mesh is in R^{sm.gdim}, the model in R^{d}")
+    mass = initial_cell_averages(sm, initial, degree) * sm.areas
+    parts = sm.gather(np.column_stack([sm.centroids, mass]))
+    parts = sm.comm.bcast(parts, root=0)
+    keep = parts[:, d] > 0.0
+    x0, w = parts[keep, :d], parts[keep, d] / parts[keep, d].sum()
+    r = particle_tangent(model, x0, T, lambda t: (dA, dV), dt=dt, weights=w)
+    moment = np.einsum("i,mid->md", w, r.dx)
+    return MeasureTangent(x0=x0, x=r.x, dx=r.dx, weights=w, moment=moment,
+                          w2=first_order_w2(r.dx, w))  # fmt: skip
