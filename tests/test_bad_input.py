@@ -8,6 +8,9 @@ loop, so every row that ``run`` refuses is refused by ``config --check`` too.
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -506,3 +509,34 @@ def test_unreadable_mesh_files_are_named_for_what_they_are(tmp_path, capsys, cas
     for c in ("check", "run"):
         rc, err = outcome(argv(tmp_path, toml(mesh=f'file = "{f}"'), c), capsys)
         assert rc == 2 and phrase in err and "Traceback" not in err, (c, err)
+
+
+def _run_under_ulimit(args: list[str], limit: int) -> subprocess.CompletedProcess:
+    """``python -m solver ARGS`` with its address space limited to ``limit`` bytes (as
+    ``ulimit -v`` does)."""
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    return subprocess.run([sys.executable, "-m", "solver", *args], capture_output=True,
+                          text=True, preexec_fn=cap, timeout=300, cwd=MESHES.parent)  # fmt: skip
+
+
+def test_a_mesh_too_large_for_memory_is_refused_at_check_time(tmp_path):
+    """Under ``ulimit -v`` 2 GB, refinement 7 with a perturbation (327,680 cells, two flows:
+    about 1.6 GB resident by the measured 3.7 kB a cell, 2.4 GB of address space) is refused
+    by ``config --check`` (``run`` makes the same check first), with the memory it needs and
+    what is available (it used to end in a MemoryError traceback or a nanobind abort);
+    level 6 (0.64 GB) passes the same check."""
+    pert = '\n[perturbation]\nkind = "tied"\ndV = [[0.0, 0, 0], [0, -0.3, 0], [0, 0, 0.0]]\n'
+    base = toml(mesh="sphere = 2\nrefinement = 7", model="V = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, "
+                "1.0]]", initial='kind = "vmf"\ncentre = [0.0, 0.0, 1.0]\nkappa = 2.0')  # fmt: skip
+    (tmp_path / "r7.toml").write_text(base + pert)
+    (tmp_path / "r6.toml").write_text(base.replace("refinement = 7", "refinement = 6") + pert)
+    limit = 2 * 10**9
+    p = _run_under_ulimit(["config", "--check", str(tmp_path / "r7.toml")], limit)
+    assert p.returncode == 2, p.stderr
+    assert "mesh.refinement = 7 (327,680 cells, 2 flow(s)) needs about 1.6" in p.stderr
+    assert "GB is available (ulimit -v" in p.stderr and "Traceback" not in p.stderr
+    p = _run_under_ulimit(["config", "--check", str(tmp_path / "r6.toml")], limit)
+    assert p.returncode == 0 and "81920 cells" in p.stdout, p.stderr

@@ -131,6 +131,14 @@ MAX_PARTICLE_WORK = 10**10
 MAX_KAPPA = 1e8
 #: mixtures of mixtures nested deeper than this are refused (not a RecursionError)
 MAX_DEPTH = 16
+#: memory of a run (peak resident set of `run`, measured 2026-12-07 with DOLFINx 0.11 on the
+#: 2-core machine, icosphere levels 4-7): Python, NumPy, SciPy, numba and DOLFINx take
+#: 0.30 GB; each cell 2.8 kB with one flow, 3.7 kB with two (levels 5-6, both also within
+#: 5 % at level 7), taken here as 3 and 4 kB; the address space (``ulimit -v``) is about
+#: 0.8 GB above the resident set (shared libraries, thread stacks)
+MEM_BASE = 0.30e9
+MEM_PER_CELL = {1: 3.0e3, 2: 4.0e3}
+MEM_VIRTUAL_EXTRA = 0.8e9
 
 
 def default_config_text() -> str:
@@ -438,7 +446,7 @@ def estimate_resources(cfg: dict, *, cells: int | None = None,
     v = cfg["validation"]
     particle_steps = math.ceil(T / v["particle_dt"] - 1e-12)
     return {"cells": cells, "dt_max": dt_max, "steps": math.ceil(bounds[cause]),
-            "steps_set_by": cause, "saves": saves,
+            "steps_set_by": cause, "saves": saves, "flows": flows,
             "snapshot_bytes": None if cells is None else saves * cells * 8 * flows,
             "particle_steps": particle_steps,
             "particle_work": particle_steps * v["seeds"] * sum(v["sizes"])}  # fmt: skip
@@ -470,6 +478,78 @@ def _refuse(est: dict) -> None:
             f"{est['cells']} cells; limit {MAX_SNAPSHOT_BYTES / 1024**3:.0f} GiB): raise "
             "time.save_every or coarsen the mesh"
         )
+
+
+def memory_needed(est: dict, ranks: int = 1) -> float:
+    """Peak resident bytes of one rank of a run (rank 0, which also holds the saved
+    densities), from :func:`estimate_resources` and the constants ``MEM_*``."""
+    cells = est["cells"] or 0
+    return MEM_BASE + MEM_PER_CELL[est["flows"]] * cells / ranks + (est["snapshot_bytes"] or 0)
+
+
+def memory_available() -> tuple[float, str] | None:
+    """``(bytes, what)``: the smallest of this process's address-space limit (``ulimit -v``,
+    less what the libraries map: compared with the resident set), the cgroup's memory
+    limit less its use, and the machine's available memory; ``None`` if none is known."""
+    import resource
+
+    found = []
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        found.append((soft - MEM_VIRTUAL_EXTRA, f"ulimit -v {soft // 1024}"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append((int(limit) - used, "the cgroup's memory.max"))
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append((int(line.split()[1]) * 1024, "MemAvailable of /proc/meminfo"))
+    except (OSError, ValueError, IndexError):
+        pass
+    return min(found) if found else None
+
+
+def _refuse_memory(est: dict, cfg: dict, comm=None) -> None:
+    """Refuse a run whose estimated memory (:func:`memory_needed`) exceeds what this rank may
+    use (:func:`memory_available`; the ranks of one node share the machine's memory)."""
+    if est["cells"] is None:
+        return
+    ranks = 1 if comm is None else comm.size
+    per_rank = memory_needed(est, ranks)
+    avail = memory_available()
+    if avail is None:
+        return
+    node = 1 if comm is None or ranks == 1 else _ranks_on_node(comm)
+    have, what = avail
+    need = per_rank if what.startswith("ulimit") else per_rank * node
+    if need > have:
+        m = cfg["mesh"]
+        key = ("mesh.file" if "file" in m else
+               f"mesh.cells = {m['cells']}" if m["sphere"] == 1 else
+               f"mesh.refinement = {m['refinement']}")  # fmt: skip
+        per = "" if need == per_rank else f" ({node} ranks on this machine)"
+        raise ConfigError(
+            f"{key} ({est['cells']:,} cells, {est['flows']} flow(s)) needs about "
+            f"{need / 1e9:.2f} GB of memory{per}: {MEM_PER_CELL[est['flows']] / 1e3:.0f} kB a "
+            f"cell on {ranks} rank(s), {MEM_BASE / 1e9:.2f} GB for Python and DOLFINx, "
+            f"{(est['snapshot_bytes'] or 0) / 1e9:.2f} GB of saved densities; "
+            f"{max(have, 0) / 1e9:.2f} GB is available ({what}): coarsen the mesh, raise "
+            "time.save_every, or run on more ranks or machines"
+        )
+
+
+def _ranks_on_node(comm) -> int:
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.size
+    finally:
+        node.Free()
 
 
 def _resolve_validation(v: dict, mesh: dict) -> None:
@@ -654,11 +734,14 @@ def check_config(cfg: dict, comm=None) -> dict:
                               "mesh covering the sphere once")  # fmt: skip
         x, reduce = sm.centroids, sm.comm.allreduce
         est = estimate_resources(cfg, cells=sm.num_cells, min_ratio=sm.min_area_per_perimeter())
+        _refuse(est)
+        _refuse_memory(est, cfg, comm)
     else:
+        est = estimate_resources(cfg)  # refused before the mesh is made
+        _refuse(est)
+        _refuse_memory(est, cfg, comm)
         pts, cells = circle_mesh(m["cells"]) if m["sphere"] == 1 else icosphere(m["refinement"])
         x, reduce = normalize(pts[cells].mean(axis=1)), (lambda v, op=None: v)
-        est = estimate_resources(cfg)
-    _refuse(est)
     try:
         f = np.asarray(init(x), dtype=float)
     except ValueError as e:
