@@ -234,3 +234,35 @@ def test_measure_tangent_s1():
     assert r.w2[0] >= q  # Jensen: (Σ ω |δx|²)^{1/2} >= |Σ ω δx|
     fd = pde_response(sphere_mesh(MPI.COMM_SELF, 1, cells=64), base, init, 4.0, D, eps=(0.01,))
     assert np.linalg.norm(fd.moment[-1] - r.moment[0]) <= 0.08 * q
+
+
+def test_most_forgetful_adapter_on_the_measure():
+    """The most forgetful unit adapter of the PDE's measure (S^1, 64 cells, the tangent of
+    measure_tangent in the d² directions e_i e_jᵀ, weighted by the cells' masses): full rank
+    attains σ_1/√n of the weighted map, and no random unit adapter (200 drawn)
+    beats it; the rank-one answer's response is the weighted RMS of its own tangent (the
+    weights enter: the unweighted answer differs)."""
+    from mpi4py import MPI
+
+    from solver.analysis._response import measure_tangent
+    from solver.mesh import sphere_mesh
+
+    _, base, init, _ = _pde_case(1)
+    d = 2
+    E = np.eye(d * d).reshape(d * d, d, d)
+    r = measure_tangent(sphere_mesh(MPI.COMM_SELF, 1, cells=64), base, init, 4.0, E, dt=0.05)
+    n = len(r.weights)
+    full = most_forgetful_adapter(r.dx, d, weights=r.weights)
+    assert full.w2 == pytest.approx(full.sigma[0] / np.sqrt(n), rel=1e-10)
+    one = most_forgetful_adapter(r.dx, 1, weights=r.weights)
+    own = measure_tangent(sphere_mesh(MPI.COMM_SELF, 1, cells=64), base, init, 4.0, one.dV,
+                          dt=0.05)  # fmt: skip
+    assert own.w2[0] == pytest.approx(one.w2, rel=1e-9)
+    M = np.random.default_rng(0).normal(size=(200, d, d))
+    M /= np.linalg.norm(M, axis=(1, 2))[:, None, None]
+    rand = first_order_w2(np.einsum("mk,knd->mnd", M.reshape(200, -1), r.dx), r.weights)
+    assert rand.max() <= full.w2 + 1e-12
+    plain = most_forgetful_adapter(r.dx, 1)
+    assert abs(abs(np.sum(plain.dV * one.dV)) - 1) > 1e-3  # the weights change the answer
+    with pytest.raises(ValueError, match="weights"):
+        most_forgetful_adapter(r.dx, 1, weights=-r.weights)

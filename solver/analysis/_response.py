@@ -269,7 +269,8 @@ class ForgetfulAdapter:
     sigma: np.ndarray
 
 
-def most_forgetful_adapter(J: np.ndarray, r: int, *, iterations: int = 50) -> ForgetfulAdapter:
+def most_forgetful_adapter(J: np.ndarray, r: int, *, iterations: int = 50,
+                           weights: np.ndarray | None = None) -> ForgetfulAdapter:  # fmt: skip
     """The unit adapter ``dV = B Cᵀ`` (``‖dV‖_F = 1``, rank ``r``) of largest response ``|J(dV)|``,
     ``J`` (d², n, d) the tied Jacobian (:func:`tied_jacobian`).
 
@@ -279,11 +280,20 @@ def most_forgetful_adapter(J: np.ndarray, r: int, *, iterations: int = 50) -> Fo
     a top singular vector; then the same for ``C`` with ``B`` orthonormal. Each step does not
     decrease ``|J(dV)|`` (measured: the alternation adds 2e-5 to 5e-5 of the truncated SVD's
     response on S^2, nothing on S^1).
+
+    ``weights`` (n,): the atoms' masses (:func:`measure_tangent`); the response is then
+    ``(Σ_i ω_i |J(dV)_i|²)^{1/2}``, which is the uniform one of ``J_i √(n ω_i)``, and ``σ``
+    those of the scaled map.
     """
     J = np.asarray(J, dtype=float)
     if J.ndim != 3:
         raise ValueError(f"J must be (d², n, d), got shape {J.shape}")
     dd, n, d = J.shape
+    if weights is not None:
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+            raise ValueError(f"weights must be {n} finite masses >= 0, not all zero")
+        J = J * np.sqrt(n * w / w.sum())[None, :, None]
     if dd != d * d:
         raise ValueError(f"J's first axis must have d² = {d * d} entries, got {dd}")
     if int(r) != r or r < 1:
