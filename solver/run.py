@@ -523,7 +523,9 @@ def evolve(
         The velocity is evaluated at the nodes of the cells that hold all but ``τ`` of the
         mass and of their facet neighbours only, from the sources that hold all but an
         error-controlled tail (its bound kept within ``tolerance``): after clustering a few
-        cells (:class:`solver.transport.NonlocalField`, :mod:`solver.transport._active`).
+        cells (:class:`solver.transport.NonlocalField`, :mod:`solver.transport._active`);
+        DG0 also computes its stages on the cells that the velocity reaches only
+        (:class:`solver.transport._active.ActiveDG0`: the same fluxes, without the zero ones).
         The light cells, together at most ``τ`` of the mass at every stage, do not move as in
         the full run; mass and positivity are kept exactly as before.
 
@@ -544,6 +546,12 @@ def evolve(
     comm = sm.comm
     op = make_operator(sm, degree)
     sm = op.sm  # DG1/DG2 work on the curved (P2) version of the mesh: same cells, same keys
+    if active is not None:
+        as_real("active", active, nonneg=True, below=1.0)
+        if degree == 0 and velocity is None:  # the stages on the cells the velocity reaches
+            from .transport._active import ActiveDG0
+
+            op = ActiveDG0(op)
     if velocity is not None:
         if speed is None:
             raise ValueError("a prescribed velocity needs `speed`, a bound of |u| (for the CFL)")
@@ -551,8 +559,6 @@ def evolve(
     else:
         if model is None:
             raise ValueError("give a model (attention weights) or a prescribed velocity")
-        if active is not None:
-            as_real("active", active, nonneg=True, below=1.0)
         fields = [NonlocalField(op, m, method=method, tolerance=tolerance, active=active)
                   for m in (model, perturbed) if m is not None]  # fmt: skip
 

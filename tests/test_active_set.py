@@ -111,6 +111,42 @@ def test_masked_velocity_gives_the_full_right_hand_side(degree, sign, cap):
     assert err <= 1e-9 * scale  # measured 6e-16
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_dg0_stages_on_the_flux_region_are_the_operators(sign):
+    """``ActiveDG0`` (the DG0 stages on the cells the velocity reaches) gives the operator's
+    capped Euler step (a step within the positivity limit and one 20x beyond it), right-hand
+    side and step limits to round-off for a velocity that is zero outside a cap (as the
+    active set's is), on a density of order one everywhere (so that every flux it leaves
+    out would show), clustering and spreading flows, while computing a small part of the
+    cells and facets."""
+    from solver.transport import make_operator
+    from solver.transport._active import ActiveDG0
+    from solver.velocity import attention_velocity
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    op = make_operator(sm, 0)
+    act = ActiveDG0(op)
+    Q = np.array([[2.0, 0.3, 0.0], [0.0, 1.5, 0.2], [0.1, 0.0, 1.0]])
+    V = sign * np.array([[1.0, 0.4, 0.0], [-0.3, 0.8, 0.1], [0.0, 0.2, 0.6]])
+    c = op.sm.centroids
+    rng = np.random.default_rng(COMM.rank)
+    rho = 1.0 + rng.random(len(c)) * (c[:, 2] > 0)  # rough in one half: cluster weights 0..1
+    u = attention_velocity(c, c, rho * sm.areas, Q.T, V)  # (this rank's sources suffice)
+    u[c @ solver.normalize(np.array([1.0, 0.2, 0.4])) < 0.9] = 0.0
+
+    def close(a, b):
+        scale = COMM.allreduce(float(np.abs(a).max()), op=MPI.MAX)
+        return COMM.allreduce(float(np.abs(a - b).max()), op=MPI.MAX) <= 1e-14 * scale
+
+    dt_pos, dt_mass = op.step_limits(u, rho, 1e-9)
+    assert (dt_pos, dt_mass) == act.step_limits(u, rho, 1e-9)
+    for dt in (0.5 * dt_pos, 20 * dt_pos):
+        assert close(op.euler_step(u, rho, dt), act.euler_step(u, rho, dt))
+    assert close(op.rhs(u, rho), act.rhs(u, rho))
+    cells, facets = COMM.allreduce(act.last[0]), COMM.allreduce(act.last[1])
+    assert 0 < cells < sm.num_cells / 4 and 0 < facets < sm.num_cells / 4
+
+
 # --------------------------------------------------------------------------------------------
 # transport runs: active set against the full evaluation
 

@@ -24,8 +24,9 @@ import numpy as np
 from dolfinx import fem, la
 
 from ..velocity._active import tail_cut
+from ._forms import mass_floor
 
-__all__ = ["ActiveTargets", "facet_neighbours"]
+__all__ = ["ActiveTargets", "ActiveDG0", "facet_neighbours"]
 
 
 def facet_neighbours(sm) -> np.ndarray:
@@ -104,3 +105,139 @@ class ActiveTargets:
 def _one_per_cell(op) -> bool:
     """The targets are the owned cells in order (DG0 donor flux: one velocity per cell)."""
     return op.num_targets == op.sm.num_owned and getattr(op, "flux", None) == "donor"
+
+
+class ActiveDG0:
+    """A :class:`~solver.transport.DG0Upwind` (donor flux, first moment) whose stages work on
+    the cells the velocity reaches: everything else is delegated to the operator.
+
+    With the active set the velocity is zero outside the active cells. A cell's outflow speeds
+    are made of its own velocity, its neighbours' (facet velocity) and its directional velocity
+    ``a_K``, itself made of the same (module doc of :mod:`solver.transport._dg0`): outside the
+    cells whose velocity or whose neighbour's velocity is non-zero (the *flux region*) they are
+    exactly zero. :meth:`euler_step` and :meth:`rhs` compute ``a_K`` (and its cluster weight)
+    on the flux region only, and the facet fluxes on the facets that touch a cell with a
+    non-zero velocity or directional velocity only; the facets left out carry exactly zero, so
+    the result is the operator's own for the same velocity (the same sums, without terms that
+    are exactly zero), at a cost that follows the mass. The positivity cap, conservation and
+    the rest are the operator's.
+    """
+
+    def __init__(self, op):
+        from ._dg0 import DG0Upwind
+
+        if not (isinstance(op, DG0Upwind) and op.first_moment and op._fv is not None):
+            raise ValueError("ActiveDG0 needs a DG0Upwind with the donor flux and first moment")
+        self.op = op
+        fd, gdim = op._fv, op.sm.gdim
+        self._plus, self._minus = fd["plus"], fd["minus"]
+        coo = fd["G"][0].tocoo()  # row f: ñ_f w |F| on the '+' cell's velocity components
+        self._ntf = np.zeros((len(self._plus), gdim))
+        self._ntf[coo.row, coo.col % gdim] = coo.data
+        st = op._stencil
+        self._nbr, self._nt, self._dk = st["nbr"], st["nt"], st["d_area"]
+        self._C, self._B = st["cone"]
+        #: cells of the flux region and facets computed at the last call (this rank)
+        self.last = (0, 0)
+
+    def __getattr__(self, name):
+        return getattr(self.op, name)
+
+    def _speeds(self, velocity: np.ndarray, rho: np.ndarray):
+        """``(facets, sp, sm)``: the facets computed and the outflow speeds of '+' and '-'."""
+        from ._dg0 import _nb, cluster_weight, directional_velocity_numpy
+
+        op, gdim, nown = self.op, self.op.sm.gdim, self.op._nown
+        u = op.u.x
+        u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
+        u.scatter_forward()
+        ua = u.array.reshape(-1, gdim)
+        moving = np.any(ua != 0.0, axis=1)  # local cells, ghosts included
+        nbr = self._nbr
+        reg = moving[:nown].copy()
+        for i in range(nbr.shape[1]):
+            reg |= moving[nbr[:, i]]
+        F = np.flatnonzero(reg)  # the flux region (owned)
+        # a_K on F: the operator's kernels on the region's rows (the row's own cell first)
+        k = len(F)
+        nb = nbr[F]
+        u_ext = np.concatenate([ua[F], ua[nb.ravel()]])
+        nb_ext = k + np.arange(nb.size).reshape(nb.shape)
+        st = {"nbr": nb_ext, "nt": self._nt[F], "d_area": self._dk[F],
+              "cone": (self._C[:, F], self._B[:, F])}  # fmt: skip
+        if _nb is not None:
+            from ._dg0 import _nb_directional_velocity
+
+            aF = _nb_directional_velocity(u_ext, nb_ext, st["nt"], st["d_area"], *st["cone"])
+        else:  # pragma: no cover - without numba
+            aF = directional_velocity_numpy(u_ext, st)
+        if rho is not None:  # the cluster weight (the positivity limits use a unweighted)
+            r = op.rho.x
+            r.array[:nown] = rho
+            r.scatter_forward()
+            rl = r.array
+            aF *= cluster_weight(np.concatenate([rl[F], rl[nb.ravel()]]), nb_ext)[:, None]
+        a = op.a.x
+        a.array[:] = 0.0
+        a.array.reshape(-1, gdim)[F] = aF
+        a.scatter_forward()
+        aa = a.array.reshape(-1, gdim)
+        live = moving | np.any(aa != 0.0, axis=1)
+        p, m = self._plus, self._minus
+        E = np.flatnonzero(live[p] | live[m])
+        pE, mE, nE = p[E], m[E], self._ntf[E]
+        up = np.einsum("fi,fi->f", nE, ua[pE])
+        um = np.einsum("fi,fi->f", nE, ua[mE])
+        avg = 0.5 * (up + um)
+        ap = np.einsum("fi,fi->f", nE, aa[pE])
+        am = np.einsum("fi,fi->f", nE, aa[mE])
+        sp = np.maximum(avg, 0.0) + np.maximum(ap, 0.0)
+        sm = np.maximum(-avg, 0.0) + np.maximum(-am, 0.0)
+        self.last = (k, len(E))
+        return E, sp, sm
+
+    def _cell_outflow(self, E, sp, sm) -> np.ndarray:
+        op = self.op
+        b, nloc = op._b, op._b.array.size
+        pE, mE = self._plus[E], self._minus[E]
+        b.array[:] = np.bincount(pE, sp, nloc) + np.bincount(mE, sm, nloc)
+        b.scatter_reverse(la.InsertMode.add)
+        return b.array[: op._nown]
+
+    def step_limits(self, velocity: np.ndarray, rho: np.ndarray, tail: float) -> tuple:
+        """The operator's :meth:`~solver.transport.DG0Upwind.step_limits` (the outflow rates
+        on the flux region; zero elsewhere)."""
+        op = self.op
+        out = self._cell_outflow(*self._speeds(velocity, None)).copy()
+        m = rho * op.sm.areas
+        floor = mass_floor(op.sm.comm, m, tail)
+        return op._min_ratio(out), op._min_ratio(out, m >= floor)
+
+    def rhs(self, velocity: np.ndarray, rho: np.ndarray) -> np.ndarray:
+        """The operator's :meth:`~solver.transport.DG0Upwind.rhs` on the flux region."""
+        op = self.op
+        E, sp, sm = self._speeds(velocity, rho)
+        b, nloc = op._b, op._b.array.size
+        rl = op.rho.x.array
+        pE, mE = self._plus[E], self._minus[E]
+        flux = rl[pE] * sp - rl[mE] * sm
+        b.array[:] = np.bincount(mE, flux, nloc) - np.bincount(pE, flux, nloc)
+        b.scatter_reverse(la.InsertMode.add)
+        return b.array[: op._nown] / op.sm.areas
+
+    def euler_step(self, velocity: np.ndarray, rho: np.ndarray, dt: float) -> np.ndarray:
+        """The operator's capped :meth:`~solver.transport.DG0Upwind.euler_step` on the flux
+        region (``θ_K = 1`` where nothing flows out)."""
+        op, nown = self.op, self.op._nown
+        E, sp, sm = self._speeds(velocity, rho)
+        b, nloc = op._b, op._b.array.size
+        pE, mE = self._plus[E], self._minus[E]
+        o = self._cell_outflow(E, sp, sm)
+        th = op._theta.x.array
+        th[:nown] = np.minimum(1.0, op.sm.areas / np.maximum(dt * o, 1e-300))
+        op._theta.x.scatter_forward()
+        rl = op.rho.x.array
+        flux = rl[pE] * th[pE] * sp - rl[mE] * th[mE] * sm
+        b.array[:] = np.bincount(mE, flux, nloc) - np.bincount(pE, flux, nloc)
+        b.scatter_reverse(la.InsertMode.add)
+        return np.maximum(rho + dt * b.array[:nown] / op.sm.areas, 0.0)
