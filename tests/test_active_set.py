@@ -239,3 +239,18 @@ def test_active_run_is_the_same_on_two_ranks(run):
         diff = np.abs(np.asarray(two[f"{sphere}{degree}"]) - one).max()
         print(f"S^{sphere} DG{degree}: 1 vs 2 ranks {diff:.1e} (max {one.max():.3g})")
         assert diff <= 1e-12 * one.max()
+
+
+def test_bad_active_arguments():
+    sm = solver.sphere_mesh(COMM, 1, cells=16)
+    model = solver.Model(np.eye(2), np.eye(2), np.eye(2))
+    init = solver.VonMisesFisher((1.0, 0.0), 2.0)
+    for bad, err in (("1e-12", TypeError), (True, TypeError), (-1e-3, ValueError),
+                     (1.0, ValueError), (float("nan"), ValueError)):  # fmt: skip
+        with pytest.raises(err, match="active"):
+            solver.evolve(sm, model, init, 0.1, active=bad, progress=False, w2=False)
+    from solver.transport import NonlocalField, make_operator
+
+    field = NonlocalField(make_operator(sm, 0), model, active=TAIL)
+    with pytest.raises(ValueError, match="active"):
+        field.eval.evaluate_active(np.ones(sm.num_owned), np.eye(2), np.eye(2), np.ones(3, bool))
