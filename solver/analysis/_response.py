@@ -197,7 +197,8 @@ def tied_jacobian(model, x0: np.ndarray, T: float, *, dt: float = 0.01, on: str 
     return r.x, r.dx
 
 
-def layer_jacobians(model, x0: np.ndarray, T: float, L: int, *, dt: float = 0.01):
+def layer_jacobians(model, x0: np.ndarray, T: float, L: int, *, dt: float = 0.01,
+                    weights: np.ndarray | None = None):  # fmt: skip
     """Per-layer Jacobians of ``x_T`` in ``V`` for ``L`` layers of length ``T/L``: ``(x_T, J)``,
     ``J`` (L, d², n, d); ``J[ℓ, i d + j]`` is the response to ``e_i e_jᵀ`` on layer ``ℓ`` only.
 
@@ -205,7 +206,8 @@ def layer_jacobians(model, x0: np.ndarray, T: float, L: int, *, dt: float = 0.01
     scheme over the layer (``n d`` unit starts) and the layer's own response ``g_ℓ`` (``d²``
     directions of ``V``); then ``J_ℓ = Φ_{L−1} ⋯ Φ_{ℓ+1} g_ℓ`` (chain rule, exact): the cost is
     ``n d + d²`` trajectories whatever ``L``. ``J[ℓ]`` summed over the fine layers of a coarse
-    one is the coarse layer's Jacobian (linearity)."""
+    one is the coarse layer's Jacobian (linearity). ``weights``: the atoms' masses of a
+    weighted measure (:func:`particle_tangent`; :func:`measure_tangent` gives the PDE's)."""
     if int(L) != L or L < 1:
         raise ValueError(f"L (number of layers) must be a positive integer, got {L}")
     L, d = int(L), model.d
@@ -220,7 +222,8 @@ def layer_jacobians(model, x0: np.ndarray, T: float, L: int, *, dt: float = 0.01
     start[:nd] = np.eye(nd).reshape(nd, n, d)
     phis, gs = [], []
     for ell in range(L):
-        r = particle_tangent(model, x, hl, lambda t: (zero, dV), dt=dt, t0=ell * hl, dx0=start)
+        r = particle_tangent(model, x, hl, lambda t: (zero, dV), dt=dt, t0=ell * hl, dx0=start,
+                             weights=weights)  # fmt: skip
         x = r.x
         phis.append(r.dx[:nd].reshape(nd, nd).T)  # column k: the image of e_k
         gs.append(r.dx[nd:].reshape(dd, nd))
@@ -243,10 +246,11 @@ def first_order_w2(dx: np.ndarray, weights: np.ndarray | None = None) -> np.ndar
     return np.sqrt(sq @ (w / w.sum()))
 
 
-def random_adapter_c(J: np.ndarray, s=(1.0,)) -> float:
+def random_adapter_c(J: np.ndarray, s=(1.0,), weights: np.ndarray | None = None) -> float:
     """Exact ``c_L = √L c'`` of ``W2 ≈ c_L η_L / √L`` from the per-layer Jacobians ``J``
-    (L, d², n, d): ``c'² = (Σ_a s_a² / d²) (1/n) Σ_ℓ ‖J_ℓ‖_F²``, the mean square over the
-    adapters ``u, v ~ N(0, I/d)`` of the first-order ``W2 / η`` (module doc)."""
+    (L, d², n, d): ``c'² = (Σ_a s_a² / d²) Σ_i ω_i Σ_ℓ ‖J_ℓ,i‖_F²`` (``ω_i = 1/n`` unless
+    ``weights`` are given), the mean square over the adapters ``u, v ~ N(0, I/d)`` of the
+    first-order ``W2 / η`` (module doc)."""
     J = np.asarray(J, dtype=float)
     if J.ndim != 4:
         raise ValueError(f"J must be (L, d², n, d), got shape {J.shape}")
@@ -254,7 +258,11 @@ def random_adapter_c(J: np.ndarray, s=(1.0,)) -> float:
     if dd != d * d:
         raise ValueError(f"J's second axis must have d² = {d * d} entries, got {dd}")
     s2 = float(np.sum(np.asarray(s, dtype=float) ** 2))
-    return float(np.sqrt(L * s2 / (d * d) * np.sum(J**2) / n))
+    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
+        raise ValueError(f"weights must be {n} finite masses >= 0, not all zero")
+    per_atom = np.sum(J**2, axis=(0, 1, 3))
+    return float(np.sqrt(L * s2 / (d * d) * (per_atom @ (w / w.sum()))))
 
 
 @dataclass(frozen=True)
