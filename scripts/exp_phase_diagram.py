@@ -48,8 +48,11 @@ rank's serial run; particles -> PDE on S^1, n = 20, 200, 2000 with 4, 4, 2 draws
 S^2 with n up to 20000, T = 50, eps in [0.013, 0.025]) 7 min 1 s measured 2026-11-30.
 TOML keys override the preset (spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta,
 geometry, pde_spheres, pde_s2_eps, conv_spheres, pde_cells, pde_refinement, pde_initial,
-pde_tol, pde_save_every, pde_T, conv_n, conv_seeds, conv_eps_min, conv_eps_max, conv_T,
-conv_dt, conv_save_every). Rerunning resumes.
+pde_tol, pde_save_every, pde_T, pde_criterion, conv_draw, conv_n, conv_seeds, conv_eps_min,
+conv_eps_max, conv_T, conv_dt, conv_save_every). pde_criterion = "atoms_w2" reads the PDE and
+the particles through W2(nu_t, measures on the base clusters' centres) < delta (continuous in
+the data; converges under refinement) instead of the snapped reach; conv_draw = "quantile"
+(S^1) draws the particles at the quantiles of rho0 instead of i.i.d. Rerunning resumes.
 """
 
 import sys

@@ -57,10 +57,12 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis import (
+    atoms_distance,
     cluster_direction,
     cluster_reach,
     crossing_times,
     density_clusters,
+    find_clusters,
 )
 from ..model import Density, Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
@@ -80,6 +82,7 @@ __all__ = [
     "phase_pde_initial",
     "phase_particles_case",
     "phase_convergence",
+    "quantile_circle",
     "plot_phase_diagram",
 ]
 
@@ -92,6 +95,8 @@ _PDE = {
     "pde_initial": "mean",
     "pde_tol": 0.01,
     "pde_save_every": 0.5,
+    "pde_criterion": "reach",
+    "conv_draw": "random",
 }
 PRESETS = {
     "tiny": {"spheres": [1, 2], "n": 20, "seed": 0, "eps_min": 0.008, "eps_max": 0.036,
@@ -112,6 +117,16 @@ PRESETS = {
               "conv_T": 50.0, "conv_dt": 0.25, "conv_save_every": 0.25},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
+#: the δ-cluster state of the PDE and of the particles drawn from its ρ0: ``"reach"`` (the
+#: snapped reach ``q_tol < δ``) or ``"atoms_w2"`` (``W_2(ν_t, P(C)) < δ``, the Wasserstein
+#: distance to the measures on the base clusters' centres: continuous in the data, converging
+#: under refinement; :func:`solver.analysis.atoms_distance`)
+PDE_CRITERIA = ("reach", "atoms_w2")
+#: how the particles of ``particles.csv`` are drawn from ρ0: ``"random"`` (i.i.d., ``conv_seeds``
+#: draws per n) or ``"quantile"`` (S^1 only: the angles at the ``(i + 1/2)/n`` quantiles of ρ0
+#: from the antipode of its first moment, one deterministic draw per n, ``W_1(μ^n_0, ρ0) =
+#: O(1/n)`` without the draws' ``n^{-1/2}`` noise)
+CONV_DRAWS = ("random", "quantile")
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
 PDE_COLUMNS = ["t_enter", "t_exit", "t_base_enter", "t_base_exit", "t_forgotten",
@@ -134,6 +149,10 @@ def phase_check(p: dict) -> None:
             f"a list of spheres of pde_spheres = {p['pde_spheres']}")  # fmt: skip
     require(p, "pde_initial", p["pde_initial"] in PDE_INITIALS, f"one of {PDE_INITIALS}")
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
+    require(p, "pde_criterion", p["pde_criterion"] in PDE_CRITERIA, f"one of {PDE_CRITERIA}")
+    require(p, "conv_draw", p["conv_draw"] in CONV_DRAWS, f"one of {CONV_DRAWS}")
+    require(p, "conv_draw", p["conv_draw"] == "random" or list(p["conv_spheres"]) == [1],
+            "'random' unless conv_spheres = [1] (quantiles of ρ0 exist on S^1 only)")  # fmt: skip
     positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
              "conv_eps_max")  # fmt: skip
     require(p, "conv_seeds", len(p["conv_seeds"]) == len(p["conv_n"]),
@@ -242,7 +261,8 @@ def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
                   perturbed=base.perturbed(e2_perturbation(d, eps)),
                   save_every=p["pde_save_every"], w2=False, vtx=False, progress=progress,
                   cluster_delta=p["delta"], cluster_tol=p["pde_tol"],
-                  stop_after_exit=True, tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
+                  cluster_criterion=p["pde_criterion"], stop_after_exit=True,
+                  tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
 
 
 #: the point-mass law's prefactor (t_exit ≈ c / ε, fitted) and the base flow's entry time,
@@ -270,7 +290,9 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     ``t_enter``/``t_exit``: ``mass_outside <= pde_tol`` (ν against μ_t's clusters);
     ``t_base_enter``/``t_base_exit``: ``mass_outside_base <= pde_tol``, each placed by the
     crossing of its reach through ``delta`` (``reach < delta``, interpolated between steps:
-    :class:`solver.run.ClusterState`); ``t_forgotten``:
+    :class:`solver.run.ClusterState`), or with ``pde_criterion = "atoms_w2"`` of
+    ``atoms_w2`` / ``atoms_w2_base`` (each flow's ``W_2`` to the measures on μ_t's cluster
+    centres) through ``delta``; ``t_forgotten``:
     ``t_base_enter`` when ν never enters (forgotten before clustering), else ``nan``;
     ``t_exit_pointmass``: :func:`point_mass_depth` from the base flow's final cluster
     direction (the heaviest cluster's centre), ``Δθ = 2 arcsin(δ/2)``; ``t_end``: where the
@@ -278,7 +300,8 @@ def phase_pde_case(p: dict, case: dict, run: Run) -> dict | None:
     ``mass_outside_final`` are at ``t_end``."""
     s, eps = int(case["sphere"]), float(case["eps"])
     res = phase_pde(p, s, eps, run.comm, progress=run.progress)
-    tbe, tbx = crossing_times(res.step_times, res.column("reach_base"), p["delta"], strict=True)
+    base = res.column(f"{p['pde_criterion']}_base")
+    tbe, tbx = crossing_times(res.step_times, base, p["delta"], strict=True)
     if run.comm.rank != 0:
         return None
     u = density_clusters(res.centroids, res.density[-1] * res.areas, res.areas).centres[0]
@@ -303,9 +326,17 @@ def phase_particles_cases(p: dict) -> list[dict]:
     Euclidean ``geometry`` or without ε in the ``conv_eps`` range)."""
     if p["geometry"] != "sphere" or not phase_conv_eps(p):
         return []
+    if p["conv_draw"] == "quantile":  # one deterministic draw per n
+        return [{"sphere": s, "n": int(n), "seed": 0} for s in p["conv_spheres"]
+                for n in p["conv_n"]]  # fmt: skip
     return [{"sphere": s, "n": int(n), "seed": k} for s in p["conv_spheres"]
             for n, k_n in zip(p["conv_n"], p["conv_seeds"], strict=True)
             for k in range(int(k_n))]  # fmt: skip
+
+
+#: the lightest base cluster taken as an atom by the particles' ``atoms_w2`` criterion (the
+#: PDE's :func:`density_clusters` default)
+ATOM_MIN_MASS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -321,10 +352,33 @@ class _PDEInitial(Density):
 
 def _measure_times(p: dict, res, centres) -> tuple[float, float]:
     """Entry/exit of ``m_δ <= pde_tol`` (equal weights), the measure-level criterion of the
-    PDE: the crossings of the reach ``q_tol < δ`` (:func:`cluster_reach`), interpolated
-    between the saved times as the PDE's are between its steps."""
-    q = cluster_reach(res.positions, None, centres, p["pde_tol"])
+    PDE: the crossings of the reach ``q_tol < δ`` (:func:`cluster_reach`), or with
+    ``pde_criterion = "atoms_w2"`` of ``W_2(μ^n_t, P(C)) < δ`` (:func:`atoms_distance`),
+    interpolated between the saved times as the PDE's are between its steps."""
+    if p["pde_criterion"] == "atoms_w2":
+        q = atoms_distance(res.positions, None, centres)
+    else:
+        q = cluster_reach(res.positions, None, centres, p["pde_tol"])
     return crossing_times(res.times, q, p["delta"], strict=True)
+
+
+def quantile_circle(f: Callable, n: int, grid: int = 1 << 16) -> np.ndarray:
+    """``n`` points on S^1 at the ``(i + 1/2)/n`` quantiles of the density ``f`` (of points
+    ``(N, 2)``, unnormalised), the angle measured from the antipode of its first moment (for a
+    density symmetric about its mode the points are symmetric too). The CDF is the
+    trapezoidal rule on ``grid`` equal arcs, inverted by linear interpolation (error
+    ``O(grid^{-2})``)."""
+    th = np.linspace(-np.pi, np.pi, grid + 1)
+    u = np.column_stack((np.cos(th), np.sin(th)))
+    v = f(u)
+    m = np.trapezoid(v[:, None] * u, th, axis=0)
+    th = th + math.atan2(m[1], m[0]) + math.pi  # from the antipode of the first moment
+    v = f(np.column_stack((np.cos(th), np.sin(th))))
+    if not (np.all(np.isfinite(v)) and np.all(v >= 0) and v.sum() > 0):
+        raise ValueError("the density must be finite, non-negative and not zero on S^1")
+    cdf = np.concatenate(([0.0], np.cumsum(0.5 * (v[1:] + v[:-1]))))
+    a = np.interp((np.arange(n) + 0.5) / n * cdf[-1], cdf, th)
+    return np.column_stack((np.cos(a), np.sin(a)))
 
 
 def phase_particles_case(p: dict, case: dict) -> list[dict]:
@@ -337,13 +391,21 @@ def phase_particles_case(p: dict, case: dict) -> list[dict]:
     State: ``m_δ(ν^n_t) = #{i: min_c |x_i(t) − c| >= δ} / n <= pde_tol``
     (:func:`cluster_mass_outside`; its crossings from :func:`cluster_reach`, the PDE's
     criterion, with its ``tol``); ``C`` = the final base configuration (its atoms: the support of
-    ``μ^n_{conv_T}``). The PDE takes ``C`` from ``μ_t`` at every saved time instead; both are
-    the same single point in the limit, since ``ρ0 = 1 + d⟨m, x⟩`` is invariant under the
+    ``μ^n_{conv_T}``). With ``pde_criterion = "atoms_w2"``: ``W_2(ν^n_t, P(C)) < δ``
+    (:func:`atoms_distance`), ``C`` the centres of the final base configuration's clusters
+    (:func:`find_clusters`, radius ``δ/2``, at least ``ATOM_MIN_MASS`` each, as the PDE's
+    modes): a straggler still crossing the sphere would otherwise be an atom. With
+    ``conv_draw = "quantile"`` the draw is :func:`quantile_circle` of ρ0 (``seed`` unused). The
+    PDE takes ``C`` from ``μ_t`` at every saved time instead; both are the same single point
+    in the limit, since ``ρ0 = 1 + d⟨m, x⟩`` is invariant under the
     rotations about ``m`` and so is the base flow (``Q = K = V = I`` commute with them): its
     only mode stays on the axis ``m``. ``t_base_*``: the same for ``μ^n``."""
     d = int(case["sphere"]) + 1
     n, seed = int(case["n"]), int(case["seed"])
-    x0 = _PDEInitial(phase_pde_initial(p, d)).sample(n, d, np.random.default_rng(seed))
+    if p["conv_draw"] == "quantile":
+        x0 = quantile_circle(phase_pde_initial(p, d), n)
+    else:
+        x0 = _PDEInitial(phase_pde_initial(p, d)).sample(n, d, np.random.default_rng(seed))
 
     def run(model):
         return simulate_particles(model, x0, p["conv_T"], dt=p["conv_dt"],
@@ -351,6 +413,8 @@ def phase_particles_case(p: dict, case: dict) -> list[dict]:
 
     base = run(identity_model(d))
     C = base.positions[-1]
+    if p["pde_criterion"] == "atoms_w2":  # the base clusters' centres, as the PDE's
+        C = find_clusters(C, None, radius=p["delta"] / 2, min_mass=ATOM_MIN_MASS).centres
     tbe, tbx = _measure_times(p, base, C)
     rows = []
     for eps in phase_conv_eps(p):
@@ -496,7 +560,8 @@ def phase_summary(p: dict, rows: dict) -> dict:
     for name, f in pde_fits.items():
         v, vl = f["inverse"], f["inverse_late_exits"]
         report.append(
-            f"  PDE {name} (initial {p['pde_initial']!r}, tol = {p['pde_tol']}, "
+            f"  PDE {name} (initial {p['pde_initial']!r}, state {p['pde_criterion']!r}, "
+            f"tol = {p['pde_tol']}, "
             f"T = {p['pde_T']}): alpha = {f['alpha']:.3f}, c = {f['prefactor']:.3g}, "
             f"{f['n_points']} exits; base flow t_enter = {f['base_t_enter']:.3g}; "
             f"median t_exit / point-mass = {f['median_ratio_to_pointmass']:.3f}"
@@ -637,12 +702,14 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
             p["geometry"], f"R^{s + 1} (Euclidean, time-rescaled)")  # fmt: skip
         what = f"n = {p['n']}, seed {p['seed']} (sweep {_cost(timing, 'phase.csv')})"
         if pde:
-            what = (f"PDE {pde[0]['cells']} cells (sweep {_cost(timing, 'pde.csv')}); particles "
+            what = (f"PDE {pde[0]['cells']} cells, state {p['pde_criterion']} (sweep "
+                    f"{_cost(timing, 'pde.csv')}); particles "
                     f"{what}")  # fmt: skip
             cv = (conv or {}).get(f"S{s}")
             if cv:
                 what += (
-                    f";\nparticles from ρ0, n = {list(cv)}, draws {p['conv_seeds']}, "
+                    f";\nparticles from ρ0 ({p['conv_draw']}), n = {list(cv)}, draws "
+                    f"{[c['draws'] for c in cv.values()]}, "
                     f"dt = {p['conv_dt']} (sweep {_cost(timing, 'particles.csv')})"
                 )
         ax.set_title(f"{where}, δ = {p['delta']}: {what}", fontsize=8)

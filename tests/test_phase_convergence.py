@@ -1,0 +1,116 @@
+"""The measure-level δ-cluster state ``W_2(ν_t, P(C)) < δ`` (``pde_criterion = "atoms_w2"``)
+of the phase diagram's PDE under mesh refinement, against particles from the same ρ0.
+
+The tiny preset's S^1 case ε = 0.0218 (ρ0 = 1 + 2⟨m, x⟩, δ = 0.1) on 128, 256 and 512 cells
+(``h`` halved each time), and ``n = 2000`` particles at the quantiles of ρ0
+(:func:`quantile_circle`: ``W_1(μ^n_0, ρ0) = O(1/n)``, no draw noise). Measured 2026-12-07
+(2-core box, loaded): entry of ν 6.9918 / 6.8783 / 6.8224, exit 12.3753 / 12.4703 / 12.524,
+base entry 6.6272 / 6.5463 / 6.4991 (1,024 cells: 6.7958, 12.5494, 6.4749); the snapped reach
+of the default criterion exits at 12.57 / 12.58 / 10.73 / 11.81 on 128 - 1,024 cells (not
+monotone). Particles (n = 2000, dt = 0.1): entry 6.780, exit 12.41, base entry 6.446; n = 4000
+moves each by at most 0.001.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from solver.experiments._experiment import Run
+from solver.experiments._params import load_presets
+from solver.experiments.phase_diagram import (
+    phase_eps,
+    phase_particles_case,
+    phase_pde_case,
+    phase_pde_initial,
+    quantile_circle,
+)
+
+CELLS = (128, 256, 512)
+#: first order: the differences of successive times halve with h (ratio 2); accepted within a
+#: factor 1.45 either way (measured 1.71 - 2.03)
+RATIO = (2 / 1.45, 2 * 1.45)
+#: the particles' own error at n = 2000, dt = 0.1: n = 4000 moves the times by at most 0.001
+#: (measured), counted 10 times
+PARTICLE_ERROR = 0.01
+
+
+def richardson(t) -> tuple[float, float, float]:
+    """``(t_∞, error bar, ratio)`` from times at ``h``, ``h/2``, ``h/4``: the observed ratio
+    ``r = (t_1 - t_2) / (t_2 - t_3)`` and ``t_∞ = t_3 + (t_3 - t_2) / (r - 1)`` (the geometric
+    tail of the differences), with the correction ``|t_∞ - t_3|`` as the error bar."""
+    d1, d2 = t[0] - t[1], t[1] - t[2]
+    r = d1 / d2
+    t_inf = t[2] - d2 / (r - 1)
+    return t_inf, abs(t_inf - t[2]), r
+
+
+@pytest.fixture(scope="module")
+def measured():
+    p = load_presets("phase_diagram")["tiny"]
+    eps = phase_eps(p)[2]
+    p.update(pde_criterion="atoms_w2", conv_draw="quantile", pde_T=13.0, conv_T=13.0,
+             conv_dt=0.1, conv_save_every=0.1, conv_eps_min=eps, conv_eps_max=eps)  # fmt: skip
+    run = Run(Path("."), MPI.COMM_WORLD, False, {})
+    pde = [phase_pde_case({**p, "pde_cells": c}, {"sphere": 1, "eps": eps}, run) for c in CELLS]
+    (part,) = phase_particles_case(p, {"sphere": 1, "n": 2000, "seed": 0})
+    return pde, part
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["t_enter", "t_exit", "t_base_enter"])
+def test_atoms_w2_times_converge_under_refinement(measured, what):
+    """Entry and exit of ``W_2(ν_t, P(C)) < δ`` (and the base flow's entry) move
+    monotonically under refinement at first order; the Richardson limit is what the report
+    gives with its error bar. Entries: the particles from the same ρ0 agree within that bar
+    (plus their own error)."""
+    pde, part = measured
+    t = [r[what] for r in pde]
+    assert all(math.isfinite(v) for v in t), t
+    t_inf, err, r = richardson(t)
+    assert RATIO[0] < r < RATIO[1], (t, r)
+    assert err < 0.1  # a bar small against the times (measured 0.054 - 0.070)
+    if what != "t_exit":
+        assert abs(part[what] - t_inf) <= err + PARTICLE_ERROR, (part[what], t_inf, err)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="DG0 collapse lag: the scheme's cluster trails the "
+                   "particles' by 0.0014 rad on every mesh (docs/experiments.md)")  # fmt: skip
+def test_atoms_w2_exit_matches_the_particles(measured):
+    """The exit's Richardson limit (12.59 +- 0.07) against the particles' (12.41): apart by
+    more than the bar. ν's cluster in the PDE lags the particles' by 0.0014 rad from the
+    collapse on (t = 7) at 256 and at 1,024 cells alike: while a collapsing cluster is a few
+    cells wide the DG0 cluster weight is between 0 and 1 and the first-moment correction
+    only partly on, for a time that does not depend on h; the drift (0.0089 rad per unit
+    time) turns the lag into 0.16 of exit time. Strict: passes (and so fails) once fixed."""
+    pde, part = measured
+    t_inf, err, _ = richardson([r["t_exit"] for r in pde])
+    assert abs(part["t_exit"] - t_inf) <= err + PARTICLE_ERROR
+
+
+def test_quantile_circle():
+    """Equal arcs for the uniform density; for ρ0 = 1 + 2⟨m, x⟩ the exact CDF
+    ``F(ψ) = (ψ - 2|m| sin ψ) / (2π)`` (ψ from the antipode of ``m``) at the points is
+    ``(i + 1/2)/n`` to the trapezoidal error; symmetric about ``m``; bad density refused."""
+    n = 64
+    x = quantile_circle(lambda y: np.ones(len(y)), n)
+    a = np.sort(np.mod(np.arctan2(x[:, 1], x[:, 0]), 2 * np.pi))
+    np.testing.assert_allclose(np.diff(a), 2 * np.pi / n, atol=1e-9)
+    p = load_presets("phase_diagram")["tiny"]
+    f = phase_pde_initial(p, 2)
+    u = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    m = np.array([f(u[:1]) - f(u[1:2]), f(u[2:3]) - f(u[3:4])]).ravel() / 4  # 1 + 2<m, x>
+    x = quantile_circle(f, n)
+    # ψ from the antipode of m: density 1 - 2|m| cos ψ, CDF (ψ - 2|m| sin ψ) / (2π)
+    psi = np.mod(np.arctan2(x[:, 1], x[:, 0]) - math.atan2(m[1], m[0]) - math.pi, 2 * np.pi)
+    F = (psi - 2 * np.linalg.norm(m) * np.sin(psi)) / (2 * math.pi)
+    np.testing.assert_allclose(np.sort(F), (np.arange(n) + 0.5) / n, atol=1e-8)
+    mean = x.mean(axis=0)
+    assert abs(mean[0] * m[1] - mean[1] * m[0]) < 1e-9  # on the axis of m
+    with pytest.raises(ValueError, match="density"):
+        quantile_circle(lambda y: y[:, 0], n)
