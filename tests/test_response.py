@@ -198,6 +198,24 @@ def test_linear_response_experiment(tmp_path):
     _, J4 = layer_jacobians(Model(np.eye(2), np.eye(2), np.eye(2)), x0, p["T"], 4, dt=p["dt"])
     c4 = next(r["c"] for r in ex if r["seed"] == 1 and r["L"] == 4)
     assert c4 == pytest.approx(random_adapter_c(J4), rel=1e-6)
+    # the PDE's measure: one row per draw and depth, c_1 recomputed from the 1-layer weighted
+    # Jacobian of the draw's density on its mesh quadrature (another partition of the layers)
+    from mpi4py import MPI
+
+    from solver.analysis import mesh_atoms
+    from solver.experiments._common import draw_density
+    from solver.mesh import sphere_mesh
+
+    me = read_rows(tmp_path / "measure.csv")
+    assert len(me) == len(p["Ls"]) * p["pde_seeds"]
+    x0 = sample_particles(Uniform(), p["n"], 2, seed=p["x0_seed"] + 2)
+    atoms, w = mesh_atoms(sphere_mesh(MPI.COMM_SELF, 1, cells=p["pde_cells"]), draw_density(x0))
+    _, J1 = layer_jacobians(Model(np.eye(2), np.eye(2), np.eye(2)), atoms, p["T"], 1,
+                            dt=p["dt"], weights=w)  # fmt: skip
+    c1 = next(r["c"] for r in me if r["seed"] == 2 and r["L"] == 1)
+    assert c1 == pytest.approx(random_adapter_c(J1, weights=w), rel=1e-6)
+    g = s["gamma"]["2"]["pde"]
+    assert g["gamma_lo"] <= g["gamma_mean"] <= g["gamma_hi"]
     g = s["gamma"]["2"]
     assert g["gamma_lo"] <= np.mean(g["gamma_per_draw"]) <= g["gamma_hi"]
     assert len(g["gamma_per_draw"]) == p["seeds"]

@@ -75,6 +75,7 @@ __all__ = [
     "pde_response",
     "MeasureTangent",
     "measure_tangent",
+    "mesh_atoms",
 ]
 
 #: the imaginary step of the complex-step derivative (no cancellation: any tiny value works)
@@ -433,8 +434,6 @@ def measure_tangent(sm, model, initial, T: float, dV, dA=None, *, dt: float = 0.
     callable); ``dV``, ``dA``: (d, d) or (m, d, d), ``dA`` zero by default; ``dt``: the RK4
     step. Cost: ``m`` trajectories of ``n`` = number of cells interacting atoms.
     """
-    from ..run import initial_cell_averages
-
     d = model.d
     dV = np.asarray(dV, dtype=float)
     dV = dV[None] if dV.ndim == 2 else dV
@@ -446,12 +445,21 @@ def measure_tangent(sm, model, initial, T: float, dV, dA=None, *, dt: float = 0.
         raise ValueError(f"dA must be finite with dV's shape {dV.shape}, got {dA.shape}")
     if sm.gdim != d:
         raise ValueError(f"the mesh is in R^{sm.gdim}, the model in R^{d}")
-    mass = initial_cell_averages(sm, initial, degree) * sm.areas
-    parts = sm.gather(np.column_stack([sm.centroids, mass]))
-    parts = sm.comm.bcast(parts, root=0)
-    keep = parts[:, d] > 0.0
-    x0, w = parts[keep, :d], parts[keep, d] / parts[keep, d].sum()
+    x0, w = mesh_atoms(sm, initial, degree)
     r = particle_tangent(model, x0, T, lambda t: (dA, dV), dt=dt, weights=w)
     moment = np.einsum("i,mid->md", w, r.dx)
     return MeasureTangent(x0=x0, x=r.x, dx=r.dx, weights=w, moment=moment,
                           w2=first_order_w2(r.dx, w))  # fmt: skip
+
+
+def mesh_atoms(sm, initial, degree: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh quadrature of an initial density: ``(x0, w)``, the centroids (n, d) of the
+    cells of positive mass, in original cell order, and their masses ``ρ_K |K|`` normalised to
+    sum 1 (cell averages by ``degree``-point quadrature); the same on every rank."""
+    from ..run import initial_cell_averages
+
+    d = sm.gdim
+    mass = initial_cell_averages(sm, initial, degree) * sm.areas
+    parts = sm.comm.bcast(sm.gather(np.column_stack([sm.centroids, mass])), root=0)
+    keep = parts[:, d] > 0.0
+    return parts[keep, :d], parts[keep, d] / parts[keep, d].sum()
