@@ -425,6 +425,8 @@ def _library_calls():
         ("evolve NaN initial", evolve(initial=np.full(10, np.nan)), ValueError, "NaN"),
         ("evolve zero initial", evolve(initial=np.zeros(10)), ValueError, "zero mass"),
         ("evolve cluster_delta = -1", evolve(cluster_delta=-1), ValueError, "cluster_delta"),
+        ("evolve cluster_criterion = 'mass'", evolve(cluster_criterion="mass"), ValueError,
+         "cluster_criterion must be one of"),
         ("evolve max_dt = 1e-7", evolve(T=10.0, max_dt=1e-7), ValueError, "max_dt"),
         ("evolve cfl = 2", evolve(cfl=2.0), ValueError, "cfl"),
         ("evolve mesh not a mesh", lambda: solver.evolve(None, M, U, 0.1), TypeError, "sm"),

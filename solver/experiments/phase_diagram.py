@@ -32,6 +32,12 @@ not yet clustered (before ν enters), no forgetting (``t_enter <= t < t_exit``),
 clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgotten`` is then
 ``t_base_enter``.
 
+``pde_criterion = "atoms_w2"`` reads both flows instead through ``W_2(ν_t, P(C)) < δ``, the
+Wasserstein distance to the measures on the base clusters' centres
+(:func:`solver.analysis.atoms_distance`; columns ``atoms_w2``, ``atoms_w2_base``): continuous
+in the data, its entry and exit converge monotonically under refinement (S^1, 128 - 1,024
+cells; docs/experiments.md, tests/test_phase_convergence.py).
+
 Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
 PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
 the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
