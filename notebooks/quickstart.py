@@ -106,12 +106,12 @@ for p in pngs:
 show(plot_run(OUT, times=[T], warp=0.6, out=OUT / "plots_warped")[0])
 
 # %% [markdown]
-# An animation with one frame per saved time (a GIF; name the file `.mp4` for a video, which
-# needs `imageio-ffmpeg`):
+# An animation with one frame per saved time (an MP4 where an ffmpeg exists, as the `viz`
+# extra's imageio-ffmpeg ships one, else a GIF; name the file to choose):
 
 # %%
-gif = animate_run(OUT)
-show(gif)
+movie = animate_run(OUT)
+show(movie)
 
 # %% [markdown]
 # ## The drift between the flows
@@ -145,5 +145,5 @@ show(plot_diagnostics(OUT))
 #
 # ```bash
 # python -m solver run --output out          # the default job (S², tied LoRA)
-# python -m solver plot out --warp           # PNGs, density.gif and diagnostics.png in out/plots
+# python -m solver plot out --warp           # PNGs, density.mp4 (or .gif), diagnostics.png
 # ```

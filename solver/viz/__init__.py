@@ -11,7 +11,7 @@ import importlib
 #: parser without NumPy, the mesh or the pictures' libraries)
 _LAZY = {"add_plot_parser": "._cli", "plot_main": "._cli", "read_vtx": "._data",
          **dict.fromkeys(("animate_run", "plot_diagnostics", "plot_run", "show", "to_pyvista",
-                          "view_direction"), "._plots")}  # fmt: skip
+                          "view_direction", "ffmpeg", "default_animation"), "._plots")}  # fmt: skip
 
 __all__ = [
     "plot_run",
@@ -21,6 +21,8 @@ __all__ = [
     "read_vtx",
     "show",
     "view_direction",
+    "ffmpeg",
+    "default_animation",
     "add_plot_parser",
     "plot_main",
 ]

@@ -40,10 +40,17 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
         "global for the animation)",
     )
     p.add_argument(
+        "--per-flow",
+        action="store_true",
+        help="one colour range (and colour bar) per flow, not one for both: the base flow "
+        "keeps its contrast beside a sharp perturbed cluster",
+    )
+    p.add_argument(
         "--animation",
-        choices=("gif", "mp4", "none"),
-        default="gif",
-        help="animation over all saved times (default gif)",
+        choices=("auto", "mp4", "gif", "none"),
+        default="auto",
+        help="animation over all saved times (default auto: mp4 where ffmpeg exists, e.g. "
+        "from imageio-ffmpeg, else gif)",
     )
     p.add_argument("--fps", type=float, default=10.0,
                    help="frames per second of the animation (default 10)")  # fmt: skip
@@ -56,7 +63,12 @@ def add_plot_parser(subparsers) -> argparse.ArgumentParser:
 
 def plot_main(args: argparse.Namespace) -> int:
     """Run ``python -m solver plot``; exit status 0, or 2 with a message for bad input."""
-    from ._plots import animate_run, plot_diagnostics, plot_run  # on use: --help stays fast
+    from ._plots import (  # on use: --help stays fast
+        animate_run,
+        default_animation,
+        plot_diagnostics,
+        plot_run,
+    )
 
     try:  # under mpiexec, one rank draws
         from mpi4py import MPI
@@ -75,17 +87,20 @@ def plot_main(args: argparse.Namespace) -> int:
         elif times == ["all"]:
             times = "all"
         written = plot_run(args.folder, times, warp=args.warp, out=args.out,
-                           clim=args.clim or "time", show=args.show)  # fmt: skip
+                           clim=args.clim or "time", per_flow=args.per_flow,
+                           show=args.show)  # fmt: skip
         if args.animation != "none":
-            target = (args.out or args.folder / "plots") / f"density.{args.animation}"
+            kind = default_animation() if args.animation == "auto" else args.animation
+            target = (args.out or args.folder / "plots") / f"density.{kind}"
             written.append(animate_run(args.folder, target, fps=args.fps, warp=args.warp,
-                                       clim=args.clim or "global"))  # fmt: skip
+                                       clim=args.clim or "global",
+                                       per_flow=args.per_flow))  # fmt: skip
         if not args.no_diagnostics:
             written.append(plot_diagnostics(args.folder, args.out))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ImportError as e:  # an optional dependency (pyvista, imageio-ffmpeg, ...)
+    except (ImportError, OSError) as e:  # no pyvista or ffmpeg, or ffmpeg failed
         print(f"error: {e}", file=sys.stderr)
         return 1
     for p in written:

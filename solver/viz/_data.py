@@ -83,11 +83,27 @@ class Run:
                 out.append(k)
         return out
 
-    def clim(self, k: int | None) -> tuple[float, float]:
-        """Shared colour range of both flows at saved time ``k`` (all times when ``None``)."""
+    def clim(self, k: int | None, flow: int | None = None) -> tuple[float, float]:
+        """Colour range ``(0, max)`` at saved time ``k`` (all times when ``None``), shared by
+        both flows, or of flow ``flow`` alone (0 base, 1 perturbed)."""
         sl = slice(None) if k is None else k
-        hi = max(float(np.max(f[sl])) for f in self.fields)
+        fields = self.fields if flow is None else [self.fields[flow]]
+        hi = max(float(np.max(f[sl])) for f in fields)
         return 0.0, hi if hi > 0 else 1.0
+
+    def ranges(self, clim: str, per_flow: bool = False):
+        """``k -> [(lo, hi) per flow]``: the colour ranges of saved time ``k`` for
+        ``clim = "time"`` (rescaled per time) or ``"global"`` (one for all times), shared by
+        the flows or, with ``per_flow``, one per flow (a faint base flow beside a sharp
+        perturbed cluster keeps its own contrast)."""
+        if clim not in ("time", "global"):
+            raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
+        n = len(self.fields)
+        flows = list(range(n)) if per_flow else [None] * n
+        if clim == "global":
+            fixed = [self.clim(None, f) for f in flows]
+            return lambda k: fixed
+        return lambda k: [self.clim(k, f) for f in flows]
 
 
 def _mesh_source(run: Run) -> dict:

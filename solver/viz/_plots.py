@@ -6,7 +6,7 @@ where present, ``config.toml``), on a machine without a screen:
 - :func:`plot_run` — the base density μ_t and the perturbed density ν_t side by side at
   chosen saved times, with one colour scale: on S^2 a coloured sphere rendered off-screen by
   PyVista (optionally warped radially by the density), on S^1 a polar plot (matplotlib);
-- :func:`animate_run` — a GIF (or MP4) with one frame per saved time;
+- :func:`animate_run` — an MP4 (where an ffmpeg exists) or GIF with one frame per saved time;
 - :func:`plot_diagnostics` — mass, min/max density, first moment and drift over time;
 - :func:`to_pyvista` — the run's mesh as a :class:`pyvista.UnstructuredGrid` with the saved
   cell fields, for your own PyVista pictures.
@@ -19,6 +19,8 @@ where present, ``config.toml``), on a machine without a screen:
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -40,7 +42,16 @@ from ._scenes import (
     pyvista_grid,
 )
 
-__all__ = ["plot_run", "animate_run", "plot_diagnostics", "to_pyvista", "show", "view_direction"]
+__all__ = [
+    "plot_run",
+    "animate_run",
+    "plot_diagnostics",
+    "to_pyvista",
+    "show",
+    "view_direction",
+    "ffmpeg",
+    "default_animation",
+]
 
 
 def _out_dir(run: Run, out) -> Path:
@@ -49,27 +60,28 @@ def _out_dir(run: Run, out) -> Path:
     return d
 
 
-def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=False,
-            views=None) -> list:  # fmt: skip
+def _render(run: Run, ks, ranges, *, window_size, warp, mesh, paths=None, show=False,
+            views=None, per_flow=False) -> list:  # fmt: skip
     """Draw the saved times ``ks`` in one scene: PNGs at ``paths``, else the RGB images.
 
-    ``clim``: a fixed colour range, or ``None`` for one per time; ``warp``: as in
-    :func:`plot_run`; ``show``: then open an interactive window at the last time;
-    ``views``: S^2 camera directions per saved time (``None``: the final mass's).
+    ``ranges``: ``k -> [(lo, hi) per flow]`` (:meth:`Run.ranges`; ``per_flow``: a colour
+    bar for each flow); ``warp``: as in :func:`plot_run`; ``show``: then open an interactive
+    window at the last time; ``views``: S^2 camera directions per saved time (``None``: the
+    final mass's).
     """
     if show and not has_display():
         warnings.warn("no display: cannot open an interactive window", stacklevel=3)
         show = False
     if run.sphere_dim == 1:
-        scene = CircleScene(run, window_size)
+        scene = CircleScene(run, window_size, per_flow=per_flow)
     else:
         w = 0.5 if warp is True else float(warp or 0.0)
         scene = SphereScene(pyvista(), run, window_size, warp=w, off_screen=True, mesh=mesh,
-                            views=views)  # fmt: skip
+                            views=views, per_flow=per_flow)  # fmt: skip
     images = []
     try:
         for i, k in enumerate(ks):
-            scene.show_time(k, clim)
+            scene.show_time(k, ranges(k))
             if paths is None:
                 images.append(np.asarray(scene.screenshot()))
             else:
@@ -82,8 +94,8 @@ def _render(run: Run, ks, clim, *, window_size, warp, mesh, paths=None, show=Fal
         pv = pyvista(off_screen=False)
         pv.OFF_SCREEN = False
         scene = SphereScene(pv, run, WINDOW, warp=w, off_screen=False, mesh=mesh,
-                            views=views)  # fmt: skip
-        scene.show_time(ks[-1], clim)
+                            views=views, per_flow=per_flow)  # fmt: skip
+        scene.show_time(ks[-1], ranges(ks[-1]))
         scene.pl.show()
     return images
 
@@ -95,6 +107,7 @@ def plot_run(
     out: str | os.PathLike | None = None,
     *,
     clim: str = "time",
+    per_flow: bool = False,
     window_size=WINDOW,
     show: bool = False,
     mesh=None,
@@ -113,6 +126,9 @@ def plot_run(
         Folder for the PNGs (default ``folder/plots``); files ``density_t<t>.png``.
     clim : "time" or "global"
         One colour range for both flows at each time, or one for all times.
+    per_flow : bool
+        One colour range (and colour bar) per flow instead of one for both: the base flow
+        keeps its contrast beside a sharp perturbed cluster.
     show : bool
         Also open an interactive window (where a display exists) for the last time.
     mesh : SphereMesh or (points, cells), optional
@@ -120,19 +136,34 @@ def plot_run(
 
     Returns the paths of the PNGs written.
     """
-    if clim not in ("time", "global"):
-        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     run = Run(folder)
+    ranges = run.ranges(clim, per_flow)
     ks = run.time_indices(times)
     odir = _out_dir(run, out)
-    fixed = run.clim(None) if clim == "global" else None
     paths = [odir / f"density_t{run.times[k]:g}.png" for k in ks]
     views = None  # S^2: each picture framed face-on to the mass of its own time
     if run.sphere_dim == 2:
         views = {k: face_on_direction(run, k) for k in ks}
-    _render(run, ks, fixed, window_size=window_size, warp=warp, mesh=mesh, paths=paths,
-            show=show, views=views)  # fmt: skip
+    _render(run, ks, ranges, window_size=window_size, warp=warp, mesh=mesh, paths=paths,
+            show=show, views=views, per_flow=per_flow)  # fmt: skip
     return paths
+
+
+def ffmpeg() -> str | None:
+    """The ffmpeg program for MP4s: imageio-ffmpeg's (the ``viz`` extra ships one; it also
+    honours ``IMAGEIO_FFMPEG_EXE``), else ``ffmpeg`` on the PATH; ``None`` if there is none."""
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
+def default_animation() -> str:
+    """``"mp4"`` where an ffmpeg exists (:func:`ffmpeg`; smooth colours, small files), else
+    ``"gif"`` (one palette, no dithering)."""
+    return "mp4" if ffmpeg() is not None else "gif"
 
 
 def animate_run(
@@ -142,45 +173,39 @@ def animate_run(
     fps: float = 10.0,
     warp: bool | float = False,
     clim: str = "global",
+    per_flow: bool = False,
     window_size=FRAME,
     mesh=None,
 ) -> Path:
     """An animation over all saved times, one frame per saved time.
 
-    ``out``: the file (``.gif``, or ``.mp4`` with ``imageio-ffmpeg``) or a folder for
-    ``density.gif`` (default ``folder/plots/density.gif``). ``clim``: ``"global"`` (default:
-    one colour range, 0 to the largest density of both flows over all saved times, for every
-    frame, so that frames compare) or ``"time"`` (rescaled per frame). Other arguments as in
-    :func:`plot_run`. Returns the path written.
+    ``out``: the file (``.mp4`` or ``.gif``) or a folder for ``density.mp4`` where an ffmpeg
+    exists, else ``density.gif`` (:func:`default_animation`; default folder
+    ``folder/plots``). ``clim``: ``"global"`` (default: one colour range, 0 to the largest
+    density over all saved times, for every frame, so that frames compare) or ``"time"``
+    (rescaled per frame); ``per_flow``: one range per flow (each flow's own largest
+    density). On S^2 the camera turns from face-on to the initial mass (t = 0) to face-on to
+    the final one. Other arguments as in :func:`plot_run`. Returns the path written.
     """
-    if clim not in ("time", "global"):
-        raise ValueError(f"clim must be 'time' or 'global', got {clim!r}")
     if not (np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be > 0, got {fps}")
     run = Run(folder)
+    ranges = run.ranges(clim, per_flow)
     if out is not None and Path(out).suffix.lower() in (".gif", ".mp4"):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
     else:
-        path = _out_dir(run, out) / "density.gif"
-    fixed = run.clim(None) if clim == "global" else None
+        path = _out_dir(run, out) / f"density.{default_animation()}"
     views = pan_directions(run) if run.sphere_dim == 2 else None  # t = 0 on the initial mass
-    frames = _render(run, range(len(run.times)), fixed, window_size=window_size, warp=warp,
-                     mesh=mesh, views=views)  # fmt: skip
+    frames = _render(run, range(len(run.times)), ranges, window_size=window_size, warp=warp,
+                     mesh=mesh, views=views, per_flow=per_flow)  # fmt: skip
     _write_animation(path, frames, fps)
     return path
 
 
 def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
     if path.suffix.lower() == ".mp4":
-        try:
-            import imageio.v2 as iio
-
-            with iio.get_writer(path, fps=fps) as w:
-                for f in frames:
-                    w.append_data(f)
-        except (ImportError, ValueError) as e:
-            raise ImportError(f"MP4 needs imageio and imageio-ffmpeg ({e}); write a .gif") from e
+        _write_mp4(path, frames, fps)
         return
     from PIL import Image
 
@@ -197,6 +222,23 @@ def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> None:
            for f in frames]  # fmt: skip
     ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(round(1000 / fps)),
                 loop=0, optimize=False, disposal=1)  # fmt: skip
+
+
+def _write_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """H.264 (yuv420p: every player) through ffmpeg, the RGB frames piped in raw."""
+    exe = ffmpeg()
+    if exe is None:
+        raise ImportError("an MP4 needs ffmpeg: pip install imageio-ffmpeg (in the viz extra) "
+                          "or put ffmpeg on the PATH; or write a .gif")  # fmt: skip
+    h, w = frames[0].shape[:2]
+    pad = f"pad={(w + 1) // 2 * 2}:{(h + 1) // 2 * 2}"  # yuv420p needs even sides
+    cmd = [exe, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", f"{fps:g}", "-i", "-", "-vf", pad, "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", "-crf", "18", "-r", f"{fps:g}", str(path)]  # fmt: skip
+    data = b"".join(np.ascontiguousarray(f[..., :3], dtype=np.uint8).tobytes() for f in frames)
+    p = subprocess.run(cmd, input=data, capture_output=True)
+    if p.returncode != 0:
+        raise OSError(f"ffmpeg could not write {path}: {p.stderr.decode(errors='replace')}")
 
 
 def plot_diagnostics(folder: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -309,13 +351,16 @@ def view_direction(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def show(path) -> None:
-    """Display a picture inline in Jupyter; print its path in a plain script."""
+    """Display a picture or an MP4 inline in Jupyter; print its path in a plain script."""
     try:
         from IPython import get_ipython
-        from IPython.display import Image, display
+        from IPython.display import Image, Video, display
 
         if get_ipython() is not None:
-            display(Image(filename=str(path)))
+            if Path(path).suffix.lower() == ".mp4":
+                display(Video(str(path), embed=True))
+            else:
+                display(Image(filename=str(path)))
             return
     except ImportError:
         pass

@@ -1,12 +1,13 @@
 """The scenes that draw a run: S^2 in PyVista, S^1 in matplotlib, both updated per saved time.
 
-A scene is built once for a run and then, for each saved time ``k``, ``show_time(k, clim)``
+A scene is built once for a run and then, for each saved time ``k``,
+``show_time(k, ranges)`` (each flow's colour range, :meth:`~solver.viz._data.Run.ranges`)
 updates its fields and ``screenshot(path=None)`` writes a PNG or returns the RGB image;
 ``close()`` frees it. :class:`SphereScene` shows the densities on the sphere (optionally
 warped radially), :class:`CircleScene` polar plots; the base and the perturbed flow side by
-side with one colour scale. The S^2 camera looks face-on at where the final mass is
-(:func:`face_on_direction`), and each panel says how much of its mass is on the hidden side
-(:func:`hidden_fraction`).
+side with one colour scale, or one each (``per_flow``). The S^2 camera looks face-on at where
+the final mass is (:func:`face_on_direction`), and each panel says how much of its mass is on
+the hidden side (:func:`hidden_fraction`).
 
 PyVista (the ``viz`` extra) is imported only when an S^2 scene is made (:func:`pyvista`).
 Without a display, rendering is off-screen (EGL, else OSMesa).
@@ -91,10 +92,11 @@ def pyvista(off_screen: bool = True):
     return pv
 
 
-def _panel_window(window, n: int) -> tuple[int, int]:
-    """Pixels for ``n`` panels and a colour bar: ``window`` is sized for two panels."""
+def _panel_window(window, n: int, bars: int = 1) -> tuple[int, int]:
+    """Pixels for ``n`` panels and ``bars`` colour bars: ``window`` is sized for two panels
+    and one bar."""
     w, h = window
-    return (int(round(w * (n + 0.3) / 2.3 / 16)) * 16, int(h))
+    return (int(round(w * (n + 0.3 * bars) / 2.3 / 16)) * 16, int(h))
 
 
 def face_on_direction(run: Run, k: int = -1) -> np.ndarray:
@@ -180,23 +182,28 @@ class SphereScene:
     """Two linked PyVista panels (base, perturbed) whose fields are updated per saved time."""
 
     def __init__(self, pv, run: Run, window, *, warp: float, off_screen: bool, mesh=None,
-                 views=None):  # fmt: skip
+                 views=None, per_flow: bool = False):  # fmt: skip
         self.pv, self.run, self.warp = pv, run, float(warp)
         #: a camera direction per saved time (None: the final mass's, for every time)
         self.views = views
         grid, self.order = pyvista_grid(pv, run, mesh)
         self.unit = np.asarray(grid.points).copy()
         n = len(run.fields)
-        window = _panel_window(window, n)
-        # one column per flow and a narrow one for the shared colour bar
-        self.pl = pv.Plotter(shape=(1, n + 1), col_weights=[1.0] * n + [0.3],
+        per_flow = per_flow and n > 1
+        window = _panel_window(window, n, n if per_flow else 1)
+        # one column per flow and a narrow one for the shared colour bar, or a bar after each
+        if per_flow:
+            cols, weights, bar_cols = [2 * i for i in range(n)], [1.0, 0.3] * n, [1, 3][:n]
+        else:
+            cols, weights, bar_cols = list(range(n)), [1.0] * n + [0.3], [n]
+        self.pl = pv.Plotter(shape=(1, len(weights)), col_weights=weights,
                              window_size=list(window), off_screen=off_screen,
                              border=False)  # fmt: skip
         self.pl.set_background("white")
         self.meshes, self.titles, self.actors, self.hidden = [], [], [], []
         font = max(8, round(window[1] / 48))
         for i in range(n):
-            self.pl.subplot(0, i)
+            self.pl.subplot(0, cols[i])
             g = grid.copy()
             g.cell_data["density"] = run.fields[i][0][self.order]
             self.meshes.append(g)
@@ -210,23 +217,28 @@ class SphereScene:
             self.hidden.append(self.pl.add_text("", position="lower_edge",
                                                 font_size=round(0.8 * font),
                                                 color="black"))  # fmt: skip
-        self.pl.subplot(0, n)
-        self.pl.add_scalar_bar(
-            title="density", mapper=self.actors[0].mapper, vertical=True, position_x=0.12,
-            position_y=0.15, width=0.5, height=0.7, color="black", title_font_size=2 * font,
-            label_font_size=round(1.6 * font), n_labels=5,
-        )  # fmt: skip
-        self.bar = self.pl.scalar_bars["density"]
-        self.bar.SetUseCustomLabels(True)  # round tick values (set per time)
-        self.bar.SetBarRatio(0.3)
+        # scalar bars are named by their titles: one per flow needs two titles
+        self.bar_titles = ["density", "density "][: len(bar_cols)]
+        self.bars = []
+        for j, (c, title) in enumerate(zip(bar_cols, self.bar_titles, strict=True)):
+            self.pl.subplot(0, c)
+            self.pl.add_scalar_bar(
+                title=title, mapper=self.actors[j].mapper, vertical=True, position_x=0.12,
+                position_y=0.15, width=0.5, height=0.7, color="black",
+                title_font_size=2 * font, label_font_size=round(1.6 * font), n_labels=5,
+            )  # fmt: skip
+            bar = self.pl.scalar_bars[title]
+            bar.SetUseCustomLabels(True)  # round tick values (set per time)
+            bar.SetBarRatio(0.3)
+            self.bars.append(bar)
         self.radius = 1.0 + 0.5 * self.warp
         self.pl.subplot(0, 0)
         self.pl.add_axes(color="black", line_width=2)
-        aspect = window[0] / (n + 0.3) / window[1]  # of one panel
+        aspect = window[0] / sum(weights) / window[1]  # of one panel
         self.dist = self.radius / (0.85 * np.tan(np.radians(15.0)) * min(1.0, aspect))
         self.aim(face_on_direction(run))  # show_time re-aims where views are given
         if n > 1:
-            self.pl.link_views(list(range(n)))
+            self.pl.link_views(cols)
 
     def aim(self, d: np.ndarray) -> None:
         """Look at the centre from direction ``d`` (the panels are linked)."""
@@ -237,9 +249,9 @@ class SphereScene:
                                    tuple(up - (up @ d) * d)]  # fmt: skip
         self.pl.camera.view_angle = 30.0
 
-    def show_time(self, k: int, clim) -> None:
+    def show_time(self, k: int, ranges) -> None:
+        """Show saved time ``k`` with the colour range ``ranges[i]`` for flow ``i``."""
         run = self.run
-        lo, hi = clim if clim is not None else run.clim(k)
         if self.views is not None:
             self.aim(self.views[k])
         for i, g in enumerate(self.meshes):
@@ -247,18 +259,19 @@ class SphereScene:
             g.cell_data["density"][:] = vals  # in place: the mapper keeps this array
             if self.warp:
                 nodal = np.asarray(g.cell_data_to_point_data()["density"])
-                g.points[:] = self.unit * (1.0 + self.warp * nodal / hi)[:, None]
+                g.points[:] = self.unit * (1.0 + self.warp * nodal / ranges[i][1])[:, None]
                 g.GetPoints().Modified()
             name = VTK_LABELS[i] if len(self.meshes) > 1 else "density"
             self.titles[i].set_text("upper_edge", f"{name}    t = {_fmt_time(run.times[k])}")
         for i, h in enumerate(hidden_fraction(run, self.view, k)):
             self.hidden[i].set_text("lower_edge", f"far side (hidden): {100 * h:.1f}% of the mass")
-        for actor in self.actors:
+        for actor, (lo, hi) in zip(self.actors, ranges, strict=True):
             actor.mapper.scalar_range = (lo, hi)
-        self.pl.update_scalar_bar_range([lo, hi])
-        ticks = _nice_ticks(lo, hi)
-        self.bar.SetLabelFormat(_tick_format(ticks))
-        self.bar.SetCustomLabels(self.pv.convert_array(np.asarray(ticks, dtype=float)))
+        for bar, title, (lo, hi) in zip(self.bars, self.bar_titles, ranges, strict=False):
+            self.pl.update_scalar_bar_range([lo, hi], name=title)
+            ticks = _nice_ticks(lo, hi)
+            bar.SetLabelFormat(_tick_format(ticks))
+            bar.SetCustomLabels(self.pv.convert_array(np.asarray(ticks, dtype=float)))
         for g in self.meshes:
             g.Modified()
         self.pl.render()
@@ -277,33 +290,38 @@ class SphereScene:
 class CircleScene:
     """Polar plots of both flows on S^1 (one coloured wedge per cell), updated per time."""
 
-    def __init__(self, run: Run, size):
+    def __init__(self, run: Run, size, per_flow: bool = False):
         import matplotlib as mpl
         import matplotlib.pyplot as plt
         from matplotlib.collections import PolyCollection
 
         self.run, self.plt = run, plt
         n = len(run.fields)
-        size = _panel_window(size, n)
+        self.per_flow = per_flow = per_flow and n > 1
+        size = _panel_window(size, n, n if per_flow else 1)
         dpi = 100
         self.fig, axes = plt.subplots(1, n, subplot_kw={"projection": "polar"},
                                       figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi,
                                       squeeze=False)  # fmt: skip
         self.axes = list(axes[0])
-        self.fig.subplots_adjust(left=0.05, right=0.86, top=0.88, bottom=0.05, wspace=0.3)
+        self.fig.subplots_adjust(left=0.05, right=0.95 if per_flow else 0.86, top=0.88,
+                                 bottom=0.05, wspace=0.3)  # fmt: skip
         theta = np.arctan2(run.centroids[:, 1], run.centroids[:, 0])
         half = np.arcsin(np.clip(run.areas / 2, 0, 1))  # half the arc of a chord of length |K|
         # each wedge: from the centre out to ρ between the cell's end angles (arcs are drawn
         # by the polar transform, which interpolates lines of constant r)
         self.t0, self.t1 = theta - half, theta + half
         srt = np.argsort(theta)
-        self.norm = mpl.colors.Normalize(0.0, 1.0)
+        # one normalisation for both flows, or one each (per_flow)
+        self.norms = [mpl.colors.Normalize(0.0, 1.0) for _ in range(n if per_flow else 1)] * (
+            1 if per_flow else n
+        )
         self.locator = mpl.ticker.MaxNLocator(4)
         self.cmap = mpl.colormaps[CMAP]
         self.polys, self.titles = [], []
         for i, ax in enumerate(self.axes):
             pc = PolyCollection(self._verts(run.fields[i][0]), array=run.fields[i][0],
-                                cmap=self.cmap, norm=self.norm, edgecolors="face",
+                                cmap=self.cmap, norm=self.norms[i], edgecolors="face",
                                 linewidths=0.3)  # fmt: skip
             ax.add_collection(pc)
             self.polys.append(pc)
@@ -317,9 +335,14 @@ class CircleScene:
             self.titles.append(ax.set_title("", fontsize=12, pad=14))
         self.axes[0].legend(loc="lower left", bbox_to_anchor=(-0.05, -0.04), fontsize=9,
                             frameon=False)  # fmt: skip
-        cax = self.fig.add_axes((0.9, 0.15, 0.018, 0.68))
-        self.cbar = self.fig.colorbar(self.polys[0], cax=cax)
-        self.cbar.set_label("density", fontsize=11)
+        if per_flow:  # a colour bar right of each panel
+            self.cbars = [self.fig.colorbar(pc, ax=ax, fraction=0.04, pad=0.1)
+                          for pc, ax in zip(self.polys, self.axes, strict=True)]  # fmt: skip
+        else:
+            cax = self.fig.add_axes((0.9, 0.15, 0.018, 0.68))
+            self.cbars = [self.fig.colorbar(self.polys[0], cax=cax)]
+        for cb in self.cbars:
+            cb.set_label("density", fontsize=11)
 
     def _verts(self, rho):
         z = np.zeros_like(rho)
@@ -331,11 +354,13 @@ class CircleScene:
             axis=1,
         )
 
-    def show_time(self, k: int, clim) -> None:
+    def show_time(self, k: int, ranges) -> None:
+        """Show saved time ``k`` with the colour range ``ranges[i]`` for flow ``i``."""
         run = self.run
-        lo, hi = clim if clim is not None else run.clim(k)
-        self.norm.vmin, self.norm.vmax = lo, hi
+        for norm, (lo, hi) in zip(self.norms, ranges, strict=True):
+            norm.vmin, norm.vmax = lo, hi
         for i, ax in enumerate(self.axes):
+            hi = ranges[i][1]
             rho = run.fields[i][k]
             self.polys[i].set_verts(self._verts(rho))
             self.polys[i].set_array(rho)
@@ -343,7 +368,8 @@ class CircleScene:
             ax.yaxis.set_major_locator(self.locator)
             name = LABELS[i] if len(self.axes) > 1 else "density"
             self.titles[i].set_text(f"{name}    t = {_fmt_time(run.times[k])}")
-        self.cbar.update_normal(self.polys[0])
+        for cb, pc in zip(self.cbars, self.polys, strict=False):
+            cb.update_normal(pc)
 
     def screenshot(self, path=None):
         if path is not None:
