@@ -526,10 +526,10 @@ def _run_under_ulimit(args: list[str], limit: int) -> subprocess.CompletedProces
 
 def test_a_mesh_too_large_for_memory_is_refused_at_check_time(tmp_path):
     """Under ``ulimit -v`` 2 GB, refinement 7 with a perturbation (327,680 cells, two flows:
-    about 1.6 GB resident by the measured 3.7 kB a cell, 2.4 GB of address space) is refused
+    measured 1.76 GB resident, 2.55 GB of address space; estimated 1.95 GB) is refused
     by ``config --check`` (``run`` makes the same check first), with the memory it needs and
     what is available (it used to end in a MemoryError traceback or a nanobind abort);
-    level 6 (0.64 GB) passes the same check."""
+    level 6 (measured 0.64 GB, estimated 0.72 GB) passes the same check."""
     pert = '\n[perturbation]\nkind = "tied"\ndV = [[0.0, 0, 0], [0, -0.3, 0], [0, 0, 0.0]]\n'
     base = toml(mesh="sphere = 2\nrefinement = 7", model="V = [[1.0, 0, 0], [0, 1.0, 0], [0, 0, "
                 "1.0]]", initial='kind = "vmf"\ncentre = [0.0, 0.0, 1.0]\nkappa = 2.0')  # fmt: skip
@@ -538,7 +538,7 @@ def test_a_mesh_too_large_for_memory_is_refused_at_check_time(tmp_path):
     limit = 2 * 10**9
     p = _run_under_ulimit(["config", "--check", str(tmp_path / "r7.toml")], limit)
     assert p.returncode == 2, p.stderr
-    assert "mesh.refinement = 7 (327,680 cells, 2 flow(s)) needs about 1.6" in p.stderr
+    assert "mesh.refinement = 7 (327,680 cells, 2 flow(s)) needs about 1.95 GB" in p.stderr
     assert "GB is available (ulimit -v" in p.stderr and "Traceback" not in p.stderr
     p = _run_under_ulimit(["config", "--check", str(tmp_path / "r6.toml")], limit)
     assert p.returncode == 0 and "81920 cells" in p.stdout, p.stderr

@@ -132,12 +132,12 @@ MAX_KAPPA = 1e8
 #: mixtures of mixtures nested deeper than this are refused (not a RecursionError)
 MAX_DEPTH = 16
 #: memory of a run (peak resident set of `run`, measured 2026-12-07 with DOLFINx 0.11 on the
-#: 2-core machine, icosphere levels 4-7): Python, NumPy, SciPy, numba and DOLFINx take
-#: 0.30 GB; each cell 2.8 kB with one flow, 3.7 kB with two (levels 5-6, both also within
-#: 5 % at level 7), taken here as 3 and 4 kB; the address space (``ulimit -v``) is about
-#: 0.8 GB above the resident set (shared libraries, thread stacks)
+#: 2-core machine, icosphere levels 4-7, one rank): Python, NumPy, SciPy, numba and DOLFINx
+#: take 0.30 GB; each cell 2.8 kB with one flow (levels 5-7), 3.7 kB with two at levels 5-6
+#: and 4.45 kB at level 7 (1.76 GB in all), taken here as 3.2 and 5 kB; the address space
+#: (``ulimit -v``) is 0.8 GB above the resident set (shared libraries, thread stacks)
 MEM_BASE = 0.30e9
-MEM_PER_CELL = {1: 3.0e3, 2: 4.0e3}
+MEM_PER_CELL = {1: 3.2e3, 2: 5.0e3}
 MEM_VIRTUAL_EXTRA = 0.8e9
 
 
@@ -534,7 +534,7 @@ def _refuse_memory(est: dict, cfg: dict, comm=None) -> None:
         per = "" if need == per_rank else f" ({node} ranks on this machine)"
         raise ConfigError(
             f"{key} ({est['cells']:,} cells, {est['flows']} flow(s)) needs about "
-            f"{need / 1e9:.2f} GB of memory{per}: {MEM_PER_CELL[est['flows']] / 1e3:.0f} kB a "
+            f"{need / 1e9:.2f} GB of memory{per}: {MEM_PER_CELL[est['flows']] / 1e3:.1f} kB a "
             f"cell on {ranks} rank(s), {MEM_BASE / 1e9:.2f} GB for Python and DOLFINx, "
             f"{(est['snapshot_bytes'] or 0) / 1e9:.2f} GB of saved densities; "
             f"{max(have, 0) / 1e9:.2f} GB is available ({what}): coarsen the mesh, raise "
