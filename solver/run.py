@@ -242,9 +242,9 @@ class ClusterState:
     the base centres ``C`` (:func:`solver.analysis.atoms_distance`, ``p = 2``, cell masses at
     the centroids, no snap), ``(Σ_K m_K min_c |y_K - c|^2 / Σ_K m_K)^{1/2}``: the
     δ-cluster state ``atoms_w2 < delta`` is continuous in the data, and its entry and exit
-    converge monotonically under refinement, at first order (phase diagram's tiny S^1 case,
-    ε = 0.0218: exit 12.378, 12.473, 12.527, 12.549 at 128, 256, 512, 1,024 cells, where the
-    reach's is 12.57, 12.58, 10.73, 11.81).
+    move monotonically under refinement (phase diagram's tiny S^1 case, ε = 0.0218: exit
+    12.378, 12.473, 12.527, 12.549, 12.581 at 128 - 2,048 cells, where the reach's is 12.57,
+    12.58, 10.73, 11.81, 11.73; docs/experiments.md).
     """
 
     columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach",

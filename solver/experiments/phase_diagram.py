@@ -35,7 +35,7 @@ clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgot
 ``pde_criterion = "atoms_w2"`` reads both flows instead through ``W_2(ν_t, P(C)) < δ``, the
 Wasserstein distance to the measures on the base clusters' centres
 (:func:`solver.analysis.atoms_distance`; columns ``atoms_w2``, ``atoms_w2_base``): continuous
-in the data, its entry and exit converge monotonically under refinement (S^1, 128 - 1,024
+in the data, its entry and exit move monotonically under refinement (S^1, 128 - 2,048
 cells; docs/experiments.md, tests/test_phase_convergence.py).
 
 Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
