@@ -62,8 +62,9 @@ for k, v in p.items():
 #
 # Pre-training (`pretrain.csv`, models saved in Hugging Face's format under `models/`),
 # fine-tuning (`finetune.csv`, adapters in PEFT's format, read back through the reader of
-# `python -m solver adapter`), the norm transition (`norm.csv`) and the standard transformer
-# (`standard.csv`).
+# `python -m solver adapter`), the PDE on the trained heads (`pde.csv`), the norm transition
+# (`norm.csv`) and the standard transformer (`standard.csv`; against the PDE:
+# `standard_pde.csv`).
 
 # %%
 summary = run_real_models(p, OUT, progress=not SMALL)
@@ -92,6 +93,30 @@ for r in read_rows(OUT / "finetune.csv"):
           f"{r['lip_ratio_max']:.3f}")  # fmt: skip
 # look for: sparse (one row of W_v) moves the flow least and forgets least; full and LoRA on v
 # move it most; the Lipschitz ratio never above 1.
+
+# %% [markdown]
+# ## The PDE on the trained heads
+#
+# For d = 2, 3: every head of the fine-tuned model (read back from the saved folders), the
+# base and fine-tuned flows from the token law of one input, W2 of the PDE's final densities
+# beside the particles' from n tokens of that law and from `pde_particles` tokens.
+
+# %%
+for r in read_rows(OUT / "pde.csv"):
+    print(f"d = {r['d']} {r['method']:<10} seed {r['seed']}: W2 PDE {r['w2_pde']:.4f} "
+          f"({r['cells']} cells), particles n = {p['n']} {r['w2_particles_n']:.4f}, "
+          f"n = {p['pde_particles']} {r['w2_particles_big']:.4f}")  # fmt: skip
+
+# %% [markdown]
+# ## A standard transformer against the PDE of its attention, layer by layer
+
+# %%
+for r in read_rows(OUT / "standard_pde.csv"):
+    print(f"layer {r['layer']}: W2(PDE, hidden states) {r['w2_pde_hidden']:.4f}, "
+          f"W2(PDE, particles) {r['w2_pde_particles']:.4f}, W2(particles, hidden) "
+          f"{r['w2_particles_hidden']:.4f}")  # fmt: skip
+# look for: the PDE and the particles of the same flow stay close (sampling and mesh error);
+# the hidden states leave both from the first layer on (MLP and residual norm).
 
 # %% [markdown]
 # ## V spectra per head (Fig 1) before and after one fine-tuning

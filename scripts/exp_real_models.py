@@ -11,8 +11,12 @@ fine-tuned flows, the Lipschitz link |r(mu) - r(nu)| <= Lip W1 <= Lip W2, a Spea
 correlation with a bootstrap interval over seeds, V/A spectra, the token scalar product per
 layer (Fig 16), the norm transition (old loss vs ||dV|| / sqrt(L)) and a standard pre-norm
 transformer's hidden states against the mean-field flow of its own attention.
-Outputs: pretrain.csv, finetune.csv, norm.csv, standard.csv, models/ (HF model folders and
-PEFT adapters, readable by `python -m solver adapter`), real_models.png, summary.json.
+The PDE on the trained two-head models (d = 2, 3) from one input's token law beside the
+particles, and a 3-head standard transformer of width 3 layer by layer against the PDE of its
+attention's flow.
+Outputs: pretrain.csv, finetune.csv, pde.csv, norm.csv, standard.csv, standard_pde.csv,
+models/ (HF model folders and PEFT adapters, readable by `python -m solver adapter`),
+jax_cache/, real_models.png, summary.json.
 Needs the `ml` extra (jax, safetensors).
 
 Commands (from the repository root):

@@ -34,8 +34,18 @@ against ``η / sqrt(L)``. A :class:`~solver.nn.StandardTransformer` (pre-norm, M
 heads) trained on the old task gives the ``W2`` per layer between its normalised hidden
 states and the mean-field flow of its own attention matrices.
 
-Sweeps: ``pretrain.csv``, ``finetune.csv``, ``norm.csv``, ``standard.csv``; models in
-``models/``; figure ``real_models.png``. Command line: ``scripts/exp_real_models.py``.
+The PDE on the trained weights (``pde.csv``, ``d = 2, 3``): every head of a fine-tuned model
+(:class:`~solver.model.MultiHeadModel`, matrices read back from the saved folders), base and
+fine-tuned flows from the token law of one input (a projected normal density,
+:func:`projected_normal_density`), ``W2`` of the final densities beside the particles' from
+tokens of the same law. ``standard_pde.csv``: a standard transformer of width 3 with 3 heads,
+layer by layer, against the PDE and the particles of its own attention's flow
+(:func:`standard_flow_model`). Training runs in ``train_dtype`` (float32 by default),
+everything measured in float64.
+
+Sweeps: ``pretrain.csv``, ``finetune.csv``, ``pde.csv``, ``norm.csv``, ``standard.csv``,
+``standard_pde.csv``; models in ``models/``; JAX's compilation cache in ``jax_cache/``;
+figure ``real_models.png``. Command line: ``scripts/exp_real_models.py``.
 """
 
 from __future__ import annotations
@@ -260,6 +270,7 @@ def _pretrain(p: dict, d: int, L: int, tied: bool, step: float, steps: int, seed
 def pretrain_case(p: dict, case: dict, run) -> dict:
     """Pre-train one base model on the old task and save it (HF format): loss before and
     after on held-out inputs, accuracy, training time."""
+    _use_compile_cache(run.out)
     d, L, tied = int(case["d"]), int(case["L"]), bool(case["tied"])
     step = p["step"] if tied else p["depth"] / L
     steps = p["pretrain_steps"] if tied else p["norm_steps"]
@@ -387,6 +398,7 @@ def finetune_case(p: dict, case: dict, run) -> dict:
     from ..nn import read_head
     from ..nn._meanfield import jnp
 
+    _use_compile_cache(run.out)
     d, method, seed = int(case["d"]), str(case["method"]), int(case["seed"])
     model = _model(p, d, p["layers"])
     bf = base_folder(run.out, d, p["layers"])
@@ -464,8 +476,38 @@ def finetune_case(p: dict, case: dict, run) -> dict:
 
 
 def _finetune_cases(p: dict) -> list[dict]:
-    return [{"d": d, "method": m, "seed": s} for d in p["dims"] for m in p["methods"]
-            for s in range(p["seeds"])]  # fmt: skip
+    """Seed-major within each ``d``: ranks taking neighbouring cases compile different
+    (model, method) steps, which the other rank then loads from the compilation cache."""
+    return [{"d": d, "method": m, "seed": s} for d in p["dims"] for s in range(p["seeds"])
+            for m in p["methods"]]  # fmt: skip
+
+
+def _step_cost(d: int, L: int, batch: int) -> float:
+    """Relative cost of one Adam step (measured: the work grows with ``d``, plus a fixed part
+    about that of ``d = 4``), for dealing the costliest cases first."""
+    return float(L * batch * (d + 4))
+
+
+def _pretrain_cost(p: dict, case: dict) -> float:
+    steps = p["pretrain_steps"] if case["tied"] else p["norm_steps"]
+    return steps * _step_cost(case["d"], case["L"], p["batch"])
+
+
+def _finetune_cost(p: dict, case: dict) -> float:
+    few = case["method"] == "lora1_few"
+    B = min(p["batch"], p["few_count"] if few else p["finetune_count"])
+    return p["finetune_steps"] * _step_cost(case["d"], p["layers"], B)
+
+
+def _use_compile_cache(out) -> None:
+    """JAX's persistent compilation cache in ``out/jax_cache`` (every compiled step, however
+    quick), shared by the ranks and by a resumed run; left alone when the user set one."""
+    from ..nn._meanfield import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(Path(out) / "jax_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 # ---- the PDE on the trained heads ---------------------------------------------------------
@@ -598,6 +640,7 @@ def norm_case(p: dict, case: dict, run) -> dict:
     layer (``W_v^0 += (W_o^0)^+ ΔV^ℓ``); the old task's loss and accuracy."""
     from ..model import RandomLoRA
 
+    _use_compile_cache(run.out)
     d, L, eta, seed = int(p["norm_d"]), int(case["L"]), float(case["eta"]), int(case["seed"])
     model = _model(p, d, L, tied=False, step=p["depth"] / L)
     bf = base_folder(run.out, d, L, tied=False)
@@ -683,6 +726,7 @@ def standard_pde_case(p: dict, case: dict, run) -> list[dict] | None:
     from ..particles import simulate_particles
     from ..run import evolve
 
+    _use_compile_cache(run.out)
     d, seed = int(p["std_pde_d"]), int(case["seed"])
     st = StandardTransformer(d=d, layers=int(p["std_layers"]), heads=int(p["std_pde_heads"]),
                              mlp=2 * d)  # fmt: skip
@@ -930,9 +974,11 @@ EXPERIMENT = Experiment(
     check=_check,
     sweeps=(
         Sweep("pretrain.csv", _pretrain_cases, "pretrain_case", key=("d", "L", "tied"),
-              columns=PRETRAIN_COLUMNS, desc="pre-training", needs_run=True),
+              columns=PRETRAIN_COLUMNS, desc="pre-training", needs_run=True,
+              cost=_pretrain_cost),
         Sweep("finetune.csv", _finetune_cases, "finetune_case", key=("d", "method", "seed"),
-              columns=FINETUNE_COLUMNS, desc="fine-tuning", needs_run=True),
+              columns=FINETUNE_COLUMNS, desc="fine-tuning", needs_run=True,
+              cost=_finetune_cost),
         Sweep("pde.csv", _pde_cases, "pde_case", key=("d", "method", "seed"),
               columns=PDE_COLUMNS, desc="PDE on the trained heads", needs_run=True),
         Sweep("norm.csv", _norm_cases, "norm_case", key=("L", "eta", "seed"),

@@ -1,9 +1,10 @@
 """The autodiff library, imported lazily: ``import solver`` and ``import solver.nn`` need no JAX.
 
 JAX (CPU wheel from PyPI, extra ``ml``) computes every gradient of :mod:`solver.nn`; no
-gradient is written by hand. Everything runs in float64 (``jax_enable_x64``) so that the
-forward pass of :class:`~solver.nn.MeanFieldTransformer` agrees with
-:func:`solver.simulate_particles` to round-off.
+gradient is written by hand. float64 is enabled (``jax_enable_x64``) so that the forward
+pass of :class:`~solver.nn.MeanFieldTransformer` agrees with :func:`solver.simulate_particles`
+to round-off; arrays passed in float32 stay float32 (the real_models experiment trains in
+float32 and evaluates in float64).
 """
 
 from __future__ import annotations
