@@ -486,7 +486,9 @@ def phase_convergence(p: dict, conv_rows, pde_rows, sphere: int, n_boot: int = 2
                        for v in grid[idx].T]  # fmt: skip
             return inverse_fit(eps, med)["L"]
 
-        _, fit["L_lo"], fit["L_hi"] = bootstrap(L_of, len(seeds), n_boot=n_boot, level=0.9)
+        fit["L_lo"] = fit["L_hi"] = float("nan")  # one draw (quantiles): nothing to resample
+        if len(seeds) > 1:
+            _, fit["L_lo"], fit["L_hi"] = bootstrap(L_of, len(seeds), n_boot=n_boot, level=0.9)
         out[int(n)] = {
             "eps": eps, **per, "draws": len(rows) // len(eps),
             "distance_exit": float(np.median(dx[~np.isnan(dx)])) if (~np.isnan(dx)).any()
@@ -594,8 +596,13 @@ def phase_summary(p: dict, rows: dict) -> dict:
             report.append(
                 f"    n = {n:<6} draws {c['draws']}: exit {c['distance_exit']:.4f}, "
                 f"enter {c['distance_enter']:.4f}; median t_exit = L/eps + b: L = "
-                f"{b['L']:.4f} [{b['L_lo']:.4f}, {b['L_hi']:.4f}] (90 %, bootstrap over the "
-                f"draws), b = {b['b']:.3f}; missed exits {sum(c['missed_exit'])}"
+                f"{b['L']:.4f} "
+                + (
+                    f"[{b['L_lo']:.4f}, {b['L_hi']:.4f}] (90 %, bootstrap over the draws)"
+                    if c["draws"] > 1
+                    else "(one draw: no interval)"
+                )
+                + f", b = {b['b']:.3f}; missed exits {sum(c['missed_exit'])}"
             )
             for e, md, lo, hi in zip(c["eps"], c["median_exit"], c["q10_exit"], c["q90_exit"],
                                      strict=True):  # fmt: skip
@@ -695,9 +702,11 @@ def plot_phase_diagram(rows, p: dict, fits: dict, path: Path, pde_rows=None, con
                     label=f"n = {n} ({cv['draws']} draws): t_exit, t_enter")  # fmt: skip
             ax.fill_between(e, cv["q10_enter"], cv["q90_enter"], color=col, alpha=0.15, lw=0)
             ax.plot(e, cv["median_enter"], "--", color=col, lw=1)
-        if np.isfinite(f["base_t_enter"]):
-            ax.axhline(f["base_t_enter"], color="0.25", ls="-.", lw=1,
-                       label="base flow t_enter")  # fmt: skip
+        # the PDE panel: the PDE's own base flow (the particles of phase.csv start elsewhere)
+        base_enter = nanmedian(as_columns(pde)["t_base_enter"]) if pde else f["base_t_enter"]
+        if np.isfinite(base_enter):
+            ax.axhline(base_enter, color="0.25", ls="-.", lw=1,
+                       label="base flow t_enter" + (" (PDE)" if pde else ""))  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(t_lo, t_hi)
