@@ -56,7 +56,7 @@ def measured():
     eps = phase_eps(p)[2]
     p.update(pde_criterion="atoms_w2", conv_draw="quantile", pde_T=13.0, conv_T=13.0,
              conv_dt=0.1, conv_save_every=0.1, conv_eps_min=eps, conv_eps_max=eps)  # fmt: skip
-    run = Run(Path("."), MPI.COMM_WORLD, False, {})
+    run = Run(Path("."), MPI.COMM_SELF, False, {})  # every rank its own serial runs
     pde = [phase_pde_case({**p, "pde_cells": c}, {"sphere": 1, "eps": eps}, run) for c in CELLS]
     (part,) = phase_particles_case(p, {"sphere": 1, "n": 2000, "seed": 0})
     return pde, part
