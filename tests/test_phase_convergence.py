@@ -115,3 +115,23 @@ def test_quantile_circle():
     assert abs(mean[0] * m[1] - mean[1] * m[0]) < 1e-9  # on the axis of m
     with pytest.raises(ValueError, match="density"):
         quantile_circle(lambda y: y[:, 0], n)
+
+
+def test_phase_options_checked_and_dealt():
+    """``pde_criterion`` and ``conv_draw`` are checked (quantiles on S^1 only); a quantile
+    draw is one case per n (seed 0), the random draws ``conv_seeds`` cases per n."""
+    from solver import ConfigError
+    from solver.experiments.phase_diagram import phase_check, phase_particles_cases
+
+    p = load_presets("phase_diagram")["tiny"]
+    phase_check(p)
+    for bad, match in (({"pde_criterion": "mass"}, "pde_criterion"),
+                       ({"conv_draw": "sobol"}, "conv_draw"),
+                       ({"conv_draw": "quantile", "pde_spheres": [1, 2], "conv_spheres": [1, 2]},
+                        "conv_draw")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            phase_check({**p, **bad})
+    q = {**p, "conv_draw": "quantile"}
+    phase_check(q)
+    assert phase_particles_cases(q) == [{"sphere": 1, "n": n, "seed": 0} for n in p["conv_n"]]
+    assert len(phase_particles_cases(p)) == sum(p["conv_seeds"])
