@@ -7,6 +7,10 @@ Exact commands (from the repository root)::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_active.py runs --levels 3 4 \\
         --write-table docs/benchmarks/active_runs.md
 
+Expected cost on the 2-core machine loaded by other sessions (load average 10-14, measured
+2026-12-07): ``runs`` about 26 minutes (levels 3 and 4, both runs each), ``velocity`` about
+3 minutes; on a quiet machine several times less.
+
 ``velocity``: on the icosphere of each level (DG0 donor targets and sources: the cell
 centroids), the forgetting model ``A = V = I``, two densities: *clustered* (two von
 Mises-Fisher bumps of ``κ = 3000``, narrower than a level-5 cell, with their Gaussian tails)
