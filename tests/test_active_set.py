@@ -224,6 +224,7 @@ if COMM.rank == 0:
 
 
 @pytest.mark.mpi
+@pytest.mark.slow  # 19-45 s on the shared 2-core box
 @pytest.mark.skipif(COMM.size > 1, reason="runs mpiexec -n 2 itself")
 def test_active_run_is_the_same_on_two_ranks(run):
     """The active set is chosen from globally reduced masses and gathered weights, and each
