@@ -991,6 +991,7 @@ EXPERIMENT = Experiment(
     ),
     summarize=_summary,
     plot=_plot,
+    needs_comm=True,  # the PDE sweeps build meshes on the run's communicator
 )  # fmt: skip
 
 
