@@ -789,7 +789,7 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, over
         sm, base, build_initial(cfg["initial"]), t["T"], perturbed=pert, cfl=t["cfl"],
         stepping=t["stepping"], max_dt=t["max_dt"], tail_mass=t["tail_mass"],
         cluster_delta=cfg["clusters"]["delta"],
-        cluster_tol=cfg["clusters"]["tol"],
+        cluster_tol=cfg["clusters"]["tol"], cluster_criterion=cfg["clusters"]["criterion"],
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
         w2=cfg["output"]["w2"], resume=resume, overwrite=overwrite, progress=progress,

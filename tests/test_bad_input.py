@@ -71,6 +71,20 @@ ROWS = [
         2,
         "initial.components[0].expression",
     ),
+    (
+        "clusters.criterion unknown",
+        toml(clusters='criterion = "atoms"'),
+        "check",
+        2,
+        "clusters.criterion",
+    ),
+    (
+        "clusters.criterion a list",
+        toml(clusters='criterion = ["reach"]'),
+        "check",
+        2,
+        "clusters.criterion",
+    ),
     # 2. keys silently ignored or coerced
     (
         "dV with kind random",

@@ -87,7 +87,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "scheme": {"degree": 0},
     "velocity": {"method": "auto", "tolerance": 1e-10},
     "output": {"vtx": True, "w2": True},
-    "clusters": {"delta": 0.1, "tol": 1e-2},
+    "clusters": {"delta": 0.1, "tol": 1e-2, "criterion": "reach"},
     "validation": {  # read by `python -m solver validate` only
         "levels": _NONE,
         "sizes": [100, 400, 1600],
@@ -285,6 +285,9 @@ def resolve_config(raw: dict) -> dict:
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
     if c["tol"] >= 1:
         raise ConfigError(f"clusters.tol must be < 1 (a fraction of the mass), got {c['tol']}")
+    if c["criterion"] not in ("reach", "atoms_w2"):
+        raise ConfigError(f"clusters.criterion must be \"reach\" or \"atoms_w2\", got "
+                          f"{c['criterion']!r}")  # fmt: skip
     for k in ("vtx", "w2"):
         if not isinstance(cfg["output"][k], bool):
             raise ConfigError(f"output.{k} must be true or false")
