@@ -71,6 +71,10 @@ ROWS = [
         2,
         "initial.components[0].expression",
     ),
+    ("velocity.active 1.5", toml(velocity="active = 1.5"), "check", 2, "velocity.active"),
+    ("velocity.active true", toml(velocity="active = true"), "check", 2, "velocity.active"),
+    ("velocity.active string", toml(velocity='active = "yes"'), "check", 2, "velocity.active"),
+    ("velocity.active negative", toml(velocity="active = -1e-3"), "check", 2, "velocity.active"),
     (
         "clusters.criterion unknown",
         toml(clusters='criterion = "atoms"'),

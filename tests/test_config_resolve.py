@@ -192,3 +192,32 @@ def test_clusters_criterion_reaches_the_run():
         times[crit] = expect
     assert abs(times["reach"][0] - times["atoms_w2"][0]) > 0.5  # the two criteria differ here
     assert resolve()["clusters"]["criterion"] == "reach"
+
+
+def test_velocity_active_reaches_the_run(monkeypatch):
+    """``[velocity] active = τ`` runs the active-set velocity (issue 26): the run's call of
+    ``evolve`` gets ``active = τ`` (``false``: ``None``), and the densities equal the full
+    evaluation's within the velocity tolerance's effect (measured 1e-13 here; asserted 1e-9
+    of the peak)."""
+    from mpi4py import MPI
+
+    import solver.run as run_module
+
+    seen = []
+    real = run_module.evolve
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("active"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evolve", spy)
+    out = {}
+    for active in (False, 1e-12):
+        cfg = resolve(mesh={"cells": 64}, initial={"centre": [1.0, 1.0], "kappa": 10.0},
+                      time={"T": 3.0}, perturbation={"dV": [[0.0, 0.0], [0.0, -0.05]]},
+                      output={"vtx": False, "w2": False}, velocity={"active": active})  # fmt: skip
+        out[active] = run_module.run_config(MPI.COMM_SELF, cfg, None, progress=False)
+    assert seen == [None, 1e-12]
+    a, b = out[False].density_perturbed[-1], out[1e-12].density_perturbed[-1]
+    assert np.abs(a - b).max() <= 1e-9 * a.max()
+    assert resolve()["velocity"]["active"] is False

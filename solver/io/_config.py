@@ -85,7 +85,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "tail_mass": 1e-9,
     },
     "scheme": {"degree": 0},
-    "velocity": {"method": "auto", "tolerance": 1e-10},
+    "velocity": {"method": "auto", "tolerance": 1e-10, "active": False},
     "output": {"vtx": True, "w2": True},
     "clusters": {"delta": 0.1, "tol": 1e-2, "criterion": "reach"},
     "validation": {  # read by `python -m solver validate` only
@@ -280,6 +280,11 @@ def resolve_config(raw: dict) -> dict:
     if v["tolerance"] >= 1:
         raise ConfigError(f"velocity.tolerance must be in (0, 1) (a relative error of the fast "
                           f"method), got {v['tolerance']}")  # fmt: skip
+    if v["active"] is not False:
+        v["active"] = _num("velocity.active", v["active"], nonneg=True)
+        if v["active"] >= 1:
+            raise ConfigError(f"velocity.active must be false or a mass tail in [0, 1), got "
+                              f"{v['active']}")  # fmt: skip
     c = cfg["clusters"]
     c["delta"] = _num("clusters.delta", c["delta"], positive=True)
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
