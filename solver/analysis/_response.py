@@ -152,12 +152,7 @@ def particle_tangent(
     if np.shape(dA0) != (m, d, d) or np.shape(dV0) != (m, d, d):
         raise ValueError(f"directions(t) must return two (m, {d}, {d}) arrays, got "
                          f"{np.shape(dA0)} and {np.shape(dV0)}")  # fmt: skip
-    logw = None
-    if weights is not None:
-        weights = np.asarray(weights, dtype=float)
-        if weights.shape != (len(x0),) or not np.all(np.isfinite(weights)) or weights.min() <= 0:
-            raise ValueError(f"weights must be {len(x0)} positive finite masses, one per particle")
-        logw = np.log(weights / weights.sum())
+    logw = None if weights is None else np.log(_masses(weights, len(x0), positive=True))
     h = COMPLEX_STEP
     x = np.broadcast_to(x0.astype(complex), (m, *x0.shape)).copy()
     if dx0 is not None:
@@ -179,6 +174,17 @@ def particle_tangent(
         k4 = _velocity(_retract(x, s * k3), Ac, Vc, logw)
         x = _retract(x, s / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
     return ParticleTangent(x=x[0].real.copy(), dx=x.imag / h, times=t0 + times)
+
+
+def _masses(weights, n: int, positive: bool = False) -> np.ndarray:
+    """``weights`` checked (``n`` finite masses, ``> 0`` or ``>= 0`` not all zero) and
+    normalised to sum 1."""
+    w = np.asarray(weights, dtype=float)
+    bad = (w <= 0) if positive else (w < 0)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or bad.any() or w.sum() <= 0:
+        kind = "positive finite masses" if positive else "finite masses >= 0, not all zero"
+        raise ValueError(f"weights must be {n} {kind}, one per atom")
+    return w / w.sum()
 
 
 def _basis(d: int) -> np.ndarray:
@@ -243,8 +249,7 @@ def first_order_w2(dx: np.ndarray, weights: np.ndarray | None = None) -> np.ndar
     sq = np.sum(dx * dx, axis=-1)
     if weights is None:
         return np.sqrt(np.mean(sq, axis=-1))
-    w = np.asarray(weights, dtype=float)
-    return np.sqrt(sq @ (w / w.sum()))
+    return np.sqrt(sq @ _masses(weights, sq.shape[-1]))
 
 
 def random_adapter_c(J: np.ndarray, s=(1.0,), weights: np.ndarray | None = None) -> float:
@@ -259,11 +264,9 @@ def random_adapter_c(J: np.ndarray, s=(1.0,), weights: np.ndarray | None = None)
     if dd != d * d:
         raise ValueError(f"J's second axis must have d² = {d * d} entries, got {dd}")
     s2 = float(np.sum(np.asarray(s, dtype=float) ** 2))
-    w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
-        raise ValueError(f"weights must be {n} finite masses >= 0, not all zero")
+    w = np.full(n, 1.0 / n) if weights is None else _masses(weights, n)
     per_atom = np.sum(J**2, axis=(0, 1, 3))
-    return float(np.sqrt(L * s2 / (d * d) * (per_atom @ (w / w.sum()))))
+    return float(np.sqrt(L * s2 / (d * d) * (per_atom @ w)))
 
 
 @dataclass(frozen=True)
@@ -299,10 +302,7 @@ def most_forgetful_adapter(J: np.ndarray, r: int, *, iterations: int = 50,
         raise ValueError(f"J must be (d², n, d), got shape {J.shape}")
     dd, n, d = J.shape
     if weights is not None:
-        w = np.asarray(weights, dtype=float)
-        if w.shape != (n,) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
-            raise ValueError(f"weights must be {n} finite masses >= 0, not all zero")
-        J = J * np.sqrt(n * w / w.sum())[None, :, None]
+        J = J * np.sqrt(n * _masses(weights, n))[None, :, None]
     if dd != d * d:
         raise ValueError(f"J's first axis must have d² = {d * d} entries, got {dd}")
     if int(r) != r or r < 1:
