@@ -617,7 +617,7 @@ def evolve(
     if output is not None:
         fp = fingerprint(
             sm, op, rho0, (model, perturbed), T=T, times=clock.events,
-            velocity=velocity, method=method, tolerance=tolerance, degree=degree,
+            velocity=velocity, method=method, tolerance=tolerance, degree=degree, active=active,
             stepping=f"{stepping} max_dt={max_dt!r} tail_mass={tail_mass!r}",
             settings={  # every other setting that changes an output file
                 "cfl": repr(cfl),

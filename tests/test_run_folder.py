@@ -399,6 +399,7 @@ CHANGES = [
     ("[output]\nw2 = false", "w2 (True before, False now)"),
     ("[output]\nvtx = false", "vtx (True before, False now)"),
     ("[velocity]\ntolerance = 1e-08", "velocity (auto tol=1e-10 before, auto tol=1e-08 now)"),
+    ("[velocity]\nactive = 1e-12", "velocity (auto tol=1e-10 before, auto tol=1e-10 active=1e-12"),
     ('[time]\nstepping = "fixed"', "stepping"),
     ("[time]\nsave_every = 0.05", "time_grid"),
 ]

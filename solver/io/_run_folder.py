@@ -63,9 +63,11 @@ def _model_digest(m, T: float) -> str:
 
 
 def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, degree,
-                stepping="", settings: dict | None = None) -> dict:  # fmt: skip
+                stepping="", settings: dict | None = None, active=None) -> dict:  # fmt: skip
     """Digests of the settings that change a run's answer (identical on every rank);
-    ``settings``: further readable entries (``{"cfl": "0.9", ...}``) taken as they are."""
+    ``settings``: further readable entries (``{"cfl": "0.9", ...}``) taken as they are;
+    ``active``: the mass tail of the active set (``evolve(active=...)``; part of the velocity
+    entry, absent for the full evaluation, so the fingerprints of full runs are unchanged)."""
     cents = sm.gather(sm.centroids)
     state = sm.gather(op.cell_averages(rho0))
     fp = {
@@ -79,7 +81,7 @@ def fingerprint(sm, op, rho0, models, *, T, times, velocity, method, tolerance, 
         "velocity": (
             f"prescribed {getattr(velocity, '__qualname__', type(velocity).__name__)}"
             if velocity is not None
-            else f"{method} tol={tolerance!r}"
+            else f"{method} tol={tolerance!r}" + ("" if active is None else f" active={active!r}")
         ),  # fmt: skip
     }
     fp.update(sm.comm.bcast({k: fp[k] for k in ("mesh", "initial")}, root=0))
