@@ -272,12 +272,16 @@ SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from test_active_set import point_mass, COMM
+from test_active_set import point_mass, split_cluster, COMM
 out = {{}}
 for sphere, degree in {cases!r}:
     r = point_mass(sphere, degree, {tail!r})
     if COMM.rank == 0:
         out[f"{{sphere}}{{degree}}"] = np.asarray(r.density[-1]).ravel().tolist()
+for degree in {split!r}:
+    r = split_cluster(degree, {tail!r})
+    if COMM.rank == 0:
+        out[f"split{{degree}}"] = np.asarray(r.density[-1]).ravel().tolist()
 if COMM.rank == 0:
     print("JSON" + json.dumps(out))
 """
@@ -289,9 +293,10 @@ if COMM.rank == 0:
 def test_active_run_is_the_same_on_two_ranks(run):
     """The active set is chosen from globally reduced masses and gathered weights, and each
     target's sum runs over the sources in key order: 2 ranks give the 1-rank run to
-    round-off (S^2 DG0, S^1 DG1)."""
-    cases = [(2, 0), (1, 1)]
-    script = SCRIPT.format(tests=str(ROOT / "tests"), cases=cases, tail=TAIL)
+    round-off (S^2 DG0, S^1 DG1; the splitting cluster of :func:`split_cluster`, DG0 and
+    DG1)."""
+    cases, split = [(2, 0), (1, 1)], [0, 1]
+    script = SCRIPT.format(tests=str(ROOT / "tests"), cases=cases, tail=TAIL, split=split)
     p = run(["-c", script], nprocs=2, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     two = json.loads(p.stdout.split("JSON", 1)[1])
@@ -299,6 +304,11 @@ def test_active_run_is_the_same_on_two_ranks(run):
         one = np.asarray(point_mass(sphere, degree, TAIL).density[-1]).ravel()
         diff = np.abs(np.asarray(two[f"{sphere}{degree}"]) - one).max()
         print(f"S^{sphere} DG{degree}: 1 vs 2 ranks {diff:.1e} (max {one.max():.3g})")
+        assert diff <= 1e-12 * one.max()
+    for degree in split:
+        one = np.asarray(split_cluster(degree, TAIL).density[-1]).ravel()
+        diff = np.abs(np.asarray(two[f"split{degree}"]) - one).max()
+        print(f"split DG{degree}: 1 vs 2 ranks {diff:.1e} (max {one.max():.3g})")
         assert diff <= 1e-12 * one.max()
 
 
