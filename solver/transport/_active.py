@@ -123,6 +123,10 @@ class ActiveDG0:
     the rest are the operator's.
     """
 
+    #: a flux region larger than this fraction of the owned cells is computed on all of them
+    #: (the operator's kernels without copying the stencil's rows: a spread density)
+    WHOLE = 0.25
+
     def __init__(self, op):
         from ._dg0 import DG0Upwind
 
@@ -145,54 +149,52 @@ class ActiveDG0:
 
     def _speeds(self, velocity: np.ndarray, rho: np.ndarray):
         """``(facets, sp, sm)``: the facets computed and the outflow speeds of '+' and '-'."""
-        from ._dg0 import _nb, cluster_weight, directional_velocity_numpy
+        from ._dg0 import _nb, cluster_weight, directional_velocity, directional_velocity_numpy
 
         op, gdim, nown = self.op, self.op.sm.gdim, self.op._nown
         u = op.u.x
         u.array[: velocity.size] = np.asarray(velocity, dtype=float).ravel()
         u.scatter_forward()
         ua = u.array.reshape(-1, gdim)
-        moving = np.any(ua != 0.0, axis=1)  # local cells, ghosts included
         nbr = self._nbr
-        reg = moving[:nown].copy()
-        for i in range(nbr.shape[1]):
-            reg |= moving[nbr[:, i]]
-        F = np.flatnonzero(reg)  # the flux region (owned)
-        # a_K on F: the operator's kernels on the region's rows (the row's own cell first)
+        # the local cells with a velocity (ghosts included) and the flux region F (owned)
+        moving, F = _region(ua, nbr)
         k = len(F)
-        nb = nbr[F]
-        u_ext = np.concatenate([ua[F], ua[nb.ravel()]])
-        nb_ext = k + np.arange(nb.size).reshape(nb.shape)
-        st = {"nbr": nb_ext, "nt": self._nt[F], "d_area": self._dk[F],
-              "cone": (self._C[:, F], self._B[:, F])}  # fmt: skip
-        if _nb is not None:
-            from ._dg0 import _nb_directional_velocity
-
-            aF = _nb_directional_velocity(u_ext, nb_ext, st["nt"], st["d_area"], *st["cone"])
-        else:  # pragma: no cover - without numba
-            aF = directional_velocity_numpy(u_ext, st)
-        if rho is not None:  # the cluster weight (the positivity limits use a unweighted)
+        a = op.a.x
+        if rho is not None:
             r = op.rho.x
             r.array[:nown] = rho
             r.scatter_forward()
-            rl = r.array
-            aF *= cluster_weight(np.concatenate([rl[F], rl[nb.ravel()]]), nb_ext)[:, None]
-        a = op.a.x
-        a.array[:] = 0.0
-        a.array.reshape(-1, gdim)[F] = aF
+        if k > self.WHOLE * nown:
+            # most of the mesh (a spread density): the operator's kernels on every owned
+            # cell, as the operator calls them, without copying the stencil's rows; outside
+            # F they give exactly zero, on F the same numbers as the rows below
+            aF = directional_velocity(ua, op._stencil)
+            if rho is not None:
+                aF *= cluster_weight(op.rho.x.array, nbr)[:, None]
+            a.array[: aF.size] = aF.ravel()
+            a.array[aF.size :] = 0.0
+        else:
+            # a_K on F: the operator's kernels on the region's rows (the row's own cell first)
+            nb = nbr[F]
+            u_ext = np.concatenate([ua[F], ua[nb.ravel()]])
+            nb_ext = k + np.arange(nb.size).reshape(nb.shape)
+            st = {"nbr": nb_ext, "nt": self._nt[F], "d_area": self._dk[F],
+                  "cone": (self._C[:, F], self._B[:, F])}  # fmt: skip
+            if _nb is not None:
+                from ._dg0 import _nb_directional_velocity
+
+                aF = _nb_directional_velocity(u_ext, nb_ext, st["nt"], st["d_area"], *st["cone"])
+            else:  # pragma: no cover - without numba
+                aF = directional_velocity_numpy(u_ext, st)
+            if rho is not None:  # the cluster weight (the positivity limits use a unweighted)
+                rl = op.rho.x.array
+                aF *= cluster_weight(np.concatenate([rl[F], rl[nb.ravel()]]), nb_ext)[:, None]
+            a.array[:] = 0.0
+            a.array.reshape(-1, gdim)[F] = aF
         a.scatter_forward()
         aa = a.array.reshape(-1, gdim)
-        live = moving | np.any(aa != 0.0, axis=1)
-        p, m = self._plus, self._minus
-        E = np.flatnonzero(live[p] | live[m])
-        pE, mE, nE = p[E], m[E], self._ntf[E]
-        up = np.einsum("fi,fi->f", nE, ua[pE])
-        um = np.einsum("fi,fi->f", nE, ua[mE])
-        avg = 0.5 * (up + um)
-        ap = np.einsum("fi,fi->f", nE, aa[pE])
-        am = np.einsum("fi,fi->f", nE, aa[mE])
-        sp = np.maximum(avg, 0.0) + np.maximum(ap, 0.0)
-        sm = np.maximum(-avg, 0.0) + np.maximum(-am, 0.0)
+        E, sp, sm = _edges(self._plus, self._minus, self._ntf, ua, aa, moving)
         self.last = (k, len(E))
         return E, sp, sm
 
@@ -241,3 +243,98 @@ class ActiveDG0:
         b.array[:] = np.bincount(mE, flux, nloc) - np.bincount(pE, flux, nloc)
         b.scatter_reverse(la.InsertMode.add)
         return np.maximum(rho + dt * b.array[:nown] / op.sm.areas, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the flux region and the facets that carry a flux: compiled passes over the local cells and
+# facets (numba; the NumPy twins without it give the same numbers)
+
+try:  # numba is optional
+    import numba as _numba
+except ImportError:  # pragma: no cover - depends on the environment
+    _numba = None
+
+
+def _region_numpy(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    moving = np.any(ua != 0.0, axis=1)
+    reg = moving[: len(nbr)].copy()
+    for i in range(nbr.shape[1]):
+        reg |= moving[nbr[:, i]]
+    return moving, np.flatnonzero(reg)
+
+
+def _edges_numpy(plus, minus, ntf, ua, aa, moving) -> tuple:
+    live = moving | np.any(aa != 0.0, axis=1)
+    E = np.flatnonzero(live[plus] | live[minus])
+    pE, mE, nE = plus[E], minus[E], ntf[E]
+    up = np.einsum("fi,fi->f", nE, ua[pE])
+    um = np.einsum("fi,fi->f", nE, ua[mE])
+    avg = 0.5 * (up + um)
+    ap = np.einsum("fi,fi->f", nE, aa[pE])
+    am = np.einsum("fi,fi->f", nE, aa[mE])
+    return (E, np.maximum(avg, 0.0) + np.maximum(ap, 0.0),
+            np.maximum(-avg, 0.0) + np.maximum(-am, 0.0))  # fmt: skip
+
+
+if _numba is not None:
+
+    @_numba.njit(cache=True)
+    def _region(ua, nbr):
+        """``(moving, F)``: the local cells whose velocity is not zero, and the owned cells
+        that are moving or have a moving facet neighbour (ascending)."""
+        nloc, gdim = ua.shape
+        nown, nf = nbr.shape
+        moving = np.zeros(nloc, np.bool_)
+        for c in range(nloc):
+            for i in range(gdim):
+                if ua[c, i] != 0.0:
+                    moving[c] = True
+                    break
+        F = np.empty(nown, np.int64)
+        k = 0
+        for c in range(nown):
+            r = moving[c]
+            for f in range(nf):
+                r = r or moving[nbr[c, f]]
+            if r:
+                F[k] = c
+                k += 1
+        return moving, F[:k]
+
+    @_numba.njit(cache=True)
+    def _edges(plus, minus, ntf, ua, aa, moving):
+        """``(E, sp, sm)``: the facets with a cell that moves or has a directional velocity,
+        and their outflow speeds of '+' and '-' (module doc of :mod:`._dg0`)."""
+        nloc, gdim = ua.shape
+        live = moving.copy()
+        for c in range(nloc):
+            if not live[c]:
+                for i in range(gdim):
+                    if aa[c, i] != 0.0:
+                        live[c] = True
+                        break
+        nf = plus.size
+        E = np.empty(nf, np.int64)
+        ne = 0
+        for f in range(nf):
+            if live[plus[f]] or live[minus[f]]:
+                E[ne] = f
+                ne += 1
+        E = E[:ne]
+        sp, sm = np.empty(ne), np.empty(ne)
+        for e in range(ne):
+            f = E[e]
+            p, m = plus[f], minus[f]
+            up = um = ap = am = 0.0
+            for i in range(gdim):
+                up += ntf[f, i] * ua[p, i]
+                um += ntf[f, i] * ua[m, i]
+                ap += ntf[f, i] * aa[p, i]
+                am += ntf[f, i] * aa[m, i]
+            avg = 0.5 * (up + um)
+            sp[e] = max(avg, 0.0) + max(ap, 0.0)
+            sm[e] = max(-avg, 0.0) + max(-am, 0.0)
+        return E, sp, sm
+
+else:  # pragma: no cover - without numba
+    _region, _edges = _region_numpy, _edges_numpy

@@ -1,0 +1,66 @@
+"""The per-step cost of the active set (issue 26, "cost follows the mass"): each shortcut gives
+the result of the path it replaces (to round-off, or within the tail where it says so)."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import solver
+
+COMM = MPI.COMM_WORLD
+
+
+def _close(a, b, rel=1e-14):
+    scale = COMM.allreduce(float(np.abs(a).max(initial=0.0)), op=MPI.MAX)
+    return COMM.allreduce(float(np.abs(a - b).max(initial=0.0)), op=MPI.MAX) <= rel * scale
+
+
+@pytest.mark.parametrize("cap", [0.9, -0.6])
+def test_active_dg0_small_and_whole_regions_are_the_operators(cap):
+    """``ActiveDG0`` on a velocity that is zero outside a cap: a small cap (the rows of the flux
+    region copied) and a cap over most of the sphere (``cap = -0.6``: the region is beyond
+    ``WHOLE`` of the cells, and the operator's kernels run on every cell) give the operator's
+    right-hand side, capped Euler step and step limits to round-off."""
+    from solver.transport import make_operator
+    from solver.transport._active import ActiveDG0
+    from solver.velocity import attention_velocity
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    op = make_operator(sm, 0)
+    act = ActiveDG0(op)
+    Q = np.array([[2.0, 0.3, 0.0], [0.0, 1.5, 0.2], [0.1, 0.0, 1.0]])
+    V = np.array([[1.0, 0.4, 0.0], [-0.3, 0.8, 0.1], [0.0, 0.2, 0.6]])
+    c = op.sm.centroids
+    rng = np.random.default_rng(COMM.rank + 7)
+    rho = 1.0 + rng.random(len(c)) * (c[:, 2] > 0)  # cluster weights between 0 and 1
+    u = attention_velocity(c, c, rho * sm.areas, Q.T, V)
+    u[c @ solver.normalize(np.array([1.0, 0.2, 0.4])) < cap] = 0.0
+    assert op.step_limits(u, rho, 1e-9) == act.step_limits(u, rho, 1e-9)
+    dt = op.step_limits(u, rho, 1e-9)[0]
+    for step in (0.5 * dt, 20 * dt):
+        assert _close(op.euler_step(u, rho, step), act.euler_step(u, rho, step))
+    assert _close(op.rhs(u, rho), act.rhs(u, rho))
+    region = COMM.allreduce(act.last[0])
+    whole = region > act.WHOLE * sm.num_cells
+    assert whole == (cap < 0)  # each case takes the path it is meant to test
+
+
+def test_region_and_edge_kernels_match_their_numpy_twins():
+    """The compiled flux-region and facet-speed passes give the NumPy versions' numbers."""
+    from solver.transport import _active as A
+    from solver.transport import make_operator
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=2)
+    act = A.ActiveDG0(make_operator(sm, 0))
+    rng = np.random.default_rng(3)
+    nloc = act.op.u.x.array.size // 3
+    ua = rng.normal(size=(nloc, 3)) * (rng.random(nloc) < 0.2)[:, None]
+    aa = rng.normal(size=(nloc, 3)) * (rng.random(nloc) < 0.2)[:, None]
+    mv, F = A._region(ua, act._nbr)
+    mv0, F0 = A._region_numpy(ua, act._nbr)
+    assert np.array_equal(mv, mv0) and np.array_equal(F, F0) and 0 < F.size < len(act._nbr)
+    got = A._edges(act._plus, act._minus, act._ntf, ua, aa, mv)
+    ref = A._edges_numpy(act._plus, act._minus, act._ntf, ua, aa, mv0)
+    assert np.array_equal(got[0], ref[0]) and 0 < got[0].size < act._plus.size
+    for g, r in zip(got[1:], ref[1:], strict=True):
+        assert np.allclose(g, r, rtol=1e-14, atol=1e-15 * np.abs(r).max())
