@@ -48,6 +48,7 @@ those of the PDE's ``[velocity] method`` / ``tolerance``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -60,7 +61,8 @@ from .model import Density, Model, MultiHeadModel
 from .model._lora import as_real
 from .parallel import allgather_rows
 from .transport import time_grid
-from .velocity import FastVelocity, equal_weight_velocity
+from .velocity import ClusterVelocity, FastVelocity, equal_weight_velocity, num_terms
+from .velocity._cluster import HAVE_NUMBA
 from .velocity._direct import COMPILED_MAX_N, _nb
 
 if _nb is not None:
@@ -77,9 +79,24 @@ VELOCITY_METHODS = ("direct", "fast", "auto")
 #: measured crossover (scripts/bench_particles.py: ``A = I``, tolerance 1e-10, one thread;
 #: between 250 and 500 particles on S^1 and on S^2).
 FAST_MIN_N = {2: 500, 3: 500}
+#: cost of the expansion per target and term (nanoseconds; one core, n = 20,000, degree 13:
+#: 1.4 µs per target on S^2 (numba), 0.7 µs on S^1 (NumPy)), against which ``clusters``
+#: weighs :data:`solver.velocity._cluster.COST_NS`
+FAST_NS_PER_TERM = {3: 7.0, 2: 26.0}
 #: :func:`sample_particles` refuses more (8 n d bytes of positions each)
 MAX_SAMPLES = 10**8
 BLOCK_BYTES = 1 << 24
+
+
+def _one_blas_thread(on: bool):
+    """One BLAS thread within the block when ``on`` (threadpoolctl), else nothing."""
+    if on:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - a dependency of the package
+            return contextlib.nullcontext()
+        return threadpool_limits(limits=1, user_api="blas")
+    return contextlib.nullcontext()
 
 
 def retract(x: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -124,7 +141,10 @@ class ParticleResult:
     """``times`` (nt,), ``positions`` (nt, n, d) at the saved times; ``velocity``: how the
     velocity was evaluated (``method``; for the fast path also ``calls``, ``fast_calls``,
     ``max_degree``, ``max_bound`` (the largest a-posteriori error bound relative to
-    ``max |X|``), ``direct_targets`` (summed over calls) and ``reason`` of any fall-back)."""
+    ``max |X|``), ``direct_targets`` (summed over calls) and ``reason`` of any fall-back; with
+    ``clusters``: ``cluster_steps`` (steps whose partition was accepted), ``cluster_calls``
+    (evaluations by the cluster expansion, counted in ``calls`` but not in ``fast_calls``),
+    ``max_clusters`` and ``cluster_bound``, its largest relative bound))."""
 
     times: np.ndarray
     positions: np.ndarray
@@ -148,6 +168,7 @@ def simulate_particles(
     velocity: str = "auto",
     tolerance: float = 1e-10,
     fast_options: dict | None = None,
+    clusters: bool = True,
 ) -> ParticleResult:
     """Integrate the particle system from ``x0`` (n, d) to time ``T``.
 
@@ -169,6 +190,15 @@ def simulate_particles(
     (e^{LT} − 1) / L`` (``L`` the Lipschitz constant of the particle field, see
     tests/test_particles.py). ``fast_options``: extra keyword arguments of
     :class:`~solver.velocity.FastVelocity` (``backend``, ``threads``, ``chunk``, ...).
+
+    ``clusters`` (with the fast path, numba installed): at the start of every step the
+    particles are grouped (:func:`solver.velocity.find_clusters`); when they sit in few tight
+    clusters (after the collapse) the step's four evaluations take the cluster expansion of
+    :class:`solver.velocity.ClusterVelocity` (each cluster one Taylor-moment term, ``O(n K
+    d^{p+1})`` for ``K`` clusters, against ``O(n (deg + 1)²)``), under the same guarantee
+    ``max_i |X̃_i − X_i| <= tolerance · max_i |X_i|`` (a-posteriori bound per target, targets
+    that miss it summed directly; a call where more than 1 % miss it goes to the expansion).
+    ``False``: the expansion alone.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
@@ -221,6 +251,8 @@ def simulate_particles(
     def gather(xl: np.ndarray) -> np.ndarray:
         return xl if comm is None or size == 1 else allgather_rows(comm, xl, counts)
 
+    if not isinstance(clusters, (bool, np.bool_)):
+        raise TypeError(f"clusters must be True or False, got {clusters!r}")
     fast = None
     if velocity == "fast" or (velocity == "auto" and expansion and n >= FAST_MIN_N[model.d]):
         from mpi4py import MPI
@@ -232,6 +264,11 @@ def simulate_particles(
         "method": "fast", "tolerance": float(tolerance), "backend": fast.backend, "calls": 0,
         "fast_calls": 0, "max_degree": 0, "max_bound": 0.0, "direct_targets": 0,
     }  # fmt: skip
+    cluster = None
+    if fast is not None and clusters and HAVE_NUMBA:
+        cluster = ClusterVelocity(fast.comm, x0[lo:hi], x0, tolerance=tolerance, target_offset=lo)
+        info.update(cluster_steps=0, cluster_calls=0, max_clusters=0, cluster_bound=0.0)
+    use_cluster = [False]  # this step: the cluster expansion (set at its first stage)
 
     def fast_velocity(xl, A, V):
         fast.set_points(xl, gather(xl))
@@ -247,7 +284,33 @@ def simulate_particles(
             info["reason"] = rep["reason"]
         return out
 
-    def vel(xl, A, V, t):
+    def cluster_velocity(xl, A, V, first):
+        cluster.set_points(xl, gather(xl))
+        if first:  # pays when cheaper than half the expansion at its degree (cost models)
+            deg = max(info["max_degree"], 12)
+            cluster.max_cost = 0.5 * FAST_NS_PER_TERM[model.d] * num_terms(deg, model.d)
+            use_cluster[0] = cluster.partition(A)
+            if use_cluster[0]:
+                info["cluster_steps"] += 1
+        if not use_cluster[0]:
+            return None
+        out = cluster(w, A, V)
+        if out is None:  # too many targets missed the bound: the expansion, this step
+            use_cluster[0] = False
+            return None
+        rep = cluster.report
+        info["calls"] += 1
+        info["cluster_calls"] += 1
+        info["max_clusters"] = max(info["max_clusters"], int(rep["clusters"]))
+        info["cluster_bound"] = max(info["cluster_bound"], float(rep["bound"]))
+        info["direct_targets"] += int(rep["direct_targets"])
+        return out
+
+    def vel(xl, A, V, t, first=False):
+        if cluster is not None:
+            out = cluster_velocity(xl, A, V, first)
+            if out is not None:
+                return out
         if fast is not None:
             return fast_velocity(xl, A, V)
         if sphere:
@@ -275,20 +338,24 @@ def simulate_particles(
         and n <= COMPILED_MAX_N
         and np.ndim(model.parameters(0.0)[0]) == 2
     )  # several heads: the Python loop
-    for k in range(len(times) - 1):
-        t, h = times[k], times[k + 1] - times[k]
-        A, V = model.parameters(t + 0.5 * h)
-        if compiled:
-            x = _nb_rk4_sphere(x, np.ascontiguousarray(A, dtype=float),
-                               np.ascontiguousarray(V, dtype=float), float(h))  # fmt: skip
-        else:
-            k1 = vel(x, A, V, t)
-            k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
-            k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
-            k4 = vel(step(x, h * k3), A, V, t + h)
-            x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
-        if k + 1 in saved_set:
-            snaps.append(gather(x).copy())
-        bar.update(1)
+    # the fast path's products are thin ((n, d) by (d, d)): BLAS threads only add their
+    # start-up and, on a loaded machine, their spin-waits (one (100000, 3) @ (3, 3) at load 5
+    # on 2 cores: 3 to 50 ms of CPU with two threads, 1.2 ms with one)
+    with _one_blas_thread(fast is not None):
+        for k in range(len(times) - 1):
+            t, h = times[k], times[k + 1] - times[k]
+            A, V = model.parameters(t + 0.5 * h)
+            if compiled:
+                x = _nb_rk4_sphere(x, np.ascontiguousarray(A, dtype=float),
+                                   np.ascontiguousarray(V, dtype=float), float(h))  # fmt: skip
+            else:
+                k1 = vel(x, A, V, t, first=True)
+                k2 = vel(step(x, 0.5 * h * k1), A, V, t + 0.5 * h)
+                k3 = vel(step(x, 0.5 * h * k2), A, V, t + 0.5 * h)
+                k4 = vel(step(x, h * k3), A, V, t + h)
+                x = step(x, h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4))
+            if k + 1 in saved_set:
+                snaps.append(gather(x).copy())
+            bar.update(1)
     bar.close()
     return ParticleResult(times=times[saved], positions=np.array(snaps), velocity=info)
