@@ -254,8 +254,12 @@ class ClusterState:
     #: outside move by at most that, and the search skips the tail's thousands of modes
     LIGHT = 1e-3
 
-    def __init__(self, sm: SphereMesh, delta: float, tol: float, snaps: Snapshots):
+    def __init__(self, sm: SphereMesh, delta: float, tol: float, snaps: Snapshots,
+                 tail: float | None = None):  # fmt: skip
         self.sm, self.delta, self.tol, self.snaps = sm, delta, tol, snaps
+        #: with the active set (``evolve(active=τ)``): the per-step state of the cells that
+        #: hold all but ``τ`` of each flow's mass (:meth:`_heavy`)
+        self.tail = tail
         mesh = sm.gather_mesh()
         self.cells = mesh[1] if mesh is not None else None
         radius = point_mass_radius(snaps.centroids, self.cells) if sm.comm.rank == 0 else None
@@ -289,18 +293,38 @@ class ClusterState:
         """The centroid of the cell holding each centre (the nearest one)."""
         return self.tree.data[self.tree.query(centres)[1]]
 
-    def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float]:
+    def _heavy(self, avg: np.ndarray) -> np.ndarray | None:
+        """With :attr:`tail`: this rank's cells at or above the global tail cut of the cell
+        masses (:func:`solver.velocity._active.tail_cut`; the others hold together at most
+        ``τ`` of the unit mass), else ``None`` (every cell). The state of the heavy cells
+        alone differs from that of all cells by what ``τ`` of the mass can move:
+        ``mass_outside`` by at most ``2τ``, ``atoms_w2²`` by at most ``4τ`` (distances at
+        most 2), ``reach`` by the change of its quantile ``tol`` by ``2τ``; and the active
+        set's light cells move differently anyway. Every rank agrees on the cut."""
+        if self.tail is None or len(self.centres) == 0:
+            return None
+        from .velocity._active import tail_cut
+
+        w = avg * self.sm.areas
+        cut = tail_cut(w, self.tail, self.sm.comm)
+        return np.flatnonzero(w >= cut) if cut > 0 else None
+
+    def _outside(self, avg: np.ndarray, labels: np.ndarray, k: int,
+                 keep: np.ndarray | None = None) -> tuple[float, float]:  # fmt: skip
         """``(mass outside, reach)`` of the snapped cell masses, over the ranks (``k`` basins;
-        the moments summed over the ranks; the distances gathered for the reach)."""
+        the moments summed over the ranks; the distances gathered for the reach); ``keep``:
+        the cells counted (:meth:`_heavy`; ``None``: all)."""
         if len(self.centres) == 0:  # no clusters yet: all mass is far, at the diameter
             return 1.0, 2.0
         comm = self.sm.comm
         alone = comm.size == 1
-        w, y = avg * self.sm.areas, self.sm.centroids
+        w, y, dist0 = avg * self.sm.areas, self.sm.centroids, self.dist
+        if keep is not None:
+            w, y, labels, dist0 = w[keep], y[keep], labels[keep], dist0[keep]
         snapped = snap_to_clusters(y, w, labels, self.radius, k=k, anchors=self._cell_of,
                                    reduce=None if alone else comm.allreduce)  # fmt: skip
         moved = np.any(snapped != y, axis=1)
-        dist = self.dist.copy()  # the centroids' distances to the base centres, kept
+        dist = dist0.copy()  # the centroids' distances to the base centres, kept
         dist[moved] = centre_distances(snapped[moved], self.centres)
         far, total = np.array([w[dist >= self.delta].sum(), w.sum()])
         if not alone:
@@ -311,24 +335,28 @@ class ClusterState:
         q = mass_reach(*(np.concatenate(a) for a in zip(*parts, strict=True)), self.tol, total)
         return float(far / total), q
 
-    def _atoms_w2(self, avg: np.ndarray) -> float:
+    def _atoms_w2(self, avg: np.ndarray, keep: np.ndarray | None = None) -> float:
         """:func:`solver.analysis.atoms_distance` (``p = 2``) of the cell masses at the
         centroids (projected to the sphere), over the ranks; the diameter 2 before any
-        clusters."""
+        clusters; ``keep``: the cells counted (``None``: all)."""
         if len(self.centres) == 0:
             return 2.0
-        w = avg * self.sm.areas
-        s = np.array([np.sum(w * self.unit_dist**2), np.sum(w)])
+        w, d = avg * self.sm.areas, self.unit_dist
+        if keep is not None:
+            w, d = w[keep], d[keep]
+        s = np.array([np.sum(w * d**2), np.sum(w)])
         if self.sm.comm.size > 1:
             s = self.sm.comm.allreduce(s)
         return float(np.sqrt(s[0] / s[1]))
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
+        keeps = [self._heavy(a) for a in avgs]
         (mb, qb), (m, q) = (
-            self._outside(a, lab, k)
-            for a, lab, k in zip(avgs, self.labels, self.counts, strict=True)
+            self._outside(a, lab, k, keep)
+            for a, lab, k, keep in zip(avgs, self.labels, self.counts, keeps, strict=True)
         )
-        return [float(len(self.centres)), mb, m, qb, q, *(self._atoms_w2(a) for a in avgs)]
+        w2 = [self._atoms_w2(a, keep) for a, keep in zip(avgs, keeps, strict=True)]
+        return [float(len(self.centres)), mb, m, qb, q, *w2]
 
 
 class Snapshots:
@@ -609,7 +637,7 @@ def evolve(
     if stop_after_exit and (cluster_delta is None or not flows.two):
         raise ValueError("stop_after_exit needs a perturbed model and cluster_delta")
     snaps = Snapshots(sm, op, len(fields), w2)
-    clusters = (ClusterState(sm, cluster_delta, cluster_tol, snaps)
+    clusters = (ClusterState(sm, cluster_delta, cluster_tol, snaps, tail=active)
                 if flows.two and cluster_delta is not None else None)  # fmt: skip
     diag = Diagnostics(sm, flows.two, clusters)
     folder = ckpt = writer = None

@@ -64,3 +64,52 @@ def test_region_and_edge_kernels_match_their_numpy_twins():
     assert np.array_equal(got[0], ref[0]) and 0 < got[0].size < act._plus.size
     for g, r in zip(got[1:], ref[1:], strict=True):
         assert np.allclose(g, r, rtol=1e-14, atol=1e-15 * np.abs(r).max())
+
+
+@pytest.mark.parametrize("tail", [1e-12, 1e-6])
+def test_cluster_state_on_the_heavy_cells_is_within_the_tail(tail):
+    """``ClusterState(tail=τ)`` (the per-step δ-cluster state of an active-set run, on the
+    cells that hold all but ``τ`` of each flow's mass) against the state of every cell, on two
+    clusters over a light dust that holds ``τ / 2`` of the mass (far from the clusters): the
+    mass outside within ``2τ``, ``atoms_w2²`` within ``8τ`` (distances at most 2, the kept
+    mass at least ``1 - τ``), the reach the same (no cell's mass sits at the quantile), every
+    column on every rank the same, and the heavy cells a small part of the mesh."""
+    from solver.run import ClusterState, Snapshots
+    from solver.transport import make_operator
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    op = make_operator(sm, 0)
+    y = sm.centroids / np.linalg.norm(sm.centroids, axis=1)[:, None]
+    x0, x1 = solver.normalize(np.array([1.0, 0.2, 0.3])), solver.normalize(np.array([-0.2, 1.0, 0]))
+
+    def density(shift):
+        c = np.exp(300 * (y @ x0 - 1)) + 0.7 * np.exp(300 * (y @ solver.normalize(x1 + shift) - 1))
+        dust = (y[:, 2] < -0.5).astype(float)  # far from both clusters
+        c /= sm.integrate(c)
+        return c + 0.5 * tail * dust / sm.integrate(dust)
+
+    avgs = [density(0.0), density(np.array([0.05, 0.0, 0.1]))]
+    snaps = Snapshots(sm, op, 2, w2=False)
+    snaps(avgs)
+    states = {}
+    for t in (None, tail):
+        cs = ClusterState(sm, 0.1, 1e-2, snaps, tail=t)
+        cs.update([f[-1] for f in snaps.fields] if COMM.rank == 0 else None)
+        states[t] = np.array(cs(avgs))
+        if t is not None:
+            kept = COMM.allreduce(int(cs._heavy(avgs[1]).size))
+    cols = ClusterState.columns
+    full, heavy = states[None], states[tail]
+    print(dict(zip(cols, heavy - full, strict=True)), kept, sm.num_cells)
+    assert kept < sm.num_cells / 4
+    for name in ("mass_outside_base", "mass_outside"):
+        i = cols.index(name)
+        assert full[i] >= 0.5 * tail * (1 - 1e-9)  # the dust is outside
+        assert abs(heavy[i] - full[i]) <= 2 * tail
+    for name in ("atoms_w2_base", "atoms_w2"):
+        i = cols.index(name)
+        assert abs(heavy[i] ** 2 - full[i] ** 2) <= 8 * tail + 1e-15
+    for name in ("clusters", "reach_base", "reach"):
+        i = cols.index(name)
+        assert heavy[i] == pytest.approx(full[i], rel=1e-12, abs=1e-15)
+    assert np.array_equal(COMM.bcast(heavy, root=0), heavy)

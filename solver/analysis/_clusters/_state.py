@@ -393,7 +393,7 @@ def _cluster_moments(y: np.ndarray, w: np.ndarray, lab: np.ndarray, k: int) -> n
     (labels ``< 0`` are left out); sums over MPI ranks add up."""
     m = lab >= 0
     return np.stack([np.bincount(lab[m], weights=w[m] * y[m, a], minlength=k)[:k]
-                     for a in range(y.shape[1])], axis=1)  # fmt: skip
+                     for a in range(y.shape[1])], axis=1).astype(float)  # fmt: skip (no cell: int)
 
 
 def cluster_direction(x, w=None) -> np.ndarray:
