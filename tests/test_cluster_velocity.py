@@ -106,7 +106,7 @@ def test_targets_missing_the_bound_are_summed_directly_or_declined():
     tol = 1e-6
     cv = ClusterVelocity(MPI.COMM_SELF, y, y, tolerance=tol, target_offset=0, order=1,
                          max_cost=np.inf, max_fail=1.0)  # fmt: skip
-    cv.parts = find_clusters(y, 0.5)  # a coarse grid: the wide cluster is one group
+    assert cv.partition(A, h=0.5)  # a coarse grid: the wide cluster is one group
     X = cv(w, A, V)
     miss = cv.bounds > 0.5 * tol * np.linalg.norm(X, axis=1).max()
     assert not miss[:150].any() and miss[150:].sum() >= 100

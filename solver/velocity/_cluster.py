@@ -367,7 +367,7 @@ class ClusterVelocity:
         self.d = self.y.shape[1]
         self._tables = _Tables(self.d, self.p)
         self.N = int(comm.allreduce(len(self.x))) if comm.size > 1 else len(self.x)
-        self.parts = None
+        self.parts = self._g_idx = None
         self.report: dict = {}
 
     def set_points(self, targets, sources) -> None:
@@ -375,17 +375,20 @@ class ClusterVelocity:
         self.x = np.ascontiguousarray(targets, dtype=float)
         self.y = np.ascontiguousarray(sources, dtype=float)
 
-    def partition(self, A) -> bool:
-        """Group the current sources for ``A`` (or stacked heads, the largest ``‖A_h‖₂``); the
-        partition is kept for the following calls. Returns whether it is worth using (the cost model
+    def partition(self, A, h: float | None = None) -> bool:
+        """Group the current sources for ``A`` (or stacked heads, the largest ``‖A_h‖₂``) on a
+        grid of cell ``h`` (default: :func:`cluster_radius`, at most 1); the partition is kept
+        for the following calls. Returns whether it is worth using (the cost model
         at most ``max_cost``)."""
         A = np.asarray(A, dtype=float)
         R = max(float(np.linalg.norm(a, 2)) for a in A.reshape(-1, self.d, self.d))
-        h = min(cluster_radius(R, self.tol, self.p), 1.0)
+        if h is None:
+            h = min(cluster_radius(R, self.tol, self.p), 1.0)
         perm, starts, loose = find_clusters(self.y, h)
         K, L = len(starts) - 1, len(loose)
         cost = COST_NS["fixed"] + COST_NS["cluster"] * K + COST_NS["loose"] * L
         self.parts = (perm, starts, loose) if cost <= self.max_cost else None
+        self._g_idx = None  # the targets' clusters, found at the first call
         self.report = {"clusters": K, "loose": L, "cost": cost, "h": h}
         return self.parts is not None
 
@@ -425,12 +428,14 @@ class ClusterVelocity:
         coef = mom / tb.fact  # c_α = Σ_j w_j δ_j^α / α!
         dco = np.ascontiguousarray(coef[:, : tb.low])
         gco = np.ascontiguousarray(coef[:, tb.grad_idx] * tb.grad_fac)
-        if self.offset is not None and K:
-            lab = np.full(len(self.y), -1, dtype=np.int64)
-            lab[perm] = np.repeat(np.arange(K), np.diff(starts))
-            g_idx = lab[self.offset : self.offset + len(self.x)]
-        else:
+        g_idx = self._g_idx
+        if g_idx is None or len(g_idx) != len(self.x):
             g_idx = np.full(len(self.x), -1, dtype=np.int64)
+            if self.offset is not None and K:
+                lab = np.full(len(self.y), -1, dtype=np.int64)
+                lab[perm] = np.repeat(np.arange(K), np.diff(starts))
+                g_idx = np.ascontiguousarray(lab[self.offset : self.offset + len(self.x)])
+            self._g_idx = g_idx
         out = np.empty((len(self.x), d + 2))
         _nb_targets(self.x, A, V, float(np.linalg.norm(V, 2)), np.ascontiguousarray(g_idx),
                     centre, mass, rho, np.diff(starts).astype(float), dco, gco, tb.parent,
