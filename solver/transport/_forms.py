@@ -66,7 +66,43 @@ def unit_mass(sm, averages: np.ndarray) -> float:
 def mass_floor(comm, m: np.ndarray, tail: float) -> float:
     """The smallest cell mass among the cells that hold all but ``tail`` of the total: the
     cells below it (the lightest, together at most ``tail`` of the mass) do not limit
-    adaptive steps. ``m``: this rank's cell masses; the same value on every rank."""
-    allm = np.sort(np.concatenate(comm.allgather(m)))
+    adaptive steps. ``m``: this rank's cell masses (``>= 0``); the same value on every rank.
+
+    The masses ascending, ``floor = m_(k)`` with ``k`` the first index whose running sum
+    exceeds ``tail · Σ m`` (:func:`mass_floor_sorted`, the definition), found without
+    sorting or gathering the mesh: the sums of the masses by binary exponent (one reduction
+    of :data:`_EXPONENTS` numbers) give the band ``[2^(e-1), 2^e)`` that holds ``m_(k)``,
+    and only that band's masses are gathered and sorted. The running sums are then taken in
+    another order than the sort's, so the floor is the same up to a running sum within
+    round-off of ``tail · Σ m``."""
+    m = np.asarray(m, dtype=float).ravel()
+    band = np.where(m > 0, np.frexp(m)[1] + _EXP_OFFSET, 0)  # band 0: the empty cells
+    np.clip(band, 0, _EXPONENTS - 1, out=band)
+    sums = np.bincount(band, m, _EXPONENTS)
+    if comm.size > 1:
+        sums = comm.allreduce(sums)
+    cum = np.cumsum(sums)
+    limit = tail * cum[-1]
+    b = int(np.searchsorted(cum, limit, side="right"))
+    if b >= _EXPONENTS:  # nothing exceeds the limit (no mass at all)
+        return np.inf
+    mine = m[band == b]
+    cand = np.sort(np.concatenate(comm.allgather(mine)) if comm.size > 1 else mine)
+    below = cum[b - 1] if b > 0 else 0.0
+    k = int(np.searchsorted(below + np.cumsum(cand), limit, side="right"))
+    if k >= cand.size:  # pragma: no cover - the band's sums disagree by round-off
+        return mass_floor_sorted(comm, m, tail)
+    return float(cand[k])
+
+
+#: the bands of :func:`mass_floor`: ``frexp`` exponents of doubles (-1073 .. 1024) shifted to
+#: ``1 ..``, 0 for a zero mass
+_EXP_OFFSET = 1075
+_EXPONENTS = 2101
+
+
+def mass_floor_sorted(comm, m: np.ndarray, tail: float) -> float:
+    """:func:`mass_floor` by its definition: every mass gathered and sorted (the reference)."""
+    allm = np.sort(np.concatenate(comm.allgather(np.asarray(m, dtype=float).ravel())))
     k = int(np.searchsorted(np.cumsum(allm), tail * allm.sum(), side="right"))
-    return allm[k] if k < allm.size else np.inf
+    return float(allm[k]) if k < allm.size else np.inf
