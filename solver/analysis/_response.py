@@ -46,6 +46,13 @@ Most forgetful adapter. For a tied ``ΔV`` (all layers) the response is the line
 maximising ``|J(M)|`` is its top right singular vector, ``σ_1`` the first-order ``W2`` per unit
 norm times ``√n``; with rank ``r`` (``M = B Cᵀ``, ``B, C ∈ R^{d×r}``) the maximum is found by
 alternating the two factors, each step a top singular vector (:func:`most_forgetful_adapter`).
+With one adapter per layer (the per-layer Jacobians of :func:`layer_jacobians`) the same holds
+for the stacked map ``(M_1, ..., M_L) ↦ Σ_ℓ J_ℓ(M_ℓ)`` under ``Σ_ℓ ‖M_ℓ‖_F² = 1``.
+
+The measure's ``W2`` on S^1. For atoms that stand for a density (a mesh quadrature), the atoms'
+first-order ``W2`` bounds the measure's from above; on the circle the measure's is exact and
+cheap: :func:`circle_gradient_part` removes the part of the displacement that the circle's
+optimal coupling absorbs (a shift of the cut of its quantile coupling).
 
 The PDE. The tangent-linear mean-field flow in Lagrangian form (:func:`measure_tangent`):
 the PDE's solution is the push-forward of ``μ_0`` by the flow of its own velocity, and the
@@ -76,6 +83,7 @@ __all__ = [
     "MeasureTangent",
     "measure_tangent",
     "mesh_atoms",
+    "circle_gradient_part",
 ]
 
 #: the imaginary step of the complex-step derivative (no cancellation: any tiny value works)
@@ -271,9 +279,10 @@ def random_adapter_c(J: np.ndarray, s=(1.0,), weights: np.ndarray | None = None)
 
 @dataclass(frozen=True)
 class ForgetfulAdapter:
-    """``dV`` (d, d), unit Frobenius norm, rank ``≤ r``, maximising the first-order ``W2``:
-    ``w2`` = ``(1/n Σ|J(dV)_i|²)^{1/2}`` (per unit ``ε``); ``sigma``: the singular values of the
-    whole map ``J`` (``w2 ≤ σ_1/√n``, equal at full rank)."""
+    """``dV`` (d, d) — or (L, d, d), one adapter per layer — unit Frobenius norm (over all
+    layers), rank ``≤ r`` in every layer, maximising the first-order ``W2``: ``w2`` =
+    ``(1/n Σ|J(dV)_i|²)^{1/2}`` (per unit ``ε``); ``sigma``: the singular values of the whole
+    map ``J`` (``w2 ≤ σ_1/√n``, equal at full rank)."""
 
     dV: np.ndarray
     rank: int
@@ -284,49 +293,93 @@ class ForgetfulAdapter:
 def most_forgetful_adapter(J: np.ndarray, r: int, *, iterations: int = 50,
                            weights: np.ndarray | None = None) -> ForgetfulAdapter:  # fmt: skip
     """The unit adapter ``dV = B Cᵀ`` (``‖dV‖_F = 1``, rank ``r``) of largest response ``|J(dV)|``,
-    ``J`` (d², n, d) the tied Jacobian (:func:`tied_jacobian`).
+    ``J`` (d², n, d) the tied Jacobian (:func:`tied_jacobian`); or, for ``J`` (L, d², n, d)
+    the per-layer Jacobians (:func:`layer_jacobians`), one adapter ``dV_ℓ = B_ℓ C_ℓᵀ`` per
+    layer, each of rank ``≤ r``, with ``Σ_ℓ ‖dV_ℓ‖_F² = 1`` (``dV`` (L, d, d)).
 
-    Full rank (``r ≥ d``): the top right singular vector of ``J`` as a ``(d², n d)`` matrix.
-    Rank ``r < d``: alternating maximisation from the truncated SVD of that vector; with ``C``
-    orthonormal, ``|B Cᵀ|_F = |B|_F`` and ``J(B Cᵀ)`` is linear in ``B``, so the best ``B`` is
-    a top singular vector; then the same for ``C`` with ``B`` orthonormal. Each step does not
-    decrease ``|J(dV)|`` (measured: the alternation adds 2e-5 to 5e-5 of the truncated SVD's
-    response on S^2, nothing on S^1).
+    Full rank (``r ≥ d``): the top right singular vector of ``J`` as a ``(L d², n d)`` matrix.
+    Rank ``r < d``: alternating maximisation from the truncated SVDs of that vector's blocks;
+    with every ``C_ℓ`` orthonormal, ``Σ_ℓ |B_ℓ C_ℓᵀ|_F² = Σ_ℓ |B_ℓ|_F²`` and ``J(B Cᵀ)`` is
+    linear in ``(B_ℓ)``, so the best ``(B_ℓ)`` is a top singular vector; then the same for
+    ``(C_ℓ)`` with every ``B_ℓ`` orthonormal. Each step does not decrease ``|J(dV)|``
+    (measured: the alternation adds 2e-5 to 5e-5 of the truncated SVD's response on S^2,
+    nothing on S^1).
 
     ``weights`` (n,): the atoms' masses (:func:`measure_tangent`); the response is then
     ``(Σ_i ω_i |J(dV)_i|²)^{1/2}``, which is the uniform one of ``J_i √(n ω_i)``, and ``σ``
     those of the scaled map.
     """
     J = np.asarray(J, dtype=float)
-    if J.ndim != 3:
-        raise ValueError(f"J must be (d², n, d), got shape {J.shape}")
-    dd, n, d = J.shape
+    if J.ndim not in (3, 4):
+        raise ValueError(f"J must be (d², n, d) or (L, d², n, d), got shape {J.shape}")
+    layered = J.ndim == 4
+    J = J if layered else J[None]
+    L, dd, n, d = J.shape
     if weights is not None:
-        J = J * np.sqrt(n * _masses(weights, n))[None, :, None]
+        J = J * np.sqrt(n * _masses(weights, n))[None, None, :, None]
     if dd != d * d:
-        raise ValueError(f"J's first axis must have d² = {d * d} entries, got {dd}")
+        raise ValueError(f"J's d² axis must have d² = {d * d} entries, got {dd}")
     if int(r) != r or r < 1:
         raise ValueError(f"r (adapter rank) must be a positive integer, got {r}")
     r = min(int(r), d)
-    G = J.reshape(dd, n * d).T  # (n d, d²): vec(M) -> response
+    G = J.reshape(L * dd, n * d).T  # (n d, L d²): vec(M_1, ..., M_L) -> response
     _, sig, Vt = np.linalg.svd(G, full_matrices=False)
-    M = Vt[0].reshape(d, d)
+    M = Vt[0].reshape(L, d, d)
     if r < d:
         U, s, Wt = np.linalg.svd(M)
-        B, C = U[:, :r] * s[:r], Wt[:r].T
-        Gt = G.reshape(n * d, d, d)
+        B, C = U[:, :, :r] * s[:, None, :r], Wt[:, :r].transpose(0, 2, 1)
+        Gt = G.reshape(n * d, L, d, d)
         for _ in range(iterations):
-            C, _ = np.linalg.qr(C)
-            # response of B Cᵀ: Σ_{i,j} (B Cᵀ)_ij G[:, i, j] = Σ_{i,k} B_ik (G C)[:, i, k]
-            H = np.einsum("pij,jk->pik", Gt, C).reshape(n * d, d * r)
-            B = np.linalg.svd(H, full_matrices=False)[2][0].reshape(d, r)
-            B, _ = np.linalg.qr(B)
-            H = np.einsum("pij,ik->pjk", Gt, B).reshape(n * d, d * r)
-            C = np.linalg.svd(H, full_matrices=False)[2][0].reshape(d, r)
-        M = B @ C.T
+            C = np.linalg.qr(C)[0]
+            # response of (B_ℓ C_ℓᵀ): Σ_ℓ Σ_{i,j} (B_ℓ C_ℓᵀ)_ij G[:, ℓ, i, j]
+            H = np.einsum("plij,ljk->plik", Gt, C).reshape(n * d, L * d * r)
+            B = np.linalg.svd(H, full_matrices=False)[2][0].reshape(L, d, r)
+            B = np.linalg.qr(B)[0]
+            H = np.einsum("plij,lik->pljk", Gt, B).reshape(n * d, L * d * r)
+            C = np.linalg.svd(H, full_matrices=False)[2][0].reshape(L, d, r)
+        M = B @ C.transpose(0, 2, 1)
         M = M / np.linalg.norm(M)
-    resp = first_order_w2(np.tensordot(M.reshape(-1), J, axes=1)[None])[0]
-    return ForgetfulAdapter(dV=M, rank=r, w2=float(resp), sigma=sig)
+    resp = first_order_w2(np.tensordot(M.reshape(-1), J.reshape(L * dd, n, d), axes=1)[None])[0]
+    return ForgetfulAdapter(dV=M if layered else M[0], rank=r, w2=float(resp), sigma=sig)
+
+
+def circle_gradient_part(x: np.ndarray, dx: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    r"""The part of a first-order displacement of a measure on S^1 that ``W2`` sees.
+
+    ``x`` (n, 2): the quadrature's atoms of a measure with a density ``ρ`` on the circle, in
+    any order (the flow keeps their circular order), ``weights`` (n,) their masses; ``dx``
+    (..., n, 2): tangent displacements ``δx_i = v(x_i) x_i^⊥`` (one field per leading index).
+    For the continuum, ``W2(μ, (id + ε v)_\# μ) = ε \min_β ‖v + β/ρ‖_{L²(μ)} + o(ε)``: the
+    circle's optimal coupling may shift the cut of its quantile coupling (``G^{-1}(u + εβ)``),
+    which moves mass by ``β/ρ = β dθ/du`` (``u`` the cumulative mass); that direction is the
+    non-gradient (harmonic) field ``ρ^{-1}`` of ``L²(μ)``, whose flux ``ρ v`` is constant. So
+    the first-order ``W2`` is ``‖P v‖_μ``, ``P`` the ``L²(μ)``-projection off ``1/ρ``. Here
+    ``1/ρ = dθ/du`` by periodic central differences of the atoms' angles in their midpoint
+    cumulative masses (second order for a smooth ``ρ``), and ``P v`` is returned as tangent
+    vectors, shaped as ``dx``: :func:`first_order_w2` of it with ``weights`` is the measure's
+    first-order ``W2`` (at most the atoms', which is ``‖v‖_μ``); linear in ``dx``, so it
+    applies to Jacobians (:func:`layer_jacobians`, :func:`most_forgetful_adapter`)."""
+    x = np.asarray(x, dtype=float)
+    dx = np.asarray(dx, dtype=float)
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must be (n, 2) points on S^1, got shape {x.shape}")
+    n = len(x)
+    if n < 3 or dx.shape[-2:] != (n, 2):
+        raise ValueError(f"dx must be (..., {n}, 2) for x of {n} >= 3 atoms, got {dx.shape}")
+    w = _masses(weights, n, positive=True)
+    th = np.arctan2(x[:, 1], x[:, 0])
+    order = np.argsort(th)
+    ts, ws = th[order], w[order]
+    u = np.cumsum(ws) - 0.5 * ws
+    U = np.concatenate(([u[-1] - 1.0], u, [u[0] + 1.0]))
+    TH = np.concatenate(([ts[-1] - 2 * np.pi], ts, [ts[0] + 2 * np.pi]))
+    g = np.empty(n)
+    g[order] = (TH[2:] - TH[:-2]) / (U[2:] - U[:-2])  # dθ/du = 1/ρ at each atom
+    g /= np.sqrt(np.sum(w * g * g))
+    tangent = np.column_stack((-np.sin(th), np.cos(th)))
+    v = np.einsum("...nd,nd->...n", dx, tangent)
+    v = v - (v @ (w * g))[..., None] * g
+    return v[..., None] * tangent
 
 
 @dataclass(frozen=True)
