@@ -591,6 +591,10 @@ def evolve(
             from .transport._active import ActiveDG0
 
             op = ActiveDG0(op)
+        elif velocity is None:  # DG1, DG2: the flux form on those cells and facets
+            from .transport._active_dg import ActiveDG
+
+            op = ActiveDG(op)
     if velocity is not None:
         if speed is None:
             raise ValueError("a prescribed velocity needs `speed`, a bound of |u| (for the CFL)")

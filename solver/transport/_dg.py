@@ -238,9 +238,11 @@ class DGUpwind:
         qd = {"quadrature_degree": 2 * k + vdeg}  # exact for the polynomial parts
         cell_term = rho * ufl.dot(u, ufl.grad(q))
         self.clusters = bool(clusters)
-        self.form = self._plain_form = fem.form(
-            cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
-        )
+        plain = cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
+        self.form = self._plain_form = fem.form(plain)
+        #: the UFL forms (:class:`~solver.transport._active_dg.ActiveDG` compiles them for
+        #: chosen cells and facets)
+        self.ufl_forms = {"plain": plain}
         if self.clusters:  # cluster cells: DG0 donor flux of the averages (module doc)
             V0 = fem.functionspace(msh, ("DG", 0))
             W0 = fem.functionspace(msh, ("DG", 0, (gdim,)))
@@ -262,9 +264,9 @@ class DGUpwind:
                                                            direction=self.a))  # fmt: skip
             flux = (1.0 - tf) * flux + tf * donor
             cell_term = (1.0 - tau) * cell_term
-            self._zone_form = fem.form(
-                cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
-            )
+            zone = cell_term * ufl.dx(metadata=qd) - (q("+") - q("-")) * flux * ufl.dS(metadata=qd)
+            self._zone_form = fem.form(zone)
+            self.ufl_forms["zone"] = zone
         self._b = la.vector(self.V.dofmap.index_map, 1)
         self._zone = None  # cluster weight τ of the owned cells at the last rhs
 
@@ -308,7 +310,7 @@ class DGUpwind:
         """Cell averages (column 0): works on owned and on gathered states."""
         return np.asarray(state)[:, 0]
 
-    def limit(self, state: np.ndarray) -> np.ndarray:
+    def limit(self, state: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Zhang–Shu scaling toward the cell average: ``ρ >= 0`` at the limiter points.
 
         Only columns ``1:`` change (by a factor ``θ ∈ [0, 1]``), so cell averages and mass
@@ -316,14 +318,26 @@ class DGUpwind:
         so the minimum is ``MARGIN ρ̄ > 0`` rather than a round-off ``±1e-17 ρ̄``: a negative
         round-off trace would flow into an empty neighbour and give it a ``-1e-24`` average.
         A cell with a negative average (a CFL violation) is made constant and left negative,
-        for the caller to report.
+        for the caller to report. ``rows``: only these cells (the others are returned as they
+        are; :class:`~solver.transport._active_dg.ActiveDG`).
         """
         zone = self._zone
-        if zone is not None and zone.shape[0] == state.shape[0] and zone.any():
+        if zone is not None and zone.shape[0] != state.shape[0]:
+            zone = None
+        if rows is None:
+            return self._limit(state, self._lim, zone)
+        out = state.copy()
+        out[rows] = self._limit(state[rows], self._lim[rows], None if zone is None else zone[rows])
+        return out
+
+    @staticmethod
+    def _limit(state: np.ndarray, lim: np.ndarray, zone: np.ndarray | None) -> np.ndarray:
+        """:meth:`limit` of the cells of ``state`` (their ``_lim`` rows and cluster weights)."""
+        if zone is not None and zone.any():
             state = state.copy()  # the cluster zones of the last right-hand side: constant
             state[:, 1:] *= 1.0 - zone[:, None]
         mean = state[:, 0]
-        vals = np.einsum("cpj,cj->cp", self._lim, state[:, 1:])  # ρ - ρ̄ at the points
+        vals = np.einsum("cpj,cj->cp", lim, state[:, 1:])  # ρ - ρ̄ at the points
         low = vals.min(axis=1)
         bad = mean + low < MARGIN * mean
         if not np.any(bad):
