@@ -6,8 +6,8 @@ Exact command (from the repository root)::
     .venv/bin/python scripts/bench_active_dg.py --levels 3 4 \\
         --write-table docs/benchmarks/active_dg.md
 
-Expected cost on the 2-core machine loaded by other sessions: about 2 minutes (levels 3 and
-4, mostly the full evaluation's steps and the form compilation).
+Expected cost on the 2-core machine loaded by other sessions (load average 9-10, measured
+2026-12-08): about 75 s (levels 3 and 4, mostly the full evaluation's steps).
 
 On the icosphere of each level, DG1 (curved cells, cluster zones), the forgetting model
 ``A = V = I`` and the *clustered* density of ``scripts/bench_active.py velocity`` (two von

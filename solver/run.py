@@ -564,7 +564,9 @@ def evolve(
         error-controlled tail (its bound kept within ``tolerance``): after clustering a few
         cells (:class:`solver.transport.NonlocalField`, :mod:`solver.transport._active`);
         DG0 also computes its stages on the cells that the velocity reaches only
-        (:class:`solver.transport._active.ActiveDG0`: the same fluxes, without the zero ones).
+        (:class:`solver.transport._active.ActiveDG0`: the same fluxes, without the zero ones),
+        DG1 and DG2 assemble the flux form over those cells and facets only
+        (:class:`solver.transport._active_dg.ActiveDG`).
         The light cells, together at most ``τ`` of the mass at every stage, do not move as in
         the full run; mass and positivity are kept exactly as before.
 
