@@ -24,6 +24,24 @@ phase diagram's ``small`` preset: 4 evaluations per step) is *estimated* for bot
 ``simulate_particles(..., velocity="fast")`` to ``--run-T``, and its measured cost per step is
 scaled to ``--T`` (estimated as well: from a uniform start, early steps).
 
+``--scale`` (issue #26 item 4): particles at scale, ``--scale-n`` (100,000) uniform particles on
+``S^2`` to ``--scale-T`` (50) at ``--dt`` with the fast velocity, run for real on the ranks of
+the launch (one run, wall and CPU time, the evaluations by the expansion and by the cluster
+expansion of collapsed particles, :class:`solver.velocity.ClusterVelocity`). Against the
+baseline measured in the same run: ``--probe-steps`` steps from the state at ``T / 2``
+(collapsed) with ``clusters=False`` (the expansion alone, as before) and with ``clusters=True``,
+and from the uniform start; the baseline's wall time to ``T`` is estimated from them (the
+steps the run took by the cluster expansion at the baseline's cost per step). At ``T / 2``
+one evaluation of each is compared with the direct sum on sampled particles. Exact command
+(the figures of docs/benchmarks/particles_scale.md; 2 ranks, or leave out ``mpiexec -n 2`` for
+one)::
+
+    .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_particles.py --scale \
+        --write-table docs/benchmarks/particles_scale.md
+
+Expected cost on the 2-core machine: about 100 s of CPU time in all (measured 2026-12-08), i.e.
+2 minutes of wall time on a quiet machine and 3-6 minutes at load 6.
+
 Printed and, with ``--write-table``, written as Markdown with the command, date and machine.
 One rank, ``--threads`` threads for both methods (BLAS for the direct sum, numba for the fast
 path on ``S^2``; default 1: on a machine shared with other jobs, numba's thread pool waits
@@ -103,6 +121,133 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
 
 
+def _timed(comm, f):
+    """``(result, wall, cpu)``: wall time of ``f()`` on the slowest rank (after a barrier),
+    CPU time summed over the ranks."""
+    comm.Barrier()
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = f()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return out, comm.allreduce(wall, op=MPI.MAX), comm.allreduce(cpu)
+
+
+def scale(a, argv) -> None:
+    """``--scale``: n particles to T on S^2, the cluster expansion against the expansion alone."""
+    import os
+
+    from solver.velocity import ClusterVelocity
+
+    comm = MPI.COMM_WORLD
+    root = comm.rank == 0
+    d, n, T, dt, tol = 3, a.scale_n, a.scale_T, a.dt, a.tol
+    s = math.sqrt(a.beta)
+    model = solver.Model(s * np.eye(d), s * np.eye(d), np.eye(d))
+    A, V = model.parameters(0.0)
+    x0 = solver.sample_particles(solver.Uniform(), n, d, seed=0)
+    kw = {"velocity": "fast", "tolerance": tol, "comm": comm}
+    # compile / load the kernels of both evaluations (not timed)
+    rng = np.random.default_rng(0)
+    tight = x0[0] + 1e-6 * rng.standard_normal((600, d))
+    tight /= np.linalg.norm(tight, axis=1, keepdims=True)
+    solver.simulate_particles(model, tight, dt, dt=dt, **kw)
+    solver.simulate_particles(model, x0[:600], dt, dt=dt, **kw)
+    load0 = os.getloadavg()[0]
+    r, wall, cpu = _timed(comm, lambda: solver.simulate_particles(
+        model, x0, T, dt=dt, save_every=T / 2, **kw))  # fmt: skip
+    load1 = os.getloadavg()[0]
+    info = r.velocity
+    steps = round(T / dt)
+    mid = r.positions[1]
+    k = a.probe_steps
+    probes = {}
+    for name, start, cl in (("uniform start, clusters=True", x0, True),
+                            (f"collapsed (t = {T / 2:g}), clusters=False (baseline)", mid, False),
+                            (f"collapsed (t = {T / 2:g}), clusters=True", mid, True)):  # fmt: skip
+
+        def probe(start=start, cl=cl):
+            return solver.simulate_particles(model, start, k * dt, dt=dt, save_every=k * dt,
+                                             clusters=cl, **kw)  # fmt: skip
+
+        pr, pw, pc = _timed(comm, probe)
+        probes[name] = (pw / k, pc / k, pr.velocity)
+    base_w = probes[f"collapsed (t = {T / 2:g}), clusters=False (baseline)"]
+    new_w = probes[f"collapsed (t = {T / 2:g}), clusters=True"]
+    cs = info["cluster_steps"]
+    est_wall = wall + cs * (base_w[0] - new_w[0])
+    est_cpu = cpu + cs * (base_w[1] - new_w[1])
+    # accuracy at T/2: one evaluation of each against the direct sum on sampled particles
+    acc = []
+    if root:
+        w = np.full(n, 1.0 / n)
+        idx = np.linspace(0, n - 1, a.samples).round().astype(int)
+        Xd = attention_velocity(mid[idx], mid, w, A, V)
+        q = np.linalg.norm(Xd, axis=1).max() + np.linalg.norm(V, 2)
+        fv = FastVelocity(MPI.COMM_SELF, mid, mid, tolerance=tol)
+        fv.set_points(mid, mid)
+        Xf = fv(w, A, V)[idx]
+        cv = ClusterVelocity(MPI.COMM_SELF, mid, mid, tolerance=tol, target_offset=0)
+        ok = cv.partition(A)
+        Xc = cv(w, A, V) if ok else None
+        Xc = None if Xc is None else Xc[idx]
+        for name, X, bound in (
+            ("expansion", Xf, fv.report.get("bound", math.nan)),
+            ("cluster expansion", Xc, cv.report.get("bound", math.nan)),
+        ):
+            if X is None:
+                acc.append(f"{name}: not applicable at T/2 ({cv.report})")
+                continue
+            xs = np.linalg.norm(Xd, axis=1).max()
+            scale_ = max(xs, 1e4 * np.finfo(float).eps / 2 * q / tol)
+            err = np.linalg.norm(X - Xd, axis=1).max()
+            acc.append(f"{name} at t = {T / 2:g}: max error on {a.samples} sampled particles "
+                       f"{err:.1e} = {err / scale_:.1e} of the tolerance's scale (max |X| = "
+                       f"{xs:.1e}, floor 1e4 u max|V m| / tol); its bound {bound:.1e}")  # fmt: skip
+    threads = solver.parallel.threads_per_rank(comm)  # collective
+    if not root:
+        return
+    ranks = comm.size
+    rows = [[f"run to T = {T:g}", f"{steps:,}", f"{wall:.1f}", f"{cpu:.1f}",
+             f"{wall / steps:.3f}", f"{info['fast_calls']} expansion + "
+             f"{info['cluster_calls']} cluster", "-"],
+            [f"baseline to T = {T:g} (estimated)", f"{steps:,}", f"{est_wall:.1f}",
+             f"{est_cpu:.1f}", f"{est_wall / steps:.3f}", "expansion only",
+             f"{est_wall / wall:.2f}x"]]  # fmt: skip
+    for name, (pw, pc, pv) in probes.items():
+        calls = f"{pv['fast_calls']} expansion + {pv.get('cluster_calls', 0)} cluster"
+        ratio = f"{base_w[0] / pw:.2f}x" if name.startswith("collapsed") else "-"
+        rows.append([name, f"{k}", f"{pw * k:.2f}", f"{pc * k:.2f}", f"{pw:.3f}", calls, ratio])
+    for row in rows:
+        print(" | ".join(row), flush=True)
+    notes = [
+        f"n = {n:,} uniform particles (seed 0) on S^2, A = {a.beta:g} I, V = I, dt = {dt:g} "
+        f"(RK4: 4 evaluations per step), tolerance {tol:g}; {ranks} rank(s), one BLAS thread "
+        f"and {threads} numba thread(s) per rank (the expansion's default); load average "
+        f"{load0:.1f} before the run, {load1:.1f} after it "
+        "(the machine is shared with other sessions: wall time is CPU time stretched by the "
+        "load; CPU time summed over the ranks).",
+        f"Run: {info['fast_calls']} evaluations by the expansion (degree <= "
+        f"{info['max_degree']}, bound <= {info['max_bound']:.1e}), {info['cluster_calls']} by "
+        f"the cluster expansion ({cs} steps, <= {info['max_clusters']} clusters, bound <= "
+        f"{info['cluster_bound']:.1e}); {info['direct_targets']} targets summed directly.",
+        f"Baseline (clusters=False, the expansion alone) estimated from the probes: the "
+        f"{cs} steps taken by the cluster expansion at the baseline's cost per step "
+        f"({base_w[0]:.3f} s wall, {base_w[1]:.3f} s CPU) instead of "
+        f"{new_w[0]:.3f} s / {new_w[1]:.3f} s.",
+    ] + acc
+    for line in notes:
+        print(line, flush=True)
+    if a.write_table:
+        write_table(
+            a.write_table,
+            f"Particles at scale: n = {n:,} on S^2 to T = {T:g} (issue #26 item 4)",
+            command_line(argv, ranks),
+            ["what", "steps", "wall s", "CPU s", "wall s/step", "evaluations",
+             "baseline / this"],
+            rows,
+            notes,
+        )  # fmt: skip
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+",
@@ -132,7 +277,23 @@ def main(argv=None) -> None:
         help="threads of both methods (0: the libraries' defaults)",
     )
     ap.add_argument("--write-table", metavar="PATH", help="write the table as Markdown")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="particles at scale (issue #26): --scale-n to --scale-T, on the ranks",
+    )
+    ap.add_argument("--scale-n", type=int, default=100_000)
+    ap.add_argument("--scale-T", type=float, default=50.0)
+    ap.add_argument(
+        "--probe-steps", type=int, default=10, help="--scale: steps of each per-step probe"
+    )
+    ap.add_argument("--samples", type=int, default=400,
+                    help="--scale: particles checked against the direct sum at T / 2")  # fmt: skip
     a = ap.parse_args(argv)
+    if a.scale:
+        if a.scale_n < 600 or a.scale_T <= 0 or a.probe_steps < 1 or a.samples < 1:
+            ap.error("--scale-n must be >= 600, --scale-T > 0, --probe-steps, --samples >= 1")
+        return scale(a, argv)
     if min(a.sizes) < 2 or a.evals < 1 or a.direct_evals < 1 or not set(a.dims) <= {2, 3}:
         ap.error("--sizes must be >= 2, --evals / --direct-evals >= 1, --dims 2 and/or 3")
     if a.threads < 0:
