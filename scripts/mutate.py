@@ -56,6 +56,8 @@ CL = "tests/test_clusters.py"
 ST = "tests/test_stability.py"
 GM = "tests/test_geometry_model.py"
 DG = "tests/test_dg.py"
+CVT = "tests/test_cluster_velocity.py"
+CV_SRC = "solver/velocity/_cluster.py"
 
 # fmt: off
 MUTATIONS: list[Mutation] = [
@@ -219,6 +221,40 @@ MUTATIONS: list[Mutation] = [
     Mutation("dg1: cluster zones of one layer of neighbours", "solver/transport/_dg.py",
              "    CLUSTER_RINGS = 2", "    CLUSTER_RINGS = 1",
              ("tests/test_point_mass.py", "-k", "dg1_s2")),
+    # ---- particles: the cluster (Taylor-moment) velocity of collapsed particles (issue #26)
+    Mutation("particles-cluster: Taylor remainder left out of the bound", CV_SRC,
+             "err = ec * mass[c] * (ac ** (p + 1) / fp1 + eps) * math.exp(ac)",
+             "err = ec * mass[c] * eps * math.exp(ac)", (CVT, "-k", "within_its_bound")),
+    Mutation("particles-cluster: gradient coefficients without the factor beta_a + 1", CV_SRC,
+             "gco = np.ascontiguousarray(coef[:, tb.grad_idx] * tb.grad_fac)",
+             "gco = np.ascontiguousarray(coef[:, tb.grad_idx])", (CVT, "-k", "within_its_bound")),
+    Mutation("particles-cluster: moments without 1/alpha!", CV_SRC, "coef = mom / tb.fact",
+             "coef = mom", (CVT, "-k", "within_its_bound")),
+    Mutation("particles-cluster: loose sources left out of the sums", CV_SRC,
+             "ej = lw[j] * math.exp(e - s)", "ej = 0.0 * lw[j] * math.exp(e - s)",
+             (CVT, "-k", "within_its_bound or one_term")),
+    Mutation("particles-cluster: the bound without the lever |c - g|", CV_SRC,
+             "etaN += err * (math.sqrt(dist) + rho[c])", "etaN += err * rho[c]",
+             (CVT, "-k", "within_its_bound")),
+    Mutation("particles-cluster: acceptance at tol instead of tol/2", CV_SRC,
+             "fail = ~(B <= 0.5 * self.tol * scale)", "fail = ~(B <= 1.0 * self.tol * scale)",
+             (CVT, "-k", "missing_the_bound")),
+    Mutation("particles-cluster: targets missing the bound not summed directly", CV_SRC,
+             "X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)", "pass",
+             (CVT, "-k", "missing_the_bound")),
+    Mutation("particles-cluster: grid cells of any size are clusters", CV_SRC,
+             "big = sizes >= min_members", "big = sizes >= 1", (CVT, "-k", "grid_clusters")),
+    Mutation("particles-cluster: Taylor tail with p! for (p+1)!", CV_SRC,
+             "/ math.factorial(order + 1)", "/ math.factorial(order)",
+             (CVT, "-k", "taylor_tail")),
+    Mutation("particles-cluster: max_cost unchecked", CV_SRC, "if not max_cost > 0:",
+             "if False:", (CVT, "-k", "bad_input")),
+    Mutation("particles-cluster: clusters option unchecked", "solver/particles.py",
+             "if not isinstance(clusters, (bool, np.bool_)):", "if False:",
+             (CVT, "-k", "bad_input")),
+    Mutation("particles-cluster: each rank partitions its own particles only",
+             "solver/particles.py", "cluster.set_points(xl, gather(xl))",
+             "cluster.set_points(xl, xl)", (CVT, "-k", "rank_independent")),
 ]
 # fmt: on
 

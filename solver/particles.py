@@ -192,7 +192,7 @@ def simulate_particles(
     :class:`~solver.velocity.FastVelocity` (``backend``, ``threads``, ``chunk``, ...).
 
     ``clusters`` (with the fast path, numba installed): at the start of every step the
-    particles are grouped (:func:`solver.velocity.find_clusters`); when they sit in few tight
+    particles are grouped (:func:`solver.velocity.grid_clusters`); when they sit in few tight
     clusters (after the collapse) the step's four evaluations take the cluster expansion of
     :class:`solver.velocity.ClusterVelocity` (each cluster one Taylor-moment term, ``O(n K
     d^{p+1})`` for ``K`` clusters, against ``O(n (deg + 1)²)``), under the same guarantee

@@ -7,7 +7,7 @@ import pytest
 from mpi4py import MPI
 
 import solver
-from solver.velocity import ClusterVelocity, attention_velocity, find_clusters
+from solver.velocity import ClusterVelocity, attention_velocity, grid_clusters
 from solver.velocity._cluster import (
     HAVE_NUMBA,
     MIN_MEMBERS,
@@ -117,10 +117,10 @@ def test_targets_missing_the_bound_are_summed_directly_or_declined():
     assert cv(w, A, V) is None and cv.report["method"] == "declined"
 
 
-def test_find_clusters_partition_and_bad_input():
+def test_grid_clusters_partition_and_bad_input():
     rng = np.random.default_rng(3)
     y, _ = clustered(rng, 500, 3, 4, 1e-5, loose=7)
-    perm, starts, loose = find_clusters(y, 1e-3)
+    perm, starts, loose = grid_clusters(y, 1e-3)
     assert sorted(np.concatenate([perm, loose]).tolist()) == list(range(500))  # a partition
     cells = [tuple(c) for c in np.floor(y / 1e-3).astype(int).tolist()]
     count = {c: cells.count(c) for c in set(cells)}
@@ -132,12 +132,12 @@ def test_find_clusters_partition_and_bad_input():
         g = y[perm[starts[c] : starts[c + 1]]]
         assert np.ptp(g, axis=0).max() <= 1e-3  # one grid cell
         assert np.all(np.diff(perm[starts[c] : starts[c + 1]]) > 0)
-    again = find_clusters(y.copy(), 1e-3)
+    again = grid_clusters(y.copy(), 1e-3)
     for a, b in zip((perm, starts, loose), again, strict=True):
         np.testing.assert_array_equal(a, b)
     for h in (0.0, -1.0, np.nan, np.inf):
         with pytest.raises(ValueError, match="h"):
-            find_clusters(y, h)
+            grid_clusters(y, h)
 
 
 def test_taylor_tail_and_radius():

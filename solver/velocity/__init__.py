@@ -6,7 +6,7 @@
   expansion, for fixed sources or, through :meth:`FastVelocity.set_points`, moving ones
   (the particles of :func:`solver.simulate_particles`);
 * :class:`ClusterVelocity` — collapsed particles: each tight cluster one Taylor-moment term
-  (error-controlled like the expansion), :func:`find_clusters` the grouping;
+  (error-controlled like the expansion), :func:`grid_clusters` the grouping;
 * :class:`NonlocalVelocity` — targets of this rank against the sources of all ranks, in a
   rank-independent order, by either method.
 
@@ -19,7 +19,7 @@ Examples
 array([[0., 1.]])
 """
 
-from ._cluster import ClusterVelocity, find_clusters
+from ._cluster import ClusterVelocity, grid_clusters
 from ._direct import attention_velocity, equal_weight_velocity, tangent_project
 from ._fast import FastVelocity
 from ._harmonics import degree_weights, num_terms, sphere_basis, truncation_tails
@@ -32,7 +32,7 @@ __all__ = [
     "NonlocalVelocity",
     "FastVelocity",
     "ClusterVelocity",
-    "find_clusters",
+    "grid_clusters",
     "num_terms",
     "sphere_basis",
     "degree_weights",

@@ -63,7 +63,7 @@ import numpy as np
 
 from ._direct import attention_velocity
 
-__all__ = ["ClusterVelocity", "find_clusters", "cluster_radius", "taylor_tail", "MAX_ORDER"]
+__all__ = ["ClusterVelocity", "grid_clusters", "cluster_radius", "taylor_tail", "MAX_ORDER"]
 
 #: highest Taylor order ``p`` (moments up to ``p + 1``)
 MAX_ORDER = 4
@@ -105,7 +105,7 @@ def cluster_radius(R: float, tol: float, order: int) -> float:
     return lo / R
 
 
-def find_clusters(y: np.ndarray, h: float, min_members: int = MIN_MEMBERS):
+def grid_clusters(y: np.ndarray, h: float, min_members: int = MIN_MEMBERS):
     """Group the sources ``y`` (M, d) by a grid of cell ``h``.
 
     Returns ``(perm, starts, loose)``: the sources of group ``c`` are ``perm[starts[c] :
@@ -384,7 +384,7 @@ class ClusterVelocity:
         R = max(float(np.linalg.norm(a, 2)) for a in A.reshape(-1, self.d, self.d))
         if h is None:
             h = min(cluster_radius(R, self.tol, self.p), 1.0)
-        perm, starts, loose = find_clusters(self.y, h)
+        perm, starts, loose = grid_clusters(self.y, h)
         K, L = len(starts) - 1, len(loose)
         cost = COST_NS["fixed"] + COST_NS["cluster"] * K + COST_NS["loose"] * L
         self.parts = (perm, starts, loose) if cost <= self.max_cost else None
