@@ -89,6 +89,7 @@ __all__ = [
     "phase_particles_case",
     "phase_convergence",
     "quantile_circle",
+    "quantile_sphere",
     "plot_phase_diagram",
 ]
 
@@ -129,9 +130,10 @@ PDE_INITIALS = ("mean", "cube")
 #: under refinement; :func:`solver.analysis.atoms_distance`)
 PDE_CRITERIA = ("reach", "atoms_w2")
 #: how the particles of ``particles.csv`` are drawn from ρ0: ``"random"`` (i.i.d., ``conv_seeds``
-#: draws per n) or ``"quantile"`` (S^1 only: the angles at the ``(i + 1/2)/n`` quantiles of ρ0
-#: from the antipode of its first moment, one deterministic draw per n, ``W_1(μ^n_0, ρ0) =
-#: O(1/n)`` without the draws' ``n^{-1/2}`` noise)
+#: draws per n) or ``"quantile"`` (one deterministic draw per n: on S^1 the angles at the
+#: ``(i + 1/2)/n`` quantiles of ρ0 from the antipode of its first moment, ``W_1(μ^n_0, ρ0) =
+#: O(1/n)``; on S^2 a Fibonacci lattice through the inverse Rosenblatt transform of ρ0,
+#: :func:`quantile_sphere`; neither has the draws' ``n^{-1/2}`` noise)
 CONV_DRAWS = ("random", "quantile")
 
 PHASE_COLUMNS = ["t_enter", "t_exit", "t_exit_pointmass", "phi0", "final_distance"]
@@ -157,8 +159,7 @@ def phase_check(p: dict) -> None:
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
     require(p, "pde_criterion", p["pde_criterion"] in PDE_CRITERIA, f"one of {PDE_CRITERIA}")
     require(p, "conv_draw", p["conv_draw"] in CONV_DRAWS, f"one of {CONV_DRAWS}")
-    require(p, "conv_draw", p["conv_draw"] == "random" or list(p["conv_spheres"]) == [1],
-            "'random' unless conv_spheres = [1] (quantiles of ρ0 exist on S^1 only)")  # fmt: skip
+
     positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
              "conv_eps_max")  # fmt: skip
     require(p, "conv_seeds", len(p["conv_seeds"]) == len(p["conv_n"]),
@@ -387,6 +388,74 @@ def quantile_circle(f: Callable, n: int, grid: int = 1 << 16) -> np.ndarray:
     return np.column_stack((np.cos(a), np.sin(a)))
 
 
+GOLDEN = (1 + math.sqrt(5)) / 2
+
+
+def quantile_sphere(f: Callable, n: int, grid: int = 1024, azimuths: int = 128) -> np.ndarray:
+    """``n`` points on S^2 placed by the density ``f`` (of points ``(N, 3)``, unnormalised): a
+    Fibonacci lattice mapped by the inverse Rosenblatt transform of ``f`` about the axis ``a``
+    of its first moment. With ``z = ⟨a, x⟩`` (the surface measure is ``dz dφ``), point ``i``
+    has ``z_i`` at the ``(i + 1/2)/n`` quantile of the marginal ``∫ f dφ`` (counted from the
+    antipode of the first moment) and its azimuth at the quantile ``frac(i/ϕ)`` (ϕ the golden
+    ratio) of ``f(z_i, ·)``: for a density symmetric about ``a`` the azimuths are the golden
+    angles and the points' mean lies on ``a`` up to the lattice's ``O(log n / n)``, without a
+    random draw's ``n^{-1/2}`` noise. CDFs: trapezoidal rule on ``grid`` levels of ``z`` and
+    ``azimuths`` equal arcs, inverted by linear interpolation."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    n = int(n)
+    z = np.linspace(-1.0, 1.0, grid + 1)
+    ph = np.linspace(0.0, 2 * np.pi, azimuths, endpoint=False)
+
+    def points(zz, pp, frame):
+        r = np.sqrt(np.clip(1 - zz * zz, 0.0, None))
+        a, e1, e2 = frame
+        return (zz[..., None] * a + (r * np.cos(pp))[..., None] * e1
+                + (r * np.sin(pp))[..., None] * e2)  # fmt: skip
+
+    eye = np.eye(3)
+    Z, P = np.meshgrid(z, ph, indexing="ij")
+    v = f(points(Z, P, eye).reshape(-1, 3)).reshape(Z.shape)
+    if not (np.all(np.isfinite(v)) and np.all(v >= 0) and v.sum() > 0):
+        raise ValueError("the density must be finite, non-negative and not zero on S^2")
+    m = np.trapezoid(np.einsum("zp,zpd->zd", v, points(Z, P, eye)), z, axis=0)
+    a = m / np.linalg.norm(m) if np.linalg.norm(m) > 0 else eye[2]
+    e1 = np.cross(a, eye[np.argmin(np.abs(a))])
+    e1 /= np.linalg.norm(e1)
+    frame = (a, e1, np.cross(a, e1))
+    Z, P = np.meshgrid(z, ph, indexing="ij")
+    marg = f(points(Z, P, frame).reshape(-1, 3)).reshape(Z.shape).mean(axis=1)
+    cdf = np.concatenate(([0.0], np.cumsum(0.5 * (marg[1:] + marg[:-1]))))
+    zi = np.interp((np.arange(n) + 0.5) / n * cdf[-1], cdf, z)
+    u = np.mod(np.arange(n) / GOLDEN, 1.0)
+    phe = np.append(ph, 2 * np.pi)
+    out = np.empty((n, 3))
+    for s in range(0, n, 2048):
+        zz, uu = zi[s : s + 2048], u[s : s + 2048]
+        w = f(points(np.repeat(zz, azimuths), np.tile(ph, len(zz)), frame)).reshape(-1, azimuths)
+        w = np.concatenate((w, w[:, :1]), axis=1)
+        c = np.concatenate((np.zeros((len(zz), 1)), np.cumsum(0.5 * (w[:, 1:] + w[:, :-1]),
+                                                              axis=1)), axis=1)  # fmt: skip
+        t = uu * c[:, -1]
+        k = np.clip(np.sum(c <= t[:, None], axis=1) - 1, 0, azimuths - 1)
+        rows = np.arange(len(zz))
+        lo, hi = c[rows, k], c[rows, k + 1]
+        frac = np.where(hi > lo, (t - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+        pi = phe[k] + frac * (phe[k + 1] - phe[k])
+        out[s : s + 2048] = points(zz, pi, frame)
+    return out
+
+
+def conv_points(p: dict, d: int, n: int, seed: int) -> np.ndarray:
+    """The ``n`` particles of ``particles.csv`` on S^{d−1} drawn from the PDE's ρ0:
+    ``conv_draw = "quantile"``: :func:`quantile_circle` (d = 2) or :func:`quantile_sphere`
+    (d = 3), deterministic; ``"random"``: i.i.d. by rejection sampling with ``seed``."""
+    f = phase_pde_initial(p, d)
+    if p["conv_draw"] == "quantile":
+        return (quantile_circle if d == 2 else quantile_sphere)(f, n)
+    return _PDEInitial(f).sample(n, d, np.random.default_rng(seed))
+
+
 def phase_particles_case(p: dict, case: dict) -> list[dict]:
     r"""Measure-level entry/exit times of ``n`` particles drawn i.i.d. (seed ``seed``) from
     the PDE's initial density, one row per ε of :func:`phase_conv_eps`.
@@ -401,17 +470,15 @@ def phase_particles_case(p: dict, case: dict) -> list[dict]:
     (:func:`atoms_distance`), ``C`` the centres of the final base configuration's clusters
     (:func:`find_clusters`, radius ``δ/2``, at least ``ATOM_MIN_MASS`` each, as the PDE's
     modes): a straggler still crossing the sphere would otherwise be an atom. With
-    ``conv_draw = "quantile"`` the draw is :func:`quantile_circle` of ρ0 (``seed`` unused). The
+    ``conv_draw = "quantile"`` the draw is :func:`quantile_circle` (S^1) or
+    :func:`quantile_sphere` (S^2) of ρ0 (``seed`` unused). The
     PDE takes ``C`` from ``μ_t`` at every saved time instead; both are the same single point
     in the limit, since ``ρ0 = 1 + d⟨m, x⟩`` is invariant under the
     rotations about ``m`` and so is the base flow (``Q = K = V = I`` commute with them): its
     only mode stays on the axis ``m``. ``t_base_*``: the same for ``μ^n``."""
     d = int(case["sphere"]) + 1
     n, seed = int(case["n"]), int(case["seed"])
-    if p["conv_draw"] == "quantile":
-        x0 = quantile_circle(phase_pde_initial(p, d), n)
-    else:
-        x0 = _PDEInitial(phase_pde_initial(p, d)).sample(n, d, np.random.default_rng(seed))
+    x0 = conv_points(p, d, n, seed)
 
     def run(model):
         return simulate_particles(model, x0, p["conv_T"], dt=p["conv_dt"],
