@@ -58,6 +58,8 @@ GM = "tests/test_geometry_model.py"
 DG = "tests/test_dg.py"
 CVT = "tests/test_cluster_velocity.py"
 CV_SRC = "solver/velocity/_cluster.py"
+ADG = "solver/transport/_active_dg.py"
+ADGT = ("tests/test_active_set.py", "-k", "moving_cells")
 
 # fmt: off
 MUTATIONS: list[Mutation] = [
@@ -255,6 +257,28 @@ MUTATIONS: list[Mutation] = [
     Mutation("particles-cluster: each rank partitions its own particles only",
              "solver/particles.py", "cluster.set_points(xl, gather(xl))",
              "cluster.set_points(xl, xl)", (CVT, "-k", "rank_independent")),
+    Mutation("active-dg: cells with a directional velocity left out of the live set", ADG,
+             "live = _members(self._nloc, moving, self._donor_fields(moving))",
+             "live = moving if self._donor_fields(moving) is None else moving", ADGT),
+    Mutation("active-dg: density entered on the live owned cells only", ADG,
+             "near = self._owned_near(live)", "near = live[live < nown]", ADGT),
+    Mutation("active-dg: one layer of cluster zone", ADG,
+             "for _ in range(op.CLUSTER_RINGS):", "for _ in range(op.CLUSTER_RINGS - 1):", ADGT),
+    Mutation("active-dg: positivity step without the neighbours' speed", ADG,
+             "speed = np.maximum(speed, nbn.max(axis=(1, 2)))", "pass", ADGT),
+    Mutation("active-dg: limiter skips the zone cells", ADG,
+             "self._rows = _members(nown, near, self._zset)",
+             "self._rows = near[self._zone[near] == 0]", ADGT),
+    Mutation("active-dg: first limit not on every cell", ADG,
+             "self._rows = None  # the cells the last stage changed (None: limit every cell)",
+             "self._rows = np.zeros(0, dtype=np.int64)", ADGT),
+    Mutation("active-dg: stale directional velocity", ADG, "a[self._a_set] = 0.0", "pass", ADGT),
+    Mutation("active-dg: stale centroid velocity", ADG, "uc[self._uc_set] = 0.0", "pass", ADGT),
+    Mutation("active-dg: stale cluster weight", ADG, "zone[self._zset] = 0.0", "pass", ADGT),
+    Mutation("active-dg: stale cluster field", ADG, "t[self._zset] = 0.0", "pass", ADGT),
+    Mutation("active: resume fingerprint without the active tail", "solver/run.py",
+             "degree=degree, active=active,", "degree=degree, active=None,",
+             ("tests/test_run_folder.py", "-k", "refuses_every_changed")),
 ]
 # fmt: on
 
