@@ -320,7 +320,10 @@ class ClusterState:
         alone = comm.size == 1
         w, y, dist0 = avg * self.sm.areas, self.sm.centroids, self.dist
         if keep is not None:
-            w, y, labels, dist0 = w[keep], y[keep], labels[keep], dist0[keep]
+            w = w[keep]
+            if keep.size == 0:  # no heavy cell here: one cell of no weight (the snap needs one)
+                keep, w = np.zeros(1, dtype=np.int64), np.zeros(1)
+            y, labels, dist0 = y[keep], labels[keep], dist0[keep]
         snapped = snap_to_clusters(y, w, labels, self.radius, k=k, anchors=self._cell_of,
                                    reduce=None if alone else comm.allreduce)  # fmt: skip
         moved = np.any(snapped != y, axis=1)

@@ -1,6 +1,8 @@
 """The per-step cost of the active set (issue 26, "cost follows the mass"): each shortcut gives
 the result of the path it replaces (to round-off, or within the tail where it says so)."""
 
+import json
+
 import numpy as np
 import pytest
 from mpi4py import MPI
@@ -134,3 +136,55 @@ def test_mass_floor_is_its_sorted_definition():
     # tail and stay below the floor
     m = np.array([1.0, 1.5, 0.0, 1.5]) if COMM.rank == 0 else np.zeros(0)
     assert mass_floor(COMM, m, 0.25) == mass_floor_sorted(COMM, m, 0.25) == 1.5
+
+
+def cluster_run(tail, comm=COMM):
+    """One point mass (on a uniform background of ``1e-14``: every cell holds mass, the
+    background together less than ``1e-12``) drifting under a perturbed model on the level-2
+    icosphere to ``T = 3``, with the δ-cluster state at every step: on two ranks the cluster
+    sits on one of them, and the other holds no heavy cell."""
+    sm = solver.sphere_mesh(comm, 2, refinement=2)
+    x0 = solver.normalize(np.array([1.0, 0.3, 1.0]))
+    model = solver.Model(np.eye(3), np.eye(3), np.eye(3))
+    pert = model.perturbed(solver.TiedLoRA(dA=np.zeros((3, 3)), dV=-0.3 * np.diag([0, 0, 1.0])))
+
+    def init(x):
+        return np.exp(1e4 * (x @ x0 - 1.0)) + 1e-14
+
+    return solver.evolve(sm, model, init, 3.0, perturbed=pert, w2=False, progress=False,
+                         active=tail, save_every=1.0)  # fmt: skip
+
+
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_active_cost import cluster_run, COMM
+r = cluster_run({tail!r})
+if COMM.rank == 0:
+    print("JSON" + json.dumps({{"columns": r.columns, "rows": r.diagnostics.tolist()}}))
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(COMM.size > 1, reason="runs mpiexec -n 2 itself")
+def test_cluster_state_of_an_active_run_is_the_same_on_two_ranks(run):
+    """The active-set run's δ-cluster state (heavy cells only) on two ranks, one of which holds
+    no heavy cell, is the one-rank state to round-off (and finishes: a rank without heavy
+    cells still takes part in every reduction); the one-rank state is the full run's within
+    the run's own difference (light cells move differently: 1e-10)."""
+    from conftest import ROOT
+
+    tail = 1e-12
+    one = cluster_run(tail)
+    full = cluster_run(None)
+    p = run(["-c", SCRIPT.format(tests=str(ROOT / "tests"), tail=tail)], nprocs=2, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    two = json.loads(p.stdout.split("JSON", 1)[1])
+    assert two["columns"] == one.columns
+    rows = np.array(two["rows"])
+    assert rows.shape == one.diagnostics.shape
+    for name in ("mass_outside_base", "mass_outside", "reach_base", "reach", "atoms_w2"):
+        i = one.columns.index(name)
+        assert np.abs(rows[:, i] - one.diagnostics[:, i]).max() <= 1e-12, name
+        assert np.abs(full.diagnostics[:, i] - one.diagnostics[:, i]).max() <= 1e-10, name
+    assert one.column("clusters").max() >= 1  # the state was computed
