@@ -188,3 +188,20 @@ def test_cluster_state_of_an_active_run_is_the_same_on_two_ranks(run):
         assert np.abs(rows[:, i] - one.diagnostics[:, i]).max() <= 1e-12, name
         assert np.abs(full.diagnostics[:, i] - one.diagnostics[:, i]).max() <= 1e-10, name
     assert one.column("clusters").max() >= 1  # the state was computed
+
+
+def test_density_diagnostics_min_and_max_in_one_reduction():
+    """``density_diagnostics`` (the sums in one reduction, the minimum and maximum in one
+    reduction of ``(-min, max)``) gives the mass, the extremes and the first moments of the
+    whole density, on every rank, exactly as the gathered arrays do (sums to round-off)."""
+    from solver.analysis import density_diagnostics
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=2)
+    rng = np.random.default_rng(5)
+    rho_all = rng.random(sm.num_cells) * 3.0 - 0.5  # negative too: the minimum's sign
+    rho = sm.scatter(rho_all)
+    d = density_diagnostics(sm, rho)
+    areas, cen = COMM.bcast(sm.gather(sm.areas)), COMM.bcast(sm.gather(sm.centroids))
+    assert d[1] == rho_all.min() and d[2] == rho_all.max()
+    assert d[0] == pytest.approx(rho_all @ areas, rel=1e-13)
+    assert np.allclose(d[3:], (rho_all * areas) @ cen, rtol=1e-12, atol=1e-14)

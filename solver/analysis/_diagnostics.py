@@ -31,12 +31,12 @@ def density_diagnostics(sm, rho: np.ndarray) -> list[float]:
     """``[mass, min, max, moment...]`` of owned cell averages ``rho`` (all ranks)."""
     comm = sm.comm
     w = rho * sm.areas
-    local = np.concatenate([[w.sum()], w @ sm.centroids])
-    glob = np.empty_like(local)
-    comm.Allreduce(local, glob, op=MPI.SUM)
-    lo = comm.allreduce(float(rho.min(initial=np.inf)), op=MPI.MIN)
-    hi = comm.allreduce(float(rho.max(initial=-np.inf)), op=MPI.MAX)
-    return [float(glob[0]), lo, hi] + [float(v) for v in glob[1:]]
+    glob = np.concatenate([[w.sum()], w @ sm.centroids])
+    ext = np.array([-rho.min(initial=np.inf), rho.max(initial=-np.inf)])  # one MAX for both
+    if comm.size > 1:  # one rank: nothing to reduce
+        comm.Allreduce(MPI.IN_PLACE, glob, op=MPI.SUM)
+        comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MAX)
+    return [float(glob[0]), float(-ext[0]), float(ext[1])] + [float(v) for v in glob[1:]]
 
 
 def drift_diagnostics(sm, d_mu: list[float], d_nu: list[float], rho, rho_nu) -> list[float]:

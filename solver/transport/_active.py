@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 from dolfinx import fem, la
+from mpi4py import MPI
 
 from ..velocity._active import tail_cut
 from ._forms import mass_floor
@@ -209,11 +210,18 @@ class ActiveDG0:
     def step_limits(self, velocity: np.ndarray, rho: np.ndarray, tail: float) -> tuple:
         """The operator's :meth:`~solver.transport.DG0Upwind.step_limits` (the outflow rates
         on the flux region; zero elsewhere)."""
-        op = self.op
+        op, comm = self.op, self.op.sm.comm
         out = self._cell_outflow(*self._speeds(velocity, None)).copy()
         m = rho * op.sm.areas
-        floor = mass_floor(op.sm.comm, m, tail)
-        return op._min_ratio(out), op._min_ratio(out, m >= floor)
+        floor = mass_floor(comm, m, tail)
+        pos = out > 0
+        heavy = pos & (m >= floor)
+        area = op.sm.areas
+        lims = np.array([np.min(area[pos] / out[pos], initial=np.inf),
+                         np.min(area[heavy] / out[heavy], initial=np.inf)])  # fmt: skip
+        if comm.size > 1:  # both limits in one reduction
+            comm.Allreduce(MPI.IN_PLACE, lims, op=MPI.MIN)
+        return float(lims[0]), float(lims[1])
 
     def rhs(self, velocity: np.ndarray, rho: np.ndarray) -> np.ndarray:
         """The operator's :meth:`~solver.transport.DG0Upwind.rhs` on the flux region."""
