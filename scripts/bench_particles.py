@@ -144,7 +144,8 @@ def scale(a, argv) -> None:
     model = solver.Model(s * np.eye(d), s * np.eye(d), np.eye(d))
     A, V = model.parameters(0.0)
     x0 = solver.sample_particles(solver.Uniform(), n, d, seed=0)
-    kw = {"velocity": "fast", "tolerance": tol, "comm": comm}
+    kw = {"velocity": "fast", "tolerance": tol, "comm": comm,
+          "fast_options": {"threads": a.threads} if a.threads else {}}  # fmt: skip
     # compile / load the kernels of both evaluations (not timed)
     rng = np.random.default_rng(0)
     tight = x0[0] + 1e-6 * rng.standard_normal((600, d))
@@ -202,7 +203,7 @@ def scale(a, argv) -> None:
             acc.append(f"{name} at t = {T / 2:g}: max error on {a.samples} sampled particles "
                        f"{err:.1e} = {err / scale_:.1e} of the tolerance's scale (max |X| = "
                        f"{xs:.1e}, floor 1e4 u max|V m| / tol); its bound {bound:.1e}")  # fmt: skip
-    threads = solver.parallel.threads_per_rank(comm)  # collective
+    threads = a.threads or solver.parallel.threads_per_rank(comm)  # collective
     if not root:
         return
     ranks = comm.size
@@ -221,7 +222,7 @@ def scale(a, argv) -> None:
     notes = [
         f"n = {n:,} uniform particles (seed 0) on S^2, A = {a.beta:g} I, V = I, dt = {dt:g} "
         f"(RK4: 4 evaluations per step), tolerance {tol:g}; {ranks} rank(s), one BLAS thread "
-        f"and {threads} numba thread(s) per rank (the expansion's default); load average "
+        f"and {threads} numba thread(s) per rank (--threads); load average "
         f"{load0:.1f} before the run, {load1:.1f} after it "
         "(the machine is shared with other sessions: wall time is CPU time stretched by the "
         "load; CPU time summed over the ranks).",

@@ -93,3 +93,31 @@ def test_bench_particles_tiny(run, tmp_path):
 def test_bench_particles_rejects_bad_options(run):
     p = run(["scripts/bench_particles.py", "--dims", "4"], 1)
     assert p.returncode == 2 and "--dims 2 and/or 3" in p.stderr
+    p = run(["scripts/bench_particles.py", "--scale", "--scale-n", "10"], 1)
+    assert p.returncode == 2 and "--scale-n must be >= 600" in p.stderr
+
+
+def test_bench_particles_scale_tiny(run, tmp_path):
+    """``--scale`` on 600 particles (A = 2 I, to T = 16, where they collapse into clusters
+    late in the run): the run's row with both kinds of evaluations, the estimated baseline and
+    its ratio, the three probes, the accuracy line at T / 2 (within the tolerance), the
+    table with its command."""
+    table = tmp_path / "scale.md"
+    args = ["--scale", "--scale-n", "600", "--scale-T", "16", "--beta", "2", "--probe-steps",
+            "2", "--samples", "20", "--write-table", str(table)]  # fmt: skip
+    p = run(["scripts/bench_particles.py", *args], 1)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    m = re.search(r"^run to T = 16 \| 160 \| \S+ \| \S+ \| \S+ \| (\d+) expansion \+ (\d+) "
+                  r"cluster \| -$", out, re.M)  # fmt: skip
+    assert m and int(m.group(1)) + int(m.group(2)) == 640 and int(m.group(2)) > 0, out
+    assert re.search(r"^baseline to T = 16 \(estimated\) \| 160 \| .* \| \S+x$", out, re.M), out
+    for probe in ("uniform start, clusters=True", "collapsed (t = 8), clusters=False (baseline)",
+                  "collapsed (t = 8), clusters=True"):  # fmt: skip
+        assert re.search(rf"^{re.escape(probe)} \| 2 \| ", out, re.M), out
+    m = re.search(r"^expansion at t = 8: max error on 20 sampled particles \S+ = (\S+) of the "
+                  r"tolerance's scale", out, re.M)  # fmt: skip
+    assert m and float(m.group(1)) <= 1.0, out
+    text = table.read_text()
+    assert f"`.venv/bin/python scripts/bench_particles.py {' '.join(args)}`" in text, text
+    assert len([ln for ln in text.splitlines() if ln.startswith("| ")]) == 1 + 5, text

@@ -103,18 +103,48 @@ def test_targets_missing_the_bound_are_summed_directly_or_declined():
     y /= np.linalg.norm(y, axis=1, keepdims=True)
     w = np.full(300, 1 / 300)
     A, V = 20 * np.eye(3), np.eye(3)
-    tol = 1e-6
-    cv = ClusterVelocity(MPI.COMM_SELF, y, y, tolerance=tol, target_offset=0, order=1,
+    Xd = attention_velocity(y, y, w, A, V)
+    xmax = np.linalg.norm(Xd, axis=1).max()
+    cv = ClusterVelocity(MPI.COMM_SELF, y, y, tolerance=0.5, target_offset=0, order=1,
                          max_cost=np.inf, max_fail=1.0)  # fmt: skip
     assert cv.partition(A, h=0.5)  # a coarse grid: the wide cluster is one group
+    cv(w, A, V)
+    # a tolerance whose acceptance threshold tol max|X| / 2 cuts the wide cluster's bounds,
+    # with bounds between tol max|X| / 2 and tol max|X| (accepted at tol instead of tol/2)
+    tol = 1.5 * np.median(cv.bounds[150:]) / xmax
+    cv.tol = tol
     X = cv(w, A, V)
-    miss = cv.bounds > 0.5 * tol * np.linalg.norm(X, axis=1).max()
-    assert not miss[:150].any() and miss[150:].sum() >= 100
+    B = cv.bounds
+    miss = B > 0.5 * tol * xmax * (1 + 1e-6)
+    band = (B > 0.5 * tol * xmax * (1 + 1e-6)) & (B <= tol * xmax * (1 - 1e-6))
+    assert not miss[:150].any() and miss[150:].sum() >= 50 and band.sum() >= 10
     assert cv.report["direct_targets"] == miss.sum()
-    Xd = attention_velocity(y, y, w, A, V)
-    assert np.abs(X - Xd).max() <= tol * np.linalg.norm(Xd, axis=1).max()
+    assert cv.report["bound"] <= tol / 2
+    assert np.abs(X - Xd).max() <= tol * xmax
     cv.max_fail = 0.0
     assert cv(w, A, V) is None and cv.report["method"] == "declined"
+
+
+def test_bound_nearly_attained_by_pairs_along_u():
+    """A target between two clusters, each of pairs of sources at ``c ± ρ e`` along ``u = A x``
+    (where the Lagrange remainder and the triangle inequalities are nearly equalities), the
+    weights unequal: the error of order 1 is between a quarter of the bound and the bound (the
+    lever ``|c - g|`` of each cluster's denominator error is needed: without it the bound
+    falls below the error)."""
+    th, rho, R = 0.1, 3e-3, 3.0
+    c1, c2 = np.array([np.cos(th), np.sin(th), 0]), np.array([np.cos(th), -np.sin(th), 0])
+    e = np.array([1.0, 0.0, 0.0])
+    y = np.array([c1 + rho * e] * 3 + [c1 - rho * e] * 3 + [c2] * 6)
+    w = np.array([2.0] * 6 + [1.0] * 6) / 18
+    x = np.array([[1.0, 0.0, 0.0]])
+    A, V = R * np.eye(3), np.eye(3)
+    cv = ClusterVelocity(MPI.COMM_SELF, x, y, tolerance=0.5, order=1, max_cost=np.inf)
+    assert cv.partition(A, h=0.05) and cv.report["clusters"] == 2
+    X = cv(w, A, V)
+    assert cv.report["direct_targets"] == 0
+    err = np.linalg.norm(X - attention_velocity(x, y, w, A, V))
+    print(f"err {err:.3e}, bound {cv.bounds[0]:.3e}")
+    assert cv.bounds[0] / 4 <= err <= cv.bounds[0]
 
 
 def test_grid_clusters_partition_and_bad_input():
@@ -142,13 +172,15 @@ def test_grid_clusters_partition_and_bad_input():
 
 def test_taylor_tail_and_radius():
     """``τ_p`` bounds the Taylor remainder of ``e^t`` (checked at ``t = ±a``, the
-    remainder summed as its series), and
+    remainder summed as its series) and is attained up to ``e^a`` at ``t = a``, and
     :func:`cluster_radius` gives ``τ_p(R ρ) = tol / 16``."""
     for p in (1, 2, 3):
         for a in (1e-3, 0.1, 1.0):
             for t in (a, -a):
                 rem = abs(sum(t**k / math.factorial(k) for k in range(p + 1, p + 40)))
                 assert rem <= taylor_tail(a, p) * (1 + 1e-12)
+                if t > 0:  # and nearly attained: rem >= a^{p+1} / (p+1)! = τ_p(a) e^{-a}
+                    assert rem >= taylor_tail(a, p) * np.exp(-a) * (1 - 1e-12)
         rho = cluster_radius(2.0, 1e-10, p)
         assert taylor_tail(2.0 * rho, p) == pytest.approx(1e-10 / 16, rel=1e-9)
     alpha, parent, var = monomials(3, 4)
