@@ -237,7 +237,7 @@ MUTATIONS: list[Mutation] = [
              (CVT, "-k", "within_its_bound or one_term")),
     Mutation("particles-cluster: the bound without the lever |c - g|", CV_SRC,
              "etaN += err * (math.sqrt(dist) + rho[c])", "etaN += err * rho[c]",
-             (CVT, "-k", "within_its_bound")),
+             (CVT, "-k", "pairs_along_u")),
     Mutation("particles-cluster: acceptance at tol instead of tol/2", CV_SRC,
              "fail = ~(B <= 0.5 * self.tol * scale)", "fail = ~(B <= 1.0 * self.tol * scale)",
              (CVT, "-k", "missing_the_bound")),
