@@ -172,7 +172,7 @@ class ActiveDG0:
             # F they give exactly zero, on F the same numbers as the rows below
             aF = directional_velocity(ua, op._stencil)
             if rho is not None:
-                aF *= cluster_weight(op.rho.x.array, nbr)[:, None]
+                aF *= cluster_weight(op.rho.x.array, nbr, op.cluster_scale)[:, None]
             a.array[: aF.size] = aF.ravel()
             a.array[aF.size :] = 0.0
         else:
@@ -190,7 +190,9 @@ class ActiveDG0:
                 aF = directional_velocity_numpy(u_ext, st)
             if rho is not None:  # the cluster weight (the positivity limits use a unweighted)
                 rl = op.rho.x.array
-                aF *= cluster_weight(np.concatenate([rl[F], rl[nb.ravel()]]), nb_ext)[:, None]
+                wF = cluster_weight(np.concatenate([rl[F], rl[nb.ravel()]]), nb_ext,
+                                    op.cluster_scale[F])  # fmt: skip
+                aF *= wF[:, None]
             a.array[:] = 0.0
             a.array.reshape(-1, gdim)[F] = aF
         a.scatter_forward()

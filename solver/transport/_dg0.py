@@ -103,13 +103,32 @@ per-cell correction (of the size of ``|u_K|`` on triangles) only adds numerical 
 exact solution below: L1 order 0.57 / 0.71 with it everywhere). So the directional outflow is
 weighted per cell, ``o_{K,F} = (½ (u_K + u_L)·ñ)^+ + w_K (a_K·ñ)^+``, by a continuous function
 of the density (:func:`cluster_weight`): ``w_K = 1`` where the emptiest neighbour of ``K``
-holds less than 0.6 of ``ρ_K`` (a cluster narrower than a cell, or spread over a few cells by
-the scheme's own diffusion), ``0`` above 0.9 (smooth on the scale of the cells), linear in
-between. Measured (2026-12-07): the smooth exact solution of uniform attention with a
-non-symmetric ``V`` (:func:`solver.analysis.hyperbolic_centre`, S^2, ``T = 2``), L1 errors
-0.1021 / 0.0592 / 0.0314 at icosphere levels 3 / 4 / 5 (facet-velocity flux: 0.1070 / 0.0592 /
-0.0313; the correction everywhere: 0.125 / 0.086 / 0.057), S^1 order 0.88 at 256 - 512 cells;
-point masses on S^1 (120 cells) within 0.26 % and on S^2 (level 3) within 0.19 % of the ODE.
+holds less than ``s_0`` of ``ρ_K`` (a cluster narrower than a cell, or spread over a few cells
+by the scheme's own diffusion), ``0`` above ``s_1`` (smooth on the scale of the cells), linear
+in between, with ``1 - s_i = (1 - c_i) (h_K / 0.08)^{1/2}``, ``(c_0, c_1) = (0.6, 0.9)``
+(:data:`CLUSTER`, :data:`CLUSTER_H`, :func:`cluster_scale`; ``h_K = |K|^{1/(gdim-1)}``).
+
+Why the thresholds widen as ``h^{1/2}``: while a smooth measure *collapses* into a cluster of
+width ``σ`` (shrinking like ``e^{-λt}``) and drifts at ``v``, the facet-velocity part moves the
+first moment with an error ``~ v h / σ`` (the upwind error ``½ h u'`` of a cell, summed over a
+cluster whose mass is not symmetric about the velocity's zero). Summed over the collapse that
+is ``~ v h / (λ σ_w)``, ``σ_w`` the width at which ``w`` turns on. With fixed thresholds
+``σ_w`` is a fixed number of cells (the peak cell's neighbours hold ``e^{-h²/2σ²}`` of it) and
+the cluster trailed the particles' by a lag that did not shrink with ``h`` (S^1, phase
+diagram's tiny case, ``ε = 0.0218``, ``T = 12``: −1.42e-3 / −1.44e-3 / −1.6e-3 rad at 256 /
+1,024 / 2,048 cells). With ``1 - s ∝ h^{1/2}``, ``σ_w / h ∝ h^{-1/4}`` grows and the lag
+falls as ``h^{1/4}`` (measured 2026-12-08: −8.85e-4 / −5.59e-4 / −5.14e-4;
+tests/test_collapse.py), while a density smooth on a fixed scale has ``min_L ρ_L / ρ_K = 1 -
+O(h)`` above ``s_1`` once ``h`` is small, so the smooth order is kept. Widening as ``h``
+instead (lag ``∝ h^{1/2}``) costs the smooth peak (S^2 level 5 below: 1.12x the facet flux;
+``h^{3/4}``: 1.024x), so ``h^{1/2}`` is the widest the smooth bars allow.
+
+Measured (2026-12-08): the smooth exact solution of uniform attention with a non-symmetric
+``V`` (:func:`solver.analysis.hyperbolic_centre`, S^2, ``T = 1.5``), L1 errors 0.0655 /
+0.03616 / 0.01889 at icosphere levels 3 / 4 / 5 (facet-velocity flux: 0.06602 / 0.03608 /
+0.01893; successive orders 0.857, 0.937), ``T = 2`` at level 3 0.1030 (facet 0.1070); S^1
+(``T = 2``) 0.0514 / 0.0275 / 0.0146 at 256 / 512 / 1,024 cells (orders 0.90, 0.92); point masses on S^1 (120 cells) within 0.26 % and on
+S^2 (level 3) within 0.19 % of the ODE (tests/test_transport.py, tests/test_point_mass.py).
 
 A case split is never a jump: the cone of ``E_K`` is the pair with the largest smaller
 coefficient (at a cone's edge both pairs give the same outflows), and ``w_K`` is continuous,
@@ -222,6 +241,8 @@ class DG0Upwind:
         if self.first_moment:
             self.a = fem.Function(self.Vu, name="directional_velocity")
             self._stencil = cell_stencil(sm)
+            #: the owned cells' threshold factor of :func:`cluster_weight`
+            self.cluster_scale = cluster_scale(sm.areas, gdim)
         out_p, out_m = upwind_outflows(self.u, msh, donor=flux == "donor", direction=self.a)
         flux_form = upwind_flux(self.rho, (out_p, out_m))
         dS = ufl.dS(metadata={"quadrature_degree": qdeg})
@@ -475,7 +496,7 @@ class DG0Upwind:
         self.rho.x.array[: self._nown] = rho
         self.rho.x.scatter_forward()
         if self.a is not None:
-            w = cluster_weight(self.rho.x.array, self._stencil["nbr"])
+            w = cluster_weight(self.rho.x.array, self._stencil["nbr"], self.cluster_scale)
             self.a.x.array[: w.size * self.sm.gdim] *= np.repeat(w, self.sm.gdim)
             self.a.x.scatter_forward()
 
@@ -581,21 +602,36 @@ def directional_velocity_numpy(u: np.ndarray, st: dict) -> np.ndarray:
 
 
 #: a cell whose emptiest neighbour holds less than ``s_0`` of its density counts as a cluster
-#: (weight 1), more than ``s_1`` as smooth (weight 0): :func:`cluster_weight`
+#: (weight 1), more than ``s_1`` as smooth (weight 0), for cells of size :data:`CLUSTER_H`;
+#: on cells of size ``h`` the thresholds are ``1 - (1 - s_i) (h / CLUSTER_H)^{1/2}``
+#: (:func:`cluster_scale`, :func:`cluster_weight`)
 CLUSTER = (0.6, 0.9)
+#: the cell size (radians; ``|K|^{1/(gdim-1)}``) at which the thresholds are :data:`CLUSTER`
+CLUSTER_H = 0.08
 
 
-def cluster_weight(rho: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+def cluster_scale(areas: np.ndarray, gdim: int) -> np.ndarray:
+    """``(h_K / CLUSTER_H)^{1/2}`` with ``h_K = |K|^{1/(gdim-1)}`` (the cell's length on
+    ``S^1``, the square root of its area on ``S^2``): the factor of :func:`cluster_weight`'s
+    threshold gaps ``1 - s_i`` (module doc, "Where the correction applies")."""
+    return np.sqrt(np.asarray(areas, dtype=float) ** (1.0 / (gdim - 1)) / CLUSTER_H)
+
+
+def cluster_weight(rho: np.ndarray, nbr: np.ndarray, scale=None) -> np.ndarray:
     """``w_K = clip((s_1 ρ_K - min_L ρ_L) / ((s_1 - s_0) ρ_K), 0, 1)`` over the neighbours
-    ``L`` of each owned cell ``K`` (``(s_0, s_1)`` = :data:`CLUSTER`; ``rho`` the local cell
-    averages, owned then ghosts; ``nbr`` the stencil's neighbours).
+    ``L`` of each owned cell ``K``, with ``s_i = 1 - (1 - c_i) f_K`` (``(c_0, c_1)`` =
+    :data:`CLUSTER`, ``f_K`` = ``scale``, per owned cell, :func:`cluster_scale`; ``None``:
+    ``f = 1``); ``rho`` the local cell averages, owned then ghosts; ``nbr`` the stencil's
+    neighbours.
 
     Where the density is smooth on the scale of the cells, ``min_L ρ_L / ρ_K = 1 - O(h)`` and
     ``w = 0``: the facet-velocity upwind flux, first order. A cluster narrower than a cell sits
     in one cell (or splits over a few), each of which has an empty neighbour: ``w = 1``, and
     its mass moves with the first moment of a point mass. ``w`` is continuous in ``ρ`` (it
     multiplies an outflow of ``ρ_K``, so ``ρ_K → 0`` is continuous too)."""
-    s0, s1 = CLUSTER
+    c0, c1 = CLUSTER
+    f = 1.0 if scale is None else np.asarray(scale, dtype=float)
+    s0, s1 = 1.0 - (1.0 - c0) * f, 1.0 - (1.0 - c1) * f
     rk = rho[: len(nbr)]
     mn = rho[nbr].min(axis=1)
     return np.clip((s1 * rk - mn) / np.maximum((s1 - s0) * rk, 1e-300), 0.0, 1.0)
