@@ -12,20 +12,22 @@ S^2 those in pde_s2_eps = [lo, hi]), one solver.evolve of both flows (DG0, adapt
 S^1: pde_cells cells, S^2: the icosphere of level pde_refinement) to pde_T or to the first
 saved time after the exit, from rho0 ~ 1 + d <m, x> with m the mean of the particles' draw
 (pde_initial = "mean"; the uniform density itself is stationary) or the authors' cube draw
-projected to the sphere, rho0 ~ 1 / max_i |x_i|^d ("cube"). Measure-level state: at most
-pde_tol of the mass farther than delta from the base flow's current clusters, each cell within
-the point-mass radius of its own cluster's centre counted at that centre (the resolution of
-the mesh). Four phases: not yet clustered, no forgetting, forgetting, and forgotten before
-clustering (the perturbed flow never enters while the base flow is clustered:
-t >= t_base_enter). The figure shows the PDE's phases with the particles' t_enter / t_exit on
-top.
+projected to the sphere, rho0 ~ 1 / max_i |x_i|^d ("cube"). Measure-level state
+(pde_criterion = "atoms_w2", the default): W2(nu_t, measures on the base flow's current
+cluster centres) < delta, continuous in the data and converging under refinement; "reach":
+at most pde_tol of the mass farther than delta from those clusters, each cell within the
+point-mass radius of its own cluster's centre counted at that centre. Four phases: not yet
+clustered, no forgetting, forgetting, and forgotten before clustering (the perturbed flow
+never enters while the base flow is clustered: t >= t_base_enter). The figure shows the PDE's
+phases with the particles' t_enter / t_exit on top.
 
 Particles converging to the PDE (particles.csv, one case per sphere of conv_spheres,
 n = conv_n[i] and draw seed < conv_seeds[i]; one row per eps of the PDE sweep in
 [conv_eps_min, conv_eps_max]):
 n tokens drawn i.i.d. from the PDE's rho0, base and perturbed runs to conv_T (step conv_dt,
-saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (at most
-pde_tol of the tokens farther than delta from the final base configuration). The figure
+saved every conv_save_every), t_enter / t_exit by the PDE's measure-level criterion (W2 to
+the centres of the final base configuration's clusters, or with "reach" at most pde_tol of
+the tokens farther than delta from the final base configuration). The figure
 overlays, per n, the median over the draws with its 10-90 % band; the summary gives per n the
 median relative distance |t - t_PDE| / t_PDE and, for the PDE and per n, the fit
 t_exit = c eps^slope with 95 % bootstrap intervals over the eps (free slope and slope -1).
@@ -49,10 +51,11 @@ S^2 with n up to 20000, T = 50, eps in [0.013, 0.025]) 7 min 1 s measured 2026-1
 TOML keys override the preset (spheres, n, seed, eps_min, eps_max, n_eps, T, dt, delta,
 geometry, pde_spheres, pde_s2_eps, conv_spheres, pde_cells, pde_refinement, pde_initial,
 pde_tol, pde_save_every, pde_T, pde_criterion, conv_draw, conv_n, conv_seeds, conv_eps_min,
-conv_eps_max, conv_T, conv_dt, conv_save_every). pde_criterion = "atoms_w2" reads the PDE and
-the particles through W2(nu_t, measures on the base clusters' centres) < delta (continuous in
-the data; converges under refinement) instead of the snapped reach; conv_draw = "quantile"
-(S^1) draws the particles at the quantiles of rho0 instead of i.i.d. Rerunning resumes.
+conv_eps_max, conv_T, conv_dt, conv_save_every). pde_criterion = "reach" reads the PDE and
+the particles through the snapped reach (the criterion of solver.evolve's default) instead of
+W2 to the base atoms; conv_draw = "quantile" draws the particles deterministically from rho0
+(S^1: its quantiles; S^2: a Fibonacci lattice through its inverse Rosenblatt transform)
+instead of i.i.d. Rerunning resumes.
 """
 
 import sys

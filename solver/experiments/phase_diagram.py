@@ -25,18 +25,20 @@ nothing would cluster. The initial density is instead (``pde_initial``)
   ``[−1, 1]^d`` (the authors' draw): cube-symmetric, so the base flow stays cube-symmetric
   and clusters only slowly (see docs/experiments.md).
 
-Measure-level phases at time t of the perturbed flow ν (``m_δ``: ``mass_outside``, against the
-clusters of the base flow μ_t; ``m_δ^base``: ``mass_outside_base``), each ``<= tol``:
-not yet clustered (before ν enters), no forgetting (``t_enter <= t < t_exit``), forgetting
-(``t >= t_exit``), and *forgotten before clustering*: ν never enters within ``pde_T`` while μ is
-clustered (``t >= t_base_enter``, the entry of ``m_δ^base <= tol``); ``t_forgotten`` is then
-``t_base_enter``.
+Measure-level phases at time t of the perturbed flow ν, each read through the δ-cluster state
+of ν (and of the base flow μ) against the clusters C of μ_t: not yet clustered (before ν
+enters), no forgetting (``t_enter <= t < t_exit``), forgetting (``t >= t_exit``), and
+*forgotten before clustering*: ν never enters within ``pde_T`` while μ is clustered
+(``t >= t_base_enter``, μ's own entry); ``t_forgotten`` is then ``t_base_enter``.
 
-``pde_criterion = "atoms_w2"`` reads both flows instead through ``W_2(ν_t, P(C)) < δ``, the
+The state (``pde_criterion``): ``"atoms_w2"`` (the default) is ``W_2(ν_t, P(C)) < δ``, the
 Wasserstein distance to the measures on the base clusters' centres
 (:func:`solver.analysis.atoms_distance`; columns ``atoms_w2``, ``atoms_w2_base``): continuous
 in the data, its entry and exit move monotonically under refinement (S^1, 128 - 2,048
-cells; docs/experiments.md, tests/test_phase_convergence.py).
+cells; S^2 levels 3 - 5; docs/experiments.md, tests/test_phase_convergence.py). ``"reach"``
+(the default of :func:`solver.evolve` and ``solver run``) is ``m_δ <= tol`` (``mass_outside``,
+``mass_outside_base``) placed by the snapped reach: not monotone under refinement once the
+drifting cluster's wake outgrows the snap ring.
 
 Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
 PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
@@ -102,7 +104,7 @@ _PDE = {
     "pde_initial": "mean",
     "pde_tol": 0.01,
     "pde_save_every": 0.5,
-    "pde_criterion": "reach",
+    "pde_criterion": "atoms_w2",
     "conv_draw": "random",
 }
 PRESETS = {
@@ -124,10 +126,10 @@ PRESETS = {
               "conv_T": 50.0, "conv_dt": 0.25, "conv_save_every": 0.25},
 }  # fmt: skip
 PDE_INITIALS = ("mean", "cube")
-#: the δ-cluster state of the PDE and of the particles drawn from its ρ0: ``"reach"`` (the
-#: snapped reach ``q_tol < δ``) or ``"atoms_w2"`` (``W_2(ν_t, P(C)) < δ``, the Wasserstein
-#: distance to the measures on the base clusters' centres: continuous in the data, converging
-#: under refinement; :func:`solver.analysis.atoms_distance`)
+#: the δ-cluster state of the PDE and of the particles drawn from its ρ0: ``"atoms_w2"`` (the
+#: default: ``W_2(ν_t, P(C)) < δ``, the Wasserstein distance to the measures on the base
+#: clusters' centres: continuous in the data, converging under refinement;
+#: :func:`solver.analysis.atoms_distance`) or ``"reach"`` (the snapped reach ``q_tol < δ``)
 PDE_CRITERIA = ("reach", "atoms_w2")
 #: how the particles of ``particles.csv`` are drawn from ρ0: ``"random"`` (i.i.d., ``conv_seeds``
 #: draws per n) or ``"quantile"`` (one deterministic draw per n: on S^1 the angles at the
