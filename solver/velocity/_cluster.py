@@ -12,16 +12,19 @@ mass ``m_c``) is one term of a Taylor expansion in ``δ``, for every target ``x`
     \sum_{j\in c} w_j e^{<u, y_j>} δ_j = e^{<u, c_c>} \sum_{k=0}^{p}
         \frac{M_{k+1}[u^k, \cdot]}{k!} + r_S ,
 
-with the moment tensors ``M_k = Σ_j w_j δ_j^{⊗k}`` (``k <= p + 1``, ``p`` the ``order``) and
+with the moment tensors ``M_k = Σ_j w_j δ_j^{⊗k}`` (``k <= p + 1``, ``p`` the ``order``; stored
+as the ``r_p = C(d + p + 1, d)`` coefficients ``c_α = Σ_j w_j δ_j^α / α!``, ``|α| <= p + 1``, of
+the polynomial ``P_c(u) = Σ_α c_α u^α``, so that the two sums are ``Σ_{|β|<=p} c_β u^β`` and
+the gradient ``∇P_c(u)``) and
 the Lagrange remainders ``|e^t - Σ_{k<=p} t^k/k!| <= a^{p+1} e^a / (p+1)!``, so
 ``|r_D| <= e^{<u,c_c>} m_c τ_p(a)`` and ``|r_S| <= e^{<u,c_c>} m_c ρ_c τ_p(a)``,
 ``τ_p(a) = a^{p+1} e^a / (p+1)!``. The kernel is entire, so unlike the singular kernels of
 the fast multipole method no target is "near": the error depends on ``|u| ρ_c <= ‖A‖₂ ρ_c``
 only, and the members of a cluster see each other through the same few moments. The cost is
-``O(m d^{p+1})`` for the moments of ``m`` sources and ``O(K d^{p+1} + L)`` per target for
-``K`` clusters and ``L`` loose sources (the sources of no cluster, summed directly), against
-``O((n + 1)²)`` per source and target for the spherical-harmonic expansion of
-:class:`~solver.velocity.FastVelocity`.
+``O(m r_p)`` for the moments of ``m`` sources and ``O(K d r_{p-1} + L)`` per target for ``K``
+clusters and ``L`` loose sources (the sources of no cluster, summed directly; ``r_2 = 20``
+for ``p = 3`` on S^2), against ``O((n + 1)²)`` per source and target for the
+spherical-harmonic expansion of :class:`~solver.velocity.FastVelocity` at degree ``n``.
 
 A-posteriori bound (every call, every target)
 ---------------------------------------------
@@ -39,16 +42,16 @@ scaled by ``e^{-s_i}``, ``s_i`` the largest exponent), the velocity is
     \big),
 
 (``e_c = e^{<u_i, c_c> - s_i}``; loose sources add ``ε`` times their terms; ``ε = λ u
-(√m_c + d^{p+1} + 2|u|(1 + ρ_c) + K + L + p + 8)`` models the round-off of the moments, the
-contractions, the exponent and the sums, ``λ = 4``). As in :class:`FastVelocity` a target is
-accepted when ``B_i <= tol · scale / 2`` (``scale = max(max_i |X̃_i|, 1000 u max_i |V m_i| /
-tol)``), the others are summed directly, so every call meets
-``max_i |X̃_i - X_i| <= tol · scale``.
+(√m_c + r_p + 2|u|(1 + ρ_c) + K + L + p + 8)`` models the round-off of the moments, the
+polynomial, the exponent and the sums, ``λ = 4``, with ``Σ_α |c_α u^α| <= m_c e^{a_c}`` by
+Cauchy-Schwarz). As in :class:`FastVelocity` a target is accepted when ``B_i <= tol · scale /
+2`` (``scale = max(max_i |X̃_i|, 10^4 u max_i |V m_i| / tol)``, ``u`` the unit round-off),
+the others are summed directly, so every call meets ``max_i |X̃_i - X_i| <= tol · scale``.
 
 Clusters are found by hashing the sources to a grid of cell ``h = a_max / ‖A‖₂``
-(``τ_p(a_max) = tol / 16``): a cell of at least :data:`MIN_MEMBERS` sources whose radius meets
-``τ_p(‖A‖₂ ρ_c) <= tol / 16`` is a cluster, the other sources are loose. Any partition gives
-a correct result (the bound is computed from the actual radii), so the partition is found once
+(``τ_p(a_max) = tol / 16``, :func:`cluster_radius`): a cell of at least :data:`MIN_MEMBERS`
+sources is a cluster (radius at most ``√d h``), the other sources are loose. Any partition
+gives a correct result (the bound is computed from the actual radii), so the partition is found once
 per time step and reused on its Runge-Kutta stages, where the centres, radii and moments are
 recomputed at the moved points. Every rank holds all sources and partitions them identically;
 each target's sums run over the clusters and loose sources in a fixed order, so the result does
