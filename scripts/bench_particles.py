@@ -204,6 +204,9 @@ def scale(a, argv) -> None:
                        f"{err:.1e} = {err / scale_:.1e} of the tolerance's scale (max |X| = "
                        f"{xs:.1e}, floor 1e4 u max|V m| / tol); its bound {bound:.1e}")  # fmt: skip
     threads = a.threads or solver.parallel.threads_per_rank(comm)  # collective
+    import resource
+
+    rss = comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, op=MPI.MAX)
     if not root:
         return
     ranks = comm.size
@@ -229,7 +232,8 @@ def scale(a, argv) -> None:
         f"Run: {info['fast_calls']} evaluations by the expansion (degree <= "
         f"{info['max_degree']}, bound <= {info['max_bound']:.1e}), {info['cluster_calls']} by "
         f"the cluster expansion ({cs} steps, <= {info['max_clusters']} clusters, bound <= "
-        f"{info['cluster_bound']:.1e}); {info['direct_targets']} targets summed directly.",
+        f"{info['cluster_bound']:.1e}); {info['direct_targets']} targets summed directly; "
+        f"peak memory {rss:.2f} GiB per rank (3 saved states of {n * d * 8 / 2**20:.1f} MiB).",
         f"Baseline (clusters=False, the expansion alone) estimated from the probes: the "
         f"{cs} steps taken by the cluster expansion at the baseline's cost per step "
         f"({base_w[0]:.3f} s wall, {base_w[1]:.3f} s CPU) instead of "
