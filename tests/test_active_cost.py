@@ -205,3 +205,31 @@ def test_density_diagnostics_min_and_max_in_one_reduction():
     assert d[1] == rho_all.min() and d[2] == rho_all.max()
     assert d[0] == pytest.approx(rho_all @ areas, rel=1e-13)
     assert np.allclose(d[3:], (rho_all * areas) @ cen, rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_split_and_ring_match_their_definitions():
+    """``split_tail`` (the cut and the split in compiled passes) keeps exactly the weights at or
+    above :func:`tail_cut` (one of them exactly at the cut) and drops the others' sum; the
+    compiled ring is the NumPy one (a flagged cell or a flagged neighbour)."""
+    from solver.transport import _active as A
+    from solver.transport import make_operator
+    from solver.velocity._active import split_tail, tail_cut
+
+    rng = np.random.default_rng(2)
+    w = np.exp(rng.uniform(-60, 0, 3000))
+    w[::9] = 0.0
+    for tail in (1e-12, 1e-3):
+        theta = tail_cut(w, tail)
+        v = w.copy()
+        v[5] = theta  # exactly at the cut: kept
+        theta = tail_cut(v, tail)
+        keep, delta = split_tail(v, tail)
+        assert np.array_equal(keep, np.flatnonzero(v >= theta)) and 5 in keep
+        assert delta == pytest.approx(v[v < theta].sum(), rel=1e-12) and delta <= tail
+    sm = solver.sphere_mesh(COMM, 2, refinement=2)
+    act = A.ActiveDG0(make_operator(sm, 0))
+    nloc = act.op.rho.x.array.size
+    flag = (rng.random(nloc) < 0.05).astype(float)
+    ring = A._ring(flag, act._nbr)
+    assert np.array_equal(ring, A._ring_numpy(flag, act._nbr))
+    assert (flag[: len(ring)] > 0).sum() < ring.sum() < len(ring)

@@ -82,13 +82,12 @@ class ActiveTargets:
         m = op.cell_averages(state) * sm.areas  # unit total mass (evolve normalises it)
         heavy = m >= tail_cut(m, self.tail * self._total(m), sm.comm)
         f = self._flag.x
-        f.array[:nown] = heavy
         if sm.comm.size > 1:
+            f.array[:nown] = heavy
             f.scatter_forward()  # the ghosts' flags (one rank: no ghosts)
-        nb = self._nbr
-        act = heavy.copy()
-        for i in range(nb.shape[1]):  # the ring: a heavy neighbour
-            act |= f.array[nb[:, i]] > 0
+            act = _ring(f.array, self._nbr)  # heavy, or a heavy neighbour
+        else:
+            act = _ring(heavy, self._nbr)
         if self._cell_nodes is None:
             return act
         f.array[:nown] = act
@@ -265,6 +264,13 @@ except ImportError:  # pragma: no cover - depends on the environment
     _numba = None
 
 
+def _ring_numpy(flag: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    act = flag[: len(nbr)] > 0
+    for i in range(nbr.shape[1]):
+        act |= flag[nbr[:, i]] > 0
+    return act
+
+
 def _region_numpy(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     moving = np.any(ua != 0.0, axis=1)
     reg = moving[: len(nbr)].copy()
@@ -287,6 +293,18 @@ def _edges_numpy(plus, minus, ntf, ua, aa, moving) -> tuple:
 
 
 if _numba is not None:
+
+    @_numba.njit(cache=True)
+    def _ring(flag, nbr):
+        """The owned cells flagged (``> 0``) or with a flagged facet neighbour."""
+        nown, nf = nbr.shape
+        act = np.empty(nown, np.bool_)
+        for c in range(nown):
+            r = flag[c] > 0
+            for f in range(nf):
+                r = r or flag[nbr[c, f]] > 0
+            act[c] = r
+        return act
 
     @_numba.njit(cache=True)
     def _region(ua, nbr):
@@ -347,4 +365,4 @@ if _numba is not None:
         return E, sp, sm
 
 else:  # pragma: no cover - without numba
-    _region, _edges = _region_numpy, _edges_numpy
+    _ring, _region, _edges = _ring_numpy, _region_numpy, _edges_numpy

@@ -182,9 +182,10 @@ class NonlocalVelocity:
         w = self.gather(weights)
         idx = np.flatnonzero(active)
         nt = int(self.comm.allreduce(idx.size)) if self.comm.size > 1 else idx.size
-        ns = int(np.count_nonzero(w > 0))
         if self._active is not None and "sources" in self._active.report:
             ns = self._active.report["sources"]  # the last call's active sources
+        else:
+            ns = int(np.count_nonzero(w > 0))
         if self._fast is not None:
             st = self._fast._setups.get(np.ascontiguousarray(A, dtype=float).tobytes())
             if st is None or (st.mode == "fast" and st.new):  # degree not known yet
