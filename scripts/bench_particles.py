@@ -39,8 +39,9 @@ one)::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_particles.py --scale \
         --write-table docs/benchmarks/particles_scale.md
 
-Expected cost on the 2-core machine: about 100 s of CPU time in all (measured 2026-12-08), i.e.
-2 minutes of wall time on a quiet machine and 3-6 minutes at load 6.
+Expected cost on the 2-core machine (measured 2026-12-08, the run to T = 50 plus about 10 %
+for the probes): 80-100 s of CPU time; 2 ranks 113 s of wall time at load 3.5-6.7 and 262 s
+at load 9-12, 1 rank 264 s at load 8-12.
 
 Printed and, with ``--write-table``, written as Markdown with the command, date and machine.
 One rank, ``--threads`` threads for both methods (BLAS for the direct sum, numba for the fast

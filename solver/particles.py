@@ -198,8 +198,9 @@ def simulate_particles(
     for ``K`` clusters, against ``O(n (deg + 1)²)``), under the same guarantee
     ``max_i |X̃_i − X_i| <= tolerance · max_i |X_i|`` (a-posteriori bound per target, targets
     that miss it summed directly; a call where more than 1 % miss it goes to the expansion;
-    measured 2.5x faster per step than the expansion once n = 100,000 tokens on S^2 have
-    collapsed, docs/benchmarks/particles_scale.md). ``False``: the expansion alone.
+    measured 2.6x (2 ranks) to 3.5x (1 rank) faster per step than the expansion once
+    n = 100,000 tokens on S^2 have collapsed, docs/benchmarks/particles_scale.md).
+    ``False``: the expansion alone.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
