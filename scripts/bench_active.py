@@ -7,9 +7,12 @@ Exact commands (from the repository root)::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_active.py runs --levels 4 5 6 7 \\
         --full-levels 4 5 --write-table docs/benchmarks/active_runs.md
 
-Expected cost on the 2-core machine loaded by other sessions (load average 10-14, measured
-2026-12-07): ``runs`` about 26 minutes (levels 3 and 4, both runs each), ``velocity`` about
-3 minutes; on a quiet machine several times less.
+Expected cost on the 2-core machine loaded by other sessions (measured 2026-12-08, load 4-8):
+``runs --levels 4 5 --full-levels 4`` about 6.5 minutes (level 4 full 133 s, active 50 s;
+level 5 active 196 s); the full run at level 5 adds about 5-10 minutes; levels 6 and 7
+(active only) are estimated at about 10 minutes and an hour on a quiet machine (the spread
+phase before clustering, every cell active, dominates: 2,000 and 4,000 steps of six fast
+expansions over the whole mesh). ``velocity`` about 3 minutes.
 
 ``velocity``: on the icosphere of each level (DG0 donor targets and sources: the cell
 centroids), the forgetting model ``A = V = I``, two densities: *clustered* (two von
