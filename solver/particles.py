@@ -272,8 +272,15 @@ def simulate_particles(
         info.update(cluster_steps=0, cluster_calls=0, max_clusters=0, cluster_bound=0.0)
     use_cluster = [False]  # this step: the cluster expansion (set at its first stage)
 
+    last = [None, None]  # the stage's positions and their gathered copy (one gather a stage)
+
+    def gather_stage(xl):
+        if last[0] is not xl:
+            last[0], last[1] = xl, gather(xl)
+        return last[1]
+
     def fast_velocity(xl, A, V):
-        fast.set_points(xl, gather(xl))
+        fast.set_points(xl, gather_stage(xl))
         out = fast(w, A, V)
         rep = fast.report
         info["calls"] += 1
@@ -287,7 +294,9 @@ def simulate_particles(
         return out
 
     def cluster_velocity(xl, A, V, first):
-        cluster.set_points(xl, gather(xl))
+        if not (first or use_cluster[0]):
+            return None
+        cluster.set_points(xl, gather_stage(xl))
         if first:  # pays when cheaper than half the expansion at its degree (cost models)
             deg = max(info["max_degree"], 12)
             cluster.max_cost = 0.5 * FAST_NS_PER_TERM[model.d] * num_terms(deg, model.d)
