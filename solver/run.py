@@ -571,7 +571,9 @@ def evolve(
         DG1 and DG2 assemble the flux form over those cells and facets only
         (:class:`solver.transport._active_dg.ActiveDG`).
         The light cells, together at most ``τ`` of the mass at every stage, do not move as in
-        the full run; mass and positivity are kept exactly as before.
+        the full run; mass and positivity are kept exactly as before. The per-step cluster
+        state is taken on the cells that hold all but ``τ`` of each flow's mass
+        (:meth:`ClusterState._heavy`: the masses outside within ``2τ``).
 
     Examples
     --------
