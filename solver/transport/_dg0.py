@@ -105,8 +105,9 @@ weighted per cell, ``o_{K,F} = (½ (u_K + u_L)·ñ)^+ + w_K (a_K·ñ)^+``, by a 
 of the density (:func:`cluster_weight`): ``w_K = 1`` where the emptiest neighbour of ``K``
 holds less than ``s_0`` of ``ρ_K`` (a cluster narrower than a cell, or spread over a few cells
 by the scheme's own diffusion), ``0`` above ``s_1`` (smooth on the scale of the cells), linear
-in between, with ``1 - s_i = (1 - c_i) (h_K / 0.08)^{1/2}``, ``(c_0, c_1) = (0.6, 0.9)``
-(:data:`CLUSTER`, :data:`CLUSTER_H`, :func:`cluster_scale`; ``h_K = |K|^{1/(gdim-1)}``).
+in between, with ``1 - s_i = (1 - c_i) min(1, h_K / 0.08)^{1/2}``, ``(c_0, c_1) = (0.6,
+0.9)`` (:data:`CLUSTER`, :data:`CLUSTER_H`, :func:`cluster_scale`; ``h_K = |K|^{1/(gdim-1)}``:
+coarse cells, S^1 below 79 cells and icosphere level 3 and coarser, keep the fixed thresholds).
 
 Why the thresholds widen as ``h^{1/2}``: while a smooth measure *collapses* into a cluster of
 width ``σ`` (shrinking like ``e^{-λt}``) and drifts at ``v``, the facet-velocity part moves the
@@ -603,19 +604,21 @@ def directional_velocity_numpy(u: np.ndarray, st: dict) -> np.ndarray:
 
 
 #: a cell whose emptiest neighbour holds less than ``s_0`` of its density counts as a cluster
-#: (weight 1), more than ``s_1`` as smooth (weight 0), for cells of size :data:`CLUSTER_H`;
-#: on cells of size ``h`` the thresholds are ``1 - (1 - s_i) (h / CLUSTER_H)^{1/2}``
-#: (:func:`cluster_scale`, :func:`cluster_weight`)
+#: (weight 1), more than ``s_1`` as smooth (weight 0), for cells of size :data:`CLUSTER_H` and
+#: larger; on smaller cells (size ``h``) the thresholds are ``1 - (1 - s_i) (h /
+#: CLUSTER_H)^{1/2}`` (:func:`cluster_scale`, :func:`cluster_weight`)
 CLUSTER = (0.6, 0.9)
-#: the cell size (radians; ``|K|^{1/(gdim-1)}``) at which the thresholds are :data:`CLUSTER`
+#: the cell size (radians; ``|K|^{1/(gdim-1)}``) below which the thresholds widen
 CLUSTER_H = 0.08
 
 
 def cluster_scale(areas: np.ndarray, gdim: int) -> np.ndarray:
-    """``(h_K / CLUSTER_H)^{1/2}`` with ``h_K = |K|^{1/(gdim-1)}`` (the cell's length on
+    """``min(1, h_K / CLUSTER_H)^{1/2}`` with ``h_K = |K|^{1/(gdim-1)}`` (the cell's length on
     ``S^1``, the square root of its area on ``S^2``): the factor of :func:`cluster_weight`'s
-    threshold gaps ``1 - s_i`` (module doc, "Where the correction applies")."""
-    return np.sqrt(np.asarray(areas, dtype=float) ** (1.0 / (gdim - 1)) / CLUSTER_H)
+    threshold gaps ``1 - s_i`` (module doc, "Where the correction applies"); 1 on coarse
+    cells, which keep the thresholds :data:`CLUSTER`."""
+    h = np.asarray(areas, dtype=float) ** (1.0 / (gdim - 1))
+    return np.sqrt(np.minimum(h / CLUSTER_H, 1.0))
 
 
 def cluster_weight(rho: np.ndarray, nbr: np.ndarray, scale=None) -> np.ndarray:
