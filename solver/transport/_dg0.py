@@ -125,9 +125,9 @@ instead (lag ``∝ h^{1/2}``) costs the smooth peak (S^2 level 5 below: 1.12x th
 ``h^{3/4}``: 1.024x), so ``h^{1/2}`` is the widest the smooth bars allow.
 
 Measured (2026-12-08): the smooth exact solution of uniform attention with a non-symmetric
-``V`` (:func:`solver.analysis.hyperbolic_centre`, S^2, ``T = 1.5``), L1 errors 0.0655 /
+``V`` (:func:`solver.analysis.hyperbolic_centre`, S^2, ``T = 1.5``), L1 errors 0.0656 /
 0.03616 / 0.01889 at icosphere levels 3 / 4 / 5 (facet-velocity flux: 0.06602 / 0.03608 /
-0.01893; successive orders 0.857, 0.937), ``T = 2`` at level 3 0.1030 (facet 0.1070); S^1
+0.01893; successive orders 0.859, 0.937), ``T = 2`` at level 3 0.1023 (facet 0.1070); S^1
 (``T = 2``) 0.0514 / 0.0275 / 0.0146 at 256 / 512 / 1,024 cells (orders 0.90, 0.92); point
 masses on S^1 (120 cells) within 0.26 % and on S^2 (level 3) within 0.19 % of the ODE
 (tests/test_transport.py, tests/test_point_mass.py).
