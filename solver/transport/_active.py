@@ -273,10 +273,14 @@ def _ring_numpy(flag: np.ndarray, nbr: np.ndarray) -> np.ndarray:
 
 def _region_numpy(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     moving = np.any(ua != 0.0, axis=1)
-    reg = moving[: len(nbr)].copy()
-    for i in range(nbr.shape[1]):
-        reg |= moving[nbr[:, i]]
-    return moving, np.flatnonzero(reg)
+    return moving, np.flatnonzero(_ring_numpy(moving, nbr))
+
+
+def _region(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(moving, F)``: the local cells whose velocity is not zero, and the owned cells that
+    are moving or have a moving facet neighbour (ascending: the ring of the moving cells)."""
+    moving = np.any(ua != 0.0, axis=1)
+    return moving, np.flatnonzero(_ring(moving, nbr))
 
 
 def _edges_numpy(plus, minus, ntf, ua, aa, moving) -> tuple:
@@ -305,29 +309,6 @@ if _numba is not None:
                 r = r or flag[nbr[c, f]] > 0
             act[c] = r
         return act
-
-    @_numba.njit(cache=True)
-    def _region(ua, nbr):
-        """``(moving, F)``: the local cells whose velocity is not zero, and the owned cells
-        that are moving or have a moving facet neighbour (ascending)."""
-        nloc, gdim = ua.shape
-        nown, nf = nbr.shape
-        moving = np.zeros(nloc, np.bool_)
-        for c in range(nloc):
-            for i in range(gdim):
-                if ua[c, i] != 0.0:
-                    moving[c] = True
-                    break
-        F = np.empty(nown, np.int64)
-        k = 0
-        for c in range(nown):
-            r = moving[c]
-            for f in range(nf):
-                r = r or moving[nbr[c, f]]
-            if r:
-                F[k] = c
-                k += 1
-        return moving, F[:k]
 
     @_numba.njit(cache=True)
     def _edges(plus, minus, ntf, ua, aa, moving):
@@ -365,4 +346,4 @@ if _numba is not None:
         return E, sp, sm
 
 else:  # pragma: no cover - without numba
-    _ring, _region, _edges = _ring_numpy, _region_numpy, _edges_numpy
+    _ring, _edges = _ring_numpy, _edges_numpy

@@ -83,14 +83,10 @@ def split_tail(w: np.ndarray, tail: float) -> tuple[np.ndarray, float]:
     """``(active, δ)``: the indices (ascending) of the sources that hold all but at most
     ``tail`` of the weight (all at or above :func:`tail_cut`), and the weight ``δ <= tail``
     of the others."""
-    if _nb is not None and tail > 0:  # one compiled pass for the cut, one for the split
-        w = np.ascontiguousarray(w, dtype=float)
-        theta = _nb_cut(_nb_ladder(w, float(tail), TAIL_LADDER), float(tail))
-        if theta > 0:
-            active, delta = _nb_split(w, theta)
-            return active, float(delta)
-    else:
-        theta = tail_cut(w, tail)
+    theta = tail_cut(w, tail)
+    if _nb is not None and theta > 0:  # one compiled pass for the split
+        active, delta = _nb_split(np.ascontiguousarray(w, dtype=float), theta)
+        return active, float(delta)
     active = np.flatnonzero(w >= theta) if theta > 0 else np.flatnonzero(w > 0)
     return active, float(np.sum(np.where(w < theta, np.maximum(w, 0.0), 0.0)))
 
@@ -132,18 +128,6 @@ if _nb is not None:
                     b = min(K, max(0, math.ceil(math.log2(tail / v)) - 1))
                 s[b] += v
         return s
-
-    @_nb.njit(cache=True)
-    def _nb_cut(s, tail):
-        """:func:`tail_cut` from the rungs' sums ``s`` (one rank): the same arithmetic."""
-        K = s.size
-        acc = 0.0
-        ok = -1
-        for k in range(K - 1, -1, -1):  # s[k] = Σ_{v < tail 2^-k} v, summed from the end
-            acc += s[k]
-            if acc <= tail:
-                ok = k
-        return tail * 2.0 ** -ok if ok >= 0 else 0.0
 
     @_nb.njit(cache=True)
     def _nb_split(w, theta):
