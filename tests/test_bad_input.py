@@ -486,6 +486,17 @@ def _library_calls():
         ("circle_mesh('8')", lambda: solver.circle_mesh("8"), TypeError,
          "circle mesh cells n must be an integer"),
         ("curve(None)", lambda: solver.mesh.curve(None), TypeError, "curve needs a SphereMesh"),
+        ("normalize(None)", lambda: solver.mesh.normalize(None), TypeError,
+         "normalize: x must be an array of point coordinates"),
+        ("normalize of a zero row", lambda: solver.mesh.normalize(np.zeros((2, 3))),
+         ValueError, "zero row"),
+        ("normalize of NaN", lambda: solver.mesh.normalize([[np.nan, 1.0]]), ValueError,
+         "finite"),
+        ("geodesic_distance(None, None)", lambda: solver.mesh.geodesic_distance(None, None),
+         TypeError, "geodesic_distance: x must be an array"),
+        ("geodesic_distance of R^3 and R^2 points",
+         lambda: solver.mesh.geodesic_distance(np.eye(3), np.eye(2)), ValueError,
+         "different dimensions"),
     ]  # fmt: skip
 
 

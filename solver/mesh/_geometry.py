@@ -20,14 +20,35 @@ __all__ = [
 MAX_ICOSPHERE_LEVEL = 7
 
 
+def _points(name: str, x) -> np.ndarray:
+    """``x`` as a finite float array of points (rows along the last axis): TypeError for
+    anything that is not numbers (``None`` included), ValueError for a 0-d or non-finite one."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of point coordinates, got {x!r:.80}")
+    a = a.astype(float, copy=False)
+    if a.ndim == 0:
+        raise ValueError(f"{name} must have the coordinates along its last axis, got a scalar")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return a
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
-    """Radial projection ``x / |x|`` row by row."""
-    x = np.asarray(x, dtype=float)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    """Radial projection ``x / |x|`` row by row (rows along the last axis; none may be 0)."""
+    x = _points("normalize: x", x)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if np.any(norm == 0):
+        raise ValueError("normalize: x has a zero row, which has no direction on the sphere")
+    return x / norm
 
 
 def geodesic_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Great-circle distance ``arccos(<x, y>)`` between unit vectors (broadcasting rows)."""
+    x, y = _points("geodesic_distance: x", x), _points("geodesic_distance: y", y)
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"geodesic_distance: x and y are points of different dimensions "
+                         f"({x.shape[-1]} and {y.shape[-1]})")
     return np.arccos(np.clip(np.sum(x * y, axis=-1), -1.0, 1.0))
 
 
