@@ -368,7 +368,7 @@ def run_partitioned(comm) -> dict:
         tpart = rng.integers(0, P, len(x)) if not skew else np.zeros(len(x), int)  # idle ranks
         spart = rng.integers(0, P, len(y))
         mine_t, mine_s = np.nonzero(tpart == p)[0], np.nonzero(spart == p)[0]
-        nv = NonlocalVelocity(
+        nv, step_by_step = (NonlocalVelocity(
             comm,
             x[mine_t],
             y[mine_s],
@@ -376,13 +376,16 @@ def run_partitioned(comm) -> dict:
             method="fast",
             tolerance=1e-9,
             fast_options={"chunk": 64, "backend": backend},
-        )
+        ) for _ in range(2))  # fmt: skip
+        step_by_step._fast.lean = False  # the lean call's collectives give the same numbers
         V = matrix(d, 1.0, 9)
-        for k, A in enumerate([matrix(d, 5.0, 10), matrix(d, 1.0, 11), matrix(d, 5.0, 10)]):
+        As = [matrix(d, 5.0, 10), matrix(d, 1.0, 11), matrix(d, 5.0, 10), matrix(d, 1.0, 11)]
+        for k, A in enumerate(As):
             wk = w * (1 + 0.3 * np.cos(k + 2 * y[:, 1]))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 X = nv(wk[mine_s], A, V)
+                np.testing.assert_array_equal(X, step_by_step(wk[mine_s], A, V))
             assert nv.report["method"] == "fast", nv.report
             parts = comm.gather((mine_t, X), root=0)
             if p == 0:
@@ -554,3 +557,63 @@ def test_targets_over_half_the_tolerance_go_direct(backend):
     np.testing.assert_allclose(X[fail], Xd[fail], rtol=0, atol=1e-15 * scale)
     np.testing.assert_array_equal(X[~fail], Xf[~fail])
     assert rel_error(X, Xd) <= tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["smooth", "peaked", "moving", "circle"])
+def test_lean_call_is_the_step_by_step_call(backend, case):
+    """The lean call (one compiled pass over the targets, one collective where nothing fails:
+    :meth:`FastVelocity._finish`, :meth:`FastVelocity._settle`) gives the step-by-step NumPy
+    path's numbers bit for bit, velocity and report alike: with no failing target (smooth),
+    with dozens going to the direct sum (peaked: the speculative local threshold is passed
+    and the failures counted against the global one), with moving points (the tails taken
+    from the grid) and on S^1. Both ranks' collective paths: :func:`run_partitioned`."""
+    if case == "peaked":
+        x, y, w, A, V = _peaked_case()
+    elif case == "circle":
+        if backend != "numpy":
+            pytest.skip("S^1 has the NumPy back-end only")
+        x, y, w = problem(2, seed=1)
+        A, V = matrix(2, 5.0, 2), matrix(2, 1.0, 3)
+    else:
+        x, y, w = problem(3, seed=1)
+        A, V = matrix(3, 5.0, 2), matrix(3, 1.0, 3)
+    fvs = [FastVelocity(SELF, x, y, tolerance=1e-10, chunk=128, backend=backend)
+           for _ in range(2)]  # fmt: skip
+    fvs[1].lean = False
+    rng = np.random.default_rng(0)
+    failed = 0
+    for k in range(4):
+        wk = w * (1 + 0.3 * np.cos(k + 2 * y[:, 1]))
+        if case == "moving" and k:
+            Q = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+            for fv in fvs:
+                fv.set_points(x @ Q.T, y @ Q.T)
+        Xa, Xb = (quiet_call(fv, wk, A, V) for fv in fvs)
+        np.testing.assert_array_equal(Xa, Xb)
+        assert fvs[0].report == fvs[1].report
+        failed += fvs[0].report["direct_targets"] if k else 0  # the lean calls' failures
+    assert failed > 0 if case == "peaked" else failed == 0, failed  # measured 129 / 0
+
+
+def test_lean_settle_fails_exactly_the_targets_over_the_threshold():
+    """:meth:`FastVelocity._settle` on bounds placed around the threshold ``tol · scale / 2``
+    (just below, just above, far above): exactly those above fail, and the bound reported is
+    the largest of the others (relative to the scale), as the step-by-step path has it."""
+    x, y, w = problem(3, seed=1)
+    tol = 1e-10
+    fv = FastVelocity(SELF, x, y, tolerance=tol, chunk=128)
+    m = len(x)
+    X = np.zeros((m, 3))
+    X[0, 0] = 2.0  # scale = max|X| = 2
+    q, D = np.full(m, 0.5), np.ones(m)
+    thr = 0.5 * tol * 2.0
+    for f in ([0.5, 0.999], [0.5, 0.999, 1.001], [0.5, 1.001, 3.0], [2.0, 0.1]):
+        B = np.zeros(m)
+        B[: len(f)] = thr * np.array(f)
+        out = fv._settle(X, D, q, B, 2.0, 0.5)
+        fail, nfail, bound = out[6], out[7], out[8]
+        np.testing.assert_array_equal(fail, B > thr)
+        assert nfail == int(np.sum(B > thr))
+        if nfail == 0:
+            assert bound == B.max() / 2.0

@@ -127,6 +127,30 @@ def test_compiled_directional_velocity_is_the_numpy_one(sphere, kw):
         assert np.abs(out - ref).max() <= 1e-12 * np.abs(u).max()
 
 
+def test_compiled_cluster_weight_is_the_numpy_one():
+    """The compiled cluster weight ``w_K`` against the NumPy reference, bit for bit (the same
+    operations per cell), on a density with smooth, clustered, empty and partly empty cells,
+    so that every branch (0, 1, in between, ``ρ_K = 0``) is taken."""
+    from solver.transport import _dg0
+    from solver.transport._dg0 import cell_stencil, cluster_scale, cluster_weight
+
+    if _dg0._nb is None:
+        pytest.skip("numba not installed")
+    sm = solver.sphere_mesh(COMM, 2, refinement=4)  # h < 0.08: the widened thresholds
+    st = cell_stencil(sm)
+    cen = st["cen"]
+    rng = np.random.default_rng(3)
+    nloc = len(cen)
+    rho = np.exp(4 * cen[:, 0]) * (1 + 0.3 * rng.random(nloc)) * (cen[:, 2] > -0.5)
+    rho[rng.random(nloc) < 0.05] *= 1e3  # spikes: weight 1 around them
+    scale = cluster_scale(sm.areas, sm.gdim)
+    ref = _dg0.cluster_weight_numpy(rho, st["nbr"], scale)
+    out = cluster_weight(rho, st["nbr"], scale)
+    np.testing.assert_array_equal(out, ref)
+    inner = (ref > 0) & (ref < 1)
+    assert min(np.sum(ref == 0), np.sum(ref == 1), np.sum(inner)) > 10, (ref == 0).sum()
+
+
 #: the smooth exact solution of uniform attention with a non-symmetric V (analysis/_exact.py):
 #: centres off every symmetry axis of the meshes
 V_S2 = np.array([[1.0, 0.3, 0.0], [-0.2, 0.8, 0.1], [0.1, 0.0, 0.6]])

@@ -633,6 +633,14 @@ def cluster_weight(rho: np.ndarray, nbr: np.ndarray, scale=None) -> np.ndarray:
     in one cell (or splits over a few), each of which has an empty neighbour: ``w = 1``, and
     its mass moves with the first moment of a point mass. ``w`` is continuous in ``ρ`` (it
     multiplies an outflow of ``ρ_K``, so ``ρ_K → 0`` is continuous too)."""
+    if _nb is not None and scale is not None:  # compiled: the same operations, bit for bit
+        return _nb_cluster_weight(np.ascontiguousarray(rho, dtype=float), nbr,
+                                  np.ascontiguousarray(scale, dtype=float), *CLUSTER)  # fmt: skip
+    return cluster_weight_numpy(rho, nbr, scale)
+
+
+def cluster_weight_numpy(rho: np.ndarray, nbr: np.ndarray, scale=None) -> np.ndarray:
+    """:func:`cluster_weight` in NumPy (the reference of the compiled one)."""
     c0, c1 = CLUSTER
     f = 1.0 if scale is None else np.asarray(scale, dtype=float)
     s0, s1 = 1.0 - (1.0 - c0) * f, 1.0 - (1.0 - c1) * f
@@ -642,6 +650,23 @@ def cluster_weight(rho: np.ndarray, nbr: np.ndarray, scale=None) -> np.ndarray:
 
 
 if _nb is not None:
+
+    @_nb.njit(cache=True)
+    def _nb_cluster_weight(rho, nbr, scale, c0, c1):
+        """:func:`cluster_weight` in one pass (per cell: the same operations in the same
+        order, so the same numbers)."""
+        nown, nf = nbr.shape
+        w = np.empty(nown)
+        for k in range(nown):
+            s0 = 1.0 - (1.0 - c0) * scale[k]
+            s1 = 1.0 - (1.0 - c1) * scale[k]
+            rk = rho[k]
+            mn = rho[nbr[k, 0]]
+            for f in range(1, nf):
+                mn = min(mn, rho[nbr[k, f]])
+            v = (s1 * rk - mn) / max((s1 - s0) * rk, 1e-300)
+            w[k] = min(max(v, 0.0), 1.0)
+        return w
 
     @_nb.njit(cache=True)
     def _nb_directional_velocity(u, nbr, nt, dk, C, B):

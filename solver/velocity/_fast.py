@@ -104,9 +104,9 @@ from scipy.special import ive
 
 from ..parallel import allgather_rows, threads_per_rank
 from ._backends import NumbaBackend, NumPyBackend
-from ._direct import attention_velocity, tangent_project
+from ._direct import attention_velocity
 from ._harmonics import num_terms, truncation_tails
-from ._kernels import HAVE_NUMBA
+from ._kernels import HAVE_NUMBA, finish
 
 __all__ = ["FastVelocity"]
 
@@ -272,6 +272,10 @@ class FastVelocity:
         self.n_cap = self._n_cap(cost=self.auto)
         self._told = False  # the peaked-kernel fall-back of auto said once
         self.report: dict = {"method": "fast"}
+        #: per-call overhead cut (:meth:`_finish`, :meth:`_settle`): one compiled pass over the
+        #: targets and one collective per call; ``False``: the step-by-step NumPy path and its
+        #: three reductions (the same numbers; scripts/bench_spread.py times both)
+        self.lean = True
 
     @property
     def threads(self) -> int:
@@ -471,22 +475,29 @@ class FastVelocity:
     # ------------------------------------------------------------------ evaluation
 
     def _moments(self, n: int, W: np.ndarray) -> np.ndarray:
-        mom_local = self._backend.moments(n, W)
-        allm = allgather_rows(self.comm, mom_local, self._chunk_counts)  # (C, r, d + 1)
-        mom = allm[0].copy()
-        for c in range(1, self.C):
-            mom += allm[c]
-        return mom
+        mom = self._backend.moments(n, W)
+        if self.comm.size > 1:
+            mom = allgather_rows(self.comm, mom, self._chunk_counts)  # (C, r, d + 1)
+        # the chunks summed in chunk order (a reduction over the first axis adds the rows one
+        # after the other: the same numbers as a loop, on any number of ranks)
+        return mom.sum(axis=0)
 
     def _fast(self, st: _Setup, n: int, ctx: dict):
         """Velocity ``X̃``, scaled denominator ``D̃`` and ``q = |Ñ|/D̃`` at degree ``n``."""
-        mom = self._moments(n, ctx["W"])
-        out = self._backend.targets(st, mom, n)
+        return self._fast_from(self._backend.targets(st, self._moments(n, ctx["W"]), n))
+
+    def _fast_from(self, out: np.ndarray):
+        """``(X̃, D̃, q)`` from the sums ``out = [D̃, Ñ]`` at the targets."""
         D = out[:, 0]
         good = D > 0
         num = np.zeros((len(D), self.d))
         num[good] = out[good, 1:] / D[good, None]
-        return tangent_project(self.x, num), D, np.linalg.norm(num, axis=1)
+        # P_x num = num - <x, num> x, the product summed component by component in order
+        # (as the compiled :meth:`_finish`: the same numbers bit for bit)
+        dot = self.x[:, 0] * num[:, 0]
+        for k in range(1, self.d):
+            dot += self.x[:, k] * num[:, k]
+        return num - dot[:, None] * self.x, D, np.linalg.norm(num, axis=1)
 
     def _bounds(self, st: _Setup, n, D, q, ctx) -> np.ndarray:
         """``B_i = η_i (S_wV + q_i Σw) / (D̃_i - η_i Σw)`` for each degree in ``n`` (rows)."""
@@ -498,6 +509,26 @@ class FastVelocity:
         with np.errstate(divide="ignore", invalid="ignore"):
             B = eta * (ctx["SwV"] + q[None, :] * mass) / den
         return np.where(den > 0, B, np.inf)
+
+    def _finish(self, st: _Setup, n: int, ctx: dict):
+        """:meth:`_fast` and :meth:`_bounds` at degree ``n`` in one pass over the targets
+        (compiled where numba is: the same operations, the same numbers bit for bit; NumPy
+        otherwise): ``(X, D, q, B, max_i |X_i|, max_i q_i)`` on this rank (no communication).
+        """
+        out = self._backend.targets(st, self._moments(n, ctx["W"]), n)
+        kernel = finish() if self.lean else None
+        if kernel is None:
+            X, D, q = self._fast_from(out)
+            B = self._bounds(st, n, D, q, ctx)[0]
+            xl = float(np.linalg.norm(X, axis=1).max(initial=0.0))
+            return X, D, q, B, xl, float(np.max(q, initial=0.0))
+        d, m = self.d, len(out)
+        res, Dq = np.empty((m, d + 1)), np.empty((2, m))
+        tails = st.tails[n]
+        idx = st.tail_idx if st.tail_idx is not None else np.zeros(0, np.intp)
+        xl, ql = kernel(self.x, out, tails, idx, self._roundoff(n), ctx["mass"], ctx["SwV"],
+                        res, Dq)  # fmt: skip
+        return res[:, :d], Dq[0], Dq[1], res[:, d], xl, ql
 
     def _fail_counts(self, st, lo, hi, D, q, ctx, thr) -> np.ndarray:
         B = self._bounds(st, np.arange(lo, hi + 1), D, q, ctx)
@@ -511,6 +542,33 @@ class FastVelocity:
         target = max(int(self.max_fail * self.N), math.ceil(1.01 * int(counts.min())))
         first = int(np.nonzero(counts <= target)[0][0])
         return min(lo + first + 1, st.n_tail)
+
+    def _settle(self, X, D, q, B, xl, ql):
+        """The collective part of :meth:`_evaluate` and of the failure count for a lean call
+        (:meth:`_finish`'s results), in one ``Allgather`` of four numbers per rank where no
+        target fails: ``(X, D, q, scale, threshold, B, fail, nfail, bound)``.
+
+        Each rank's own threshold ``tol · max(x_l, 1e4 u q_l / tol) / 2`` (its local maxima) is
+        at most the global one, so a rank with no bound above its own threshold has no
+        failing target; where every rank says so, ``fail`` is empty and the bound is the
+        largest ``B_i``. Otherwise the failures are counted against the global threshold, as
+        :meth:`__call__` always did (``bound = None``: computed there). The same numbers as
+        the three reductions of :meth:`_evaluate` and :meth:`__call__`."""
+        tol = self.tol
+        thr_l = 0.5 * tol * max(xl, 1e4 * _U * ql / tol)
+        loc = np.array([xl, ql, float(np.count_nonzero(B > thr_l)), float(B.max(initial=0.0))])
+        if self.comm.size > 1:
+            allv = np.empty((self.comm.size, 4))
+            self.comm.Allgather(loc, allv)
+            loc = allv.max(axis=0)
+            loc[2] = allv[:, 2].sum()
+        scale = max(float(loc[0]), 1e4 * _U * float(loc[1]) / tol)
+        thr = 0.5 * tol * scale
+        if loc[2] == 0:
+            return (X, D, q, scale, thr, B, np.zeros(len(B), bool), 0,
+                    float(loc[3]) / max(scale, 1e-300))  # fmt: skip
+        fail = B > thr
+        return X, D, q, scale, thr, B, fail, int(self._allsum(int(fail.sum()))), None
 
     def _evaluate(self, st, n, ctx):
         """``(X, D, q, scale, threshold)``: the error allowed is ``tol · scale / 2`` with
@@ -565,10 +623,14 @@ class FastVelocity:
             if st.n_use > st.n_phi:
                 self._prepare(st, st.n_use)
         n = st.n_use
-        X, D, q, scale, thr = ev if first and n == n0 else self._evaluate(st, n, ctx)
-        B = self._bounds(st, n, D, q, ctx)[0]
-        fail = B > thr
-        nfail = int(self._allsum(int(fail.sum())))
+        bound = None
+        if self.lean and not first:  # one pass, one collective where no target fails
+            X, D, q, scale, thr, B, fail, nfail, bound = self._settle(*self._finish(st, n, ctx))
+        else:
+            X, D, q, scale, thr = ev if first and n == n0 else self._evaluate(st, n, ctx)
+            B = self._bounds(st, n, D, q, ctx)[0]
+            fail = B > thr
+            nfail = int(self._allsum(int(fail.sum())))
         if nfail > int(self.max_fail * self.N) and n < st.n_tail:  # weights moved: raise
             st.n_use = n = self._pick_degree(st, n, D, q, ctx, thr)
             if n > st.n_phi:
@@ -577,12 +639,14 @@ class FastVelocity:
             B = self._bounds(st, n, D, q, ctx)[0]
             fail = B > thr
             nfail = int(self._allsum(int(fail.sum())))
+            bound = None
         if first:  # drop unused tabulated columns
             self._backend.trim(st, st.n_use)
         if np.any(fail):
             X[fail] = attention_velocity(self.x[fail], self.y, w, A, V)
         st.direct_targets += nfail
-        bound = self._allmax(float(B[~fail].max(initial=0.0))) / max(scale, 1e-300)
+        if bound is None:
+            bound = self._allmax(float(B[~fail].max(initial=0.0))) / max(scale, 1e-300)
         st.report.update(
             method="fast",
             degree=n,

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "kernels", "max_threads", "numba_threads"]
+__all__ = ["HAVE_NUMBA", "finish", "kernels", "max_threads", "numba_threads"]
 
 try:  # numba is optional: without it the tabulated NumPy path is used
     import numba as _nb
@@ -213,6 +213,53 @@ if _nb is not None:
         for k in range((U.shape[0] + _BS - 1) // _BS):
             _nb_block_targets(U, bw, mom, n, ra, rb, fm, k * _BS, out)
         return out
+
+    @_nb.njit(cache=True)
+    def _nb_finish(x, out, tails, idx, eta0, mass, swv, res, Dq):
+        """The per-target tail of an evaluation in one pass (:meth:`FastVelocity._finish`):
+        ``X_i = P_{x_i}(Ñ_i / D̃_i)`` (zero where ``D̃_i <= 0``), ``D̃_i``, ``q_i = |Ñ_i / D̃_i|``
+        and the bound ``B_i = η_i (S_wV + q_i Σw) / (D̃_i - η_i Σw)`` (``inf`` where the
+        denominator is not positive), ``η_i = tails[idx_i] + eta0`` (``idx``: empty for fixed
+        points, ``tails`` then per target). ``res[:, :d] = X``, ``res[:, d] = B``; ``Dq[0] =
+        D̃``, ``Dq[1] = q``. Returns ``(max_i |X_i|, max_i q_i)`` (0 without targets). The
+        same operations in the same order as the NumPy twin, so the same numbers bit for bit
+        (no fast-math)."""
+        N, d = x.shape
+        num = np.empty(d)
+        xmax, qmax = 0.0, 0.0
+        for i in range(N):
+            Di = out[i, 0]
+            Dq[0, i] = Di
+            if Di > 0:
+                for k in range(d):
+                    num[k] = out[i, 1 + k] / Di
+            else:
+                for k in range(d):
+                    num[k] = 0.0
+            dot = x[i, 0] * num[0]
+            qq = num[0] * num[0]
+            for k in range(1, d):
+                dot += x[i, k] * num[k]
+                qq += num[k] * num[k]
+            for k in range(d):
+                res[i, k] = num[k] - dot * x[i, k]
+            xx = res[i, 0] * res[i, 0]
+            for k in range(1, d):
+                xx += res[i, k] * res[i, k]
+            q = math.sqrt(qq)
+            Dq[1, i] = q
+            xmax = max(xmax, math.sqrt(xx))
+            qmax = max(qmax, q)
+            eta = (tails[i] if idx.size == 0 else tails[idx[i]]) + eta0
+            den = Di - eta * mass
+            res[i, d] = eta * (swv + q * mass) / den if den > 0 else np.inf
+        return xmax, qmax
+
+
+def finish():
+    """The compiled per-target tail of a fast evaluation (``_nb_finish``), or ``None``
+    without numba."""
+    return _nb_finish if _nb is not None else None
 
 
 def kernels(threads: int):
