@@ -211,6 +211,12 @@ class FastVelocity:
         bound of Higham and Mary for the sums, plus the basis recurrences).
     """
 
+    #: per-call overhead cut (:meth:`_finish`, :meth:`_settle`): one compiled pass over the
+    #: targets and one collective per call; ``False`` (per instance or on the class): the
+    #: step-by-step NumPy path and its three reductions (the same numbers bit for bit;
+    #: scripts/bench_spread.py times both)
+    lean = True
+
     def __init__(
         self,
         comm,
@@ -272,10 +278,6 @@ class FastVelocity:
         self.n_cap = self._n_cap(cost=self.auto)
         self._told = False  # the peaked-kernel fall-back of auto said once
         self.report: dict = {"method": "fast"}
-        #: per-call overhead cut (:meth:`_finish`, :meth:`_settle`): one compiled pass over the
-        #: targets and one collective per call; ``False``: the step-by-step NumPy path and its
-        #: three reductions (the same numbers; scripts/bench_spread.py times both)
-        self.lean = True
 
     @property
     def threads(self) -> int:
