@@ -123,7 +123,7 @@ class Flows:
 
     def __init__(self, op, fields: list, rho0: np.ndarray, *, stepping: str = "adaptive",
                  cfl: float = 0.9, dt_fixed: float | None = None, max_dt: float = 0.5,
-                 tail_mass: float = 1e-9):  # fmt: skip
+                 tail_mass: float = 1e-9, velocity_stages: str = "each"):  # fmt: skip
         if stepping not in ("fixed", "adaptive"):
             raise ValueError(f"time.stepping must be 'fixed' or 'adaptive', got {stepping!r}")
         if not (np.isfinite(tail_mass) and 0 <= tail_mass < 1):
@@ -132,7 +132,7 @@ class Flows:
         #: the step
         self.tail_mass = tail_mass
         self.op, self.fields = op, fields
-        self.transports = [Transport(op, f) for f in fields]
+        self.transports = [Transport(op, f, velocity_stages) for f in fields]
         self.states = [rho0.copy() for _ in fields]
         self.stepping, self.cfl, self.dt_fixed, self.max_dt = stepping, cfl, dt_fixed, max_dt
         #: number of steps taken of each kind (:meth:`plan`)
@@ -487,6 +487,7 @@ def evolve(
     stop_after_exit: bool = False,
     active: float | None = None,
     cluster_criterion: str = "reach",
+    velocity_stages: str = "each",
 ) -> Result:
     """Evolve the density by upwind DG + SSP-RK3 from ``initial`` to time ``T``.
 
@@ -560,6 +561,12 @@ def evolve(
         ``stop_after_exit`` run): ``"reach"`` (the snapped reach, default) or ``"atoms_w2"``
         (the Wasserstein distance to the measures on the base centres; continuous in the
         data, converging under refinement).
+    velocity_stages : str
+        ``"each"`` (default): the velocity of every SSP-RK3 stage's density (three
+        evaluations per step and flow). ``"frozen"``: the velocity of the step's start for its
+        three stages (one evaluation; :class:`solver.transport.Transport`): about 3x fewer
+        velocity evaluations, first order in time in the velocity's dependence on the
+        density (error against ``"each"`` measured in docs/benchmarks/spread_phase.md).
     active : float, optional
         The mass tail ``τ`` of the active set (``None``, the default: the full evaluation).
         The velocity is evaluated at the nodes of the cells that hold all but ``τ`` of the
@@ -640,7 +647,8 @@ def evolve(
                          f"(limit {MAX_STEPS:.0e}; the speed bound {speed_max:.3g} of the "
                          "model's V): lower T or the speed, or coarsen the mesh")  # fmt: skip
     flows = Flows(op, fields, rho0, stepping=stepping, cfl=cfl, max_dt=max_dt,
-                  tail_mass=tail_mass, dt_fixed=dt_fixed)  # fmt: skip
+                  tail_mass=tail_mass, dt_fixed=dt_fixed,
+                  velocity_stages=velocity_stages)  # fmt: skip
 
     if cluster_criterion not in CLUSTER_CRITERIA:
         raise ValueError(f"cluster_criterion must be one of {CLUSTER_CRITERIA}, got "
@@ -657,7 +665,8 @@ def evolve(
         fp = fingerprint(
             sm, op, rho0, (model, perturbed), T=T, times=clock.events,
             velocity=velocity, method=method, tolerance=tolerance, degree=degree, active=active,
-            stepping=f"{stepping} max_dt={max_dt!r} tail_mass={tail_mass!r}",
+            stepping=f"{stepping} max_dt={max_dt!r} tail_mass={tail_mass!r}"
+            + ("" if velocity_stages == "each" else f" velocity_stages={velocity_stages}"),
             settings={  # every other setting that changes an output file
                 "cfl": repr(cfl),
                 "clusters": ("off" if clusters is None else

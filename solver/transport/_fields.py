@@ -20,6 +20,7 @@ __all__ = [
     "NonlocalField",
     "PrescribedField",
     "Transport",
+    "VELOCITY_STAGES",
 ]
 
 
@@ -90,14 +91,29 @@ class PrescribedField:
         pass
 
 
+#: how the stages of a step get their velocity (:class:`Transport`)
+VELOCITY_STAGES = ("each", "frozen")
+
+
 class Transport:
     """Upwind DG transport of one density under a velocity field, stepped by SSP-RK3.
 
     The operator's limiter (identity for DG0) is applied after every stage.
+
+    ``velocity_stages``: ``"each"`` (the default) evaluates the velocity of every stage's
+    density (three evaluations per step); ``"frozen"`` takes the velocity of the step's start
+    for its three stages (one evaluation: the step's plan has it already). SSP-RK3 of a frozen
+    velocity is first order in time in the velocity's dependence on the density (the
+    transport itself stays third order, and positive under the same step); the error against
+    ``"each"`` is measured in docs/benchmarks/spread_phase.md and tests/test_transport.py.
     """
 
-    def __init__(self, op, field):
+    def __init__(self, op, field, velocity_stages: str = "each"):
+        if velocity_stages not in VELOCITY_STAGES:
+            raise ValueError(f"velocity_stages must be one of {VELOCITY_STAGES}, got "
+                             f"{velocity_stages!r}")  # fmt: skip
         self.op, self.field = op, field
+        self.frozen = velocity_stages == "frozen"
 
     def step(self, rho: np.ndarray, t: float, dt: float, u0: np.ndarray | None = None,
              capped: bool = False) -> np.ndarray:  # fmt: skip
@@ -107,6 +123,19 @@ class Transport:
         cell's content: positive for any ``dt``) instead of ``ρ + dt · rhs``.
         """
         tp = t + 0.5 * dt  # parameters frozen over the step
+        if self.frozen:  # the start's velocity for every stage
+            u0 = self.field(tp, t, rho) if u0 is None else u0
+            if capped:
+                return ssp_rk3_step(
+                    None,
+                    rho,
+                    t,
+                    dt,
+                    limiter=self.op.limit,
+                    euler=lambda s, r, u=None: self.op.euler_step(u0, r, dt),
+                )
+            return ssp_rk3_step(lambda s, r: self.op.rhs(u0, r), rho, t, dt,
+                                limiter=self.op.limit)  # fmt: skip
         if capped:
 
             def euler(s, r, u=None):
@@ -121,16 +150,18 @@ class Transport:
         return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit, f0=f0)
 
 
-def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9) -> tuple[np.ndarray, dict]:
+def advance(op, field, state: np.ndarray, T: float, cfl: float = 0.9,
+            velocity_stages: str = "each") -> tuple[np.ndarray, dict]:  # fmt: skip
     """Step ``state`` from 0 to ``T`` by SSP-RK3 (limited after each stage) under ``field``
     (a :class:`PrescribedField` or ``NonlocalField`` of ``op``) with the a-priori step
-    ``op.max_time_step`` (DG0: capped Euler stages, positive for any step).
+    ``op.max_time_step`` (DG0: capped Euler stages, positive for any step);
+    ``velocity_stages`` as :class:`Transport`'s.
 
     Returns the final state and ``{"steps", "mass_drift" (max |M(t) - M(0)| / M(0)),
     "min_average" (smallest cell average seen)}`` (global, identical on every rank).
     """
     times, _ = time_grid(T, op.max_time_step(field.speed(T), cfl))
-    flow = Transport(op, field)
+    flow = Transport(op, field, velocity_stages)
     capped = getattr(op, "capped_fixed_steps", False)  # DG0: positive for any step
     comm, sm = op.sm.comm, op.sm
     mass0 = sm.integrate(op.cell_averages(state))
