@@ -152,7 +152,8 @@ def test_quantile_sphere():
 
 
 def test_phase_options_checked_and_dealt():
-    """``pde_criterion`` and ``conv_draw`` are checked; a quantile draw (S^1 and S^2) is one
+    """``pde_criterion``, ``pde_degree`` (0, 1 or 2; not a bool or a float) and ``conv_draw``
+    are checked; a quantile draw (S^1 and S^2) is one
     case per sphere and n (seed 0), the random draws ``conv_seeds`` cases per n."""
     from solver import ConfigError
     from solver.experiments.phase_diagram import phase_check, phase_particles_cases
@@ -160,7 +161,9 @@ def test_phase_options_checked_and_dealt():
     p = load_presets("phase_diagram")["tiny"]
     phase_check(p)
     for bad, match in (({"pde_criterion": "mass"}, "pde_criterion"),
-                       ({"conv_draw": "sobol"}, "conv_draw")):  # fmt: skip
+                       ({"conv_draw": "sobol"}, "conv_draw"), ({"pde_degree": 3}, "pde_degree"),
+                       ({"pde_degree": True}, "pde_degree"),
+                       ({"pde_degree": 1.0}, "pde_degree")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):
             phase_check({**p, **bad})
     q = {**p, "conv_draw": "quantile"}

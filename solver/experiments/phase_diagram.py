@@ -40,6 +40,10 @@ cells; S^2 levels 3 - 5; docs/experiments.md, tests/test_phase_convergence.py). 
 ``mass_outside_base``) placed by the snapped reach: not monotone under refinement once the
 drifting cluster's wake outgrows the snap ring.
 
+``pde_degree`` (0, the default; 1 or 2): the DG degree of the PDE runs (:func:`solver.evolve`'s
+``degree``); on the tiny S^1 case DG1 gives entries that converge faster than DG0's and exits
+that do not converge (docs/experiments.md).
+
 Particles converging to the PDE (``particles.csv``, :func:`phase_particles_case`): for every
 PDE sphere, ``n = conv_n[i]`` and draw ``seed < conv_seeds[i]``, ``n`` tokens drawn i.i.d. from
 the PDE's ``ρ0`` (so that ``μ^n_0 → ρ0`` and, by the mean-field limit, the entry and exit
@@ -105,6 +109,7 @@ _PDE = {
     "pde_tol": 0.01,
     "pde_save_every": 0.5,
     "pde_criterion": "atoms_w2",
+    "pde_degree": 0,
     "conv_draw": "random",
 }
 PRESETS = {
@@ -160,6 +165,9 @@ def phase_check(p: dict) -> None:
     require(p, "pde_initial", p["pde_initial"] in PDE_INITIALS, f"one of {PDE_INITIALS}")
     require(p, "pde_tol", 0 <= p["pde_tol"] < 1, "in [0, 1)")
     require(p, "pde_criterion", p["pde_criterion"] in PDE_CRITERIA, f"one of {PDE_CRITERIA}")
+    deg = p["pde_degree"]
+    ok = isinstance(deg, (int, np.integer)) and not isinstance(deg, bool) and deg in (0, 1, 2)
+    require(p, "pde_degree", ok, "0, 1 or 2 (the DG degree of the PDE runs)")
     require(p, "conv_draw", p["conv_draw"] in CONV_DRAWS, f"one of {CONV_DRAWS}")
 
     positive(p, "conv_n", "conv_seeds", "conv_T", "conv_dt", "conv_save_every", "conv_eps_min",
@@ -254,7 +262,8 @@ def phase_pde_initial(p: dict, d: int):
 
 
 def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
-    """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG0, adaptive), to
+    """Base and perturbed flow of the PDE in one :func:`solver.evolve` (DG of degree
+    ``pde_degree``, 0 by default; adaptive), to
     ``pde_T`` or to the first saved time after ν's exit (``stop_after_exit``: from there on
     the phase is forgetting). The steps are held by the cells that hold all but
     ``ClusterState.LIGHT * pde_tol`` of the mass (``tail_mass``: what the cluster search also
@@ -271,7 +280,8 @@ def phase_pde(p: dict, sphere: int, eps: float, comm, progress: bool = False):
                   save_every=p["pde_save_every"], w2=False, vtx=False, progress=progress,
                   cluster_delta=p["delta"], cluster_tol=p["pde_tol"],
                   cluster_criterion=p["pde_criterion"], stop_after_exit=True,
-                  tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
+                  tail_mass=ClusterState.LIGHT * p["pde_tol"],
+                  degree=p["pde_degree"])  # fmt: skip
 
 
 #: the point-mass law's prefactor (t_exit ≈ c / ε, fitted) and the base flow's entry time,
