@@ -563,10 +563,13 @@ def evolve(
         data, converging under refinement).
     velocity_stages : str
         ``"each"`` (default): the velocity of every SSP-RK3 stage's density (three
-        evaluations per step and flow). ``"frozen"``: the velocity of the step's start for its
-        three stages (one evaluation; :class:`solver.transport.Transport`): about 3x fewer
-        velocity evaluations, first order in time in the velocity's dependence on the
-        density (error against ``"each"`` measured in docs/benchmarks/spread_phase.md).
+        evaluations per step and flow). ``"frozen"`` (with ``active``): in the spread phase,
+        while the active set evaluates every target, the velocity of the step's start for its
+        three stages (one evaluation; :class:`solver.transport.Transport`): 3x fewer velocity
+        evaluations there, first order in time in the velocity's dependence on the density;
+        after clustering (long steps, cheap active evaluations) as ``"each"``. Error against
+        ``"each"`` measured in docs/benchmarks/spread_phase.md. ``"frozen_always"``: on every
+        step (a reference: its error after clustering is not small).
     active : float, optional
         The mass tail ``τ`` of the active set (``None``, the default: the full evaluation).
         The velocity is evaluated at the nodes of the cells that hold all but ``τ`` of the

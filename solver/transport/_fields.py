@@ -65,6 +65,13 @@ class NonlocalField:
     def speed(self, T: float) -> float:
         return self.model.speed_bound(T)
 
+    @property
+    def spread(self) -> bool:
+        """Whether the last velocity was evaluated on every target because the density is
+        spread (the active set chose the full evaluation; :meth:`NonlocalVelocity.
+        evaluate_active`); ``False`` without an active set. The same on every rank."""
+        return self.active is not None and self.eval.full
+
     def get_state(self) -> list[dict]:
         return self.eval.get_state()
 
@@ -92,7 +99,7 @@ class PrescribedField:
 
 
 #: how the stages of a step get their velocity (:class:`Transport`)
-VELOCITY_STAGES = ("each", "frozen")
+VELOCITY_STAGES = ("each", "frozen", "frozen_always")
 
 
 class Transport:
@@ -102,10 +109,14 @@ class Transport:
 
     ``velocity_stages``: ``"each"`` (the default) evaluates the velocity of every stage's
     density (three evaluations per step); ``"frozen"`` takes the velocity of the step's start
-    for its three stages (one evaluation: the step's plan has it already). SSP-RK3 of a frozen
-    velocity is first order in time in the velocity's dependence on the density (the
-    transport itself stays third order, and positive under the same step); the error against
-    ``"each"`` is measured in docs/benchmarks/spread_phase.md and tests/test_transport.py.
+    for its three stages (one evaluation: the step's plan has it already) in the *spread
+    phase* only: while the field says the density is spread (``field.spread``: the active set
+    chose the full evaluation, :class:`NonlocalField`); other steps are as ``"each"``. SSP-RK3
+    of a frozen velocity is first order in time in the velocity's dependence on the density
+    (the transport itself stays third order, and positive under the same step); the error
+    against ``"each"`` is measured in docs/benchmarks/spread_phase.md and
+    tests/test_transport.py. ``"frozen_always"``: frozen on every step (the measurement's
+    reference; after clustering its steps are long and its error is not small).
     """
 
     def __init__(self, op, field, velocity_stages: str = "each"):
@@ -113,7 +124,7 @@ class Transport:
             raise ValueError(f"velocity_stages must be one of {VELOCITY_STAGES}, got "
                              f"{velocity_stages!r}")  # fmt: skip
         self.op, self.field = op, field
-        self.frozen = velocity_stages == "frozen"
+        self.stages = velocity_stages
 
     def step(self, rho: np.ndarray, t: float, dt: float, u0: np.ndarray | None = None,
              capped: bool = False) -> np.ndarray:  # fmt: skip
@@ -123,8 +134,11 @@ class Transport:
         cell's content: positive for any ``dt``) instead of ``ρ + dt · rhs``.
         """
         tp = t + 0.5 * dt  # parameters frozen over the step
-        if self.frozen:  # the start's velocity for every stage
+        if self.stages != "each":
             u0 = self.field(tp, t, rho) if u0 is None else u0
+        if self.stages == "frozen_always" or (
+            self.stages == "frozen" and getattr(self.field, "spread", False)
+        ):  # the start's velocity for every stage
             if capped:
                 return ssp_rk3_step(
                     None,

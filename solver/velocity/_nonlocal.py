@@ -90,6 +90,9 @@ class NonlocalVelocity:
         self._fast_options = dict(fast_options or {})
         self._warned_moving = False
         self._active = None  # ActiveSum, made at the first call of evaluate_active
+        #: whether the last :meth:`evaluate_active` evaluated every target (the cost model
+        #: chose the full evaluation: a spread density; the same on every rank)
+        self.full = True
         self.report: dict = {"method": "direct"}
         # the same on every rank (gathered sources), even where a rank has no targets
         d = self.sources.shape[1] if self.sources is not None else self.targets.shape[-1]
@@ -198,9 +201,11 @@ class NonlocalVelocity:
             else:  # the fast method uses the direct sum for this A
                 full = False
             if full:
+                self.full = True
                 out = self._fast(w, A, V)
                 self.report = self._fast.report
                 return out
+        self.full = False
         if self._active is None:
             self._active = ActiveSum(self.comm, self.sources, tolerance=self.tolerance)
         out = np.zeros_like(self.targets)
