@@ -602,6 +602,9 @@ def evolve(
     comm = sm.comm
     op = make_operator(sm, degree)
     sm = op.sm  # DG1/DG2 work on the curved (P2) version of the mesh: same cells, same keys
+    if velocity_stages == "frozen" and active is None:
+        raise ValueError("velocity_stages='frozen' needs active (it freezes the velocity while "
+                         "the active set evaluates every target)")  # fmt: skip
     if active is not None:
         as_real("active", active, nonneg=True, below=1.0)
         if degree == 0 and velocity is None:  # the stages on the cells the velocity reaches
