@@ -57,6 +57,7 @@ def test_region_and_edge_kernels_match_their_numpy_twins():
     rng = np.random.default_rng(3)
     nloc = act.op.u.x.array.size // 3
     ua = rng.normal(size=(nloc, 3)) * (rng.random(nloc) < 0.2)[:, None]
+    ua[rng.random(ua.shape) < 0.5] = 0.0  # rows moving in one or two components only
     aa = rng.normal(size=(nloc, 3)) * (rng.random(nloc) < 0.2)[:, None]
     mv, F = A._region(ua, act._nbr)
     mv0, F0 = A._region_numpy(ua, act._nbr)
@@ -233,3 +234,58 @@ def test_compiled_split_and_ring_match_their_definitions():
     ring = A._ring(flag, act._nbr)
     assert np.array_equal(ring, A._ring_numpy(flag, act._nbr))
     assert (flag[: len(ring)] > 0).sum() < ring.sum() < len(ring)
+
+
+@pytest.mark.parametrize("tail", [1e-12, 1e-3])
+def test_active_targets_from_the_gathered_weights_are_the_reduced_ones(tail):
+    """``ActiveTargets.from_gathered`` (the cut, the heavy cells and their ring found on the
+    whole mesh from the gathered weights, no communication) gives the mask of ``__call__``
+    (the cut reduced over the ranks, the ring through the ghosts) and the global count of
+    active targets; ``NonlocalField`` takes that path for DG0, with the velocity of the
+    reduced path to round-off. Two clusters of vMF tails (light cells of every size)."""
+    from solver.transport import NonlocalField, make_operator
+    from solver.transport._active import ActiveTargets
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    op = make_operator(sm, 0)
+    bumps = [solver.VonMisesFisher(c, k) for c, k in (((1.0, 0.0, 0.2), 2000.0),
+                                                       ((-0.3, 1.0, 0.0), 3000.0))]  # fmt: skip
+    init = solver.Mixture(bumps, [0.3, 0.7])
+    rho = op.initial_state(init)
+    targets = ActiveTargets(op, tail)
+    assert targets.keyed
+    field = NonlocalField(op, solver.Model(np.eye(3), np.eye(3), np.eye(3)), method="auto",
+                          active=tail)  # fmt: skip
+    wg = field.eval.gather(op.source_weights(rho))
+    mask, count = targets.from_gathered(wg)
+    ref = targets(rho)
+    assert np.array_equal(mask, ref)
+    assert count == COMM.allreduce(int(ref.sum())) and 0 < count < 0.5 * sm.num_cells
+    field(0.0, 0.0, rho)  # the fast expansion's degree chosen (a full evaluation)
+    u = field(0.0, 0.0, rho)
+    assert field.eval.report["method"] == "active"
+    u_ref = field.eval.evaluate_active(op.source_weights(rho), np.eye(3), np.eye(3), ref)
+    assert _close(u, u_ref, rel=1e-14) and np.any(u != 0)
+
+
+def test_tail_ladder_is_its_definition_at_the_rungs():
+    """The compiled ladder of ``tail_cut`` (rungs from the binary exponents, settled by exact
+    comparisons) puts every value where ``s[k] = Σ_{v < tail 2^-k} v`` says, values exactly on
+    a rung ``tail 2^-k`` and just beside it included (a rung off by one is caught)."""
+    from solver.velocity._active import TAIL_LADDER, _nb, tail_cut
+
+    if _nb is None:  # pragma: no cover - without numba
+        pytest.skip("numba not installed")
+    from solver.velocity._active import _nb_ladder
+
+    rng = np.random.default_rng(7)
+    for tail in (1e-12, 0.3, 1.0 / 3.0):
+        k = np.arange(TAIL_LADDER + 2)
+        rungs = tail * 2.0**-k
+        v = np.concatenate([rungs, np.nextafter(rungs, 0), np.nextafter(rungs, 1),
+                            tail * np.exp(-rng.uniform(0, 45, 2000)), [0.0, 2 * tail]])  # fmt: skip
+        s = np.cumsum(_nb_ladder(v, tail, TAIL_LADDER)[::-1])[::-1]
+        ref = np.array([v[v < tail * 2.0**-j].sum() for j in range(TAIL_LADDER + 1)])
+        assert np.allclose(s, ref, rtol=1e-12, atol=0)
+        theta = tail_cut(v, 40 * tail)
+        assert v[v < theta].sum() <= 40 * tail < v[v < 2 * theta].sum() or theta == 40 * tail

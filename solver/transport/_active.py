@@ -72,6 +72,40 @@ class ActiveTargets:
         if self._cell_nodes is not None:
             self._nodes = la.vector(dm.index_map, 1)
 
+    @property
+    def keyed(self) -> bool:
+        """Whether :meth:`from_gathered` applies (one target per owned cell, in order)."""
+        return self._cell_nodes is None
+
+    def _global_neighbours(self) -> np.ndarray:
+        """``(num_cells, facets per cell)``: the keys of every cell's facet neighbours, in key
+        order, the same on every rank (gathered once)."""
+        if getattr(self, "_gnbr", None) is None:
+            from ..parallel import allgather_rows
+
+            sm, nown = self.op.sm, self._nown
+            keys = fem.Function(sm.V0, name="keys")  # the ghosts' keys (exact below 2^53)
+            keys.x.array[:nown] = sm.keys
+            keys.x.scatter_forward()
+            nb = np.rint(keys.x.array[self._nbr]).astype(np.int64)
+            counts = np.array(sm.comm.allgather(nown))
+            g = np.empty((int(counts.sum()), nb.shape[1]), dtype=np.int64)
+            g[allgather_rows(sm.comm, sm.keys, counts)] = allgather_rows(sm.comm, nb, counts)
+            self._gnbr = g
+        return self._gnbr
+
+    def from_gathered(self, w: np.ndarray) -> tuple[np.ndarray, int]:
+        """``(mask, count)``: :meth:`__call__`'s mask of the owned targets and the number of
+        active targets over all ranks, from the source weights of every cell gathered in key
+        order (``w``: :meth:`solver.NonlocalVelocity.gather` of ``ρ_K |K|``; :attr:`keyed`
+        operators only). Every rank holds every cell's mass, so the cut, the heavy cells and
+        their ring are found on the whole mesh without communication (the same on every
+        rank; the cut's ladder summed in key order)."""
+        w = np.ascontiguousarray(w, dtype=float)
+        heavy = w >= tail_cut(w, self.tail * float(w.sum()))
+        ring = _ring(heavy, self._global_neighbours())
+        return ring[self.op.sm.keys], int(np.count_nonzero(ring))
+
     def _total(self, m: np.ndarray) -> float:
         s = float(m.sum())
         return self.op.sm.comm.allreduce(s) if self.op.sm.comm.size > 1 else s
@@ -276,13 +310,6 @@ def _region_numpy(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return moving, np.flatnonzero(_ring_numpy(moving, nbr))
 
 
-def _region(ua: np.ndarray, nbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(moving, F)``: the local cells whose velocity is not zero, and the owned cells that
-    are moving or have a moving facet neighbour (ascending: the ring of the moving cells)."""
-    moving = np.any(ua != 0.0, axis=1)
-    return moving, np.flatnonzero(_ring(moving, nbr))
-
-
 def _edges_numpy(plus, minus, ntf, ua, aa, moving) -> tuple:
     live = moving | np.any(aa != 0.0, axis=1)
     E = np.flatnonzero(live[plus] | live[minus])
@@ -309,6 +336,29 @@ if _numba is not None:
                 r = r or flag[nbr[c, f]] > 0
             act[c] = r
         return act
+
+    @_numba.njit(cache=True)
+    def _region(ua, nbr):
+        """``(moving, F)``: the local cells whose velocity is not zero, and the owned cells that
+        are moving or have a moving facet neighbour (ascending: the ring of the moving cells)."""
+        nloc, gdim = ua.shape
+        moving = np.zeros(nloc, np.bool_)
+        for c in range(nloc):
+            for i in range(gdim):
+                if ua[c, i] != 0.0:
+                    moving[c] = True
+                    break
+        nown, nf = nbr.shape
+        F = np.empty(nown, np.int64)
+        k = 0
+        for c in range(nown):
+            r = moving[c]
+            for f in range(nf):
+                r = r or moving[nbr[c, f]]
+            if r:
+                F[k] = c
+                k += 1
+        return moving, F[:k]
 
     @_numba.njit(cache=True)
     def _edges(plus, minus, ntf, ua, aa, moving):
@@ -346,4 +396,4 @@ if _numba is not None:
         return E, sp, sm
 
 else:  # pragma: no cover - without numba
-    _ring, _edges = _ring_numpy, _edges_numpy
+    _ring, _region, _edges = _ring_numpy, _region_numpy, _edges_numpy

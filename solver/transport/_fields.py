@@ -58,8 +58,13 @@ class NonlocalField:
     def __call__(self, t_param: float, t: float, state: np.ndarray) -> np.ndarray:
         A, V = self.model.parameters(t_param)
         if self.active is not None:
-            return self.eval.evaluate_active(self.op.source_weights(state), A, V,
-                                             self.active(state))  # fmt: skip
+            w = self.op.source_weights(state)
+            if self.active.keyed and self.eval.sources is not None and np.ndim(A) == 2:
+                # DG0: the active set from the gathered weights (one gather, no reduction)
+                wg = self.eval.gather(w)
+                mask, nt = self.active.from_gathered(wg)
+                return self.eval.evaluate_active(w, A, V, mask, gathered=(wg, nt))
+            return self.eval.evaluate_active(w, A, V, self.active(state))
         return self.eval(self.op.source_weights(state), A, V)
 
     def speed(self, T: float) -> float:

@@ -65,16 +65,18 @@ def tail_cut(values: np.ndarray, tail: float, comm=None) -> float:
         return 0.0
     values = np.asarray(values, dtype=float)
     if _nb is not None:
-        s = _nb_ladder(values, float(tail), TAIL_LADDER)
+        s = _nb_ladder(np.ascontiguousarray(values), float(tail), TAIL_LADDER)
     else:  # pragma: no cover - without numba
         v = values[values < tail]
         with np.errstate(divide="ignore", over="ignore"):
             e = np.log2(tail / v)  # v < tail·2^-k  <=>  e > k (v = 0: e = inf)
         b = np.clip(np.ceil(e) - 1, 0, TAIL_LADDER).astype(np.int64)
         s = np.bincount(b, v, TAIL_LADDER + 1)
-    s = s[::-1].cumsum()[::-1]  # s[k] = Σ_{v < tail 2^-k} v
+    s = np.ascontiguousarray(np.cumsum(s[::-1])[::-1])  # s[k] = Σ_{v < tail 2^-k} v
     if comm is not None and comm.size > 1:
-        s = comm.allreduce(s)
+        from mpi4py import MPI
+
+        comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
     ok = np.flatnonzero(s <= tail)
     return float(tail * 2.0 ** -ok[0]) if ok.size else 0.0
 
@@ -118,14 +120,30 @@ if _nb is not None:
 
     @_nb.njit(cache=True)
     def _nb_ladder(values, tail, K):
-        """``s[b]``: the sum of the values ``v < tail`` whose rung is ``b``
-        (``b = ceil(log2(tail / v)) - 1`` clipped to ``[0, K]``; 0 goes to rung ``K``)."""
+        """``s[b]``: the sum of the values ``v < tail`` whose rung is ``b``: ``b = k`` for
+        ``tail 2^-(k+1) <= v < tail 2^-k`` (``b = ceil(log2(tail / v)) - 1``), clipped to
+        ``[0, K]`` (0 goes to rung ``K``). The rung is guessed from the binary exponents of
+        ``v`` and ``tail`` (no logarithm; within one rung) and settled by exact comparisons
+        with the rungs ``tail 2^-k`` (powers of two: exact while ``tail 2^-K`` is normal)."""
         s = np.zeros(K + 1)
-        for v in values:
+        rung = np.empty(K + 2)
+        for k in range(K + 2):
+            rung[k] = tail * 2.0**-k
+        bits = values.view(np.int64)
+        et = (np.int64(np.array([tail]).view(np.int64)[0]) >> 52) & 0x7FF
+        low = rung[K]
+        for j in range(values.size):
+            v = values[j]
             if v < tail:
-                b = K
-                if v > 0:
-                    b = min(K, max(0, math.ceil(math.log2(tail / v)) - 1))
+                if v < low:  # 0 (and anything below the last rung) goes to rung K
+                    s[K] += v
+                    continue
+                b = et - ((bits[j] >> 52) & 0x7FF) - 1
+                b = min(K, max(0, b))
+                while b > 0 and v >= rung[b]:
+                    b -= 1
+                while b < K and v < rung[b + 1]:
+                    b += 1
                 s[b] += v
         return s
 

@@ -164,8 +164,9 @@ class NonlocalVelocity:
     PAIR_COST, TERM_COST = 4e-9, 1e-9
 
     def evaluate_active(
-        self, weights: np.ndarray, A: np.ndarray, V: np.ndarray, active: np.ndarray
-    ) -> np.ndarray:
+        self, weights: np.ndarray, A: np.ndarray, V: np.ndarray, active: np.ndarray,
+        gathered: tuple | None = None,
+    ) -> np.ndarray:  # fmt: skip
         """Velocity at the active targets (``active``: this rank's boolean mask over its
         targets) from the sources that hold all but an error-controlled tail of the mass
         (:class:`solver.velocity._active.ActiveSum`); zero at the other targets.
@@ -175,6 +176,9 @@ class NonlocalVelocity:
         instead and every target gets its velocity. The error at the active targets is
         within :attr:`tolerance` (relative, max norm over the targets evaluated) either way.
         Collective; fixed sources, one head only (else the full evaluation).
+        ``gathered``: ``(weights gathered in key order, global number of active targets)``
+        where the caller has them (:meth:`solver.transport._active.ActiveTargets.keyed`: no
+        second gather, no count reduction).
         """
         active = np.asarray(active, dtype=bool)
         if active.shape != (len(self.targets),):
@@ -182,9 +186,12 @@ class NonlocalVelocity:
                              f"got {active.shape}")  # fmt: skip
         if self.sources is None or np.ndim(A) != 2:
             return self(weights, A, V)
-        w = self.gather(weights)
         idx = np.flatnonzero(active)
-        nt = int(self.comm.allreduce(idx.size)) if self.comm.size > 1 else idx.size
+        if gathered is not None:
+            w, nt = gathered[0], int(gathered[1])
+        else:
+            w = self.gather(weights)
+            nt = int(self.comm.allreduce(idx.size)) if self.comm.size > 1 else idx.size
         if self._active is not None and "sources" in self._active.report:
             ns = self._active.report["sources"]  # the last call's active sources
         else:
