@@ -162,10 +162,13 @@ def hull_radius(points: np.ndarray, u: np.ndarray) -> np.ndarray:
     from scipy.spatial import ConvexHull
 
     eq = ConvexHull(points).equations  # n·x + b <= 0 inside, |n| = 1
-    cos = np.atleast_2d(u) @ eq[:, :3].T
-    with np.errstate(divide="ignore"):
-        t = np.where(cos > 0, -eq[:, 3] / cos, np.inf)
-    return t.min(axis=1)
+    u = np.atleast_2d(u)
+    out = np.empty(len(u))
+    for i in range(0, len(u), 256):  # chunks: (256, facets) at a time
+        cos = u[i : i + 256] @ eq[:, :3].T
+        with np.errstate(divide="ignore"):
+            out[i : i + 256] = np.where(cos > 0, -eq[:, 3] / cos, np.inf).min(axis=1)
+    return out
 
 
 def hull_spread(level: int, u: np.ndarray) -> np.ndarray:
@@ -205,6 +208,25 @@ def hull_reading(r: dict, delta: float) -> dict:
     out["ts_enter"], out["ts_exit"] = crossing_times(t, r["w2_nu"], delta, strict=True)
     out["ts_base_enter"], _ = crossing_times(t, r["w2_mu"], delta, strict=True)
     return out
+
+
+def predict(ref: str, levels: list[int]) -> None:
+    """The exit the cells would give if they held the particles' ν cluster as tightly as they
+    can: ``W₂² = 2 (1 − ρ_L(u) cos θ)`` along the reference's (particles') mean direction ``u``
+    and angle ``θ`` from its atom (:func:`hull_radius` of icosphere level ``L``), crossed
+    through ``δ`` between the saved times; its spread ``s_min`` at that exit, and the mesh
+    size ``h = (4π / cells)^{1/2}``."""
+    p, _ = small_case()
+    R = dict(np.load(ref))
+    _, tx = crossing_times(R["times"], R["w2_nu"], p["delta"], strict=True)
+    print(f"{os.path.basename(ref)}: exit {float(R['t_exit']):.4f} (at the saves {tx:.4f})")
+    for level in levels:
+        smin = hull_spread(level, R["u_nu"])
+        w2 = np.sqrt(2 * (1 - np.sqrt(1 - smin**2) * np.cos(R["theta_nu"])))
+        _, tl = crossing_times(R["times"], w2, p["delta"], strict=True)
+        h = math.sqrt(4 * math.pi / (20 * 4**level))
+        print(f"level {level} (h = {h:.4f}): predicted exit {tl:.4f} ({tl - tx:+.4f}), s_min "
+              f"at it {float(np.interp(tl, R['times'], smin)):.5f}")  # fmt: skip
 
 
 def compare(paths: list[str], ref: str, times: list[float]) -> None:
@@ -254,7 +276,13 @@ def main() -> None:
     c.add_argument("runs", nargs="+")
     c.add_argument("--ref", required=True)
     c.add_argument("--times", type=float, nargs="+", default=[4, 6, 8, 10, 12, 13])
+    e = sub.add_parser("predict")
+    e.add_argument("ref")
+    e.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
     args = ap.parse_args()
+    if args.what == "predict":
+        predict(args.ref, args.levels)
+        return
     if args.what == "compare":
         compare(args.runs, args.ref, args.times)
         return
