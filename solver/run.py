@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mpi4py.MPI import IN_PLACE as MPI_IN_PLACE
 from mpi4py.MPI import MAX as MPI_MAX
+from mpi4py.MPI import SUM as MPI_SUM
 from scipy.spatial import cKDTree
 
 from .analysis import (
@@ -37,9 +39,7 @@ from .analysis import (
     check_state,
     crossing_times,
     density_clusters,
-    density_diagnostics,
     diagnostic_columns,
-    drift_diagnostics,
     mass_reach,
     point_mass_radius,
     reach_candidates,
@@ -47,6 +47,7 @@ from .analysis import (
     wasserstein,
     wasserstein_sphere,
 )
+from .analysis._clusters._state import snap_steps
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .io import progress as progress_bar
 from .io._config import MAX_STEPS
@@ -186,15 +187,40 @@ class Diagnostics:
         self.rows: list[list[float]] = []
 
     def __call__(self, t: float, avgs: list[np.ndarray]) -> None:
-        diags = [density_diagnostics(self.sm, a) for a in avgs]
+        diags, drift = self._diagnostics(avgs)
         for i, dg in enumerate(diags):
             check_state(dg, t, 1.0, "density_perturbed" if i else "density")
         row = [t] + diags[0]
         if self.two:
-            row += diags[1] + drift_diagnostics(self.sm, diags[0], diags[1], *avgs)
+            row += diags[1] + drift
         if self.clusters is not None:
             row += self.clusters(avgs)
         self.rows.append(row)
+
+    def _diagnostics(self, avgs: list[np.ndarray]) -> tuple[list[list[float]], list[float]]:
+        """:func:`solver.analysis.density_diagnostics` of each flow and, with two,
+        :func:`solver.analysis.drift_diagnostics` (their numbers), with the flows' sums in one
+        reduction and their extremes in another (2 collectives instead of 5)."""
+        sm = self.sm
+        sums, ext = [], []
+        for rho in avgs:
+            w = rho * sm.areas
+            sums += [np.concatenate([[w.sum()], w @ sm.centroids])]
+            ext += [-rho.min(initial=np.inf), rho.max(initial=-np.inf)]
+        if self.two:
+            sums.append([float(np.abs(avgs[0] - avgs[1]) @ sm.areas)])
+        sums, ext = np.concatenate(sums), np.array(ext)
+        if sm.comm.size > 1:
+            sm.comm.Allreduce(MPI_IN_PLACE, sums, op=MPI_SUM)
+            sm.comm.Allreduce(MPI_IN_PLACE, ext, op=MPI_MAX)
+        n = 1 + sm.gdim
+        diags = [[float(sums[i * n]), float(-ext[2 * i]), float(ext[2 * i + 1])]
+                 + [float(v) for v in sums[i * n + 1 : (i + 1) * n]]
+                 for i in range(len(avgs))]  # fmt: skip
+        if not self.two:
+            return diags, []
+        m = np.asarray(diags[0][3:]) - np.asarray(diags[1][3:])
+        return diags, [float(np.linalg.norm(m)), float(sums[-1])]
 
 
 #: the columns of :class:`ClusterState` whose crossing of ``delta`` gives ``Result.t_enter`` and
@@ -353,13 +379,92 @@ class ClusterState:
         return float(np.sqrt(s[0] / s[1]))
 
     def __call__(self, avgs: list[np.ndarray]) -> list[float]:
-        keeps = [self._heavy(a) for a in avgs]
-        (mb, qb), (m, q) = (
-            self._outside(a, lab, k, keep)
-            for a, lab, k, keep in zip(avgs, self.labels, self.counts, keeps, strict=True)
-        )
-        w2 = [self._atoms_w2(a, keep) for a, keep in zip(avgs, keeps, strict=True)]
-        return [float(len(self.centres)), mb, m, qb, q, *w2]
+        """The row of both flows: :meth:`_heavy`, :meth:`_outside` and :meth:`_atoms_w2` of
+        each (their numbers), with the flows' reductions shared: one for both tail cuts, one
+        for each of the snap's two moment sums, one for the masses outside and the atoms'
+        sums, one gather of the reach's candidates (5 collectives instead of 12)."""
+        if len(self.centres) == 0:  # no clusters yet: all mass is far, at the diameter
+            return [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+        comm, sm = self.sm.comm, self.sm
+        alone = comm.size == 1
+        ws = [a * sm.areas for a in avgs]
+        keeps = [None] * len(ws)
+        if self.tail is not None:
+            from .velocity._active import tail_cuts
+
+            cuts = tail_cuts(ws, self.tail, comm)
+            keeps = [np.flatnonzero(w >= cut) if cut > 0 else None
+                     for w, cut in zip(ws, cuts, strict=True)]  # fmt: skip
+        y_all = sm.centroids
+        if getattr(self, "_unit", None) is None:  # the snap's points (as snap_to_clusters)
+            self._unit = y_all / np.linalg.norm(y_all, axis=1)[:, None]
+        parts = []  # each flow's (w, w of the snap, y, unit y, labels, dist0, unit distances)
+        for w, keep, lab in zip(ws, keeps, self.labels, strict=True):
+            y, yu, dist0, d = y_all, self._unit, self.dist, self.unit_dist
+            w_snap = w
+            if keep is not None:
+                w, d = w[keep], d[keep]
+                if keep.size == 0:  # no heavy cell here: one cell of no weight
+                    keep, w_snap = np.zeros(1, dtype=np.int64), np.zeros(1)
+                else:
+                    w_snap = w
+                y, yu, lab, dist0 = y[keep], yu[keep], lab[keep], dist0[keep]
+            parts.append((w, w_snap, y, yu, lab, dist0, d))
+        steps = [snap_steps(p[3], p[1], p[4], self.radius, k, self._cell_of)
+                 for p, k in zip(parts, self.counts, strict=True)]  # fmt: skip
+        snapped = _drive_together(steps, None if alone else comm)
+        local, dists = [], []
+        for (w, w_snap, y, _, _, dist0, d), ys in zip(parts, snapped, strict=True):
+            moved = np.any(ys != y, axis=1)
+            dist = dist0.copy()  # the centroids' distances to the base centres, kept
+            dist[moved] = centre_distances(ys[moved], self.centres)
+            dists.append(dist)
+            local += [w_snap[dist >= self.delta].sum(), w_snap.sum(), np.sum(w * d**2),
+                      np.sum(w)]  # fmt: skip
+        sums = np.array(local)
+        if not alone:
+            comm.Allreduce(MPI_IN_PLACE, sums, op=MPI_SUM)
+        sums = sums.reshape(len(ws), 4)
+        cands = [reach_candidates(dist, p[1], self.tol, t[1])
+                 for dist, p, t in zip(dists, parts, sums, strict=True)]  # fmt: skip
+        every = [cands] if alone else comm.allgather(cands)
+        far, reach, w2 = [], [], []
+        for i, t in enumerate(sums):
+            got = [c[i] for c in every]
+            reach.append(mass_reach(*(np.concatenate(a) for a in zip(*got, strict=True)),
+                                    self.tol, t[1]))  # fmt: skip
+            far.append(float(t[0] / t[1]))
+            w2.append(float(np.sqrt(t[2] / t[3])))
+        return [float(len(self.centres)), far[0], far[1], reach[0], reach[1], *w2]
+
+
+def _drive_together(steps: list, comm) -> list:
+    """Run generators of :func:`solver.analysis.snap_steps` side by side, each yield's arrays
+    of all of them added up over ``comm`` in one reduction (``None``: one rank, as they are);
+    their results in order. Every rank's generators yield the same number of times."""
+    results = [None] * len(steps)
+    live = {}
+    for i, g in enumerate(steps):
+        try:
+            live[i] = next(g)
+        except StopIteration as done:
+            results[i] = done.value
+    while live:
+        keys = list(live)
+        flat = np.concatenate([np.ravel(live[i]) for i in keys])
+        if comm is not None:
+            comm.Allreduce(MPI_IN_PLACE, flat, op=MPI_SUM)
+        at = 0
+        for i in keys:
+            n = live[i].size
+            got = flat[at : at + n].reshape(live[i].shape)
+            at += n
+            try:
+                live[i] = steps[i].send(got)
+            except StopIteration as done:
+                results[i] = done.value
+                del live[i]
+    return results
 
 
 class Snapshots:

@@ -289,3 +289,53 @@ def test_tail_ladder_is_its_definition_at_the_rungs():
         assert np.allclose(s, ref, rtol=1e-12, atol=0)
         theta = tail_cut(v, 40 * tail)
         assert v[v < theta].sum() <= 40 * tail < v[v < 2 * theta].sum() or theta == 40 * tail
+
+
+def _two_clusters(sm, tail):
+    """Two flows' cell averages: two vMF-like clusters (the second shifted in ν) over a light
+    dust of ``tail / 2`` of the mass near the south pole."""
+    y = sm.centroids / np.linalg.norm(sm.centroids, axis=1)[:, None]
+    x0, x1 = solver.normalize(np.array([1.0, 0.2, 0.3])), solver.normalize(np.array([-0.2, 1.0, 0]))
+
+    def density(shift):
+        c = np.exp(300 * (y @ x0 - 1)) + 0.7 * np.exp(300 * (y @ solver.normalize(x1 + shift) - 1))
+        dust = (y[:, 2] < -0.5).astype(float)
+        c /= sm.integrate(c)
+        return c + 0.5 * tail * dust / sm.integrate(dust)
+
+    return [density(0.0), density(np.array([0.05, 0.0, 0.1]))]
+
+
+@pytest.mark.parametrize("tail", [None, 1e-12])
+def test_cluster_state_row_with_shared_reductions_is_the_per_flow_one(tail):
+    """``ClusterState.__call__`` (both flows side by side: one reduction for both tail cuts,
+    the snap's moment sums of both flows together, one for the masses outside and the atoms'
+    sums, one gather of the reach's candidates) gives the numbers of the per-flow methods
+    ``_heavy``, ``_outside`` and ``_atoms_w2`` (reductions one by one) to round-off, on
+    every rank; and ``Diagnostics`` (both flows' sums in one reduction, the extremes in
+    another) gives ``density_diagnostics`` and ``drift_diagnostics`` exactly."""
+    from solver.analysis import density_diagnostics, drift_diagnostics
+    from solver.run import ClusterState, Diagnostics, Snapshots
+    from solver.transport import make_operator
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    avgs = _two_clusters(sm, 1e-12)
+    snaps = Snapshots(sm, make_operator(sm, 0), 2, w2=False)
+    snaps(avgs)
+    cs = ClusterState(sm, 0.1, 1e-2, snaps, tail=tail)
+    assert cs(avgs) == [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]  # before any clusters
+    cs.update([f[-1] for f in snaps.fields] if COMM.rank == 0 else None)
+    got = np.array(cs(avgs))
+    keeps = [cs._heavy(a) for a in avgs]
+    (mb, qb), (m, q) = (cs._outside(avgs[i], cs.labels[i], cs.counts[i], keeps[i])
+                        for i in range(2))  # fmt: skip
+    ref = np.array([float(len(cs.centres)), mb, m, qb, q,
+                    *(cs._atoms_w2(avgs[i], keeps[i]) for i in range(2))])  # fmt: skip
+    print(dict(zip(ClusterState.columns, got - ref, strict=True)))
+    assert got[0] >= 2 and 0 < got[2] < 1 and got[1] < got[2]  # the cases are exercised
+    assert np.allclose(got, ref, rtol=1e-12, atol=1e-14)
+    assert np.array_equal(COMM.bcast(got, root=0), got)
+    diag = Diagnostics(sm, True)
+    rows, drift = diag._diagnostics(avgs)
+    d = [density_diagnostics(sm, a) for a in avgs]
+    assert rows == d and drift == drift_diagnostics(sm, d[0], d[1], *avgs)

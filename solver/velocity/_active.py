@@ -42,7 +42,7 @@ import numpy as np
 
 from ._direct import tangent_project
 
-__all__ = ["ActiveSum", "active_sum", "split_tail", "tail_cut"]
+__all__ = ["ActiveSum", "active_sum", "split_tail", "tail_cut", "tail_cuts"]
 
 try:  # numba is optional
     import numba as _nb
@@ -61,24 +61,36 @@ def tail_cut(values: np.ndarray, tail: float, comm=None) -> float:
     array alone): the largest of ``tail · 2^-k``, ``k = 0..TAIL_LADDER``, that qualifies, or 0
     (nothing dropped). ``O(n)``, one reduction of ``TAIL_LADDER + 1`` numbers, no sort; the
     same on every rank. Everything at or above ``θ`` is kept."""
+    return tail_cuts([values], tail, comm)[0]
+
+
+def tail_cuts(arrays: list, tail: float, comm=None) -> list[float]:
+    """:func:`tail_cut` of each array (e.g. one per flow) with one reduction for all."""
     if not tail > 0:
-        return 0.0
-    values = np.asarray(values, dtype=float)
+        return [0.0] * len(arrays)
+    s = np.concatenate([_ladder(np.asarray(v, dtype=float), float(tail)) for v in arrays])
+    if comm is not None and comm.size > 1:
+        from mpi4py import MPI
+
+        comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
+    cuts = []
+    for part in s.reshape(len(arrays), TAIL_LADDER + 1):
+        ok = np.flatnonzero(part <= tail)
+        cuts.append(float(tail * 2.0 ** -ok[0]) if ok.size else 0.0)
+    return cuts
+
+
+def _ladder(values: np.ndarray, tail: float) -> np.ndarray:
+    """``s[k] = Σ_{v < tail 2^-k} v``, ``k = 0..TAIL_LADDER``, of this array (contiguous)."""
     if _nb is not None:
-        s = _nb_ladder(np.ascontiguousarray(values), float(tail), TAIL_LADDER)
+        s = _nb_ladder(np.ascontiguousarray(values), tail, TAIL_LADDER)
     else:  # pragma: no cover - without numba
         v = values[values < tail]
         with np.errstate(divide="ignore", over="ignore"):
             e = np.log2(tail / v)  # v < tail·2^-k  <=>  e > k (v = 0: e = inf)
         b = np.clip(np.ceil(e) - 1, 0, TAIL_LADDER).astype(np.int64)
         s = np.bincount(b, v, TAIL_LADDER + 1)
-    s = np.ascontiguousarray(np.cumsum(s[::-1])[::-1])  # s[k] = Σ_{v < tail 2^-k} v
-    if comm is not None and comm.size > 1:
-        from mpi4py import MPI
-
-        comm.Allreduce(MPI.IN_PLACE, s, op=MPI.SUM)
-    ok = np.flatnonzero(s <= tail)
-    return float(tail * 2.0 ** -ok[0]) if ok.size else 0.0
+    return np.ascontiguousarray(np.cumsum(s[::-1])[::-1])
 
 
 def split_tail(w: np.ndarray, tail: float) -> tuple[np.ndarray, float]:

@@ -357,10 +357,22 @@ def snap_to_clusters(
     if not (np.isfinite(radius) and radius >= 0):
         raise ValueError(f"radius must be finite and >= 0, got {radius}")
     k = int(lab.max(initial=-1)) + 1 if k is None else int(k)
-    reduce = reduce if reduce is not None else (lambda a: a)
+    steps = snap_steps(y, w, lab, radius, k, anchors)
+    try:
+        sums = next(steps)
+        while True:
+            sums = steps.send(reduce(sums) if reduce is not None else sums)
+    except StopIteration as done:
+        return done.value
 
-    def centres(lab):
-        s = reduce(_cluster_moments(y, w, lab, k))
+
+def snap_steps(y: np.ndarray, w: np.ndarray, lab: np.ndarray, radius: float, k: int, anchors):
+    """:func:`snap_to_clusters` (checked arguments) as a generator: it yields each ``(k, d)``
+    array of moment sums that the ranks must add up, is sent the sums over the ranks, and
+    returns the snapped points. Every rank yields the same number of times (two, or none for
+    ``k = 0``), so several snaps (one per flow) can share each reduction."""
+
+    def centres(s):
         norm = np.linalg.norm(s, axis=1)[:, None]
         return np.divide(s, norm, out=np.zeros_like(s), where=norm > 0)
 
@@ -372,7 +384,7 @@ def snap_to_clusters(
     if k == 0:
         return out
     reach = radius * (1 + 1e-9)  # R is itself a centroid distance: keep its own pairs
-    c = centres(lab)
+    c = centres((yield _cluster_moments(y, w, lab, k)))
     a = anchored(c)
     free = np.flatnonzero(lab < 0)
     dist = np.linalg.norm(y[free, None, :] - a[None, :, :], axis=2)
@@ -380,7 +392,7 @@ def snap_to_clusters(
     join = dist[np.arange(free.size), near] <= reach
     lab = lab.copy()
     lab[free[join]] = near[join]
-    c = centres(lab)  # collective with `reduce`: every rank calls it
+    c = centres((yield _cluster_moments(y, w, lab, k)))  # every rank yields here
     a = anchored(c)
     mine = np.maximum(lab, 0)
     near = (lab >= 0) & (np.linalg.norm(y - a[mine], axis=1) <= reach)
