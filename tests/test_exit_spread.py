@@ -8,9 +8,10 @@ cells has ``x̄`` inside the convex hull of the projected centroids, so ``|x̄| 
 hull's radial function) and ``s >= s_min(u) = (1 − ρ(u)²)^{1/2}``: ``O(h)``, zero at a
 centroid, largest at the centre of a hull facet. The state then reads a drifting point mass at
 ``(r² + s²)^{1/2}`` and the exit comes ``≈ s² / (2δ v)`` early (``v`` the drift speed): on the
-phase diagram's S² case (ε = 0.0464, δ = 0.1, v ≈ 0.006) that is 1.34 / 0.35 / 0.31 at
-icosphere levels 3 / 4 / 5 predicted from the particles' trajectory and the hull alone, against
-the PDE's 1.39 / 0.41 / 0.31 (scripts/diag_s2_exit.py, docs/experiments.md). The prefactor
+phase diagram's S² case (ε = 0.0464, δ = 0.1, v ≈ 0.006) that is 1.340 / 0.353 / 0.305 at
+icosphere levels 3 / 4 / 5 predicted from the particles' trajectory (n = 8,000, lattice draw)
+and the hull alone, against the PDE's 1.391 / 0.412 / 0.316 (scripts/diag_s2_exit.py,
+docs/experiments.md). The prefactor
 depends on where the exit falls relative to the mesh, so the error is ``O(h²)`` but not a
 smooth function of ``h`` (no Richardson limit).
 
@@ -103,10 +104,11 @@ def test_hull_spread_is_first_order():
 def test_point_mass_exit_is_early_by_the_cells_spread():
     """A point mass drifting under ``Ṽ = I − ε e eᵀ`` (S², level 3, ``h ≈ 0.1``; ε = 0.04 gives
     ``v ≈ 0.02``, the exit at ``t* ≈ 5``): the PDE's cluster is held nearly as tightly as the
-    cells can (``s² − s_min² <= 0.1 h²``, measured 0.07 h²), the plain ``atoms_w2`` exit comes
-    early by at least 0.8 of ``(δ − (δ² − s_min²)^{1/2}) / v`` at ``t*`` (measured 1.29 early
-    against 0.94), and with the hull's bias removed it is within 0.2 of ``t*`` (measured 0.10
-    early: the excess spread; 2x margin)."""
+    cells can (``s² − s_min² <= 0.16 h²`` after ``t = 1``; measured 0.080 h², 2x margin), the
+    plain ``atoms_w2`` exit comes early by at least 0.8 of ``(δ − (δ² − s_min²)^{1/2}) / v``
+    at ``t*`` (measured 1.29 early against 0.95), and with the hull's bias removed it is
+    within 0.2 of ``t*`` (measured 0.10 early, the excess spread; 2x margin; without the
+    correction 1.29: red)."""
     eps, delta, T, level = 0.04, 0.1, 6.0, 3
     e, x0 = np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.3, 1.0]) / np.sqrt(2.09)
     sm = solver.sphere_mesh(COMM, 2, refinement=level)
@@ -129,7 +131,7 @@ def test_point_mass_exit_is_early_by_the_cells_spread():
     s2, smin2 = 1 - norm**2, 1 - rho**2
     assert np.all(s2 >= smin2 - 1e-12)
     late = res.times >= 1.0  # after the collapse onto the mesh
-    assert np.max(s2[late] - smin2[late]) <= 0.1 * h**2, np.max(s2[late] - smin2[late]) / h**2
+    assert np.max(s2[late] - smin2[late]) <= 0.16 * h**2, np.max(s2[late] - smin2[late]) / h**2
 
     Vt = eye - eps * np.outer(e, e)
     m0 = xb[0] / np.linalg.norm(xb[0])
