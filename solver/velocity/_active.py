@@ -134,29 +134,27 @@ if _nb is not None:
     def _nb_ladder(values, tail, K):
         """``s[b]``: the sum of the values ``v < tail`` whose rung is ``b``: ``b = k`` for
         ``tail 2^-(k+1) <= v < tail 2^-k`` (``b = ceil(log2(tail / v)) - 1``), clipped to
-        ``[0, K]`` (0 goes to rung ``K``). The rung is guessed from the binary exponents of
-        ``v`` and ``tail`` (no logarithm; within one rung) and settled by exact comparisons
-        with the rungs ``tail 2^-k`` (powers of two: exact while ``tail 2^-K`` is normal)."""
+        ``[0, K]`` (0 goes to rung ``K``). No logarithm: with ``v = 1.f_v 2^{e_v}`` and
+        ``tail = 1.f_t 2^{e_t}`` (normal numbers), ``b = e_t - e_v - [f_v >= f_t]`` exactly
+        (the rungs have the mantissa of ``tail``); values below ``tail 2^-K`` (subnormal
+        ones among them) go to rung ``K`` by one comparison."""
         s = np.zeros(K + 1)
-        rung = np.empty(K + 2)
-        for k in range(K + 2):
-            rung[k] = tail * 2.0**-k
         bits = values.view(np.int64)
-        et = (np.int64(np.array([tail]).view(np.int64)[0]) >> 52) & 0x7FF
-        low = rung[K]
+        tb = np.array([tail]).view(np.int64)[0]
+        et = (tb >> 52) & 0x7FF
+        ft = tb & 0xFFFFFFFFFFFFF
+        low = tail * 2.0**-K
         for j in range(values.size):
             v = values[j]
             if v < tail:
                 if v < low:  # 0 (and anything below the last rung) goes to rung K
                     s[K] += v
                     continue
-                b = et - ((bits[j] >> 52) & 0x7FF) - 1
-                b = min(K, max(0, b))
-                while b > 0 and v >= rung[b]:
+                vb = bits[j]
+                b = et - ((vb >> 52) & 0x7FF)
+                if (vb & 0xFFFFFFFFFFFFF) >= ft:
                     b -= 1
-                while b < K and v < rung[b + 1]:
-                    b += 1
-                s[b] += v
+                s[min(K, max(0, b))] += v
         return s
 
     @_nb.njit(cache=True)
