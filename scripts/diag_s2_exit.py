@@ -88,9 +88,19 @@ def _record(times, flows, c_of, axis) -> dict:
     return {k: np.array(v) for k, v in out.items()}
 
 
-def run_pde(level: int, save: float, T: float, active: float | None) -> dict:
+def rotation(angle: float) -> np.ndarray:
+    """The rotation by ``angle`` about ``(1, 1, 1)/√3``: the whole problem (ρ0 and ``dV``)
+    turned by it is the same problem on a mesh turned the other way, so what changes is only
+    where the clusters sit relative to the cells."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(angle * np.ones(3) / np.sqrt(3)).as_matrix()
+
+
+def run_pde(level: int, save: float, T: float, active: float | None, angle: float = 0.0) -> dict:
     """ν and μ of the phase diagram's S² case on icosphere level ``level`` (DG0, the
-    ``small`` preset's ``pde_tol`` and tail), saved every ``save``, to ``T``."""
+    ``small`` preset's ``pde_tol`` and tail), saved every ``save``, to ``T``; the problem
+    turned by :func:`rotation` ``(angle)`` (vectors recorded in the mesh's frame)."""
     from mpi4py import MPI
 
     from solver.mesh import sphere_mesh
@@ -100,8 +110,11 @@ def run_pde(level: int, save: float, T: float, active: float | None) -> dict:
     comm = MPI.COMM_WORLD
     sm = sphere_mesh(comm, 2, refinement=level)
     base = identity_model(3)
-    res = evolve(sm, base, phase_pde_initial(p, 3), T,
-                 perturbed=base.perturbed(e2_perturbation(3, eps)), save_every=save, w2=False,
+    Rm = rotation(angle)
+    f0, dV = phase_pde_initial(p, 3), e2_perturbation(3, eps)
+    dV = type(dV)(dV.dA, Rm @ dV.dV @ Rm.T)
+    res = evolve(sm, base, lambda x: f0(x @ Rm), T,
+                 perturbed=base.perturbed(dV), save_every=save, w2=False,
                  vtx=False, progress=False, cluster_delta=p["delta"], cluster_tol=p["pde_tol"],
                  cluster_criterion="atoms_w2", stop_after_exit=False, active=active,
                  tail_mass=ClusterState.LIGHT * p["pde_tol"])  # fmt: skip
@@ -117,14 +130,14 @@ def run_pde(level: int, save: float, T: float, active: float | None) -> dict:
         return cl.centres[int(np.argmax(cl.masses))]
 
     rec = _record(res.times, {"nu": (Y, res.density_perturbed * a), "mu": (Y, res.density * a)},
-                  c_of, _axis(p))  # fmt: skip
+                  c_of, Rm @ _axis(p))  # fmt: skip
     te, tx = crossing_times(res.step_times, res.column("atoms_w2"), p["delta"], strict=True)
     tbe, _ = crossing_times(res.step_times, res.column("atoms_w2_base"), p["delta"],
                             strict=True)  # fmt: skip
     return {"times": res.times, **rec, "t_enter": te, "t_exit": tx, "t_base_enter": tbe,
             "h": math.sqrt(4 * math.pi / len(a)), "cells": len(a), "eps": eps,
             "step_times": res.step_times, "w2_steps": res.column("atoms_w2"),
-            "w2_base_steps": res.column("atoms_w2_base")}  # fmt: skip
+            "w2_base_steps": res.column("atoms_w2_base"), "angle": angle}  # fmt: skip
 
 
 def _axis(p: dict) -> np.ndarray:
@@ -210,23 +223,25 @@ def hull_reading(r: dict, delta: float) -> dict:
     return out
 
 
-def predict(ref: str, levels: list[int]) -> None:
+def predict(ref: str, levels: list[int], angles: tuple[float, ...] = (0.0,)) -> None:
     """The exit the cells would give if they held the particles' ν cluster as tightly as they
     can: ``W₂² = 2 (1 − ρ_L(u) cos θ)`` along the reference's (particles') mean direction ``u``
     and angle ``θ`` from its atom (:func:`hull_radius` of icosphere level ``L``), crossed
     through ``δ`` between the saved times; its spread ``s_min`` at that exit, and the mesh
-    size ``h = (4π / cells)^{1/2}``."""
+    size ``h = (4π / cells)^{1/2}``; for each of ``angles`` (the problem turned by
+    :func:`rotation`, i.e. the particles' path carried into the mesh's frame)."""
     p, _ = small_case()
     R = dict(np.load(ref))
     _, tx = crossing_times(R["times"], R["w2_nu"], p["delta"], strict=True)
     print(f"{os.path.basename(ref)}: exit {float(R['t_exit']):.4f} (at the saves {tx:.4f})")
-    for level in levels:
-        smin = hull_spread(level, R["u_nu"])
+    for level, angle in [(lv, a) for lv in levels for a in angles]:
+        smin = hull_spread(level, R["u_nu"] @ rotation(angle).T)
         w2 = np.sqrt(2 * (1 - np.sqrt(1 - smin**2) * np.cos(R["theta_nu"])))
         _, tl = crossing_times(R["times"], w2, p["delta"], strict=True)
         h = math.sqrt(4 * math.pi / (20 * 4**level))
-        print(f"level {level} (h = {h:.4f}): predicted exit {tl:.4f} ({tl - tx:+.4f}), s_min "
-              f"at it {float(np.interp(tl, R['times'], smin)):.5f}")  # fmt: skip
+        at = float(np.interp(tl, R["times"], smin))
+        print(f"level {level} (h = {h:.4f}, angle {angle:g}): predicted exit {tl:.4f} "
+              f"({tl - tx:+.4f}), s_min at it {at:.5f}")  # fmt: skip
 
 
 def compare(paths: list[str], ref: str, times: list[float]) -> None:
@@ -266,6 +281,7 @@ def main() -> None:
     a.add_argument("--save", type=float, default=0.25)
     a.add_argument("--T", type=float, default=14.0)
     a.add_argument("--active", type=float, default=None)
+    a.add_argument("--angle", type=float, default=0.0, help="turn the problem (rad)")
     a.add_argument("--out", required=True)
     b = sub.add_parser("particles")
     b.add_argument("n", type=int)
@@ -279,16 +295,17 @@ def main() -> None:
     e = sub.add_parser("predict")
     e.add_argument("ref")
     e.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
+    e.add_argument("--angles", type=float, nargs="+", default=[0.0])
     args = ap.parse_args()
     if args.what == "predict":
-        predict(args.ref, args.levels)
+        predict(args.ref, args.levels, tuple(args.angles))
         return
     if args.what == "compare":
         compare(args.runs, args.ref, args.times)
         return
     load0, w0, c0 = os.getloadavg()[0], time.perf_counter(), time.process_time()
     if args.what == "pde":
-        out = run_pde(args.level, args.save, args.T, args.active)
+        out = run_pde(args.level, args.save, args.T, args.active, args.angle)
     else:
         out = run_particles(args.n, args.dt, args.T)
     if out:
