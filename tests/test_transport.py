@@ -325,8 +325,8 @@ class TestFrozenStageVelocity:
 
     def test_one_evaluation_per_spread_step_and_flow(self, tmp_path, monkeypatch):
         """``evolve(active=τ)``: one velocity evaluation per step and flow while the field is
-        spread, three after the density has clustered (the active set no longer evaluates
-        every target) and always with ``"each"`` (the plan's included); without an active set
+        spread (every target active), three after the density has clustered and always with
+        ``"each"`` (the plan's included); without an active set
         ``"frozen"`` is refused (it would change nothing); the option is in the resume
         fingerprint, and a bad value is refused by name."""
         from solver.transport import Transport
@@ -349,6 +349,7 @@ class TestFrozenStageVelocity:
 
         def step(self, rho, t, dt, u0=None, capped=False):
             spread = self.field.spread  # of the plan's evaluation, u0's
+            assert spread == bool(np.all(self.field.active(rho)))  # every target active
             calls["steps"] += 1
             calls["spread"] += spread
             calls["expect"] += 1 if spread and self.stages == "frozen" else 3
@@ -362,7 +363,7 @@ class TestFrozenStageVelocity:
             solver.evolve(sm, base, init, 2.0, perturbed=pert, progress=False, active=1e-3,
                           velocity_stages=mode, output=tmp_path / mode)  # fmt: skip
             assert calls["evals"] == calls["expect"], (mode, calls)
-            assert 0 < calls["spread"] < calls["steps"], calls  # both phases (measured 91/106)
+            assert 0 < calls["spread"] < calls["steps"], calls  # both phases (measured 54/106)
         with pytest.raises(ValueError, match="needs active"):  # it would do nothing
             solver.evolve(sm, base, init, 0.5, progress=False, velocity_stages="frozen")
         with pytest.raises(ValueError, match="stepping"):  # the fingerprint names what differs

@@ -72,10 +72,11 @@ class NonlocalField:
 
     @property
     def spread(self) -> bool:
-        """Whether the last velocity was evaluated on every target because the density is
-        spread (the active set chose the full evaluation; :meth:`NonlocalVelocity.
-        evaluate_active`); ``False`` without an active set. The same on every rank."""
-        return self.active is not None and self.eval.full
+        """Whether every target was active at the last evaluation (the density is spread: the
+        cells that hold all but the tail ``τ`` and their ring are the whole mesh;
+        :attr:`NonlocalVelocity.all_active`); ``False`` without an active set. The same on
+        every rank."""
+        return self.active is not None and self.eval.all_active
 
     def get_state(self) -> list[dict]:
         return self.eval.get_state()
@@ -115,8 +116,8 @@ class Transport:
     ``velocity_stages``: ``"each"`` (the default) evaluates the velocity of every stage's
     density (three evaluations per step); ``"frozen"`` takes the velocity of the step's start
     for its three stages (one evaluation: the step's plan has it already) in the *spread
-    phase* only: while the field says the density is spread (``field.spread``: the active set
-    chose the full evaluation, :class:`NonlocalField`); other steps are as ``"each"``. SSP-RK3
+    phase* only: while the field says the density is spread (``field.spread``: every target
+    active, :class:`NonlocalField`); other steps are as ``"each"``. SSP-RK3
     of a frozen velocity is first order in time in the velocity's dependence on the density
     (the transport itself stays third order, and positive under the same step); the error
     against ``"each"`` is measured in docs/benchmarks/spread_phase.md and

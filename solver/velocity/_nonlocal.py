@@ -90,9 +90,11 @@ class NonlocalVelocity:
         self._fast_options = dict(fast_options or {})
         self._warned_moving = False
         self._active = None  # ActiveSum, made at the first call of evaluate_active
-        #: whether the last :meth:`evaluate_active` evaluated every target (the cost model
-        #: chose the full evaluation: a spread density; the same on every rank)
-        self.full = True
+        #: whether every target was active at the last :meth:`evaluate_active` (a spread
+        #: density: the cells that hold all but the tail and their ring are the whole mesh;
+        #: the same on every rank)
+        self.all_active = True
+        self._n_targets = int(comm.allreduce(len(self.targets)))
         self.report: dict = {"method": "direct"}
         # the same on every rank (gathered sources), even where a rank has no targets
         d = self.sources.shape[1] if self.sources is not None else self.targets.shape[-1]
@@ -208,11 +210,11 @@ class NonlocalVelocity:
             else:  # the fast method uses the direct sum for this A
                 full = False
             if full:
-                self.full = True
+                self.all_active = nt == self._n_targets
                 out = self._fast(w, A, V)
                 self.report = self._fast.report
                 return out
-        self.full = False
+        self.all_active = nt == self._n_targets
         if self._active is None:
             self._active = ActiveSum(self.comm, self.sources, tolerance=self.tolerance)
         out = np.zeros_like(self.targets)
