@@ -89,7 +89,11 @@ chunks of ``chunk`` sources (independent of the number of ranks); each rank form
 moments of its chunks (one thread per chunk, fixed order), the per-chunk moments are
 all-gathered and summed in chunk order, so the result does not depend on the number of
 ranks or threads (bitwise in the benchmark; in any case far below ``1e-12``). All
-decisions (degrees, fall-backs) are collective.
+decisions (degrees, fall-backs) are collective. A call on a known ``A`` synchronises the ranks
+twice besides the weights' gather: the moments' ``Allgatherv`` and one ``Allgather`` of four
+numbers per rank (the maxima of ``|X|`` and ``q``, a failure count against the rank's own
+threshold, the largest bound; :meth:`FastVelocity._settle`), a third reduction only where a
+target fails.
 """
 
 from __future__ import annotations
