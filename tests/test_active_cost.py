@@ -261,6 +261,10 @@ def test_active_targets_from_the_gathered_weights_are_the_reduced_ones(tail):
     ref = targets(rho)
     assert np.array_equal(mask, ref)
     assert count == COMM.allreduce(int(ref.sum())) and 0 < count < 0.5 * sm.num_cells
+    # one heavy cell among light ones: the ring is that cell and its facet neighbours
+    lone = sm.scatter(np.where(np.arange(sm.num_cells) == 7, 1.0, 1e-30)) / sm.areas
+    mask, count = targets.from_gathered(field.eval.gather(op.source_weights(lone)))
+    assert np.array_equal(mask, targets(lone)) and count == 1 + sm.gdim
     field(0.0, 0.0, rho)  # the fast expansion's degree chosen (a full evaluation)
     u = field(0.0, 0.0, rho)
     assert field.eval.report["method"] == "active"
@@ -339,3 +343,37 @@ def test_cluster_state_row_with_shared_reductions_is_the_per_flow_one(tail):
     rows, drift = diag._diagnostics(avgs)
     d = [density_diagnostics(sm, a) for a in avgs]
     assert rows == d and drift == drift_diagnostics(sm, d[0], d[1], *avgs)
+
+
+def test_sparse_region_and_edges_are_the_dense_ones():
+    """The flux region from the moving cells' owned neighbours (``_region_sparse``) and the
+    facets from the live cells' facets (``_edges_sparse``) are the passes over every cell
+    (``_region``, ``_edges``): the same cells and facets, ascending, the same speeds; the
+    directional velocity non-zero on part of the region and of the ghosts (where the stage
+    puts it). ``ActiveDG0``'s stages on a small region (this path) against the operator's:
+    :func:`test_active_dg0_small_and_whole_regions_are_the_operators`."""
+    from solver.transport import _active as A
+    from solver.transport import make_operator
+
+    sm = solver.sphere_mesh(COMM, 2, refinement=3)
+    act = A.ActiveDG0(make_operator(sm, 0))
+    rng = np.random.default_rng(11)
+    nloc, nown = act.op.u.x.array.size // 3, sm.num_owned
+    for frac in (0.003, 0.05):
+        ua = rng.normal(size=(nloc, 3)) * (rng.random(nloc) < frac)[:, None]
+        ua[rng.random(ua.shape) < 0.4] = 0.0
+        mv, F = A._region(ua, act._nbr)
+        mv2, ml, F2 = A._region_sparse(ua, nown, *act._adj)
+        assert np.array_equal(mv, mv2) and np.array_equal(F, F2)
+        assert np.array_equal(ml, np.flatnonzero(mv))
+        aa = np.zeros_like(ua)
+        on = F[rng.random(F.size) < 0.6]
+        aa[on] = rng.normal(size=(on.size, 3))
+        ghosts = np.arange(nown, nloc)[rng.random(nloc - nown) < 0.3]
+        aa[ghosts] = rng.normal(size=(ghosts.size, 3))
+        aa[rng.random(aa.shape) < 0.3] = 0.0
+        got = A._edges_sparse(act._plus, act._minus, act._ntf, ua, aa, ml, F2, nown, *act._c2f)
+        ref = A._edges(act._plus, act._minus, act._ntf, ua, aa, mv)
+        assert np.array_equal(got[0], ref[0]) and 0 < got[0].size < act._plus.size
+        for g, r in zip(got[1:], ref[1:], strict=True):
+            assert np.array_equal(g, r)

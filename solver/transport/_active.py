@@ -102,9 +102,11 @@ class ActiveTargets:
         their ring are found on the whole mesh without communication (the same on every
         rank; the cut's ladder summed in key order)."""
         w = np.ascontiguousarray(w, dtype=float)
-        heavy = w >= tail_cut(w, self.tail * float(w.sum()))
-        ring = _ring(heavy, self._global_neighbours())
-        return ring[self.op.sm.keys], int(np.count_nonzero(ring))
+        heavy = np.flatnonzero(w >= tail_cut(w, self.tail * float(w.sum())))
+        if getattr(self, "_pos", None) is None:  # key -> owned index (-1: another rank's)
+            self._pos = np.full(w.size, -1, dtype=np.int64)
+            self._pos[self.op.sm.keys] = np.arange(self._nown)
+        return _ring_of(heavy, self._global_neighbours(), self._pos, self._nown)
 
     def _total(self, m: np.ndarray) -> float:
         s = float(m.sum())
@@ -177,6 +179,13 @@ class ActiveDG0:
         self._C, self._B = st["cone"]
         #: cells of the flux region and facets computed at the last call (this rank)
         self.last = (0, 0)
+        # the owned cells next to each local cell, the facets of each local cell (CSR): the
+        # flux region and its facets from the moving cells without a pass over the mesh
+        nloc, nown, nbr = op.rho.x.array.size, op._nown, self._nbr
+        self._adj = _csr(nbr.ravel(), np.repeat(np.arange(nown), nbr.shape[1]), nloc)
+        nfac = len(self._plus)
+        self._c2f = _csr(np.concatenate([self._plus, self._minus]),
+                         np.tile(np.arange(nfac), 2), nloc)  # fmt: skip
 
     def __getattr__(self, name):
         return getattr(self.op, name)
@@ -192,7 +201,7 @@ class ActiveDG0:
         ua = u.array.reshape(-1, gdim)
         nbr = self._nbr
         # the local cells with a velocity (ghosts included) and the flux region F (owned)
-        moving, F = _region(ua, nbr)
+        moving, ml, F = _region_sparse(ua, nown, *self._adj)
         k = len(F)
         a = op.a.x
         if rho is not None:
@@ -230,7 +239,11 @@ class ActiveDG0:
             a.array.reshape(-1, gdim)[F] = aF
         a.scatter_forward()
         aa = a.array.reshape(-1, gdim)
-        E, sp, sm = _edges(self._plus, self._minus, self._ntf, ua, aa, moving)
+        if k > self.WHOLE * nown:
+            E, sp, sm = _edges(self._plus, self._minus, self._ntf, ua, aa, moving)
+        else:  # the facets of the live cells only (the same facets, ascending)
+            E, sp, sm = _edges_sparse(self._plus, self._minus, self._ntf, ua, aa, ml, F, nown,
+                                      *self._c2f)  # fmt: skip
         self.last = (k, len(E))
         return E, sp, sm
 
@@ -323,7 +336,134 @@ def _edges_numpy(plus, minus, ntf, ua, aa, moving) -> tuple:
             np.maximum(-avg, 0.0) + np.maximum(-am, 0.0))  # fmt: skip
 
 
+def _csr(rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ptr, idx)``: the ``cols`` of each row ``0..n-1`` (ascending within a row)."""
+    order = np.lexsort((cols, rows))
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=ptr[1:])
+    return ptr, np.ascontiguousarray(cols[order], dtype=np.int64)
+
+
+def _ring_of_numpy(heavy, gnbr, pos, nown):
+    ring = np.zeros(len(gnbr), dtype=bool)
+    ring[heavy] = True
+    ring[gnbr[heavy].ravel()] = True
+    mask = np.zeros(nown, dtype=bool)
+    mine = pos[ring]
+    mask[mine[mine >= 0]] = True
+    return mask, int(np.count_nonzero(ring))
+
+
+def _region_sparse_numpy(ua, nown, ptr, idx):
+    moving = np.any(ua != 0.0, axis=1)
+    ml = np.flatnonzero(moving)
+    near = np.concatenate([ml[ml < nown]] + [idx[ptr[c] : ptr[c + 1]] for c in ml])
+    return moving, ml, np.unique(near.astype(np.int64))
+
+
+def _edges_sparse_numpy(plus, minus, ntf, ua, aa, ml, F, nown, ptr, idx):
+    moving = np.zeros(len(ua), dtype=bool)
+    moving[ml] = True
+    return _edges_numpy(plus, minus, ntf, ua, aa, moving)
+
+
 if _numba is not None:
+
+    @_numba.njit(cache=True)
+    def _ring_of(heavy, gnbr, pos, nown):
+        """``(mask, count)``: the owned cells (``pos``: key -> owned index, -1 elsewhere) of
+        the heavy cells and their facet neighbours (``gnbr``, by key), and how many there are
+        on the whole mesh."""
+        ring = np.zeros(len(gnbr), np.bool_)
+        mask = np.zeros(nown, np.bool_)
+        count = 0
+        for h in heavy:
+            for j in range(-1, gnbr.shape[1]):
+                c = h if j < 0 else gnbr[h, j]
+                if not ring[c]:
+                    ring[c] = True
+                    count += 1
+                    if pos[c] >= 0:
+                        mask[pos[c]] = True
+        return mask, count
+
+    @_numba.njit(cache=True)
+    def _region_sparse(ua, nown, ptr, idx):
+        """``(moving, moving cells, F)``: :func:`_region` from the moving cells' owned
+        neighbours (``ptr``, ``idx``: CSR of the owned cells next to each local cell), without
+        a pass over every cell's neighbours; ``F`` ascending."""
+        nloc, gdim = ua.shape
+        moving = np.zeros(nloc, np.bool_)
+        ml = np.empty(nloc, np.int64)
+        nm = 0
+        for c in range(nloc):
+            for i in range(gdim):
+                if ua[c, i] != 0.0:
+                    moving[c] = True
+                    ml[nm] = c
+                    nm += 1
+                    break
+        mark = np.zeros(nown, np.bool_)
+        F = np.empty(nown, np.int64)
+        k = 0
+        for j in range(nm):
+            c = ml[j]
+            if c < nown and not mark[c]:
+                mark[c] = True
+                F[k] = c
+                k += 1
+            for p in range(ptr[c], ptr[c + 1]):
+                o = idx[p]
+                if not mark[o]:
+                    mark[o] = True
+                    F[k] = o
+                    k += 1
+        return moving, ml[:nm], np.sort(F[:k])
+
+    @_numba.njit(cache=True)
+    def _edges_sparse(plus, minus, ntf, ua, aa, ml, F, nown, ptr, idx):
+        """:func:`_edges` from the live cells' facets (``ptr``, ``idx``: CSR of each local
+        cell's facets): the live cells are the moving ones and those with a directional
+        velocity, which only the flux region ``F`` and the ghosts can have."""
+        nloc, gdim = ua.shape
+        nf = plus.size
+        fmark = np.zeros(nf, np.bool_)
+        E = np.empty(nf, np.int64)
+        ne = 0
+        nF, ng = F.size, nloc - nown
+        for j in range(ml.size + nF + ng):
+            if j < ml.size:
+                c = ml[j]
+            else:
+                c = F[j - ml.size] if j < ml.size + nF else nown + (j - ml.size - nF)
+                live = False
+                for i in range(gdim):
+                    if aa[c, i] != 0.0:
+                        live = True
+                        break
+                if not live:
+                    continue
+            for p in range(ptr[c], ptr[c + 1]):
+                f = idx[p]
+                if not fmark[f]:
+                    fmark[f] = True
+                    E[ne] = f
+                    ne += 1
+        E = np.sort(E[:ne])
+        sp, sm = np.empty(ne), np.empty(ne)
+        for e in range(ne):
+            f = E[e]
+            p, m = plus[f], minus[f]
+            up = um = ap = am = 0.0
+            for i in range(gdim):
+                up += ntf[f, i] * ua[p, i]
+                um += ntf[f, i] * ua[m, i]
+                ap += ntf[f, i] * aa[p, i]
+                am += ntf[f, i] * aa[m, i]
+            avg = 0.5 * (up + um)
+            sp[e] = max(avg, 0.0) + max(ap, 0.0)
+            sm[e] = max(-avg, 0.0) + max(-am, 0.0)
+        return E, sp, sm
 
     @_numba.njit(cache=True)
     def _ring(flag, nbr):
@@ -397,3 +537,5 @@ if _numba is not None:
 
 else:  # pragma: no cover - without numba
     _ring, _region, _edges = _ring_numpy, _region_numpy, _edges_numpy
+    _ring_of, _region_sparse, _edges_sparse = (_ring_of_numpy, _region_sparse_numpy,
+                                               _edges_sparse_numpy)  # fmt: skip
