@@ -183,6 +183,7 @@ class ActiveDG0:
         # flux region and its facets from the moving cells without a pass over the mesh
         nloc, nown, nbr = op.rho.x.array.size, op._nown, self._nbr
         self._adj = _csr(nbr.ravel(), np.repeat(np.arange(nown), nbr.shape[1]), nloc)
+        self._scratch = np.zeros(nloc)  # _bincounts' second sums (left zero)
         nfac = len(self._plus)
         self._c2f = _csr(np.concatenate([self._plus, self._minus]),
                          np.tile(np.arange(nfac), 2), nloc)  # fmt: skip
@@ -249,9 +250,9 @@ class ActiveDG0:
 
     def _cell_outflow(self, E, sp, sm) -> np.ndarray:
         op = self.op
-        b, nloc = op._b, op._b.array.size
+        b = op._b
         pE, mE = self._plus[E], self._minus[E]
-        b.array[:] = np.bincount(pE, sp, nloc) + np.bincount(mE, sm, nloc)
+        _bincounts(b.array, pE, sp, mE, sm, 1.0, self._scratch)  # bincount(pE) + bincount(mE)
         b.scatter_reverse(la.InsertMode.add)
         return b.array[: op._nown]
 
@@ -275,30 +276,30 @@ class ActiveDG0:
         """The operator's :meth:`~solver.transport.DG0Upwind.rhs` on the flux region."""
         op = self.op
         E, sp, sm = self._speeds(velocity, rho)
-        b, nloc = op._b, op._b.array.size
+        b = op._b
         rl = op.rho.x.array
         pE, mE = self._plus[E], self._minus[E]
         flux = rl[pE] * sp - rl[mE] * sm
-        b.array[:] = np.bincount(mE, flux, nloc) - np.bincount(pE, flux, nloc)
+        _bincounts(b.array, mE, flux, pE, flux, -1.0, self._scratch)
         b.scatter_reverse(la.InsertMode.add)
         return b.array[: op._nown] / op.sm.areas
 
     def euler_step(self, velocity: np.ndarray, rho: np.ndarray, dt: float) -> np.ndarray:
         """The operator's capped :meth:`~solver.transport.DG0Upwind.euler_step` on the flux
         region (``θ_K = 1`` where nothing flows out)."""
-        op, nown = self.op, self.op._nown
+        op = self.op
         E, sp, sm = self._speeds(velocity, rho)
-        b, nloc = op._b, op._b.array.size
+        b = op._b
         pE, mE = self._plus[E], self._minus[E]
         o = self._cell_outflow(E, sp, sm)
         th = op._theta.x.array
-        th[:nown] = np.minimum(1.0, op.sm.areas / np.maximum(dt * o, 1e-300))
+        _theta(th, op.sm.areas, o, dt)  # min(1, |K| / max(dt o_K, 1e-300)) on the owned cells
         op._theta.x.scatter_forward()
         rl = op.rho.x.array
         flux = rl[pE] * th[pE] * sp - rl[mE] * th[mE] * sm
-        b.array[:] = np.bincount(mE, flux, nloc) - np.bincount(pE, flux, nloc)
+        _bincounts(b.array, mE, flux, pE, flux, -1.0, self._scratch)
         b.scatter_reverse(la.InsertMode.add)
-        return np.maximum(rho + dt * b.array[:nown] / op.sm.areas, 0.0)
+        return _update(rho, b.array, op.sm.areas, dt)  # max(ρ + dt b / |K|, 0), owned
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,7 +368,48 @@ def _edges_sparse_numpy(plus, minus, ntf, ua, aa, ml, F, nown, ptr, idx):
     return _edges_numpy(plus, minus, ntf, ua, aa, moving)
 
 
+def _bincounts_numpy(out, i1, w1, i2, w2, sign, scratch):
+    out[:] = np.bincount(i1, w1, out.size) + sign * np.bincount(i2, w2, out.size)
+
+
+def _theta_numpy(th, areas, o, dt):
+    th[: areas.size] = np.minimum(1.0, areas / np.maximum(dt * o, 1e-300))
+
+
+def _update_numpy(rho, b, areas, dt):
+    return np.maximum(rho + dt * b[: rho.size] / areas, 0.0)
+
+
 if _numba is not None:
+
+    @_numba.njit(cache=True)
+    def _bincounts(out, i1, w1, i2, w2, sign, scratch):
+        """``out[:] = bincount(i1, w1) + sign · bincount(i2, w2)`` (each sum in index order,
+        as ``np.bincount``; ``sign`` ±1: exact) without arrays of the mesh's length;
+        ``scratch``: zeros of ``out``'s length, left zero."""
+        out[:] = 0.0
+        for e in range(i1.size):
+            out[i1[e]] += w1[e]
+        for e in range(i2.size):
+            scratch[i2[e]] += w2[e]
+        for e in range(i2.size):
+            c = i2[e]
+            out[c] += sign * scratch[c]
+            scratch[c] = 0.0
+
+    @_numba.njit(cache=True)
+    def _theta(th, areas, o, dt):
+        """The capped stage's outflow fractions ``min(1, |K| / max(dt o_K, 1e-300))``."""
+        for c in range(areas.size):
+            th[c] = min(1.0, areas[c] / max(dt * o[c], 1e-300))
+
+    @_numba.njit(cache=True)
+    def _update(rho, b, areas, dt):
+        """``max(ρ_K + dt b_K / |K|, 0)`` on the owned cells."""
+        out = np.empty(rho.size)
+        for c in range(rho.size):
+            out[c] = max(rho[c] + dt * b[c] / areas[c], 0.0)
+        return out
 
     @_numba.njit(cache=True)
     def _ring_of(heavy, gnbr, pos, nown):
@@ -537,5 +579,6 @@ if _numba is not None:
 
 else:  # pragma: no cover - without numba
     _ring, _region, _edges = _ring_numpy, _region_numpy, _edges_numpy
+    _bincounts, _theta, _update = _bincounts_numpy, _theta_numpy, _update_numpy
     _ring_of, _region_sparse, _edges_sparse = (_ring_of_numpy, _region_sparse_numpy,
                                                _edges_sparse_numpy)  # fmt: skip
