@@ -7,9 +7,10 @@ Exact commands (from the repository root)::
         3:0.9:each 3:0.9:frozen 3:0.45:each 3:0.45:frozen 3:0.9:frozen_always \
         3:0.45:frozen_always 4:0.9:each 4:0.9:frozen
 
-Expected cost on the 2-core machine loaded by other sessions (measured 2026-12-08, load 5-8):
-about 4 minutes (level 4 window to t = 5: 2 x ~15 s; level 5 window to t = 2: 2 x ~30 s; the
-per-call timings about a minute).
+Expected cost on the 2-core machine (measured 2026-12-08): about 1.5 minutes at load 2-3
+(windows: level 4 to t = 5 three runs of 9-14 s, level 5 to t = 2 three of 12-21 s; the
+per-call timings some seconds), about 8 minutes at load 10-15. ``--accuracy``: a level-3 run
+to T = 400 takes 35 s CPU (1-5 minutes of wall time with the load), a level-4 run 30 s CPU.
 
 The forgetting run of scripts/bench_active.py (S^2, ``Q = K = V = I``, tied ``ε = 0.01``, two
 von Mises-Fisher bumps ``κ = 6``, adaptive steps, ``active = 1e-12``) before the measure
@@ -41,7 +42,7 @@ count slows every figure, wall more than CPU.
 pair of runs, the largest difference of ``W2(μ_t, ν_t)`` over the saved times and at ``T``
 (the benchmark's result): the time error of ``"frozen"`` against ``"each"`` beside the
 spatial difference between levels and the ``cfl``-halving of each (about 25 minutes under
-load 10 for the eight runs above).
+load 10 for the eight runs above; docs/benchmarks/spread_phase.md).
 """
 
 from __future__ import annotations
