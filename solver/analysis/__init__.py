@@ -33,6 +33,7 @@ from ._exact import (
     poisson_kernel,
     poisson_radius,
 )
+from ._hull import CentroidHull, atom_moments, hull_w2
 from ._response import (
     ForgetfulAdapter,
     MeasureTangent,
@@ -86,6 +87,9 @@ __all__ = [
     "cluster_mass_outside",
     "cluster_reach",
     "atoms_distance",
+    "CentroidHull",
+    "atom_moments",
+    "hull_w2",
     "centre_distances",
     "mass_reach",
     "reach_candidates",
