@@ -35,11 +35,13 @@ from mpi4py.MPI import SUM as MPI_SUM
 from scipy.spatial import cKDTree
 
 from .analysis import (
+    CentroidHull,
     centre_distances,
     check_state,
     crossing_times,
     density_clusters,
     diagnostic_columns,
+    hull_w2,
     mass_reach,
     point_mass_radius,
     reach_candidates,
@@ -51,7 +53,7 @@ from .analysis._clusters._state import snap_steps
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .io import progress as progress_bar
 from .io._config import MAX_STEPS
-from .mesh import SphereMesh, load_mesh, sphere_mesh
+from .mesh import SphereMesh, load_mesh, normalize, sphere_mesh
 from .model import Density, Model
 from .model._lora import as_real
 from .parallel import Interrupted, StopSignals, on_root
@@ -225,7 +227,7 @@ class Diagnostics:
 
 #: the columns of :class:`ClusterState` whose crossing of ``delta`` gives ``Result.t_enter`` and
 #: ``Result.t_exit`` (``evolve(cluster_criterion=...)``)
-CLUSTER_CRITERIA = ("reach", "atoms_w2")
+CLUSTER_CRITERIA = ("reach", "atoms_w2", "atoms_w2_hull")
 
 
 class ClusterState:
@@ -269,12 +271,21 @@ class ClusterState:
     the centroids, no snap), ``(Σ_K m_K min_c |y_K - c|^2 / Σ_K m_K)^{1/2}``: the
     δ-cluster state ``atoms_w2 < delta`` is continuous in the data, and its entry and exit
     move monotonically under refinement (phase diagram's tiny S^1 case, ε = 0.0218: exit
-    12.378, 12.473, 12.527, 12.549, 12.581 at 128 - 2,048 cells, where the reach's is 12.57,
-    12.58, 10.73, 11.81, 11.73; docs/experiments.md).
+    12.3514, 12.4068, 12.4390, 12.4437, 12.4464 at 128 - 2,048 cells, where the reach's is
+    12.57, 12.58, 10.73, 11.81, 11.73; docs/experiments.md).
+
+    ``atoms_w2_hull_base`` and ``atoms_w2_hull``: the same without the floor the cells put
+    under a cluster's spread (:func:`solver.analysis.hull_w2`: per group of the cells nearest
+    to each centre, its mean ``|x̄|`` divided by the radial function of the projected
+    centroids' convex hull, :class:`solver.analysis.CentroidHull`): a point mass held by the
+    cells reads its own distance to its centre, where ``atoms_w2`` reads it ``O(h)`` wider
+    and a drifting cluster leaves ``s_min² / (2δv)`` early, ``O(h²)`` with a prefactor that
+    depends on where the exit falls on the mesh (S², ε = 0.0464, level 5: 0.31 of exit time;
+    docs/experiments.md). One more reduction of ``(1 + gdim)`` numbers per centre, fused.
     """
 
     columns = ["clusters", "mass_outside_base", "mass_outside", "reach_base", "reach",
-               "atoms_w2_base", "atoms_w2"]  # fmt: skip
+               "atoms_w2_base", "atoms_w2", "atoms_w2_hull_base", "atoms_w2_hull"]  # fmt: skip
     #: the clusters are found without the lightest cells, together ``LIGHT * tol`` of the
     #: mass (``density_clusters(light=...)``): they count where they are, so the masses
     #: outside move by at most that, and the search skips the tail's thousands of modes
@@ -297,6 +308,8 @@ class ClusterState:
         self.counts: list[int] = []  # and their number
         self.dist = np.zeros(0)  # owned centroids' distances to the centres
         self.unit_dist = np.zeros(0)  # the same from the centroids projected to the sphere
+        self.nearest = np.zeros(0, dtype=np.int64)  # and the index of the nearest centre
+        self.hull: CentroidHull | None = None  # of the projected centroids, at the first centres
 
     def update(self, gathered: list[np.ndarray] | None) -> None:
         """New clusters from both flows' cell averages at a saved time (gathered on rank 0)."""
@@ -313,7 +326,13 @@ class ClusterState:
         if len(self.centres):
             self.dist = centre_distances(self.sm.centroids, self.centres)
             y = self.sm.centroids
-            self.unit_dist = centre_distances(y / np.linalg.norm(y, axis=1)[:, None], self.centres)
+            yu = y / np.linalg.norm(y, axis=1)[:, None]
+            self.unit_dist = centre_distances(yu, self.centres)
+            self.nearest = np.argmin(  # each owned cell's atom (atom_moments' grouping)
+                np.linalg.norm(yu[:, None, :] - self.centres[None, :, :], axis=2), axis=1
+            )
+            if self.hull is None:  # every centroid is on every rank (the tree's points)
+                self.hull = CentroidHull(normalize(self.tree.data))
 
     def _cell_of(self, centres: np.ndarray) -> np.ndarray:
         """The centroid of the cell holding each centre (the nearest one)."""
@@ -384,7 +403,7 @@ class ClusterState:
         for each of the snap's two moment sums, one for the masses outside and the atoms'
         sums, one gather of the reach's candidates (5 collectives instead of 12)."""
         if len(self.centres) == 0:  # no clusters yet: all mass is far, at the diameter
-            return [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+            return [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
         comm, sm = self.sm.comm, self.sm
         alone = comm.size == 1
         ws = [a * sm.areas for a in avgs]
@@ -413,18 +432,26 @@ class ClusterState:
         steps = [snap_steps(p[3], p[1], p[4], self.radius, k, self._cell_of)
                  for p, k in zip(parts, self.counts, strict=True)]  # fmt: skip
         snapped = _drive_together(steps, None if alone else comm)
-        local, dists = [], []
-        for (w, w_snap, y, _, _, dist0, d), ys in zip(parts, snapped, strict=True):
+        local, dists, groups = [], [], []
+        k, gdim = self.centres.shape
+        for (w, w_snap, y, _, _, dist0, d), ys, keep in zip(parts, snapped, keeps,
+                                                            strict=True):  # fmt: skip
             moved = np.any(ys != y, axis=1)
             dist = dist0.copy()  # the centroids' distances to the base centres, kept
             dist[moved] = centre_distances(ys[moved], self.centres)
             dists.append(dist)
             local += [w_snap[dist >= self.delta].sum(), w_snap.sum(), np.sum(w * d**2),
                       np.sum(w)]  # fmt: skip
-        sums = np.array(local)
+            g = self.nearest if keep is None else self.nearest[keep]
+            yu = self._unit if keep is None else self._unit[keep]
+            groups.append(np.bincount(g, weights=w, minlength=k))
+            groups += [np.bincount(g, weights=w * yu[:, i], minlength=k) for i in range(gdim)]
+        sums = np.concatenate([local, *groups])
         if not alone:
             comm.Allreduce(MPI_IN_PLACE, sums, op=MPI_SUM)
-        sums = sums.reshape(len(ws), 4)
+        moments = sums[4 * len(ws) :].reshape(len(ws), 1 + gdim, k)
+        sums = sums[: 4 * len(ws)].reshape(len(ws), 4)
+        w2h = [hull_w2(m[0], m[1:].T, self.centres, self.hull) for m in moments]
         cands = [reach_candidates(dist, p[1], self.tol, t[1])
                  for dist, p, t in zip(dists, parts, sums, strict=True)]  # fmt: skip
         every = [cands] if alone else comm.allgather(cands)
@@ -435,7 +462,7 @@ class ClusterState:
                                     self.tol, t[1]))  # fmt: skip
             far.append(float(t[0] / t[1]))
             w2.append(float(np.sqrt(t[2] / t[3])))
-        return [float(len(self.centres)), far[0], far[1], reach[0], reach[1], *w2]
+        return [float(len(self.centres)), far[0], far[1], reach[0], reach[1], *w2, *w2h]
 
 
 def _drive_together(steps: list, comm) -> list:
@@ -663,9 +690,10 @@ def evolve(
         the densities end there. Needs ``cluster_delta`` and a perturbation.
     cluster_criterion : str
         Which crossing of ``cluster_delta`` gives ``Result.t_enter`` / ``t_exit`` (and ends a
-        ``stop_after_exit`` run): ``"reach"`` (the snapped reach, default) or ``"atoms_w2"``
+        ``stop_after_exit`` run): ``"reach"`` (the snapped reach, default), ``"atoms_w2"``
         (the Wasserstein distance to the measures on the base centres; continuous in the
-        data, converging under refinement).
+        data, converging under refinement) or ``"atoms_w2_hull"`` (the same without the
+        floor the cells put under a cluster's spread: :class:`ClusterState`).
     velocity_stages : str
         ``"each"`` (default): the velocity of every SSP-RK3 stage's density (three
         evaluations per step and flow). ``"frozen"`` (with ``active``): in the spread phase,

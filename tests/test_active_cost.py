@@ -327,14 +327,23 @@ def test_cluster_state_row_with_shared_reductions_is_the_per_flow_one(tail):
     snaps = Snapshots(sm, make_operator(sm, 0), 2, w2=False)
     snaps(avgs)
     cs = ClusterState(sm, 0.1, 1e-2, snaps, tail=tail)
-    assert cs(avgs) == [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]  # before any clusters
+    assert cs(avgs) == [0.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]  # before any clusters
     cs.update([f[-1] for f in snaps.fields] if COMM.rank == 0 else None)
     got = np.array(cs(avgs))
     keeps = [cs._heavy(a) for a in avgs]
     (mb, qb), (m, q) = (cs._outside(avgs[i], cs.labels[i], cs.counts[i], keeps[i])
                         for i in range(2))  # fmt: skip
+    y = sm.centroids / np.linalg.norm(sm.centroids, axis=1)[:, None]
+
+    def hull_w2(a, keep):  # solver.atom_moments over the ranks, then solver.hull_w2
+        sel = slice(None) if keep is None else keep
+        mass, moment = solver.atom_moments(y[sel], (a * sm.areas)[sel], cs.centres)
+        mass, moment = COMM.allreduce(mass), COMM.allreduce(moment)
+        return solver.hull_w2(mass, moment, cs.centres, cs.hull)
+
     ref = np.array([float(len(cs.centres)), mb, m, qb, q,
-                    *(cs._atoms_w2(avgs[i], keeps[i]) for i in range(2))])  # fmt: skip
+                    *(cs._atoms_w2(avgs[i], keeps[i]) for i in range(2)),
+                    *(hull_w2(avgs[i], keeps[i]) for i in range(2))])  # fmt: skip
     print(dict(zip(ClusterState.columns, got - ref, strict=True)))
     assert got[0] >= 2 and 0 < got[2] < 1 and got[1] < got[2]  # the cases are exercised
     assert np.allclose(got, ref, rtol=1e-12, atol=1e-14)

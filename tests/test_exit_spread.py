@@ -150,3 +150,8 @@ def test_point_mass_exit_is_early_by_the_cells_spread():
     w2h = np.sqrt(np.maximum(0.0, 2 * (1 - norm / rho * cos)))
     _, t_hull = solver.crossing_times(res.times, w2h, delta, strict=True)
     assert abs(t_hull - t_star) <= 0.2, (t_hull, t_star)
+    # the solver's own per-step column (solver.hull_w2 per centre's group of cells) agrees
+    col = res.column("atoms_w2_hull")
+    _, t_col = solver.crossing_times(res.step_times, col, delta, strict=True)
+    assert abs(t_col - t_star) <= 0.2, (t_col, t_star)
+    assert abs(t_col - t_hull) <= 0.05, (t_col, t_hull)

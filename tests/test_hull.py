@@ -69,9 +69,9 @@ def test_without_a_hull_it_is_atoms_distance(sphere, kw):
 @pytest.mark.parametrize("sphere,kw", MESHES)
 def test_a_point_mass_held_by_the_cells_reads_its_distance(sphere, kw):
     """The cells of the exit facet holding a point at ``u`` as tightly as they can (the
-    barycentric weights of ``ρ(u) u``): the plain W₂ reads ``(2 (1 − ρ cos θ))^{1/2}`` (``> r`` near the atom)
-    (``|x̄ − c|² + s_min²``), the hull-corrected one ``r = |u − c|`` (to round-off), at any
-    distance from the atom."""
+    barycentric weights of ``ρ(u) u``): the plain W₂ reads ``(2 (1 − ρ cos θ))^{1/2}``
+    (``|x̄ − c|² + s_min²``, ``> r`` near the atom), the hull-corrected one ``r = |u − c|``
+    (to round-off), at any distance from the atom."""
     y = _unit_centroids(sphere, **kw)
     hull = CentroidHull(y)
     d = y.shape[1]

@@ -134,8 +134,10 @@ PDE_INITIALS = ("mean", "cube")
 #: the δ-cluster state of the PDE and of the particles drawn from its ρ0: ``"atoms_w2"`` (the
 #: default: ``W_2(ν_t, P(C)) < δ``, the Wasserstein distance to the measures on the base
 #: clusters' centres: continuous in the data, converging under refinement;
-#: :func:`solver.analysis.atoms_distance`) or ``"reach"`` (the snapped reach ``q_tol < δ``)
-PDE_CRITERIA = ("reach", "atoms_w2")
+#: :func:`solver.analysis.atoms_distance`), ``"atoms_w2_hull"`` (the PDE's without the floor the
+#: cells put under a cluster's spread, :func:`solver.analysis.hull_w2`; the particles' is
+#: ``"atoms_w2"``'s) or ``"reach"`` (the snapped reach ``q_tol < δ``)
+PDE_CRITERIA = ("reach", "atoms_w2", "atoms_w2_hull")
 #: how the particles of ``particles.csv`` are drawn from ρ0: ``"random"`` (i.i.d., ``conv_seeds``
 #: draws per n) or ``"quantile"`` (one deterministic draw per n: on S^1 the angles at the
 #: ``(i + 1/2)/n`` quantiles of ρ0 from the antipode of its first moment, ``W_1(μ^n_0, ρ0) =
@@ -374,7 +376,7 @@ def _measure_times(p: dict, res, centres) -> tuple[float, float]:
     PDE: the crossings of the reach ``q_tol < δ`` (:func:`cluster_reach`), or with
     ``pde_criterion = "atoms_w2"`` of ``W_2(μ^n_t, P(C)) < δ`` (:func:`atoms_distance`),
     interpolated between the saved times as the PDE's are between its steps."""
-    if p["pde_criterion"] == "atoms_w2":
+    if p["pde_criterion"] in ("atoms_w2", "atoms_w2_hull"):
         q = atoms_distance(res.positions, None, centres)
     else:
         q = cluster_reach(res.positions, None, centres, p["pde_tol"])
@@ -498,7 +500,7 @@ def phase_particles_case(p: dict, case: dict) -> list[dict]:
 
     base = run(identity_model(d))
     C = base.positions[-1]
-    if p["pde_criterion"] == "atoms_w2":  # the base clusters' centres, as the PDE's
+    if p["pde_criterion"] in ("atoms_w2", "atoms_w2_hull"):  # the base centres, as the PDE's
         C = find_clusters(C, None, radius=p["delta"] / 2, min_mass=ATOM_MIN_MASS).centres
     tbe, tbx = _measure_times(p, base, C)
     rows = []

@@ -290,9 +290,9 @@ def resolve_config(raw: dict) -> dict:
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
     if c["tol"] >= 1:
         raise ConfigError(f"clusters.tol must be < 1 (a fraction of the mass), got {c['tol']}")
-    if c["criterion"] not in ("reach", "atoms_w2"):
-        raise ConfigError(f"clusters.criterion must be \"reach\" or \"atoms_w2\", got "
-                          f"{c['criterion']!r}")  # fmt: skip
+    if c["criterion"] not in ("reach", "atoms_w2", "atoms_w2_hull"):
+        raise ConfigError(f"clusters.criterion must be \"reach\", \"atoms_w2\" or "
+                          f"\"atoms_w2_hull\", got {c['criterion']!r}")  # fmt: skip
     for k in ("vtx", "w2"):
         if not isinstance(cfg["output"][k], bool):
             raise ConfigError(f"output.{k} must be true or false")
