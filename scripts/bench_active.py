@@ -7,9 +7,10 @@ Exact commands (from the repository root)::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_active.py runs --levels 4 5 6 7 \\
         --full-levels 4 5 --write-table docs/benchmarks/active_runs.md
 
-Expected cost on the 2-core machine loaded by other sessions (measured 2026-12-08, load 4-8):
-``runs --levels 4 5 --full-levels 4`` about 6.5 minutes (level 4 full 133 s, active 50 s;
-level 5 active 196 s); the full run at level 5 adds about 5-10 minutes; levels 6 and 7
+Expected cost on the 2-core machine (measured 2026-12-08 04:08 UTC, nearly quiet: load 1.0 /
+1.5 before the levels): ``runs --levels 4 5 --full-levels 4`` about 1.7 minutes (level 4 full
+28.6 s, active 14.4 s; level 5 active 58.5 s; loaded by other sessions, load 4-8, it took 6.5
+minutes); the full run at level 5 adds about 5-10 minutes; levels 6 and 7
 (active only) are estimated at about 10 minutes and an hour on a quiet machine (the spread
 phase before clustering, every cell active, dominates: 2,000 and 4,000 steps of six fast
 expansions over the whole mesh). ``velocity`` about 3 minutes.
