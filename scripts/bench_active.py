@@ -5,7 +5,7 @@ Exact commands (from the repository root)::
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_active.py velocity --levels 4 5 \\
         --write-table docs/benchmarks/active_velocity.md
     .venv/bin/mpiexec -n 2 .venv/bin/python scripts/bench_active.py runs --levels 4 5 6 7 \\
-        --full-levels 4 5 --write-table docs/benchmarks/active_runs.md
+        --full-levels 4 5 --frozen --write-table docs/benchmarks/active_runs.md
 
 Expected cost on the 2-core machine (measured 2026-12-08 04:08 UTC, nearly quiet: load 1.0 /
 1.5 before the levels): ``runs --levels 4 5 --full-levels 4`` about 1.7 minutes (level 4 full
@@ -120,7 +120,7 @@ def velocity(level: int, kappa: float, repeat: int, tol: float) -> dict:
             "fast_vs_active": np.abs(X_fast - X_act)[mask].max(initial=0.0)}  # fmt: skip
 
 
-def forgetting(level: int, T: float, eps: float, active):
+def forgetting(level: int, T: float, eps: float, active, stages: str = "each"):
     comm = MPI.COMM_WORLD
     sm = solver.sphere_mesh(comm, 2, refinement=level)
     eye = np.eye(3)
@@ -131,7 +131,7 @@ def forgetting(level: int, T: float, eps: float, active):
     comm.barrier()
     t0 = time.perf_counter()
     res = solver.evolve(sm, base, init, T, perturbed=pert, save_every=min(50.0, T),
-                        progress=False, active=active)  # fmt: skip
+                        progress=False, active=active, velocity_stages=stages)  # fmt: skip
     comm.barrier()
     return time.perf_counter() - t0, len(res.step_times) - 1, res
 
@@ -151,6 +151,9 @@ def main(argv=None) -> None:
     ap.add_argument("--tolerance", type=float, default=1e-10)
     ap.add_argument("--T", type=float, default=400.0)
     ap.add_argument("--eps", type=float, default=0.01)
+    ap.add_argument("--frozen", action="store_true",
+                    help="runs: also the active run with velocity_stages='frozen' (one velocity "
+                         "per step and flow while every target is active)")  # fmt: skip
     ap.add_argument("--write-table", metavar="PATH", help="write the table as Markdown")
     a = ap.parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -187,6 +190,9 @@ def main(argv=None) -> None:
             if level in full_levels:
                 wf, sf, rf = forgetting(level, a.T, a.eps, None)
             wa, sa, ra = forgetting(level, a.T, a.eps, TAIL)
+            wz = rz = None
+            if a.frozen:
+                wz, sz, rz = forgetting(level, a.T, a.eps, TAIL, "frozen")
             if comm.rank != 0:
                 continue
             goal = GOALS.get(level)
@@ -202,12 +208,20 @@ def main(argv=None) -> None:
                         f"{rf.t_exit:.4g} / {ra.t_exit:.4g}", f"{dm:.1e}"]  # fmt: skip
             else:
                 row += ["—", "—", "—", f"{ra.w2[-1]:.6f}", "—", f"— / {ra.t_exit:.4g}", "—"]
+            if a.frozen:
+                ref = ra if rf is None else rf
+                row += [sz, f"{wz:.1f}", f"{abs(ref.w2[-1] - rz.w2[-1]):.1e}",
+                        "—" if goal is None else ("met" if wz <= goal else
+                                                  f"not met ({wz / goal:.1f}×)")]  # fmt: skip
             rows.append(row)
             print(" | ".join(str(c) for c in row), flush=True)
         header = ["level", "cells", "load before", "active steps", "active wall (s)",
                   "ms per step", "goal (2 ranks)", "full steps", "full wall (s)", "speed-up",
                   "W2(μ_T, ν_T)", "W2 difference", "t_exit full / active",
                   "max cell-mass difference (ν_T)"]  # fmt: skip
+        if a.frozen:
+            header += ["frozen steps", "frozen wall (s)", "frozen W2 difference",
+                       "frozen: goal"]  # fmt: skip
         title = f"Forgetting run to T = {a.T:g} on S^2: the active set against the full evaluation"
         notes = [f"ε = {a.eps}, ranks = {comm.size}, active tail {TAIL:g}, velocity tolerance "
                  "1e-10 (`method = \"auto\"`); at each level the full run first, then the "
@@ -217,6 +231,12 @@ def main(argv=None) -> None:
                  "by other sessions: above 2 every wall time is inflated).",
                  "t_exit: nan where the perturbed flow never leaves the δ-cluster "
                  "state."]  # fmt: skip
+        if a.frozen:
+            notes.append("frozen: the active run with `velocity_stages = \"frozen\"` (the "
+                         "velocity of a step's start for its three stages while every target "
+                         "is active; first order in time, docs/benchmarks/spread_phase.md); its "
+                         "W2 difference against the full run (the active run where no full run "
+                         "was made).")
     if comm.rank == 0 and a.write_table:
         write_table(a.write_table, title, command_line(argv, comm.size), header, rows, notes)
 
