@@ -463,6 +463,26 @@ if _numba is not None:
         return moving, ml[:nm], np.sort(F[:k])
 
     @_numba.njit(cache=True)
+    def _facet_speeds(E, plus, minus, ntf, ua, aa):
+        """The outflow speeds of '+' and '-' on the facets ``E`` (module doc of :mod:`._dg0`):
+        ``(½ (u⁺ + u⁻)·ñ)^± + (a^±·ñ)^±``."""
+        ne, gdim = E.size, ua.shape[1]
+        sp, sm = np.empty(ne), np.empty(ne)
+        for e in range(ne):
+            f = E[e]
+            p, m = plus[f], minus[f]
+            up = um = ap = am = 0.0
+            for i in range(gdim):
+                up += ntf[f, i] * ua[p, i]
+                um += ntf[f, i] * ua[m, i]
+                ap += ntf[f, i] * aa[p, i]
+                am += ntf[f, i] * aa[m, i]
+            avg = 0.5 * (up + um)
+            sp[e] = max(avg, 0.0) + max(ap, 0.0)
+            sm[e] = max(-avg, 0.0) + max(-am, 0.0)
+        return sp, sm
+
+    @_numba.njit(cache=True)
     def _edges_sparse(plus, minus, ntf, ua, aa, ml, F, nown, ptr, idx):
         """:func:`_edges` from the live cells' facets (``ptr``, ``idx``: CSR of each local
         cell's facets): the live cells are the moving ones and those with a directional
@@ -492,19 +512,7 @@ if _numba is not None:
                     E[ne] = f
                     ne += 1
         E = np.sort(E[:ne])
-        sp, sm = np.empty(ne), np.empty(ne)
-        for e in range(ne):
-            f = E[e]
-            p, m = plus[f], minus[f]
-            up = um = ap = am = 0.0
-            for i in range(gdim):
-                up += ntf[f, i] * ua[p, i]
-                um += ntf[f, i] * ua[m, i]
-                ap += ntf[f, i] * aa[p, i]
-                am += ntf[f, i] * aa[m, i]
-            avg = 0.5 * (up + um)
-            sp[e] = max(avg, 0.0) + max(ap, 0.0)
-            sm[e] = max(-avg, 0.0) + max(-am, 0.0)
+        sp, sm = _facet_speeds(E, plus, minus, ntf, ua, aa)
         return E, sp, sm
 
     @_numba.njit(cache=True)
@@ -562,19 +570,7 @@ if _numba is not None:
                 E[ne] = f
                 ne += 1
         E = E[:ne]
-        sp, sm = np.empty(ne), np.empty(ne)
-        for e in range(ne):
-            f = E[e]
-            p, m = plus[f], minus[f]
-            up = um = ap = am = 0.0
-            for i in range(gdim):
-                up += ntf[f, i] * ua[p, i]
-                um += ntf[f, i] * ua[m, i]
-                ap += ntf[f, i] * aa[p, i]
-                am += ntf[f, i] * aa[m, i]
-            avg = 0.5 * (up + um)
-            sp[e] = max(avg, 0.0) + max(ap, 0.0)
-            sm[e] = max(-avg, 0.0) + max(-am, 0.0)
+        sp, sm = _facet_speeds(E, plus, minus, ntf, ua, aa)
         return E, sp, sm
 
 else:  # pragma: no cover - without numba
