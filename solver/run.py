@@ -50,6 +50,7 @@ from .analysis import (
     wasserstein_sphere,
 )
 from .analysis._clusters._state import snap_steps
+from .analysis._hull import nearest_atoms
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .io import progress as progress_bar
 from .io._config import MAX_STEPS
@@ -328,9 +329,7 @@ class ClusterState:
             y = self.sm.centroids
             yu = y / np.linalg.norm(y, axis=1)[:, None]
             self.unit_dist = centre_distances(yu, self.centres)
-            self.nearest = np.argmin(  # each owned cell's atom (atom_moments' grouping)
-                np.linalg.norm(yu[:, None, :] - self.centres[None, :, :], axis=2), axis=1
-            )
+            self.nearest = nearest_atoms(yu, self.centres)  # atom_moments' grouping
             if self.hull is None:  # every centroid is on every rank (the tree's points)
                 self.hull = CentroidHull(normalize(self.tree.data))
 

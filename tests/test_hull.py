@@ -97,7 +97,23 @@ def test_a_point_mass_held_by_the_cells_reads_its_distance(sphere, kw):
         assert plain == pytest.approx(np.sqrt(2 * (1 - rho * np.dot(u, c))), abs=1e-12)
 
 
+def test_a_group_without_a_direction_reads_the_diameter_term():
+    """A group whose mean is 0 (mass spread evenly around the sphere) has no direction: its
+    term is ``2 M_g`` with or without the hull (``|x̄| = 0``), not an error."""
+    y = _unit_centroids(2, refinement=2)
+    hull = CentroidHull(y)
+    mass, moment = np.array([1.0, 3.0]), np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    c = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expect = np.sqrt((2 * 1.0 + 2 * 3.0 * (1 - min(1.0, 1 / hull.radius(c[1])[0]))) / 4)
+    assert hull_w2(mass, moment, c, hull) == pytest.approx(expect, abs=1e-15)
+    assert hull_w2(mass, moment, c, None) == pytest.approx(np.sqrt(2 / 4), abs=1e-15)
+
+
 def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="non-zero directions"):
+        CentroidHull(_unit_centroids(2, refinement=1)).radius(np.zeros(3))
+    with pytest.raises(ValueError, match="non-zero directions"):
+        CentroidHull(_unit_centroids(2, refinement=1)).radius(np.ones(2))
     with pytest.raises(ValueError, match="unit vectors"):
         CentroidHull(2 * _unit_centroids(2, refinement=1))
     with pytest.raises(ValueError, match="surround the origin"):

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
 
-__all__ = ["CentroidHull", "atom_moments", "hull_w2"]
+__all__ = ["CentroidHull", "atom_moments", "hull_w2", "nearest_atoms"]
 
 
 class CentroidHull:
@@ -67,8 +67,14 @@ class CentroidHull:
         self.tree = cKDTree(mid)
 
     def radius(self, u: np.ndarray) -> np.ndarray:
-        """``ρ(u)`` for unit vectors ``u`` (``(k, d)`` or ``(d,)``)."""
+        """``ρ(u)`` along the directions ``u`` (``(k, d)`` or ``(d,)``; normalised here, none
+        may be zero)."""
         u = np.atleast_2d(np.asarray(u, dtype=float))
+        norm = np.linalg.norm(u, axis=1)
+        if u.shape[1] != self.normals.shape[1] or not np.all(norm > 0):
+            raise ValueError(f"CentroidHull.radius needs non-zero directions in "
+                             f"R^{self.normals.shape[1]}, got shape {u.shape}")  # fmt: skip
+        u = u / norm[:, None]
         out = np.empty(len(u))
         for i, (ui, near) in enumerate(zip(u, self.tree.query_ball_point(u, self.reach),
                                            strict=True)):  # fmt: skip
@@ -79,6 +85,15 @@ class CentroidHull:
         return out
 
 
+def nearest_atoms(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """The index of the nearest of the ``centres`` (chordal) for every point (a k-d tree:
+    no ``points × centres`` array; ties to either)."""
+    y = np.asarray(points, dtype=float)
+    if len(y) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return cKDTree(np.asarray(centres, dtype=float)).query(y)[1].astype(np.int64)
+
+
 def atom_moments(points: np.ndarray, weights: np.ndarray,
                  centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per atom ``c_g``: the mass ``M_g`` and first moment ``X_g = Σ w_j y_j`` of the points
@@ -87,9 +102,7 @@ def atom_moments(points: np.ndarray, weights: np.ndarray,
     y, w = np.asarray(points, dtype=float), np.asarray(weights, dtype=float)
     c = np.asarray(centres, dtype=float)
     k, d = c.shape
-    if len(y) == 0:
-        return np.zeros(k), np.zeros((k, d))
-    g = np.argmin(np.linalg.norm(y[:, None, :] - c[None, :, :], axis=2), axis=1)
+    g = nearest_atoms(y, c)
     mass = np.bincount(g, weights=w, minlength=k)
     moment = np.stack([np.bincount(g, weights=w * y[:, i], minlength=k) for i in range(d)],
                       axis=1)  # fmt: skip
@@ -116,6 +129,9 @@ def hull_w2(mass: np.ndarray, moment: np.ndarray, centres: np.ndarray,
     m, x, c = mass[held], moment[held] / mass[held, None], c[held]
     r = np.linalg.norm(x, axis=1)
     u = x / np.where(r > 0, r, 1.0)[:, None]
-    q = r if hull is None else np.minimum(1.0, r / hull.radius(u))
+    q = r.copy()
+    if hull is not None:  # a group whose mean is 0 has no direction and no floor to remove
+        pos = r > 0
+        q[pos] = np.minimum(1.0, r[pos] / hull.radius(u[pos]))
     cos = np.sum(u * c, axis=1)
     return float(np.sqrt(max(0.0, np.sum(2 * m * (1 - q * cos)) / total)))
