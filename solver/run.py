@@ -981,6 +981,7 @@ def run_config(comm, cfg: dict, output: str | Path | None, *, resume=False, over
         save_every=t["save_every"], method=cfg["velocity"]["method"],
         tolerance=cfg["velocity"]["tolerance"], output=output, vtx=cfg["output"]["vtx"],
         active=None if cfg["velocity"]["active"] is False else cfg["velocity"]["active"],
+        velocity_stages=cfg["velocity"]["stages"],
         w2=cfg["output"]["w2"], resume=resume, overwrite=overwrite, progress=progress,
         config=cfg, degree=cfg["scheme"]["degree"],
     )  # fmt: skip

@@ -75,6 +75,10 @@ ROWS = [
     ("velocity.active true", toml(velocity="active = true"), "check", 2, "velocity.active"),
     ("velocity.active string", toml(velocity='active = "yes"'), "check", 2, "velocity.active"),
     ("velocity.active negative", toml(velocity="active = -1e-3"), "check", 2, "velocity.active"),
+    ("velocity.stages unknown", toml(velocity='stages = "frozen_always"'), "check", 2,
+     "velocity.stages must be"),
+    ("velocity.stages frozen without active", toml(velocity='stages = "frozen"'), "check", 2,
+     "needs velocity.active"),
     (
         "clusters.criterion unknown",
         toml(clusters='criterion = "atoms"'),

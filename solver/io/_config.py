@@ -85,7 +85,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "tail_mass": 1e-9,
     },
     "scheme": {"degree": 0},
-    "velocity": {"method": "auto", "tolerance": 1e-10, "active": False},
+    "velocity": {"method": "auto", "tolerance": 1e-10, "active": False, "stages": "each"},
     "output": {"vtx": True, "w2": True},
     "clusters": {"delta": 0.1, "tol": 1e-2, "criterion": "reach"},
     "validation": {  # read by `python -m solver validate` only
@@ -285,6 +285,12 @@ def resolve_config(raw: dict) -> dict:
         if v["active"] >= 1:
             raise ConfigError(f"velocity.active must be false or a mass tail in [0, 1), got "
                               f"{v['active']}")  # fmt: skip
+    if v["stages"] not in ("each", "frozen"):
+        raise ConfigError(f"velocity.stages must be \"each\" or \"frozen\", got "
+                          f"{v['stages']!r}")  # fmt: skip
+    if v["stages"] == "frozen" and v["active"] is False:
+        raise ConfigError("velocity.stages = \"frozen\" needs velocity.active (a mass tail): "
+                          "it freezes the velocity while the active set holds every cell")
     c = cfg["clusters"]
     c["delta"] = _num("clusters.delta", c["delta"], positive=True)
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
