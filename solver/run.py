@@ -36,6 +36,7 @@ from scipy.spatial import cKDTree
 
 from .analysis import (
     CentroidHull,
+    atom_moments,
     centre_distances,
     check_state,
     crossing_times,
@@ -53,7 +54,7 @@ from .analysis._clusters._state import snap_steps
 from .analysis._hull import nearest_atoms
 from .io import RunFolder, build_initial, build_model, dump_toml, fingerprint
 from .io import progress as progress_bar
-from .io._config import MAX_STEPS
+from .io._config import CLUSTER_CRITERIA, MAX_STEPS
 from .mesh import SphereMesh, load_mesh, normalize, sphere_mesh
 from .model import Density, Model
 from .model._lora import as_real
@@ -226,10 +227,6 @@ class Diagnostics:
         return diags, [float(np.linalg.norm(m)), float(sums[-1])]
 
 
-#: the columns of :class:`ClusterState` whose crossing of ``delta`` gives ``Result.t_enter`` and
-#: ``Result.t_exit`` (``evolve(cluster_criterion=...)``)
-CLUSTER_CRITERIA = ("reach", "atoms_w2", "atoms_w2_hull")
-
 
 class ClusterState:
     """The measure-level δ-cluster state of the perturbed flow (two flows only), at the
@@ -310,6 +307,7 @@ class ClusterState:
         self.dist = np.zeros(0)  # owned centroids' distances to the centres
         self.unit_dist = np.zeros(0)  # the same from the centroids projected to the sphere
         self.nearest = np.zeros(0, dtype=np.int64)  # and the index of the nearest centre
+        self.unit = normalize(sm.centroids)  # the owned centroids projected to the sphere
         self.hull: CentroidHull | None = None  # of the projected centroids, at the first centres
 
     def update(self, gathered: list[np.ndarray] | None) -> None:
@@ -326,10 +324,8 @@ class ClusterState:
         self.counts = [int(lab.max(initial=-1)) + 1 for lab in labels]
         if len(self.centres):
             self.dist = centre_distances(self.sm.centroids, self.centres)
-            y = self.sm.centroids
-            yu = y / np.linalg.norm(y, axis=1)[:, None]
-            self.unit_dist = centre_distances(yu, self.centres)
-            self.nearest = nearest_atoms(yu, self.centres)  # atom_moments' grouping
+            self.unit_dist = centre_distances(self.unit, self.centres)
+            self.nearest = nearest_atoms(self.unit, self.centres)  # atom_moments' grouping
             if self.hull is None:  # every centroid is on every rank (the tree's points)
                 self.hull = CentroidHull(normalize(self.tree.data))
 
@@ -414,11 +410,9 @@ class ClusterState:
             keeps = [np.flatnonzero(w >= cut) if cut > 0 else None
                      for w, cut in zip(ws, cuts, strict=True)]  # fmt: skip
         y_all = sm.centroids
-        if getattr(self, "_unit", None) is None:  # the snap's points (as snap_to_clusters)
-            self._unit = y_all / np.linalg.norm(y_all, axis=1)[:, None]
         parts = []  # each flow's (w, w of the snap, y, unit y, labels, dist0, unit distances)
         for w, keep, lab in zip(ws, keeps, self.labels, strict=True):
-            y, yu, dist0, d = y_all, self._unit, self.dist, self.unit_dist
+            y, yu, dist0, d = y_all, self.unit, self.dist, self.unit_dist
             w_snap = w
             if keep is not None:
                 w, d = w[keep], d[keep]
@@ -441,10 +435,9 @@ class ClusterState:
             dists.append(dist)
             local += [w_snap[dist >= self.delta].sum(), w_snap.sum(), np.sum(w * d**2),
                       np.sum(w)]  # fmt: skip
-            g = self.nearest if keep is None else self.nearest[keep]
-            yu = self._unit if keep is None else self._unit[keep]
-            groups.append(np.bincount(g, weights=w, minlength=k))
-            groups += [np.bincount(g, weights=w * yu[:, i], minlength=k) for i in range(gdim)]
+            sel = slice(None) if keep is None else keep  # the cells of w (not the snap's)
+            mass, moment = atom_moments(self.unit[sel], w, self.centres, self.nearest[sel])
+            groups += [mass, *moment.T]
         sums = np.concatenate([local, *groups])
         if not alone:
             comm.Allreduce(MPI_IN_PLACE, sums, op=MPI_SUM)

@@ -94,15 +94,15 @@ def nearest_atoms(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return cKDTree(np.asarray(centres, dtype=float)).query(y)[1].astype(np.int64)
 
 
-def atom_moments(points: np.ndarray, weights: np.ndarray,
-                 centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def atom_moments(points: np.ndarray, weights: np.ndarray, centres: np.ndarray,
+                 groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Per atom ``c_g``: the mass ``M_g`` and first moment ``X_g = Σ w_j y_j`` of the points
-    nearest to it (chordal; ties to the first atom), ``((k,), (k, d))`` — sums, so that the
-    ranks' parts add up."""
+    nearest to it (chordal, :func:`nearest_atoms`; ``groups``: those indices where the caller
+    has them), ``((k,), (k, d))`` — sums, so that the ranks' parts add up."""
     y, w = np.asarray(points, dtype=float), np.asarray(weights, dtype=float)
     c = np.asarray(centres, dtype=float)
     k, d = c.shape
-    g = nearest_atoms(y, c)
+    g = nearest_atoms(y, c) if groups is None else groups
     mass = np.bincount(g, weights=w, minlength=k)
     moment = np.stack([np.bincount(g, weights=w * y[:, i], minlength=k) for i in range(d)],
                       axis=1)  # fmt: skip

@@ -76,6 +76,7 @@ from ..analysis import (
     density_clusters,
     find_clusters,
 )
+from ..io._config import CLUSTER_CRITERIA
 from ..model import Density, Uniform
 from ..particles import GEOMETRIES, sample_particles, simulate_particles
 from ._common import draw_density, e2_perturbation, identity_model, memo, point_mass_depth
@@ -137,7 +138,7 @@ PDE_INITIALS = ("mean", "cube")
 #: :func:`solver.analysis.atoms_distance`), ``"atoms_w2_hull"`` (the PDE's without the floor the
 #: cells put under a cluster's spread, :func:`solver.analysis.hull_w2`; the particles' is
 #: ``"atoms_w2"``'s) or ``"reach"`` (the snapped reach ``q_tol < δ``)
-PDE_CRITERIA = ("reach", "atoms_w2", "atoms_w2_hull")
+PDE_CRITERIA = CLUSTER_CRITERIA
 #: how the particles of ``particles.csv`` are drawn from ρ0: ``"random"`` (i.i.d., ``conv_seeds``
 #: draws per n) or ``"quantile"`` (one deterministic draw per n: on S^1 the angles at the
 #: ``(i + 1/2)/n`` quantiles of ρ0 from the antipode of its first moment, ``W_1(μ^n_0, ρ0) =

@@ -120,6 +120,9 @@ INITIAL_KINDS = {
 
 #: refusal limits of :func:`estimate_resources`
 MAX_STEPS = 10**7
+#: the cluster state's columns whose crossing of ``delta`` gives a run's ``t_enter`` /
+#: ``t_exit`` (``[clusters] criterion``, ``evolve(cluster_criterion=...)``)
+CLUSTER_CRITERIA = ("reach", "atoms_w2", "atoms_w2_hull")
 MAX_SNAPSHOT_BYTES = 2 * 1024**3
 MAX_CELLS = 10**7
 #: ``validate``: the largest particle system, and particles x steps x seeds over all sizes
@@ -296,9 +299,9 @@ def resolve_config(raw: dict) -> dict:
     c["tol"] = _num("clusters.tol", c["tol"], nonneg=True)
     if c["tol"] >= 1:
         raise ConfigError(f"clusters.tol must be < 1 (a fraction of the mass), got {c['tol']}")
-    if c["criterion"] not in ("reach", "atoms_w2", "atoms_w2_hull"):
-        raise ConfigError(f"clusters.criterion must be \"reach\", \"atoms_w2\" or "
-                          f"\"atoms_w2_hull\", got {c['criterion']!r}")  # fmt: skip
+    if c["criterion"] not in CLUSTER_CRITERIA:
+        raise ConfigError(f"clusters.criterion must be one of {CLUSTER_CRITERIA}, got "
+                          f"{c['criterion']!r}")  # fmt: skip
     for k in ("vtx", "w2"):
         if not isinstance(cfg["output"][k], bool):
             raise ConfigError(f"output.{k} must be true or false")

@@ -140,31 +140,29 @@ class Transport:
         cell's content: positive for any ``dt``) instead of ``ρ + dt · rhs``.
         """
         tp = t + 0.5 * dt  # parameters frozen over the step
-        if self.stages != "each":
-            u0 = self.field(tp, t, rho) if u0 is None else u0
+        if self.stages != "each" and u0 is None:  # first: it tells whether the state is spread
+            u0 = self.field(tp, t, rho)
         if self.stages == "frozen_always" or (
             self.stages == "frozen" and getattr(self.field, "spread", False)
         ):  # the start's velocity for every stage
-            if capped:
-                return ssp_rk3_step(
-                    None,
-                    rho,
-                    t,
-                    dt,
-                    limiter=self.op.limit,
-                    euler=lambda s, r, u=None: self.op.euler_step(u0, r, dt),
-                )
-            return ssp_rk3_step(lambda s, r: self.op.rhs(u0, r), rho, t, dt,
-                                limiter=self.op.limit)  # fmt: skip
+
+            def velocity(s, r):
+                return u0
+
+        else:
+
+            def velocity(s, r):
+                return self.field(tp, s, r)
+
         if capped:
 
             def euler(s, r, u=None):
-                return self.op.euler_step(self.field(tp, s, r) if u is None else u, r, dt)
+                return self.op.euler_step(velocity(s, r) if u is None else u, r, dt)
 
             return ssp_rk3_step(None, rho, t, dt, limiter=self.op.limit, euler=euler, u0=u0)
 
         def rhs(s, r):
-            return self.op.rhs(self.field(tp, s, r), r)
+            return self.op.rhs(velocity(s, r), r)
 
         f0 = None if u0 is None else self.op.rhs(u0, rho)
         return ssp_rk3_step(rhs, rho, t, dt, limiter=self.op.limit, f0=f0)
